@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up the Python environment: reuse an active virtualenv/conda env, else create .venv/ in the
+# repo root. Idempotent: reinstalls only when pyproject.toml changed. Source it or run it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EXTRAS="${WORLDVLA_EXTRAS:-libero,serve,metrics,lerobot,dev}"
+if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" ]]; then
+  if [[ ! -x "$ROOT/.venv/bin/python" ]]; then
+    echo "[setup] creating $ROOT/.venv"
+    python3 -m venv "$ROOT/.venv"
+  fi
+  # shellcheck disable=SC1091
+  source "$ROOT/.venv/bin/activate"
+fi
+PY="$(command -v python)"
+STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.worldvla-install-stamp"
+WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)-$EXTRAS"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import worldvla" 2>/dev/null; then
+  echo "[setup] environment up to date ($("$PY" -c 'import sys; print(sys.prefix)'))"
+else
+  echo "[setup] installing worldvla[$EXTRAS] into $("$PY" -c 'import sys; print(sys.prefix)')"
+  "$PY" -m pip install -q --upgrade pip
+  # Prefer a CPU torch wheel when one is on the local wheel path (fast, small); else PyPI's build.
+  if ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index "torch>=2.6" 2>/dev/null || "$PY" -m pip install -q "torch>=2.6"
+  fi
+  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]"
+  echo "$WANT" > "$STAMP"
+fi
+# LIBERO config (written non-interactively) and a rendering backend for MuJoCo.
+"$PY" -c "from worldvla.envs.libero import configure_libero; configure_libero()" 2>/dev/null \
+  || echo "[setup] LIBERO not configured (extra 'libero' not installed?)"

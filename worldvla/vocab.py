@@ -1,0 +1,124 @@
+"""Single source of truth for the token ids of the official WorldVLA / RynnVLA-002 format.
+
+Every id below is the one hard-coded (or derived by the `<reservedNNNNN>` -> NNNNN + 4 rule) in the
+official code; see docs/compatibility.md and ../shared/design/official_format.md section 0.
+`Vocab.from_tokenizer_file` looks each one up by *name* in `text_tokenizer.json` and refuses a file
+where a name does not sit at its official id, so a wrong tokenizer fails at start-up, not as 0 %.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# --- official special ids (official_format.md §0) ---------------------------------------------
+BOS_ID = 0  # "<s>", prepended once to every sample (UNCONFIRMED name; checked against the file)
+PAD_ID = 0  # the trainer's collate pads input ids with 0 and labels with IGNORE_INDEX
+IGNORE_INDEX = -100  # label value of positions that carry no loss
+END_OF_TURN_ID = 8710  # "<reserved08706>": closes every conversation turn; generation EOS
+BOI_ID = 8197  # "<racm3:break>": begin of image (note: boi > eoi)
+EOI_ID = 8196  # "<eoss>": end of image
+ROW_BREAK_ID = 8803  # "<reserved08799>": ends every latent row, the last one included
+SIZE_TOKEN_BASE = 8804  # "<reserved{8800+n:05d}>" = 8804 + n encodes n grids of 32 px
+ACTION_START_ID = 10004  # "<reserved10000>"
+ACTION_END_ID = 15004  # "<reserved15000>"
+STATE_START_ID = 15504  # "<reserved15500>" (RynnVLA-002)
+STATE_END_ID = 16004  # "<reserved16000>" (RynnVLA-002)
+NUM_IMAGE_CODES = 8192  # VQ-GAN codebook size
+IMAGE_CODE_LOSS_SLICE = (3, 8195)  # official CE class-weight slice w[3:8195] (off by one, kept)
+
+# name -> official id, asserted against the tokenizer file
+OFFICIAL_NAMES: dict[str, int] = {
+    "<reserved08706>": END_OF_TURN_ID,
+    "<racm3:break>": BOI_ID,
+    "<eoss>": EOI_ID,
+    "<reserved08799>": ROW_BREAK_ID,
+    "<reserved10000>": ACTION_START_ID,
+    "<reserved15000>": ACTION_END_ID,
+    "<reserved15500>": STATE_START_ID,
+    "<reserved16000>": STATE_END_ID,
+}
+IMAGE_TOKEN_PREFIX = "IMGIMG"
+
+
+def size_token_id(n_grids: int) -> int:
+    """Id of the token that encodes an image side of `n_grids` x 32 pixels."""
+    return SIZE_TOKEN_BASE + n_grids
+
+
+def reserved_name(token_id: int) -> str:
+    """Vocabulary name of a reserved token (`<reservedNNNNN>` has id NNNNN + 4)."""
+    return f"<reserved{token_id - 4:05d}>"
+
+
+def image_code_from_name(name: str) -> int:
+    """Decode an `IMGIMG...` vocabulary name into its VQ code: letters A..J are digits 0..9.
+
+    The characters between the prefix and the final character spell the code (Chameleon's
+    img2bpe convention).
+    """
+    body = name[len(IMAGE_TOKEN_PREFIX) : -1]
+    digits = "".join(str(ord(c) - ord("A")) if "A" <= c <= "J" else c for c in body)
+    if not digits.isdigit():
+        raise ValueError(f"image token name {name!r} does not spell a code")
+    return int(digits)
+
+
+def image_name_from_code(code: int, suffix: str = "Z") -> str:
+    """Inverse of `image_code_from_name` (used by the test fixtures)."""
+    return IMAGE_TOKEN_PREFIX + "".join(chr(ord("A") + int(d)) for d in str(code)) + suffix
+
+
+@dataclass
+class Vocab:
+    """Ids plus the VQ-code <-> BPE-id mapping, built from a tokenizer vocabulary."""
+
+    name_to_id: dict[str, int]
+    source: str = "<memory>"
+    code_to_id: np.ndarray = field(init=False)  # (8192,) int64
+    id_to_code: dict[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, want in OFFICIAL_NAMES.items():
+            got = self.name_to_id.get(name)
+            if got != want:
+                raise ValueError(
+                    f"{self.source}: token {name!r} has id {got}, the official format needs {want}; "
+                    "this is not the Chameleon / Lumina-mGPT text_tokenizer.json"
+                )
+        self.id_to_code = {
+            tid: image_code_from_name(name)
+            for name, tid in self.name_to_id.items()
+            if name.startswith(IMAGE_TOKEN_PREFIX)
+        }
+        if len(self.id_to_code) != NUM_IMAGE_CODES:
+            raise ValueError(
+                f"{self.source}: found {len(self.id_to_code)} {IMAGE_TOKEN_PREFIX}* image tokens, "
+                f"expected {NUM_IMAGE_CODES}"
+            )
+        self.code_to_id = np.full(NUM_IMAGE_CODES, -1, dtype=np.int64)
+        for tid, code in self.id_to_code.items():
+            self.code_to_id[code] = tid
+        if (self.code_to_id < 0).any():
+            raise ValueError(f"{self.source}: image codes do not cover 0..{NUM_IMAGE_CODES - 1}")
+
+    @classmethod
+    def from_tokenizer_file(cls, path: str | Path) -> "Vocab":
+        """Read `model.vocab` and `added_tokens` of a tokenizers-library JSON file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        data = json.loads(path.read_text())
+        names = dict(data.get("model", {}).get("vocab", {}))
+        for tok in data.get("added_tokens", []):
+            names[tok["content"]] = tok["id"]
+        if not names:
+            raise ValueError(f"{path}: no 'model.vocab' or 'added_tokens' entries")
+        return cls(names, source=str(path))
+
+    def image_ids(self) -> np.ndarray:
+        """Sorted ids of all image-code tokens."""
+        return np.sort(self.code_to_id)
