@@ -3,7 +3,7 @@
 # repo root. Idempotent: reinstalls only when pyproject.toml changed. Source it or run it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-EXTRAS="${WORLDVLA_EXTRAS:-libero,serve,metrics,lerobot,dev}"
+EXTRAS="${WORLDVLA_EXTRAS:-libero,serve,lerobot,dev}"
 if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" ]]; then
   if [[ ! -x "$ROOT/.venv/bin/python" ]]; then
     echo "[setup] creating $ROOT/.venv"
@@ -24,7 +24,11 @@ else
   if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q --no-index "torch>=2.6" 2>/dev/null || "$PY" -m pip install -q "torch>=2.6"
   fi
-  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]"
+  # Pin the torch just installed so no extra's dependency swaps it for another build.
+  PIN="$(mktemp)"
+  "$PY" -c "import torch; print('torch==' + torch.__version__)" > "$PIN"
+  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" -c "$PIN"
+  rm -f "$PIN"
   echo "$WANT" > "$STAMP"
 fi
 # LIBERO config (written non-interactively) and a rendering backend for MuJoCo.
