@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Ablation, libero_goal 256 px: no action attention mask (configs/ablation_no_action_mask.yaml).
+# Overrides go after the script: key.sub=value (e.g. train.max_steps=2). NGPU / ACCELERATE_CONFIG / NNODES:
+# see exps/train_launch.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$ROOT/exps/setup.sh"
+# shellcheck disable=SC1091
+source "$ROOT/exps/train_launch.sh"
+cd "$ROOT"
+launch_train configs/ablation_no_action_mask.yaml "$@"

@@ -1,0 +1,213 @@
+"""Regeneration logic against a fake simulator: no-op filter, replay order, success filter, resume, export."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worldvla.data.raw_demos import RawDemo, RawDemoError, read_raw_demo_file, write_raw_demo_file
+from worldvla.data.regenerate import RegenerateConfig, is_noop, noop_keep_mask, regenerate, replay_demo
+from worldvla.envs.libero import quat2axisangle
+
+RES = 8
+QUAT = np.array([0.1, -0.7, 0.2, -0.68])  # w < 0: the protocol flips the sign before axis-angle
+QUAT = QUAT / np.linalg.norm(QUAT)
+
+
+class FakeEnv:
+    """Deterministic stand-in for a LIBERO env: state = (steps taken, xyz); done after `succeed_at` steps."""
+
+    calls = 0
+
+    def __init__(self, suite="libero_goal", task_id=0, resolution=RES, env_seed=0, succeed_at=3):
+        self.res, self.succeed_at = resolution, succeed_at
+        FakeEnv.calls += 0
+
+    def _obs(self):
+        n = int(self.state[0])
+        img = np.zeros((self.res, self.res, 3), np.uint8)
+        img[0, :, 0] = n  # top row carries the step count: a 180-degree rotation moves it to the bottom
+        return {"agentview_image": img, "robot0_eye_in_hand_image": img + 1,
+                "robot0_eef_pos": self.state[1:4].copy(), "robot0_eef_quat": QUAT.copy(),
+                "robot0_gripper_qpos": np.array([0.02, -0.02]) * n, "robot0_joint_pos": np.full(7, n, float)}
+
+    def settle(self, init_state, wait_steps):
+        FakeEnv.calls += 1
+        self.state = np.asarray(init_state, dtype=np.float64).copy()
+        self.state[0] = 0
+        return self._obs()
+
+    def step(self, action):
+        self.state[0] += 1
+        self.state[1:4] += np.asarray(action)[:3]
+        done = self.state[0] >= self.succeed_at
+        return self._obs(), float(done), bool(done), {}
+
+    def sim_state(self):
+        return self.state.copy()
+
+    def model_xml(self):
+        return "<fake/>"
+
+
+def fake_factory(suite, task_id, resolution, env_seed):
+    return FakeEnv(suite, task_id, resolution, env_seed, succeed_at=3 if task_id == 0 else 99)
+
+
+def _a(*head, grip):
+    out = np.zeros(7)
+    out[: len(head)] = head
+    out[6] = grip
+    return out
+
+
+CRAFTED = np.stack([
+    _a(grip=1),  # 0: first, still -> dropped (no previous kept gripper to differ from)
+    _a(grip=-1),  # 1: still, no kept action yet -> dropped (a "previous raw action" rule would keep it)
+    _a(0.1, grip=-1),  # 2: moves -> kept
+    _a(grip=-1),  # 3: still, same gripper as kept #2 -> dropped
+    _a(5e-5, grip=1),  # 4: still but gripper changes -> kept
+    _a(0, 0, 0, 0, 0, 9e-5, grip=1),  # 5: still (norm 9e-5), same gripper -> dropped
+    _a(1e-4, grip=1),  # 6: norm exactly 1e-4 is not below the threshold -> kept
+    _a(grip=-1),  # 7: gripper differs from kept #6 -> kept
+    _a(grip=-1),  # 8: dropped
+])
+EXPECTED_KEEP = [False, False, True, False, True, False, True, True, False]
+
+
+def test_noop_filter_on_crafted_sequence():
+    assert noop_keep_mask(CRAFTED).tolist() == EXPECTED_KEEP
+    assert is_noop(_a(grip=1), None) and not is_noop(_a(grip=1), _a(0.5, grip=-1))
+
+
+def raw_demo(actions, name=""):
+    n = len(actions)
+    states = np.zeros((n, 4))
+    states[0, 1:4] = [0.5, 0.0, 1.0]
+    return RawDemo(actions, states, "<raw/>", name=name)
+
+
+def test_replay_records_obs_before_each_kept_action():
+    env = FakeEnv(succeed_at=4)
+    res = replay_demo(env, raw_demo(CRAFTED), wait_steps=10)
+    kept = CRAFTED[EXPECTED_KEEP]
+    assert res.n_raw == 9 and res.n_kept == 4 and res.n_noops == 5 and res.success
+    np.testing.assert_array_equal(res.demo.actions, kept)
+    # frame j is the observation before kept action j: the env had taken j steps
+    assert res.demo.obs["agentview_rgb"][:, 0, 0, 0].tolist() == [0, 1, 2, 3]
+    assert res.demo.states[:, 0].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(res.demo.obs["ee_pos"][1], [0.6, 0.0, 1.0])
+    np.testing.assert_allclose(res.demo.obs["ee_ori"][0], quat2axisangle(QUAT))
+    assert res.demo.dones.tolist() == [0, 0, 0, 1]
+    assert not replay_demo(FakeEnv(succeed_at=5), raw_demo(CRAFTED)).success
+
+
+def test_replay_names_demo_with_nan_action():
+    actions = CRAFTED.copy()
+    actions[3, 2] = np.nan
+    with pytest.raises(RawDemoError, match=r"x_demo.hdf5:demo_7: non-finite action .* step 3"):
+        replay_demo(FakeEnv(), raw_demo(actions, "demo_7"), where="x_demo.hdf5:demo_7")
+
+
+@pytest.fixture(scope="module")
+def task_names():
+    from worldvla.envs.libero import get_suite
+
+    suite = get_suite("libero_goal")
+    return [suite.get_task(i).name for i in range(2)]
+
+
+def _write_raw(raw_dir, task_names):
+    for tid, name in enumerate(task_names):
+        demos = [raw_demo(CRAFTED) for _ in range(3)]
+        demos[1] = raw_demo(CRAFTED[:5])  # only 2 kept actions: fails (succeed_at=3)
+        write_raw_demo_file(raw_dir / f"{name}_demo.hdf5", {"language_instruction": name.replace("_", " ")}, demos)
+
+
+def test_regenerate_success_filter_resume_and_export(tmp_path, task_names):
+    raw, out, exp = tmp_path / "raw", tmp_path / "out", tmp_path / "exp"
+    _write_raw(raw, task_names)
+    cfg = RegenerateConfig(suite="libero_goal", raw_dir=raw, out_dir=out, resolution=RES, tasks=[0, 1],
+                           image_compression="none")
+    FakeEnv.calls = 0
+    regenerate(cfg, env_factory=fake_factory)
+    assert FakeEnv.calls == 6
+    meta, demos = read_raw_demo_file(out / f"{task_names[0]}_demo.hdf5")
+    assert [d.name for d in demos] == ["demo_0", "demo_2"]  # demo_1 failed on replay; names keep their index
+    assert meta["resolution"] == RES and meta["env_args"]["env_kwargs"]["camera_heights"] == RES
+    assert meta["language_instruction"] == task_names[0].replace("_", " ")
+    _, none_kept = read_raw_demo_file(out / f"{task_names[1]}_demo.hdf5")  # task 1 never succeeds
+    assert none_kept == []
+    info = json.loads((out / "libero_goal_metainfo.json").read_text())
+    assert info[task_names[0]]["demo_1"] == {"demo": "demo_1", "success": False, "kept": False, "n_raw": 5,
+                                             "n_kept": 2, "n_noops": 3}
+    # resume: nothing is replayed again; one removed result is redone
+    FakeEnv.calls = 0
+    regenerate(cfg, env_factory=fake_factory)
+    assert FakeEnv.calls == 0
+    (out / ".parts" / task_names[0] / "demo_2.json").unlink()
+    regenerate(cfg, env_factory=fake_factory)
+    assert FakeEnv.calls == 1
+    _, again = read_raw_demo_file(out / f"{task_names[0]}_demo.hdf5")
+    np.testing.assert_array_equal(again[1].obs["agentview_rgb"], demos[1].obs["agentview_rgb"])
+    # keep_failed keeps the failed demo (test data only)
+    cfg2 = RegenerateConfig(suite="libero_goal", raw_dir=raw, out_dir=tmp_path / "out2", resolution=RES, tasks=[0],
+                            keep_failed=True, export_dir=exp)
+    regenerate(cfg2, env_factory=fake_factory)
+    _, all3 = read_raw_demo_file(tmp_path / "out2" / f"{task_names[0]}_demo.hdf5")
+    assert [d.name for d in all3] == ["demo_0", "demo_1", "demo_2"]
+    # export: rotated PNGs, raw actions, protocol state
+    trj = exp / task_names[0] / "trj_2"
+    assert sorted(p.name for p in trj.iterdir()) == ["action", "ee_state", "eef_gripper_state", "gripper_state",
+                                                     "imgs", "imgs_third_view", "imgs_wrist", "robot_state"]
+    demo = all3[2]
+    for j in range(len(demo)):
+        third = np.asarray(Image.open(trj / "imgs" / f"image_{j}.png"))
+        np.testing.assert_array_equal(third, demo.obs["agentview_rgb"][j][::-1, ::-1])
+        assert third[-1, 0, 0] == j  # the step counter row is now at the bottom
+        np.testing.assert_array_equal(np.asarray(Image.open(trj / "imgs_third_view" / f"image_{j}.png")), third)
+        wrist = np.asarray(Image.open(trj / "imgs_wrist" / f"image_{j}.png"))
+        np.testing.assert_array_equal(wrist, demo.obs["eye_in_hand_rgb"][j][::-1, ::-1])
+        np.testing.assert_array_equal(np.load(trj / "action" / f"action_{j}.npy"), demo.actions[j])
+        state = np.load(trj / "eef_gripper_state" / f"eef_gripper_state_{j}.npy")
+        expect = np.concatenate([demo.obs["ee_pos"][j], quat2axisangle(QUAT), demo.obs["gripper_states"][j]])
+        np.testing.assert_allclose(state, expect)
+    assert not (exp / ".tmp").exists()
+
+
+def test_regenerate_with_two_workers(tmp_path, task_names):
+    raw = tmp_path / "raw"
+    _write_raw(raw, task_names)
+    out1, out2 = tmp_path / "w1", tmp_path / "w2"
+    for out, workers in ((out1, 1), (out2, 2)):
+        regenerate(RegenerateConfig(suite="libero_goal", raw_dir=raw, out_dir=out, resolution=RES, tasks=[0, 1],
+                                    workers=workers), env_factory=fake_factory)
+    for name in task_names:
+        _, a = read_raw_demo_file(out1 / f"{name}_demo.hdf5")
+        _, b = read_raw_demo_file(out2 / f"{name}_demo.hdf5")
+        assert [d.name for d in a] == [d.name for d in b]
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.obs["agentview_rgb"], y.obs["agentview_rgb"])
+
+
+def test_missing_raw_files_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no raw demo files for libero_goal"):
+        regenerate(RegenerateConfig(suite="libero_goal", raw_dir=tmp_path, out_dir=tmp_path / "o", tasks=[0]),
+                   env_factory=fake_factory)
+
+
+def test_export_errors_name_file_and_demo(tmp_path):
+    from worldvla.data.export import ExportConfig, export
+
+    h5 = tmp_path / "h5"
+    demo = raw_demo(CRAFTED[:3])
+    demo.robot_states = np.zeros((3, 9))
+    write_raw_demo_file(h5 / "some_task_demo.hdf5", {"language_instruction": "x"}, [demo, raw_demo(CRAFTED[:2])])
+    with pytest.raises(RawDemoError, match=r"some_task_demo\.hdf5:demo_0: missing image dataset obs/agentview_rgb"):
+        export(ExportConfig(hdf5_dir=h5, save_dir=tmp_path / "exp"))
+    assert not (tmp_path / "exp" / "some_task" / "trj_0").exists()  # no half-written trajectory
+    data = (h5 / "some_task_demo.hdf5").read_bytes()
+    (h5 / "some_task_demo.hdf5").write_bytes(data[: len(data) // 3])
+    with pytest.raises(RawDemoError, match=r"some_task_demo\.hdf5: cannot open as HDF5 \(truncated"):
+        export(ExportConfig(hdf5_dir=h5, save_dir=tmp_path / "exp"))

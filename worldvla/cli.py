@@ -1,0 +1,51 @@
+"""`worldvla <command> ...`: one console script that forwards to each stage's own CLI module.
+
+Every stage is also runnable as `python -m <module>`; this only saves typing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("worldvla.demo", "end-to-end CPU demo on the embedded default"),
+    "record-demos": ("libero_util.record_scripted_demos", "scripted expert -> raw LIBERO demo HDF5"),
+    "regenerate": ("worldvla.data.regenerate", "replay raw demos at 256/512 px with the no-op filter"),
+    "conversations": ("worldvla.data.conversations", "regenerated HDF5 -> conversation JSON splits"),
+    "pretokenize": ("worldvla.data.pretokenize", "conversation JSON -> token shards"),
+    "concat": ("worldvla.data.concat", "concatenate action + world shards into one training set"),
+    "train": ("worldvla.train", "train (accelerate: single process, FSDP or DeepSpeed)"),
+    "eval": ("worldvla.eval.libero", "LIBERO rollout evaluation"),
+    "imagine": ("worldvla.eval.imagine", "world-model imagination and video metrics"),
+    "metrics": ("worldvla.eval.video_metrics", "PSNR / SSIM / LPIPS / FVD of rollout videos"),
+    "serve": ("worldvla.serve.server", "websocket policy server"),
+}
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:<14} {desc}" for name, (_, desc) in COMMANDS.items())
+    return f"usage: worldvla <command> [args...]  (worldvla <command> --help)\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    entry = getattr(module, "main", None)
+    if entry is None:  # package with __main__
+        module = importlib.import_module(COMMANDS[name][0] + ".__main__")
+        entry = module.main
+    sys.argv = [f"worldvla {name}", *rest]
+    result = entry(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Conversation records -> `Sample`s with a per-frame image-token cache (shared by pretokenize and on-the-fly).
+
+`SampleTokenizer` owns the text, image, action and state tokenizers of one config, tokenises each
+image file once (VQ-GAN calls are batched), and picks the action statistics by sample kind: world-model
+samples (an image in the assistant turn) may use other min/max than action-model samples (RynnVLA-002's
+pretokenize path did, official_format.md §10.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldvla.data.sequence import IMAGE, RecordError, Sample, SequenceBuilder
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
+KINDS = ("action", "world")
+
+
+@dataclass
+class TokenizerConfig:
+    path: Path = Path("ckpts/chameleon/tokenizer")  # folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt (or its parent)
+    resolution: int = 256  # image side in px the VQ-GAN sees (256 or 512)
+    action_stats: str = "worldvla"  # preset name or JSON file (min/max of the 7-D actions)
+    world_action_stats: str = ""  # stats for world-model samples; "" = action_stats
+    state_stats: str = "rynnvla_state"  # preset name or JSON file (8-D proprio state)
+    device: str = "cpu"  # where the VQ-GAN runs
+    image_batch: int = 1  # images per VQ-GAN call; 1 is fastest on CPU and keeps codes independent of batching
+    # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
+
+
+def tokenizer_files(path: str | Path) -> dict[str, Path]:
+    """The three tokenizer files in `path` or `path/tokenizer` (official folder layout)."""
+    path = Path(path)
+    for folder in (path, path / "tokenizer"):
+        files = {name: folder / name for name in TOKENIZER_FILES}
+        if all(f.is_file() for f in files.values()):
+            return files
+    raise FileNotFoundError(f"{path}: expected {', '.join(TOKENIZER_FILES)} here or in {path / 'tokenizer'} "
+                            "(official layout ckpts/chameleon/tokenizer/)")
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def tokenizer_fingerprint(cfg: TokenizerConfig) -> dict:
+    """Everything that changes token ids: file hashes, resolution, normalisation statistics."""
+    from worldvla.tokenizers import load_stats
+
+    files = tokenizer_files(cfg.path)
+    world = cfg.world_action_stats or cfg.action_stats
+    return {
+        **{f"{name}_sha256": sha256_file(p) for name, p in files.items()},
+        "resolution": cfg.resolution,
+        "action_stats": _stats_dict(load_stats(cfg.action_stats)),
+        "world_action_stats": _stats_dict(load_stats(world)),
+        "state_stats": _stats_dict(load_stats(cfg.state_stats)),
+    }
+
+
+def vqgan_fingerprint(cfg: TokenizerConfig) -> dict:
+    """What the VQ codes of a frame depend on (the key of a frame cache)."""
+    files = tokenizer_files(cfg.path)
+    return {"vqgan.yaml_sha256": sha256_file(files["vqgan.yaml"]), "vqgan.ckpt_sha256": sha256_file(files["vqgan.ckpt"]),
+            "resolution": cfg.resolution}
+
+
+def _stats_dict(stats) -> dict:
+    return {"min": list(stats.min), "max": list(stats.max)}
+
+
+def sample_kind(record: dict) -> str:
+    """"world" when the assistant turn contains an image placeholder, else "action"."""
+    for turn in record.get("conversations") or []:
+        if turn.get("from") == "gpt" and IMAGE in str(turn.get("value", "")):
+            return "world"
+    return "action"
+
+
+def media_key(item, base_dir: Path | None) -> str:
+    path = Path(item)
+    return str(base_dir / path if base_dir is not None else path)
+
+
+class SampleTokenizer:
+    """`build(record, name) -> Sample`; `prefetch(records)` tokenises their images in batches first."""
+
+    def __init__(self, cfg: TokenizerConfig, base_dir: str | Path | None = None, cache_size: int = 0, frame_cache=None):
+        """`cache_size`: images kept in memory (0 = unbounded); `frame_cache`: a FrameCache to read codes from."""
+        from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer, load_stats
+
+        files = tokenizer_files(cfg.path)
+        self.cfg = cfg
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.text = TextTokenizer(files["text_tokenizer.json"])
+        self.image = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], self.text.vocab,
+                                               cfg.resolution, device=cfg.device)
+        state = StateTokenizer(load_stats(cfg.state_stats))
+        self.builders = {"action": SequenceBuilder(self.text, self._image_tokens, ActionTokenizer(load_stats(cfg.action_stats)), state)}
+        world = cfg.world_action_stats or cfg.action_stats
+        self.builders["world"] = (self.builders["action"] if world == cfg.action_stats else
+                                  SequenceBuilder(self.text, self._image_tokens, ActionTokenizer(load_stats(world)), state))
+        self.cache: OrderedDict[str, list[int]] = OrderedDict()
+        self.cache_size = cache_size
+        self.frame_cache = frame_cache
+        self.n_encoded = 0
+
+    # -- images -------------------------------------------------------------------------------
+    def _load(self, key: str, where: str) -> np.ndarray:
+        from worldvla.tokenizers.image import to_rgb_array
+
+        path = Path(key)
+        if not path.is_file():
+            trj = path.parent.parent
+            raise RecordError(f"{where}: image file not found: {path} (trajectory {trj.name} of task {trj.parent.name})")
+        try:
+            return to_rgb_array(path)
+        except OSError as err:
+            raise RecordError(f"{where}: cannot read image {path}: {err}") from None
+
+    def _store(self, key: str, tokens: list[int]) -> None:
+        self.cache[key] = tokens
+        if self.cache_size and len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    def prefetch(self, records: list[tuple[str, dict]]) -> None:
+        """Tokenise every not-yet-cached image of `records` ((name, record) pairs), batched."""
+        todo: dict[str, str] = {}
+        for name, record in records:
+            for item in record.get("image") or []:
+                if isinstance(item, (str, Path)):
+                    key = media_key(item, self.base_dir)
+                    if key not in self.cache and key not in todo:
+                        todo[key] = name
+        keys = list(todo)
+        for i in range(0, len(keys), self.cfg.image_batch):
+            chunk = keys[i: i + self.cfg.image_batch]
+            arrays = [self._load(k, f"record {todo[k]}") for k in chunk]
+            try:
+                codes = self.image.encode(arrays)
+            except ValueError as err:
+                raise RecordError(f"record {todo[chunk[0]]}: images {chunk[0]}...: {err}") from None
+            from worldvla.tokenizers.image import codes_to_tokens
+
+            for key, c in zip(chunk, codes):
+                self._store(key, codes_to_tokens(c, self.image.vocab))
+            self.n_encoded += len(chunk)
+
+    def _image_tokens(self, item) -> list[int]:
+        if not isinstance(item, (str, Path)):
+            return self.image.image_to_tokens(item)
+        key = str(Path(item))
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        if self.frame_cache is not None and Path(key).is_file():
+            from worldvla.data.frame_cache import frame_key
+            from worldvla.tokenizers.image import codes_to_tokens
+
+            fkey = frame_key(key)
+            if fkey in self.frame_cache:
+                tokens = codes_to_tokens(self.frame_cache.codes(fkey), self.image.vocab)
+                self._store(key, tokens)
+                return tokens
+        tokens = self.image.image_to_tokens(self._load(key, "record"))
+        self.n_encoded += 1
+        self._store(key, tokens)
+        return tokens
+
+    # -- samples ------------------------------------------------------------------------------
+    def build(self, record: dict, name: str = "", prefetch: bool = True) -> tuple[Sample, str]:
+        """(Sample, kind) for a training record; errors name the record and the media file."""
+        kind = sample_kind(record)
+        if prefetch and self.frame_cache is None:
+            self.prefetch([(name, record)])
+        return self.builders[kind].build(record, training=True, base_dir=self.base_dir, name=name), kind

@@ -1,0 +1,63 @@
+"""Typed configuration of a LIBERO rollout evaluation (`python -m worldvla.eval.libero`).
+
+Defaults are the protocol of ../shared/design/libero_protocol.md and official_format.md §9; any
+field set away from its protocol value is reported by `worldvla.eval.protocol.deviations` and written
+into every output file of the run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIDEO_MODES = ("none", "failures", "all")
+
+
+@dataclass
+class EvalConfig:
+    # what to evaluate
+    policy: str = field(default="", metadata={"help": "checkpoint dir, ws://host:port (policy server) or module:factory"})
+    device: str = field(default="cpu", metadata={"help": "torch device of an in-process policy"})
+    suites: list[str] = field(default_factory=lambda: ["libero_goal"], metadata={"help": "LIBERO suites, e.g. [libero_goal,libero_10]"})
+    tasks: list[int] | None = field(default=None, metadata={"help": "task ids (None = all tasks of each suite)"})
+    num_trials: int = field(default=50, metadata={"help": "episodes per task (protocol: 50 init states)"})
+    # protocol knobs (protocol values are the defaults)
+    max_steps: int | None = field(default=None, metadata={"help": "policy steps per episode (None = suite value: 220/280/300/520/400)"})
+    wait_steps: int = field(default=10, metadata={"help": "dummy steps before the policy acts, not counted in max_steps"})
+    seed: int = field(default=7, metadata={"help": "python/numpy/torch seed (protocol: 7)"})
+    env_seed: int = field(default=0, metadata={"help": "env.seed() value (WorldVLA/OpenVLA: 0, openpi: 7)"})
+    resolution: int | None = field(default=None, metadata={"help": "render resolution in px (None = the policy's)"})
+    rotate180: bool = field(default=True, metadata={"help": "rotate camera images 180 degrees as the training data"})
+    history: int | None = field(default=None, metadata={"help": "frames per query M (None = the policy's)"})
+    execute_steps: int | None = field(default=None, metadata={"help": "actions executed per chunk (None = all K, open loop)"})
+    invert_gripper: bool = field(default=False, metadata={"help": "flip the gripper sign (never for WorldVLA)"})
+    # execution
+    num_workers: int = field(default=1, metadata={"help": "simulator processes (0 = in the main process)"})
+    batch_timeout_s: float = field(default=0.05, metadata={"help": "how long a batch waits for the other workers' requests"})
+    shard: str = field(default="0/1", metadata={"help": "i/n: run only every n-th episode starting at i"})
+    policy_threads: int = field(default=0, metadata={"help": "torch threads of the policy (0 = torch default)"})
+    env_factory: str = field(default="", metadata={"help": "module:callable replacing LiberoEnv (tests only)"})
+    # outputs
+    output_dir: Path | None = field(default=None, metadata={"help": "default outputs/eval/<suites>_<res>_<policy name>"})
+    videos: str = field(default="failures", metadata={"help": "none | failures | all"})
+    video_fps: int = field(default=30, metadata={"help": "mp4 frame rate (official: 30)"})
+    video_wrist: bool | None = field(default=None, metadata={"help": "add the wrist view (None = when the policy uses it)"})
+    retry_errors: bool = field(default=True, metadata={"help": "on resume, rerun episodes that ended with an error"})
+
+    def __post_init__(self) -> None:
+        if self.videos not in VIDEO_MODES:
+            raise ValueError(f"videos must be one of {VIDEO_MODES}, got {self.videos!r}")
+        if not self.suites:
+            raise ValueError("suites is empty; e.g. suites=[libero_goal]")
+        if self.num_trials < 1 or self.num_workers < 0 or self.wait_steps < 0:
+            raise ValueError("num_trials >= 1, num_workers >= 0 and wait_steps >= 0 are required")
+        parse_shard(self.shard)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"shard must look like i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(m.group(1)), int(m.group(2))

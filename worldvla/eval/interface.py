@@ -1,0 +1,101 @@
+"""What the evaluation needs from a policy, and how a policy is found from a string.
+
+A policy is anything with `predict_batch(instructions, images_per_episode, wrists=None, states=None)
+-> list[(K, 7) de-normalised actions]` and the attributes `chunk_size`, `history`, `resolution`
+(optional: `uses_wrist`, `uses_state`, `name`). `WorldVLAPolicy` (worldvla.eval.policy), the
+websocket client (worldvla.serve.client) and the scripted test policies (worldvla.eval.scripted)
+all qualify. Batching must not change an episode's result: policies decode greedily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    chunk_size: int
+    history: int
+    resolution: int
+
+    def predict_batch(
+        self,
+        instructions: Sequence[str],
+        images_per_episode: Sequence[Sequence[np.ndarray]],
+        wrists: Sequence[Sequence[np.ndarray]] | None = None,
+        states: Sequence[np.ndarray] | None = None,
+    ) -> list[np.ndarray]: ...
+
+
+def policy_info(policy) -> dict:
+    """The attributes the rollout uses, with defaults for the optional ones."""
+    missing = [a for a in ("chunk_size", "history", "resolution", "predict_batch") if not hasattr(policy, a)]
+    if missing:
+        raise TypeError(f"{type(policy).__name__} is not a policy: missing {missing} (see worldvla.eval.interface)")
+    return {
+        "name": str(getattr(policy, "name", type(policy).__name__)),
+        "chunk_size": int(policy.chunk_size),
+        "history": int(policy.history),
+        "resolution": int(policy.resolution),
+        "uses_wrist": bool(getattr(policy, "uses_wrist", False)),
+        "uses_state": bool(getattr(policy, "uses_state", False)),
+    }
+
+
+def import_object(spec: str):
+    """'package.module:attribute' -> the attribute."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"expected module:attribute, got {spec!r}")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"cannot import {module!r} from {spec!r}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(f"{module} has no attribute {attr!r} (from {spec!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_policy(spec: str, device: str = "cpu"):
+    """Checkpoint directory, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory."""
+    if not spec:
+        raise ValueError("no policy given: policy=CKPT_DIR, policy=ws://127.0.0.1:8000 or policy=module:factory")
+    if spec.startswith(("ws://", "wss://")):
+        from worldvla.serve.client import RemotePolicy
+
+        return RemotePolicy(spec)
+    path = Path(spec)
+    if path.is_dir():
+        try:
+            from worldvla.eval.policy import WorldVLAPolicy
+        except ImportError as err:
+            raise ImportError(f"cannot load checkpoint {path}: worldvla.eval.policy unavailable ({err})") from err
+        log.info("loading policy from %s on %s", path, device)
+        return WorldVLAPolicy.from_pretrained(path, device=device)
+    if ":" in spec and not path.exists():
+        factory = import_object(spec)
+        is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)
+        return factory if is_instance else factory()
+    raise FileNotFoundError(f"policy {spec!r} is not a checkpoint directory, a ws:// URL or module:factory")
+
+
+def check_chunk(chunk, expected_dim: int = 7) -> np.ndarray:
+    """A policy's output as a (K, 7) float64 array of finite numbers, or a clear error."""
+    arr = np.asarray(chunk, dtype=np.float64)
+    if arr.ndim == 1 and arr.shape[0] == expected_dim:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != expected_dim or arr.shape[0] < 1:
+        raise ValueError(f"policy returned actions of shape {arr.shape}; expected (K, {expected_dim}) with K >= 1")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"policy returned non-finite actions: {arr}")
+    return arr

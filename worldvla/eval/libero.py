@@ -1,0 +1,74 @@
+"""LIBERO rollout evaluation CLI.
+
+    python -m worldvla.eval.libero --config configs/eval/libero_goal_256.yaml policy=CKPT_DIR [key=value ...]
+    python -m worldvla.eval.libero policy=ws://127.0.0.1:8000 suites=[libero_10] num_workers=4
+    python -m worldvla.eval.libero ... shard=1/4            # one of 4 machines; then:
+    python -m worldvla.eval.libero merge OUT_DIR [OUT_DIR ...] [--out DIR]
+
+Rerunning the same command resumes: finished episodes are skipped. Outputs in output_dir:
+run.json (settings, protocol, deviations), episodes.jsonl (one line per episode), summary.json /
+summary.md (per task and suite, Wilson 95 % intervals), eval.log, videos/<suite>/*.mp4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from worldvla.config import ConfigError, parse_cli
+
+from .config import EvalConfig
+
+
+def _merge_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worldvla.eval.libero merge",
+                                     description="merge shard outputs of one evaluation into one summary")
+    parser.add_argument("dirs", nargs="+", help="output directories of the shards (or one shared directory)")
+    parser.add_argument("--out", default=None, help="where to write the merged summary (default: the first dir)")
+    args = parser.parse_args(argv)
+    from .merge import merge_runs
+
+    summary = merge_runs(args.dirs, args.out)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    for suite, b in summary["suites"].items():
+        rate = "-" if b["success_rate"] is None else f"{100 * b['success_rate']:.1f} %"
+        print(f"{suite}: {b['successes']}/{b['episodes']} ({rate}), 95 % CI "
+              f"[{100 * b['ci95'][0]:.1f}, {100 * b['ci95'][1]:.1f}] %, errors {b['errors']}, missing {b['missing']}")
+    if summary.get("headline_mean_4_suites") is not None:
+        print(f"mean of the 4 suites: {100 * summary['headline_mean_4_suites']:.1f} %")
+    for d in summary.get("deviations", []):
+        print(f"deviation: {d}")
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "merge":
+        return _merge_main(argv[1:])
+    try:
+        cfg = parse_cli(EvalConfig, argv, description=__doc__)
+    except (ValueError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .runner import Evaluation, ResumeMismatch
+
+    try:
+        summary = Evaluation(cfg).execute()
+    except (ResumeMismatch, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    _print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""WorldVLAPolicy: a checkpoint folder -> `predict(instruction, images) -> (K, 7)` actions for the env.
+
+Prompt (official_format.md §9): "What action should the robot take to {instruction}?" + one image
+placeholder per history frame (the first query of an episode has one frame), human turn only, ending
+with 8710; images are tokenised by the bundled VQ-GAN one at a time (so batching never changes
+codes). The K action blocks are decoded greedily under the action mask — in parallel by default,
+sequentially, or with the official unconstrained generate-then-parse — and de-normalised with the
+checkpoint's statistics. `imagine(image, action)` runs the world model: the official world prompt and
+constrained image-token generation, decoded to pixels by the VQ-GAN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldvla.data.sequence import SequenceBuilder, action_conversation, world_conversation
+from worldvla.model import generate as G
+from worldvla.model.loading import find_tokenizer_dir, load_model
+from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, NormStats, StateTokenizer, TextTokenizer, load_stats
+from worldvla.tokenizers.text import file_sha256
+
+log = logging.getLogger(__name__)
+SETTINGS_NAME = "worldvla.json"
+DECODE_MODES = G.MODES
+
+
+@dataclass
+class PolicySettings:
+    """Inference settings (worldvla.json); defaults are the released WorldVLA LIBERO setup."""
+
+    chunk_size: int = 5  # K actions per query (10 for libero_10)
+    history: int = 2  # frames per prompt (official his=2)
+    resolution: int = 256  # px the model was trained at
+    action_stats: object = "worldvla"  # preset name, JSON path or {"min", "max"}
+    world_action_stats: object = None  # stats of world-model samples' actions (None = action_stats)
+    state_stats: object = "rynnvla_state"
+    with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
+    with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
+    text_tokenizer_sha256: str | None = None
+    step: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "PolicySettings":
+        data = json.loads(path.read_text())
+        known = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**known, extra=data)
+
+
+def _stats(spec) -> NormStats:
+    if isinstance(spec, dict):
+        return NormStats(tuple(map(float, spec["min"])), tuple(map(float, spec["max"])))
+    return load_stats(spec)
+
+
+class WorldVLAPolicy:
+    def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: PolicySettings,
+                 decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
+                 action_mask: bool = True, name: str = "worldvla"):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES}")
+        self.model, self.text, self.images, self.settings = model, text, images, settings
+        self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
+        self.action_tok = ActionTokenizer(_stats(settings.action_stats))
+        world = settings.world_action_stats or settings.action_stats
+        state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
+        self.builder = SequenceBuilder(text, images.image_to_tokens, self.action_tok, state_tok)
+        self.world_builder = SequenceBuilder(text, images.image_to_tokens, ActionTokenizer(_stats(world)))
+        self.image_ids = torch.as_tensor(text.vocab.image_ids(), dtype=torch.long)
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                        tokenizer: str | Path | None = None, decode: str = "parallel", **settings) -> "WorldVLAPolicy":
+        """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
+        with `tokenizer=<dir>` and the settings as keyword arguments (chunk_size, history, resolution,
+        action_stats, ...). dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
+        from worldvla.model.loading import resolve_source
+
+        folder = resolve_source(ckpt_dir)
+        path = folder / SETTINGS_NAME
+        base = PolicySettings.from_file(path) if path.is_file() else PolicySettings()
+        unknown = set(settings) - set(PolicySettings.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(PolicySettings.__dataclass_fields__)}")
+        for k, v in settings.items():
+            if v is not None:
+                setattr(base, k, v)
+        if not path.is_file():
+            log.info("%s has no %s: using %s", folder, SETTINGS_NAME, base)
+        tok_dir = find_tokenizer_dir(folder, tokenizer)
+        text = TextTokenizer(tok_dir / "text_tokenizer.json")
+        if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
+            raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "
+                             f"(sha256 {file_sha256(text.path)[:12]} != {base.text_tokenizer_sha256[:12]})")
+        images = ImageTokenizer.from_files(tok_dir / "vqgan.yaml", tok_dir / "vqgan.ckpt", text.vocab,
+                                           base.resolution, device=device)
+        if dtype is None:
+            dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+        model = load_model(folder, dtype=dtype, device=device)
+        return cls(model, text, images, base, decode=decode, name=folder.name)
+
+    # -- attributes used by the evaluation ---------------------------------------------------------
+    @property
+    def chunk_size(self) -> int:
+        return self.settings.chunk_size
+
+    @property
+    def history(self) -> int:
+        return self.settings.history
+
+    @property
+    def resolution(self) -> int:
+        return self.settings.resolution
+
+    @property
+    def uses_wrist(self) -> bool:
+        return self.settings.with_wrist
+
+    @property
+    def uses_state(self) -> bool:
+        return self.settings.with_state
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def prompt_ids(self, instruction: str, images: Sequence[np.ndarray], wrist: Sequence[np.ndarray] | None = None,
+                   state: np.ndarray | None = None) -> list[int]:
+        frames = list(images)[-self.history:]
+        if not frames:
+            raise ValueError("predict needs at least the current image")
+        if self.uses_wrist:
+            if wrist is None or len(wrist) < len(frames):
+                raise ValueError(f"this checkpoint needs a wrist image per frame ({len(frames)}), got "
+                                 f"{0 if wrist is None else len(wrist)}")
+            wrist = list(wrist)[-len(frames):]
+            frames = [img for pair in zip(frames, wrist) for img in pair]  # [third_t-1, wrist_t-1, third_t, wrist_t]
+        states = []
+        if self.uses_state:
+            if state is None:
+                raise ValueError("this checkpoint needs the 8-D robot state (state=...)")
+            states = [np.asarray(state, dtype=np.float64).reshape(-1)]
+        turns = action_conversation(instruction, len(frames), self.chunk_size, n_states=len(states))
+        return self.builder.prompt(turns, frames, states=states).input_ids
+
+    # -- inference ---------------------------------------------------------------------------------
+    def predict_tokens(self, prompts: list[list[int]]) -> list[np.ndarray]:
+        """Action-bin ids per prompt: (K, 7) arrays (K may differ in unconstrained mode)."""
+        if self.decode == "unconstrained":
+            outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask)
+            result = []
+            for b, ids in enumerate(outs):
+                blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
+                if not blocks:
+                    raise RuntimeError(f"prompt {b}: unconstrained decoding produced no complete action block "
+                                       f"(generated {ids[:20]}...)")
+                result.append(np.asarray(blocks, dtype=np.int64))
+            return result
+        blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
+                                        action_mask=self.action_mask)  # (B, K, 9)
+        return list(blocks[..., 1:-1].cpu().numpy())
+
+    def predict_batch(self, instructions: Sequence[str], images_per_episode: Sequence[Sequence[np.ndarray]],
+                      wrists: Sequence[Sequence[np.ndarray]] | None = None,
+                      states: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """One (K, 7) de-normalised action chunk per episode; batching does not change results."""
+        if len(instructions) != len(images_per_episode):
+            raise ValueError(f"{len(instructions)} instructions but {len(images_per_episode)} image lists")
+        prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
+                                   None if states is None else states[i])
+                   for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        return [self.action_tok.decode(tokens) for tokens in self.predict_tokens(prompts)]
+
+    def predict(self, instruction: str, images: Sequence[np.ndarray], wrist=None, state=None) -> np.ndarray:
+        return self.predict_batch([instruction], [images], None if wrist is None else [wrist],
+                                  None if state is None else [state])[0]
+
+    __call__ = predict
+
+    def imagine(self, image, action, return_tokens: bool = False):
+        """World model: current frame(s) + action(s) -> the next frame (H, W, 3) uint8.
+
+        `image`/`action` may be one frame / one 7-D action or equal-length lists (history)."""
+        frames = list(image) if isinstance(image, (list, tuple)) else [image]
+        acts = np.asarray(action, dtype=np.float64).reshape(-1, G.ACTION_DIM)
+        if len(frames) != len(acts):
+            raise ValueError(f"{len(frames)} frames but {len(acts)} actions (one action per history frame)")
+        prompt = self.world_builder.prompt(world_conversation(len(frames)), frames, actions=list(acts)).input_ids
+        latent = self.resolution // 16  # VQ-GAN downsampling
+        span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask)[0]
+        span = span.cpu().tolist()
+        picture = self.images.tokens_to_image(span)
+        return (picture, span) if return_tokens else picture

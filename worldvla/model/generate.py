@@ -1,0 +1,238 @@
+"""Greedy decoding with a static KV cache: action chunks (parallel or sequential), official
+generate-then-parse, and constrained image generation for the world model.
+
+Parallel chunk decoding. Under the action mask (worldvla.model.masks) action block i sees the prompt
+and its own tokens only, and every block is 9 tokens: [10004, 7 bins, 15004]. So after the prompt
+(P tokens, ending with 8710) the K blocks are decoded together: step t feeds the t-th token of every
+block as one K-token input at positions P + 9 i + t, writing each into the cache slot it would have
+had sequentially, with mask rows that are exactly the rows of the full sequence's mask. 7 forward
+steps after prefill instead of 9K - 1, and the same tokens as sequential decoding (tested).
+
+Prompts of different lengths are right-padded (pad slots are masked: they are later positions of the
+row's own action blocks, overwritten before they become visible). Cache slot = position throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from worldvla import vocab as V
+from worldvla.model.masks import ActionLayout, RowMasker, reference_mask, to_additive
+from worldvla.model.transformer import Transformer
+
+ACTION_DIM = 7  # tokens between the block's start and end
+BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]
+FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_START_ID + 2, V.ACTION_START_ID + 257  # 10006..10261 (official_format §2.2)
+OFFICIAL_MAX_NEW_TOKENS = 300  # official eval: action_steps (25) * 12
+MODES = ("parallel", "sequential", "unconstrained")
+
+
+@dataclass
+class DecodeStats:
+    forward_steps: int = 0  # model calls after prefill
+    tokens_fed: int = 0
+
+
+def pad_right(prompts: list[list[int]], device, pad_id: int = V.PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P_max) tokens right-padded with `pad_id`, (B,) lengths."""
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    tokens = torch.full((len(prompts), int(lengths.max())), pad_id, dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        tokens[b, : len(p)] = torch.as_tensor(p, dtype=torch.long)
+    return tokens, lengths
+
+
+def planned_layouts(prompts: list[list[int]], suffix: list[int], length: int) -> list[ActionLayout]:
+    """Layouts of prompt + suffix (the structure of what will be generated), over `length` slots."""
+    return [ActionLayout(length, lay.blocks, lay.last_image_end)
+            for lay in (ActionLayout.from_ids(list(p) + suffix) for p in prompts)]
+
+
+def restricted_argmax(logits: torch.Tensor, allowed: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    """Greedy choice among a contiguous id range (lo, hi) or an explicit id tensor."""
+    if isinstance(allowed, tuple):
+        lo, hi = allowed
+        return logits[..., lo : hi + 1].argmax(-1) + lo
+    return allowed[logits[..., allowed].argmax(-1)]
+
+
+@torch.no_grad()
+def prefill(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor, masker: RowMasker) -> torch.Tensor:
+    """Run the prompts through the cache; logits of each row's last prompt token (B, V)."""
+    P = tokens.shape[1]
+    positions = torch.arange(P, device=tokens.device)
+    mask = masker(positions)[..., :P]  # (B, 1, P, P)
+    hidden = model.forward_hidden(tokens, input_pos=positions, mask=mask)  # (B, P, dim)
+    return model.logits(hidden[torch.arange(len(lengths)), lengths - 1])
+
+
+@torch.no_grad()
+def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_size: int, mode: str = "parallel",
+                         action_mask: bool = True, use_cache: bool = True,
+                         stats: DecodeStats | None = None) -> torch.Tensor:
+    """Constrained greedy decoding of K action blocks per prompt -> (B, K, 9) token ids.
+
+    Block structure is forced (start, 7 ids in 10006..10261, end); `mode` is `parallel` or `sequential`.
+    `use_cache=False` (sequential only) re-runs the whole sequence every step (benchmark baseline).
+    """
+    if mode not in ("parallel", "sequential"):
+        raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
+    if mode == "parallel" and not action_mask:
+        raise ValueError("parallel chunk decoding is exact only under the action mask; use mode=sequential")
+    stats = stats if stats is not None else DecodeStats()
+    device, K, B = model.device, chunk_size, len(prompts)
+    tokens, lengths = pad_right(prompts, device)
+    total = int(lengths.max()) + BLOCK_LEN * K
+    block = [V.ACTION_START_ID] + [FIRST_BIN_ID] * ACTION_DIM + [V.ACTION_END_ID]
+    masker = RowMasker(planned_layouts(prompts, block * K, total), total, action_mask, device)
+    out = torch.full((B, K, BLOCK_LEN), V.ACTION_START_ID, dtype=torch.long, device=device)
+    out[..., -1] = V.ACTION_END_ID
+    bins = (FIRST_BIN_ID, LAST_BIN_ID)
+    starts = lengths[:, None] + BLOCK_LEN * torch.arange(K, device=device)  # (B, K) block start positions
+    if not use_cache:
+        if mode != "sequential":
+            raise ValueError("use_cache=False is supported for mode=sequential only")
+        return _sequential_nocache(model, tokens, lengths, out, masker, stats)
+    model.setup_caches(B, total)
+    try:
+        prefill(model, tokens, lengths, masker)
+        if mode == "parallel":
+            for t in range(ACTION_DIM):  # feed token t of all K blocks, predict token t + 1
+                pos = starts + t  # (B, K)
+                logits = model(out[..., t], input_pos=pos, mask=masker(pos))  # (B, K, V)
+                out[..., t + 1] = restricted_argmax(logits, bins)
+                stats.forward_steps += 1
+                stats.tokens_fed += B * K
+        else:
+            for i in range(K):
+                for t in range(BLOCK_LEN if i < K - 1 else BLOCK_LEN - 1):
+                    pos = starts[:, i : i + 1] + t  # (B, 1)
+                    logits = model(out[:, i, t : t + 1], input_pos=pos, mask=masker(pos))  # (B, 1, V)
+                    if t < ACTION_DIM:
+                        out[:, i, t + 1] = restricted_argmax(logits[:, 0], bins)
+                    stats.forward_steps += 1
+                    stats.tokens_fed += B
+    finally:
+        model.clear_caches()
+    return out
+
+
+def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Tensor:
+    """Sequential decoding that re-runs the full (growing) sequence each step: no KV cache."""
+    B, K = out.shape[:2]
+    rows = torch.arange(B, device=tokens.device)
+    seq = torch.cat([tokens, torch.zeros(B, BLOCK_LEN * K, dtype=torch.long, device=tokens.device)], 1)
+    for i in range(K):
+        base = lengths + BLOCK_LEN * i  # (B,) position of block i's start token
+        for t in range(ACTION_DIM):
+            seq[rows, base + t] = out[:, i, t]
+            L = int((base + t).max()) + 1
+            positions = torch.arange(L, device=tokens.device)
+            hidden = model.forward_hidden(seq[:, :L], mask=masker(positions)[..., :L])  # (B, L, dim)
+            out[:, i, t + 1] = restricted_argmax(model.logits(hidden[rows, base + t]), (FIRST_BIN_ID, LAST_BIN_ID))
+            stats.forward_steps += 1
+            stats.tokens_fed += B * L
+        for t in (ACTION_DIM, ACTION_DIM + 1):
+            seq[rows, base + t] = out[:, i, t]
+    return out
+
+
+def parse_action_blocks(ids: list[int]) -> list[list[int]]:
+    """Official generate-then-parse: the ids between each 10004 and the next 15004 (a new 10004 restarts)."""
+    blocks, start = [], None
+    for i, tok in enumerate(ids):
+        if tok == V.ACTION_START_ID:
+            start = i
+        elif tok == V.ACTION_END_ID and start is not None:
+            blocks.append(list(ids[start + 1 : i]))
+            start = None
+    return blocks
+
+
+@torch.no_grad()
+def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
+                    eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, dense_official_mask: bool = False,
+                    stats: DecodeStats | None = None) -> list[list[int]]:
+    """Unconstrained greedy generation until `eos_id` (kept) or `max_new_tokens`, as the official eval.
+
+    Every step's mask row is recomputed from all ids so far (the official rule on the running sequence).
+    `dense_official_mask=True` rebuilds it the official way (full L x L mask, additive, last row): the
+    benchmark's baseline; the result is the same.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    device, B = model.device, len(prompts)
+    tokens, lengths = pad_right(prompts, device)
+    total = int(lengths.max()) + max_new_tokens
+    seqs = [list(p) for p in prompts]
+    done = [False] * B
+    model.setup_caches(B, total)
+    try:
+        logits = prefill(model, tokens, lengths, RowMasker(planned_layouts(prompts, [], total), total, action_mask, device))
+        for step in range(max_new_tokens):
+            nxt = logits.argmax(-1)  # (B,)
+            for b in range(B):
+                if not done[b]:
+                    seqs[b].append(int(nxt[b]))
+                    done[b] = seqs[b][-1] == eos_id
+            if all(done) or step == max_new_tokens - 1:
+                break
+            pos = (lengths + step)[:, None]  # (B, 1)
+            if dense_official_mask:
+                mask = _official_rows(seqs, total, action_mask, model.dtype, device)
+            else:
+                mask = RowMasker([ActionLayout.from_ids(s) for s in seqs], total, action_mask, device)(pos)
+            logits = model(nxt[:, None], input_pos=pos, mask=mask)[:, 0]
+            stats.forward_steps += 1
+            stats.tokens_fed += B
+    finally:
+        model.clear_caches()
+    return [s[len(p):] for s, p in zip(seqs, prompts)]
+
+
+def _official_rows(seqs: list[list[int]], num_keys: int, action_mask: bool, dtype, device) -> torch.Tensor:
+    """The official per-step mask: the full mask of the running ids, additive, last row only."""
+    rows = torch.zeros(len(seqs), 1, 1, num_keys, dtype=dtype, device=device)
+    rows.fill_(torch.finfo(dtype).min)
+    for b, s in enumerate(seqs):
+        full = reference_mask(s) if action_mask else torch.tril(torch.ones(len(s), len(s), dtype=torch.bool))
+        rows[b, 0, 0, : len(s)] = to_additive(full.to(device), dtype)[-1]
+    return rows
+
+
+def image_span_plan(h_latent: int, w_latent: int) -> list[int | None]:
+    """Token plan of a generated image: structural ids, None where a VQ code is chosen."""
+    head = [V.BOI_ID, V.size_token_id(h_latent // 2), V.size_token_id(w_latent // 2)]
+    return head + ([None] * w_latent + [V.ROW_BREAK_ID]) * h_latent + [V.EOI_ID]
+
+
+@torch.no_grad()
+def generate_image(model: Transformer, prompts: list[list[int]], h_latent: int, w_latent: int,
+                   image_ids: torch.Tensor, action_mask: bool = True) -> torch.Tensor:
+    """Constrained greedy image generation: boi, size, size, rows of codes + row break, eoi.
+
+    Codes are chosen among `image_ids` only (the official FlexAR constraint: inside an image span only
+    image tokens); structural tokens are forced. Returns (B, 4 + h (w + 1)) ids of the image span.
+    """
+    plan = image_span_plan(h_latent, w_latent)
+    device, B = model.device, len(prompts)
+    image_ids = image_ids.to(device)
+    tokens, lengths = pad_right(prompts, device)
+    total = int(lengths.max()) + len(plan)
+    placeholder = [t if t is not None else int(image_ids[0]) for t in plan]
+    masker = RowMasker(planned_layouts(prompts, placeholder, total), total, action_mask, device)
+    out = torch.tensor(placeholder, device=device).repeat(B, 1)  # (B, n)
+    model.setup_caches(B, total)
+    try:
+        logits = prefill(model, tokens, lengths, masker)
+        last_code = max(i for i, p in enumerate(plan) if p is None)
+        for t in range(last_code + 1):  # later tokens (row break, eoi) are forced
+            if t > 0:
+                pos = (lengths + t - 1)[:, None]  # feed token t - 1, predict token t
+                logits = model(out[:, t - 1 : t], input_pos=pos, mask=masker(pos))[:, 0]
+            if plan[t] is None:
+                out[:, t] = restricted_argmax(logits, image_ids)
+    finally:
+        model.clear_caches()
+    return out

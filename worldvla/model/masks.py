@@ -1,0 +1,238 @@
+"""WorldVLA's attention mask: causal, plus "an action block does not see earlier action blocks".
+
+Official rule (`generate_att_mask_3`, official_format.md §5), per sequence of length L:
+1. start from the causal (lower-triangular) mask;
+2. pair image starts (8197) with image ends (8196) and action starts (10004) with action ends (15004)
+   in order; one missing end becomes L-1, one surplus end is dropped, anything else is an error;
+3. last_image_end = end of the last image pair (-1 without images);
+4. for each action block (s, e) with s > last_image_end and each action block (s', e') with e' < s:
+   mask[s..e, s'..e'] = False (inclusive).
+
+Implementations (all checked against `reference_mask`, a literal transcription, in tests):
+- `ActionLayout`: the blocks of one sequence, from token ids (`spans_from_ids`) or `Span` metadata;
+- `RowMasker` / `mask_rows(layouts, q_pos, S)`: (B, 1, Lq, S) boolean rows for arbitrary query positions over S key
+  slots — the SDPA path for training (`dense_mask`, `batch_mask`) and for cached decoding;
+- `flex_block_mask`: a FlexAttention `BlockMask` for the same rule (GPU training path);
+- `to_additive`: 0 / dtype-min float form of a boolean mask.
+`action_mask=False` everywhere gives the plain causal mask (the paper's no-action-mask ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldvla import vocab as V
+from worldvla.data.sequence import Span
+
+
+class MaskError(ValueError):
+    """Start/end tokens that the official pairing rule rejects."""
+
+
+def _pairs(ids: np.ndarray, start_id: int, end_id: int, what: str) -> list[tuple[int, int]]:
+    starts = np.flatnonzero(ids == start_id).tolist()
+    ends = np.flatnonzero(ids == end_id).tolist()
+    if len(starts) == len(ends) + 1:
+        ends.append(len(ids) - 1)  # missing end -> last position
+    elif len(ends) == len(starts) + 1:
+        ends.pop()  # surplus end dropped
+    if len(starts) != len(ends):
+        raise MaskError(f"{len(starts)} {what} starts vs {len(ends)} ends: not pairable (official rule)")
+    return list(zip(starts, ends))
+
+
+def spans_from_ids(ids) -> list[Span]:
+    """Image and action spans (end exclusive) paired exactly as the official mask code pairs them."""
+    arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+    spans = [Span("image", s, e + 1) for s, e in _pairs(arr, V.BOI_ID, V.EOI_ID, "image")]
+    spans += [Span("action", s, e + 1) for s, e in _pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action")]
+    return spans
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """Inclusive action blocks of one sequence (official pairing order) and the last image end."""
+
+    length: int
+    blocks: tuple[tuple[int, int], ...]
+    last_image_end: int = -1
+
+    @classmethod
+    def from_spans(cls, spans: Sequence[Span], length: int) -> "ActionLayout":
+        """Spans past `length` are clipped (a truncated block ends at L-1, as an unmatched start does)."""
+        clip = lambda s: (s.start, min(s.end, length) - 1)  # noqa: E731 - inclusive end
+        images = [clip(s) for s in spans if s.kind == "image" and s.start < length]
+        blocks = tuple(clip(s) for s in spans if s.kind == "action" and s.start < length)
+        return cls(length, blocks, images[-1][1] if images else -1)
+
+    @classmethod
+    def from_ids(cls, ids) -> "ActionLayout":
+        return cls.from_spans(spans_from_ids(ids), len(ids))
+
+    def isolated(self) -> list[int]:
+        """Indices of blocks that may not see earlier blocks (start after the last image)."""
+        return [i for i, (s, _) in enumerate(self.blocks) if s > self.last_image_end]
+
+    def relation(self) -> np.ndarray:
+        """(n_blocks, n_blocks) bool: R[i, j] = block i is isolated and block j ends before i starts."""
+        n = len(self.blocks)
+        rel = np.zeros((n, n), dtype=bool)
+        for i in self.isolated():
+            rel[i] = [e < self.blocks[i][0] for _, e in self.blocks]
+        return rel
+
+
+def _as_layout(item, length: int | None) -> ActionLayout:
+    if isinstance(item, ActionLayout):
+        return item
+    items = list(item.tolist() if isinstance(item, (torch.Tensor, np.ndarray)) else item)
+    if items and isinstance(items[0], Span) or (not items and length is not None):
+        if length is None:
+            raise ValueError("building a mask from spans needs the sequence length L")
+        return ActionLayout.from_spans(items, length)
+    return ActionLayout.from_ids(items)
+
+
+def _bounds(layouts: list[ActionLayout], device=None) -> torch.Tensor:
+    """(B, n_max, 2) inclusive block bounds; absent blocks are the empty range [-1, -2]."""
+    n_max = max(1, max(len(lay.blocks) for lay in layouts))
+    bounds = torch.tensor([-1, -2]).repeat(len(layouts), n_max, 1)  # (B, n_max, 2)
+    for b, lay in enumerate(layouts):
+        if lay.blocks:
+            bounds[b, : len(lay.blocks)] = torch.tensor(lay.blocks, dtype=torch.long)
+    return bounds.to(device)
+
+
+def _membership(bounds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, n_max, P) float: 1 where positions[b, p] lies inside block n of row b."""
+    p = positions[:, None, :]  # (B, 1, P)
+    return ((p >= bounds[..., :1]) & (p <= bounds[..., 1:])).float()  # (B, n_max, P)
+
+
+def _relations(layouts: list[ActionLayout], device) -> torch.Tensor:
+    n_max = max(1, max(len(lay.blocks) for lay in layouts))
+    rel = torch.zeros(len(layouts), n_max, n_max)
+    for b, lay in enumerate(layouts):
+        n = len(lay.blocks)
+        rel[b, :n, :n] = torch.from_numpy(lay.relation()).float()
+    return rel.to(device)
+
+
+class RowMasker:
+    """Boolean attention rows for arbitrary query positions over key slots 0..S-1.
+
+    Row q equals row q of the full mask of the sequence each layout describes (keys past a layout's
+    length are causal-only): causal & ~(Q R K), with Q/K block memberships and R the block relation.
+    The key side (R K) is computed once, so a decode step costs one small (Lq x n) @ (n x S) product.
+    """
+
+    def __init__(self, layouts, num_keys: int, action_mask: bool = True, device=None):
+        self.layouts = [layouts] if isinstance(layouts, ActionLayout) else list(layouts)
+        self.num_keys = num_keys
+        self.keys = torch.arange(num_keys, device=device)
+        self.active = action_mask and any(lay.isolated() for lay in self.layouts)
+        if self.active:
+            self.bounds = _bounds(self.layouts, device)
+            k_in = _membership(self.bounds, self.keys[None].expand(len(self.layouts), -1))  # (B, n, S)
+            self.denied_keys = _relations(self.layouts, device) @ k_in  # (B, n, S): > 0 = denied to block n
+
+    def __call__(self, q_pos: torch.Tensor) -> torch.Tensor:
+        """q_pos (B, Lq) or (Lq,) -> (B, 1, Lq, S) bool."""
+        q_pos = torch.as_tensor(q_pos, dtype=torch.long, device=self.keys.device)
+        if q_pos.ndim == 1:
+            q_pos = q_pos[None].expand(len(self.layouts), -1)  # (B, Lq)
+        allowed = self.keys[None, None, :] <= q_pos[..., None]  # (B, Lq, S) causal
+        if self.active:
+            q_in = _membership(self.bounds, q_pos)  # (B, n, Lq)
+            allowed &= (q_in.transpose(1, 2) @ self.denied_keys) == 0  # (B, Lq, S)
+        return allowed[:, None]  # (B, 1, Lq, S)
+
+
+def mask_rows(layouts, q_pos: torch.Tensor, num_keys: int, action_mask: bool = True) -> torch.Tensor:
+    """(B, 1, Lq, S) boolean rows for query positions `q_pos` (see RowMasker)."""
+    q_pos = torch.as_tensor(q_pos, dtype=torch.long)
+    return RowMasker(layouts, num_keys, action_mask, q_pos.device)(q_pos)
+
+
+def dense_mask(spans_or_ids, length: int | None = None, action_mask: bool = True) -> torch.Tensor:
+    """(L, L) boolean mask (True = may attend) of one sequence, from its `Span`s (+ L) or its token ids."""
+    layout = _as_layout(spans_or_ids, length)
+    L = layout.length if length is None else length
+    return mask_rows(layout, torch.arange(L), L, action_mask)[0, 0]
+
+
+def batch_mask(spans_or_ids_per_row, length: int, action_mask: bool = True) -> torch.Tensor:
+    """(B, 1, L, L) boolean masks of a right-padded batch (padding is causal-only, as officially)."""
+    layouts = [ActionLayout(length, lay.blocks, lay.last_image_end)
+               for lay in (_as_layout(x, length) for x in spans_or_ids_per_row)]
+    return mask_rows(layouts, torch.arange(length), length, action_mask)
+
+
+def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Boolean mask -> additive float mask (0 where allowed, finfo(dtype).min elsewhere)."""
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def reference_mask(ids) -> torch.Tensor:
+    """Literal transcription of the official loops on one sequence: (L, L) bool. Slow; for tests/benchmarks."""
+    arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+    L = len(arr)
+    mask = torch.tril(torch.ones(L, L)).bool()
+    images = _pairs(arr, V.BOI_ID, V.EOI_ID, "image")
+    actions = _pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action")
+    last_image_end = images[-1][1] if images else -1
+    for s, e in actions:
+        if s > last_image_end:
+            for ps, pe in [(ps, pe) for ps, pe in actions if pe < s]:
+                mask[s:e + 1, ps:pe + 1] = False
+    return mask
+
+
+# -- FlexAttention (GPU training path) -------------------------------------------------------------
+def flex_tables(layouts: list[ActionLayout], length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position lookup tables for the mask_mod: (B, L) index of the isolated block holding each
+    query position (n_max = none) and (B, n_max + 1, L) keys denied to each isolated block.
+    Requires non-overlapping blocks (always true for well-formed sequences)."""
+    n_max = max(1, max(len(lay.blocks) for lay in layouts))
+    qblock = torch.full((len(layouts), length), n_max, dtype=torch.long)
+    positions = torch.arange(length)
+    denied = torch.zeros(len(layouts), n_max + 1, length, dtype=torch.bool)
+    k_in = _membership(_bounds(layouts), positions[None].expand(len(layouts), -1))  # (B, n, L)
+    denied[:, :n_max] = (_relations(layouts, "cpu") @ k_in) > 0
+    for b, lay in enumerate(layouts):
+        ends = [-1]
+        for s, e in sorted(lay.blocks):
+            if s <= ends[-1]:
+                raise MaskError(f"row {b}: overlapping action blocks; use the SDPA mask for this layout")
+            ends.append(e)
+        for i in lay.isolated():
+            s, e = lay.blocks[i]
+            qblock[b, s:min(e, length - 1) + 1] = i
+    return qblock.to(device), denied.to(device)
+
+
+def flex_mask_mod(layouts: list[ActionLayout], length: int, action_mask: bool = True, device=None):
+    """The mask_mod(b, h, q, k) of FlexAttention for these layouts."""
+    if not action_mask:
+        return lambda b, h, q, k: q >= k
+    qblock, denied = flex_tables(layouts, length, device)
+
+    def mask_mod(b, h, q, k):
+        return (q >= k) & ~denied[b, qblock[b, q], k]
+
+    return mask_mod
+
+
+def flex_block_mask(spans_or_ids_per_row, length: int, action_mask: bool = True, device="cpu", block_size: int = 128):
+    """FlexAttention BlockMask (B, 1, L, L) of a right-padded batch."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    layouts = [ActionLayout(length, lay.blocks, lay.last_image_end)
+               for lay in (_as_layout(x, length) for x in spans_or_ids_per_row)]
+    mod = flex_mask_mod(layouts, length, action_mask, device)
+    return create_block_mask(mod, len(layouts), None, length, length, device=device, BLOCK_SIZE=block_size)

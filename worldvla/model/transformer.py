@@ -1,0 +1,379 @@
+"""Compact Chameleon decoder (the WorldVLA / Lumina-mGPT backbone), gpt-fast style.
+
+    logits = Transformer(cfg)(tokens (B, L), input_pos=None, mask=None)   # (B, L, V)
+
+Architecture (official_format.md §6.2): token embedding -> N pre-norm decoder layers (RMSNorm,
+attention with per-head q/k LayerNorm applied before rotate-half RoPE, SwiGLU MLP) -> RMSNorm ->
+untied LM head. `swin_norm=True` moves the norms after the sub-blocks (Chameleon-30B variant).
+Lumina-mGPT adds `dropout` on both residual branches (0.05 in the WorldVLA runs).
+
+Parameter names are the Hugging Face Chameleon names (`model.layers.{i}.self_attn.q_proj.weight`, ...)
+so official checkpoints load without renaming (worldvla.model.convert). Differences from
+transformers' `ChameleonForConditionalGeneration`, which the parity tests compare against:
+- image-code logits are *not* masked unless `mask_image_logits` (the released WorldVLA runs pass
+  `--unmask_image_logits`; the world model must be able to emit image codes);
+- q/k-norm affine parameters keep the original (model_parallel_size, head_dim) shape and are
+  repeat-interleaved over heads at run time, as in the Lumina-mGPT code the checkpoints were trained
+  with (transformers >= 4.45 stores them expanded to (n_heads, head_dim); convert.py handles both);
+- a static KV cache (`setup_caches`) and arbitrary masks: a (B|1, 1|H, L, S) boolean/additive tensor for
+  SDPA or a FlexAttention `BlockMask` (worldvla.model.masks builds both).
+Cache semantics: cache slot = position. The cache is used iff caches are set up and `input_pos` is given;
+queries then attend to slots [0, S) where S is the mask's last dimension (the full cache if mask=None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+QK_NORM_EPS = 1e-5  # hard-coded in Chameleon's qk LayerNorm (not the config's rms_norm_eps)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 65536  # Chameleon BPE + image codes (official 65536)
+    dim: int = 4096  # hidden_size
+    n_layers: int = 32  # num_hidden_layers
+    n_heads: int = 32  # num_attention_heads (head_dim = dim / n_heads = 128)
+    n_kv_heads: int = 32  # num_key_value_heads (Chameleon-7B: no GQA)
+    intermediate_size: int = 11008  # SwiGLU width
+    rms_norm_eps: float = 1e-5  # official config.json
+    rope_theta: float = 10000.0  # official, no RoPE scaling
+    max_seq_len: int = 4096  # max_position_embeddings (training truncation; eval passes 8192)
+    model_parallel_size: int = 1  # rows of the q/k-norm parameters (Chameleon's shard count; 7B: 1)
+    swin_norm: bool = False  # True only for the 30B variant
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    dropout: float = 0.0  # residual-branch dropout (Lumina-mGPT); 0.05 in WorldVLA training (§6.2)
+    mask_image_logits: bool = False  # official runs pass --unmask_image_logits
+    z_loss_weight: float = 1e-5  # kept for config.json round trips; the loss reads worldvla.train.loss
+    pad_token_id: int | None = None  # embedding padding_idx, as transformers uses it
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 8710  # generation stops at the end-of-turn token
+    initializer_range: float = 0.02  # std of the random init (transformers default)
+    gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
+    extra: dict = field(default_factory=dict)  # other config.json keys, written back unchanged
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        for heads in (self.n_heads, self.n_kv_heads):
+            if heads % self.model_parallel_size:
+                raise ValueError(f"{heads} heads cannot be split over model_parallel_size {self.model_parallel_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        """`7b` (Chameleon-7B / Lumina-mGPT-7B / WorldVLA) or `tiny` (tests, CPU benchmarks)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; valid: {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    from_name = preset
+
+    # -- config.json (official HF Chameleon keys) ------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> "ModelConfig":
+        cfg = dict(cfg)
+        rope = cfg.pop("rope_parameters", None) or {}
+        scaling = cfg.pop("rope_scaling", None)
+        if scaling or rope.get("rope_type", "default") != "default":
+            raise ValueError(f"RoPE scaling {scaling or rope} is not supported (Chameleon uses none)")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (Chameleon: silu)")
+        kv = cfg.get("num_key_value_heads") or cfg.get("num_attention_heads", 32)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = dict(
+            vocab_size=cfg.pop("vocab_size", 65536), dim=cfg.pop("hidden_size", 4096),
+            n_layers=cfg.pop("num_hidden_layers", 32), n_heads=cfg.pop("num_attention_heads", 32), n_kv_heads=kv,
+            intermediate_size=cfg.pop("intermediate_size", 11008), max_seq_len=cfg.pop("max_position_embeddings", 4096),
+            rope_theta=float(cfg.pop("rope_theta", rope.get("rope_theta", 10000.0))),
+            model_parallel_size=cfg.pop("model_parallel_size", None) or 1,
+        )
+        cfg.pop("num_key_value_heads", None)
+        cfg.pop("hidden_act", None)
+        for name in fields - set(kwargs) - {"extra", "gradient_checkpointing"}:
+            if name in cfg:
+                kwargs[name] = cfg.pop(name)
+        kwargs["dropout"] = float(kwargs.get("dropout") or 0.0)
+        return cls(**kwargs, extra=cfg)
+
+    def to_hf_config(self) -> dict:
+        out = {
+            "architectures": ["ChameleonXLLMXForConditionalGeneration"], "model_type": "chameleon",
+            "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads, "hidden_act": "silu",
+            "max_position_embeddings": self.max_seq_len, "rope_theta": self.rope_theta, "rope_scaling": None,
+            "attention_dropout": 0.0,
+        }
+        for name in ("rms_norm_eps", "model_parallel_size", "swin_norm", "attention_bias", "mlp_bias",
+                     "tie_word_embeddings", "dropout", "mask_image_logits", "z_loss_weight", "pad_token_id",
+                     "bos_token_id", "eos_token_id", "initializer_range"):
+            out[name] = getattr(self, name)
+        return {**self.extra, **out}
+
+
+PRESETS = {
+    "7b": ModelConfig(),
+    # 2 layers, width 64, real id ranges: vocab covers every official special id (fixtures.FIXTURE_VOCAB_SIZE)
+    "tiny": ModelConfig(vocab_size=16640, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=176),
+}
+
+
+# -- building blocks ---------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)  # cast back before the weight, as transformers does
+
+
+class QKNorm(nn.Module):
+    """Chameleon's qk LayerNorm: statistics per head over head_dim, affine parameters per shard."""
+
+    def __init__(self, n_heads: int, head_dim: int, groups: int):
+        super().__init__()
+        self.repeat = n_heads // groups  # heads that share one parameter row
+        self.weight = nn.Parameter(torch.ones(groups, head_dim))
+        self.bias = nn.Parameter(torch.zeros(groups, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H, D)
+        x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
+        w = self.weight.repeat_interleave(self.repeat, dim=0)  # (H, D)
+        b = self.bias.repeat_interleave(self.repeat, dim=0)  # (H, D)
+        return x * w + b
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of shape (B|1, 1, L, D) for rotate-half RoPE; `positions` is (L,) or (B, L)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    pos = positions if positions.ndim == 2 else positions[None]  # (B|1, L)
+    freqs = pos.float()[..., None] * inv_freq  # (B|1, L, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B|1, 1, L, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x (B, H, L, D)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Static cache of keys/values, slot = position: (B, H_kv, max_len, D)."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H_kv, L, D) at `input_pos` ((L,) or (B, L)); returns the whole cache."""
+        if k.shape[0] != self.k.shape[0]:
+            raise ValueError(f"batch {k.shape[0]} does not match the cache batch {self.k.shape[0]}; call setup_caches")
+        if input_pos.ndim == 1:
+            self.k[:, :, input_pos] = k
+            self.v[:, :, input_pos] = v
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
+            self.k[rows, :, input_pos] = k.transpose(1, 2)  # indexed view is (B, L, H_kv, D)
+            self.v[rows, :, input_pos] = v.transpose(1, 2)
+        return self.k, self.v
+
+
+def attend(q, k, v, mask) -> torch.Tensor:
+    """q (B, H, L, D), k/v (B, H_kv, S, D); mask: None (causal, L == S), tensor (SDPA) or BlockMask."""
+    gqa = q.shape[1] != k.shape[1]
+    if mask is not None and not isinstance(mask, torch.Tensor):  # FlexAttention BlockMask
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if mask.ndim == 2:
+        mask = mask[None, None]  # (1, 1, L, S)
+    elif mask.ndim == 3:
+        mask = mask[:, None]  # (B, 1, L, S)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
+        self.q_norm = QKNorm(cfg.n_heads, cfg.head_dim, cfg.model_parallel_size)
+        self.k_norm = QKNorm(cfg.n_kv_heads, cfg.head_dim, cfg.model_parallel_size)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, mask, input_pos):
+        B, L, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, L, self.n_heads, self.head_dim))  # (B, L, H, D)
+        k = self.k_norm(self.k_proj(x).view(B, L, self.n_kv, self.head_dim))  # (B, L, H_kv, D)
+        v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None:  # cached decoding: keys are cache slots [0, S)
+            k, v = self.kv_cache.update(input_pos, k, v)
+            S = mask.shape[-1] if isinstance(mask, torch.Tensor) else k.shape[2]
+            k, v = k[:, :, :S], v[:, :, :S]
+        y = attend(q, k, v, mask)  # (B, H, L, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg  # shared object: a changed cfg.dropout takes effect at the next forward
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        p = self.cfg.dropout if self.training else 0.0
+        if self.cfg.swin_norm:  # x + norm(f(x))
+            h = x + F.dropout(self.input_layernorm(self.self_attn(x, cos, sin, mask, input_pos)), p)
+            return h + F.dropout(self.post_attention_layernorm(self.mlp(h)), p)
+        h = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos), p)
+        return h + F.dropout(self.mlp(self.post_attention_layernorm(h)), p)
+
+
+class Backbone(nn.Module):
+    """Holds the `model.*` parameters (embedding, layers, final norm) under their official names."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.image_token_ids: torch.Tensor | None = None  # for mask_image_logits (set_image_token_ids)
+        self.cache_shape: tuple[int, int] | None = None  # (batch, max_len) after setup_caches
+        self.reset_parameters()
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks (unit of activation checkpointing / FSDP wrapping)."""
+        return self.model.layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float | None = None) -> None:
+        """transformers' init: normal(0, initializer_range) for linears/embedding, norms at identity."""
+        std = self.cfg.initializer_range if std is None else std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+        pad = self.cfg.pad_token_id
+        if pad is not None and not self.cfg.tie_word_embeddings:
+            self.model.embed_tokens.weight[pad].zero_()
+
+    def set_image_token_ids(self, ids) -> None:
+        """Ids whose logits `mask_image_logits` sets to the dtype minimum (the VQ code tokens)."""
+        self.image_token_ids = torch.as_tensor(list(ids), dtype=torch.long)
+
+    # -- KV cache --------------------------------------------------------------------------------
+    def setup_caches(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> None:
+        if max_len > self.cfg.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds max_seq_len {self.cfg.max_seq_len}")
+        dtype, device = dtype or self.dtype, device or self.device
+        for layer in self.layers:
+            attn = layer.self_attn
+            attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, dtype, device)
+        self.cache_shape = (batch, max_len)
+
+    def clear_caches(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.kv_cache = None
+        self.cache_shape = None
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None) -> torch.Tensor:
+        """Final-norm hidden states (B, L, dim)."""
+        B, L = tokens.shape
+        cached = input_pos is not None and self.cache_shape is not None
+        if input_pos is None:
+            positions = torch.arange(L, device=tokens.device)
+        else:
+            positions = input_pos.to(tokens.device)
+            if positions.shape[-1] != L:
+                raise ValueError(f"input_pos {tuple(positions.shape)} does not match tokens {tuple(tokens.shape)}")
+        if cached and mask is None:  # causal over cache slots: slot <= position
+            slots = torch.arange(self.cache_shape[1], device=tokens.device)
+            mask = slots <= positions[..., None]  # (B|L, L, S) or (L, S)
+            mask = mask[:, None] if mask.ndim == 3 else mask  # (B, 1, L, S)
+        if mask is not None and not cached and isinstance(mask, torch.Tensor) and mask.shape[-1] != L:
+            raise ValueError(f"mask covers {mask.shape[-1]} keys but the input has {L} tokens (no cache in use)")
+        x = self.model.embed_tokens(tokens)
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        pos_arg = positions if cached else None
+        for layer in self.layers:
+            if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, pos_arg, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, pos_arg)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head (+ optional image-logit masking) on hidden states (..., dim)."""
+        out = self.lm_head(hidden)
+        if self.cfg.mask_image_logits:
+            if self.image_token_ids is None:
+                raise RuntimeError("mask_image_logits=True needs set_image_token_ids(vocab.image_ids())")
+            out[..., self.image_token_ids.to(out.device)] = torch.finfo(out.dtype).min
+        return out
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None) -> torch.Tensor:
+        """tokens (B, L) -> logits (B, L, V). See the module docstring for `input_pos` and `mask`."""
+        return self.logits(self.forward_hidden(tokens, input_pos, mask))

@@ -1,0 +1,39 @@
+"""python -m worldvla.serve policy=CKPT_DIR [host=127.0.0.1] [port=8000] [device=cuda]: see server.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from worldvla.config import ConfigError, parse_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    from worldvla.eval.interface import load_policy
+    from worldvla.eval.rollout import seed_everything
+
+    from .server import PolicyServer, ServeConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_cli(ServeConfig, argv, description=__doc__)
+    except (ValueError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if cfg.policy.startswith(("ws://", "wss://")):
+        print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
+        return 2
+    seed_everything(cfg.seed)
+    policy = load_policy(cfg.policy, cfg.device)
+    seed_everything(cfg.seed)  # again: torch is imported by now
+    server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)))
+    try:
+        asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

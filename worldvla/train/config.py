@@ -1,0 +1,123 @@
+"""The training run's typed config: model / data / train / logging sections.
+
+Defaults are the released WorldVLA recipe (official_format.md §8); `configs/*.yaml` presets are
+partial instances of `TrainConfig` (precedence: these defaults < YAML (with `base:`) < CLI
+`key.sub=value`). Unknown keys are errors (worldvla.config.from_dict). `validate()` checks the
+values that a type cannot express and names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worldvla.config import ConfigError
+
+SAMPLE_KINDS = ("action", "world")  # worldvla.data.shards.SAMPLE_KINDS
+BATCHING_MODES = ("random", "length_grouped")
+PRECISIONS = ("bf16", "fp32")
+SAVE_DTYPES = ("bfloat16", "float32")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class ModelOptions:
+    preset: str = "7b"  # worldvla.model.transformer.ModelConfig preset (7b | tiny)
+    overrides: dict = field(default_factory=dict)  # ModelConfig field overrides, e.g. {n_layers: 2}
+    init_from: str = ""  # official HF-layout checkpoint (folder or hub id) to start from; "" = random init
+    dropout: float = 0.05  # official --dropout 0.05 (§8)
+    action_mask: bool = True  # WorldVLA attention mask: action blocks do not see earlier action blocks (§5)
+    activation_checkpointing: bool = True  # per decoder layer, non-reentrant (official --checkpointing)
+
+
+@dataclass
+class DataOptions:
+    # Pretokenized sets (pretokenize.py folders, concat.py indexes, official record lists), concatenated
+    # in order. Official order: world-model samples first, then action-model samples (§3.3).
+    train: list[Path] = field(default_factory=list)
+    val: list[Path] = field(default_factory=list)  # evaluated after each epoch (official val_ind / val_ood)
+    kinds: list[str] = field(default_factory=lambda: list(SAMPLE_KINDS))  # sample kinds kept (ablations)
+    tokenizer: Path = Path("ckpts/chameleon/tokenizer")  # text_tokenizer.json + vqgan.{yaml,ckpt}; copied into checkpoints
+    resolution: int = 256  # px the images were tokenised at (256 | 512)
+    chunk_size: int = 5  # actions per action-model sample K (5; 10 for libero_10)
+    history: int = 2  # frames of history of the action model (official 2)
+    action_stats: str = "worldvla"  # preset name or JSON: min/max the actions were binned with
+    state_stats: str = "rynnvla_state"  # used only with_state
+    with_state: bool = False  # samples carry the 8-D state block (RynnVLA-002)
+    with_wrist: bool = False  # samples carry the wrist view (RynnVLA-002)
+    max_seq_len: int = 4096  # official --max_seq_len: rows are cut at this length
+    batching: str = "length_grouped"  # random (official order) | length_grouped (less padding)
+    group_batches: int = 32  # length_grouped: global batches per sorting window
+    num_workers: int = 2  # DataLoader worker processes (official 8)
+
+
+@dataclass
+class TrainOptions:
+    output_dir: Path = Path("outputs/run")  # logs, resolved config, checkpoints/
+    epochs: float = 40.0  # official 40
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (smoke tests, benchmarks)
+    batch_size: int = 8  # samples per process per micro-step (official 8 / GPU)
+    grad_accum: int = 1  # official accum_iter 1
+    lr: float = 5e-6  # official 5e-6
+    min_lr: float = 5e-6  # official 5e-6: constant after warm-up
+    warmup_epochs: float = 0.01  # official: linear warm-up over 0.01 epoch (per-iteration)
+    weight_decay: float = 0.1  # official 0.1, applied to every parameter
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # official AdamW betas
+    eps: float = 1e-8  # torch AdamW default
+    clip_grad: float = 4.0  # official max grad norm; <= 0 disables clipping
+    z_loss_weight: float = 1e-5  # official z-loss weight
+    world_weight: float = 0.04  # official CE class weight of image-code targets
+    seed: int = 0  # official seed 0
+    precision: str = "bf16"  # bf16 (autocast + FSDP bf16 params, fp32 master/reduce) | fp32
+    save_every_steps: int = 5000  # official: every 5000 iterations (0 = off)
+    save_every_epochs: int = 1  # official: every epoch (0 = off)
+    keep_last: int = 0  # keep only the newest N checkpoints (0 = keep all, official)
+    save_dtype: str = "bfloat16"  # dtype of the exported model weights (the resume state stays fp32)
+    resume: str = "auto"  # auto (newest checkpoint in output_dir, if any) | none | a checkpoint folder
+    nan_check: bool = True  # stop with the step and batch named when the loss is not finite
+
+
+@dataclass
+class LogOptions:
+    run_name: str = ""  # wandb / log name; "" = output_dir's folder name
+    project: str = "worldvla"  # wandb project
+    wandb: bool = True  # log to wandb when it is installed (else JSONL only, with a notice)
+    wandb_mode: str = "offline"  # offline (default, sync later) | online | disabled
+    log_every: int = 10  # steps between log lines / wandb points
+    progress_bar: bool = True  # tqdm bar on the main process
+    plot: bool = True  # write loss_curve.png at the end
+    peak_tflops: float = 0.0  # per-device peak for the MFU estimate; 0 = guess from the GPU name
+
+
+@dataclass
+class TrainConfig:
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    logging: LogOptions = field(default_factory=LogOptions)
+
+    def validate(self) -> "TrainConfig":
+        d, t, lg = self.data, self.train, self.logging
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(bool(d.train), "data.train is empty: pass data.train=[path/to/tokens] (pretokenize.py output)")
+        bad = sorted(set(d.kinds) - set(SAMPLE_KINDS))
+        need(not bad and bool(d.kinds), f"data.kinds: {d.kinds} not a non-empty subset of {list(SAMPLE_KINDS)}")
+        need(d.batching in BATCHING_MODES, f"data.batching: {d.batching!r} not one of {list(BATCHING_MODES)}")
+        need(d.resolution % 32 == 0 and d.resolution > 0, f"data.resolution must be a multiple of 32, got {d.resolution}")
+        need(d.chunk_size >= 1 and d.history >= 1, "data.chunk_size and data.history must be >= 1")
+        need(d.max_seq_len >= 2, f"data.max_seq_len must be >= 2, got {d.max_seq_len}")
+        need(d.group_batches >= 1, "data.group_batches must be >= 1")
+        need(t.precision in PRECISIONS, f"train.precision: {t.precision!r} not one of {list(PRECISIONS)}")
+        need(t.save_dtype in SAVE_DTYPES, f"train.save_dtype: {t.save_dtype!r} not one of {list(SAVE_DTYPES)}")
+        need(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
+        need(t.epochs > 0 or t.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0")
+        need(len(t.betas) == 2, f"train.betas must have two values, got {t.betas}")
+        need(t.lr >= 0 and t.min_lr >= 0 and t.warmup_epochs >= 0, "train.lr, train.min_lr, train.warmup_epochs must be >= 0")
+        need(t.keep_last >= 0, "train.keep_last must be >= 0 (0 keeps all)")
+        need(lg.wandb_mode in WANDB_MODES, f"logging.wandb_mode: {lg.wandb_mode!r} not one of {list(WANDB_MODES)}")
+        need(lg.log_every >= 1, "logging.log_every must be >= 1")
+        return self

@@ -1,0 +1,130 @@
+"""Parallelism applied from outside the model: accelerate (FSDP / FSDP2 / DeepSpeed ZeRO-3 / DDP / one device).
+
+The accelerate config (`configs/accelerate/*.yaml`, via `accelerate launch --config_file`) selects the
+strategy; this module completes it from the training config so the YAMLs stay model-agnostic:
+- precision: `train.precision` wins over the YAML's `mixed_precision`; with bf16 under FSDP the
+  parameters are gathered in bf16 while master weights and gradient reduction stay fp32 (official);
+- FSDP units: the model's decoder-layer class (found on the model), plus embeddings / lm_head (FSDP2);
+- activation checkpointing: non-reentrant, per decoder layer, applied here (before sharding) in every
+  mode, so single-GPU and FSDP runs checkpoint the same modules;
+- DeepSpeed: micro-batch, accumulation and clipping copied into its config; a missing install is a
+  clear error, not an ImportError deep inside accelerate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+
+import torch
+
+log = logging.getLogger("worldvla.train")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def check_deepspeed() -> None:
+    if not deepspeed_requested():
+        return
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise LaunchError("the accelerate config selects DeepSpeed (distributed_type: DEEPSPEED) but deepspeed is not "
+                          "installed: pip install 'worldvla[deepspeed]' on a CUDA machine, or use "
+                          "configs/accelerate/fsdp.yaml") from None
+
+
+def make_accelerator(cfg):
+    """The Accelerator of this run (reads the launcher's environment)."""
+    from accelerate import Accelerator
+
+    check_deepspeed()
+    t = cfg.train
+    # accelerate's multi-process launcher does not tell the processes about `use_cpu`; without a GPU
+    # they must be told here, or each would run alone (gloo process group on CPU).
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if t.precision == "bf16" else "no",
+                      gradient_accumulation_steps=t.grad_accum, step_scheduler_with_optimizer=False)
+    _fsdp_on_cpu(acc)
+    if is_fsdp(acc):
+        _configure_fsdp(acc, t.precision)
+    if is_deepspeed(acc):
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = t.batch_size
+        ds["gradient_accumulation_steps"] = t.grad_accum
+        ds["gradient_clipping"] = t.clip_grad if t.clip_grad > 0 else 0.0
+        ds.pop("train_batch_size", None)
+    return acc
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """accelerate turns an FSDP config into plain data parallel on CPU processes; switch FSDP back on
+    (FSDP2 `fully_shard` runs on CPU with gloo), so CPU tests shard exactly as GPU runs do."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if acc.distributed_type == DistributedType.MULTI_CPU and wants_fsdp:
+        plugin = FullyShardedDataParallelPlugin()
+        if plugin.fsdp_version != 2:
+            raise LaunchError("FSDP on CPU processes needs fsdp_version: 2 (configs/accelerate/fsdp_cpu.yaml)")
+        acc.state.fsdp_plugin = plugin
+        acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # AcceleratorState re-reads it
+
+
+def is_fsdp(acc) -> bool:
+    return str(acc.distributed_type).endswith("FSDP")
+
+
+def is_deepspeed(acc) -> bool:
+    return str(acc.distributed_type).endswith("DEEPSPEED")
+
+
+def _configure_fsdp(acc, precision: str) -> None:
+    plugin = acc.state.fsdp_plugin
+    if plugin.activation_checkpointing:
+        log.info("fsdp_activation_checkpointing in the accelerate config is ignored: the trainer applies "
+                 "model.activation_checkpointing itself")
+        plugin.activation_checkpointing = False
+    if precision != "bf16":
+        plugin.mixed_precision_policy = None
+        return
+    if plugin.fsdp_version == 2:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        from torch.distributed.fsdp import MixedPrecision
+
+        plugin.mixed_precision_policy = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                       buffer_dtype=torch.float32)
+
+
+def set_wrap_classes(acc, block_cls: type) -> None:
+    """FSDP units = decoder layers, unless the accelerate config names classes itself."""
+    if not is_fsdp(acc):
+        return
+    plugin = acc.state.fsdp_plugin
+    if not plugin.transformer_cls_names_to_wrap:
+        plugin.transformer_cls_names_to_wrap = [block_cls.__name__]
+
+
+def apply_activation_checkpointing(model: torch.nn.Module, block_cls: type) -> int:
+    """Wrap every `block_cls` module in a non-reentrant checkpoint wrapper; returns how many."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing as apply_ac,
+        checkpoint_wrapper,
+    )
+
+    n = sum(isinstance(m, block_cls) for m in model.modules())
+    apply_ac(model, checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+             check_fn=lambda m: isinstance(m, block_cls))
+    return n

@@ -1,0 +1,318 @@
+"""The training loop: `python -m worldvla.train --config configs/<preset>.yaml [key=value ...]`.
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` samples on every process. The order of
+the batches, the learning rate, the RNG and the weights are all functions of the step, saved in every
+checkpoint, so a run killed and resumed (`train.resume=auto`) continues the uninterrupted curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldvla.config import parse_cli, save_config, to_dict
+from worldvla.train import modeling
+from worldvla.train.checkpoint import CheckpointManager
+from worldvla.train.config import TrainConfig
+from worldvla.train.data import TrainSet, check_tokenization, make_loader
+from worldvla.train.distributed import apply_activation_checkpointing, make_accelerator, set_wrap_classes
+from worldvla.train.optim import EpochSchedule, build_optimizer
+from worldvla.train.sampler import BatchPlan
+from worldvla.train.tracking import RunLogger, flops_per_token, guess_peak_tflops
+
+log = logging.getLogger("worldvla.train")
+TERMS = ("loss", "action_ce", "world_ce", "z_loss")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient norm) stopped being finite; names the step, the batch and its samples."""
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    acc: object
+    model: torch.nn.Module
+    optimizer: object
+    model_cfg: object
+    loss_cfg: object
+    dataset: TrainSet
+    plan: BatchPlan
+    schedule: EpochSchedule
+    ckpt: CheckpointManager
+    logger: RunLogger | None
+    total_steps: int
+    out_dir: Path
+
+
+def setup(cfg: TrainConfig) -> tuple[Run, int]:
+    """Build everything and restore the newest checkpoint if resuming; returns (run, first step)."""
+    cfg.validate()
+    acc = make_accelerator(cfg)
+    t, d = cfg.train, cfg.data
+    out_dir = Path(t.output_dir)
+    dataset = TrainSet(d.train, d.kinds, d.max_seq_len)
+    check_tokenization(dataset.manifests(), d)
+    plan = BatchPlan(dataset.lengths, t.batch_size, acc.num_processes, t.grad_accum, t.seed, d.batching,
+                     d.group_batches)
+    total = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * plan.steps_per_epoch)
+    schedule = EpochSchedule(t.lr, t.min_lr, t.warmup_epochs, t.epochs, plan.steps_per_epoch)
+
+    torch.manual_seed(t.seed)  # same initial weights on every process
+    model, model_cfg = modeling.build_model(cfg)
+    block = modeling.block_class(model)
+    if cfg.model.activation_checkpointing:
+        apply_activation_checkpointing(model, block)
+    set_wrap_classes(acc, block)
+    optimizer = build_optimizer(model.parameters(), t.lr, t.weight_decay, t.betas, t.eps)
+    model, optimizer = acc.prepare(model, optimizer)
+
+    ckpt = CheckpointManager(out_dir / "checkpoints", acc, t.keep_last)
+    ckpt.clean_partial()
+    start = _resume(cfg, ckpt, model, optimizer, plan, acc)
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    run = Run(cfg, acc, model, optimizer, model_cfg, modeling.loss_config(cfg), dataset, plan, schedule, ckpt,
+              None, total, out_dir)
+    return run, start
+
+
+def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: BatchPlan, acc) -> int:
+    t = cfg.train
+    path = None
+    if t.resume == "auto":
+        path = ckpt.latest()
+    elif t.resume not in ("", "none"):
+        path = Path(t.resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"train.resume={t.resume}: no such checkpoint folder")
+    if path is None:
+        torch.manual_seed(t.seed + acc.process_index)  # dropout differs across processes
+        np.random.seed(t.seed + acc.process_index)
+        return 0
+    state = ckpt.load(path, model, optimizer)
+    if (state.get("n_samples"), state.get("global_batch")) != (len(plan.lengths), plan.global_batch):
+        log.warning("resuming %s with another data set size / global batch (%s, %s -> %d, %d): the batch order "
+                    "differs from the interrupted run", path, state.get("n_samples"), state.get("global_batch"),
+                    len(plan.lengths), plan.global_batch)
+    if acc.is_main_process:
+        log.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"])
+
+
+# -- one optimizer step -------------------------------------------------------------------------
+def _batch_names(run: Run, step: int) -> str:
+    """Where update `step` (0-based; logged as step + 1) took its samples from."""
+    epoch, i = divmod(step, run.plan.steps_per_epoch)
+    idx = run.plan.epoch(epoch)[i]
+    per = run.plan.batch_size * run.plan.grad_accum
+    mine = idx[run.acc.process_index * per: (run.acc.process_index + 1) * per]
+    return f"epoch {epoch}, batch {i} of the epoch, samples {mine.tolist()} of data.train (process {run.acc.process_index})"
+
+
+def _check_finite(run: Run, value: torch.Tensor, step: int, what: str) -> None:
+    bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
+    if run.acc.num_processes > 1:
+        bad = run.acc.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        latest = run.ckpt.latest()
+        raise NonFiniteLossError(f"{what} is not finite ({value.item()}) at step {step + 1}: {_batch_names(run, step)}; "
+                                 f"last checkpoint: {latest or 'none'}. Lower train.lr, check these samples, or "
+                                 "resume from the checkpoint.")
+
+
+def train_step(run: Run, batches, step: int) -> dict:
+    """`grad_accum` micro-batches -> one update. Returns this process's sums for logging."""
+    acc, model, cfg = run.acc, run.model, run.cfg
+    model.train()
+    lr = run.schedule.apply(run.optimizer, step)
+    sums = {k: 0.0 for k in TERMS}
+    counts = {k: 0 for k in TERMS}
+    tokens = padded = 0
+    grad_norm = None
+    for _ in range(cfg.train.grad_accum):
+        batch = next(batches)
+        ids = batch.input_ids.to(acc.device, non_blocking=True)  # (B, L)
+        labels = batch.labels.to(acc.device, non_blocking=True)  # (B, L)
+        mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
+        with acc.accumulate(model):
+            logits = model(ids, mask=mask)  # (B, L, V)
+            out = modeling.compute_loss(logits, labels, run.loss_cfg)
+            if cfg.train.nan_check:
+                _check_finite(run, out["loss"], step, "the loss")
+            acc.backward(out["loss"])
+            if acc.sync_gradients and cfg.train.clip_grad > 0:
+                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+                grad_norm = getattr(grad_norm, "full_tensor", lambda: grad_norm)()  # FSDP2: a replicated DTensor
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        for k in TERMS:
+            v = out.get(k)
+            if v is not None and math.isfinite(v := float(v.detach())):
+                sums[k] += v
+                counts[k] += 1
+        tokens += int(batch.lengths.sum())
+        padded += batch.input_ids.numel()
+    if grad_norm is not None and cfg.train.nan_check:
+        _check_finite(run, torch.as_tensor(grad_norm), step, "the gradient norm")
+    return {"sums": sums, "counts": counts, "tokens": tokens, "padded": padded, "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm)}
+
+
+# -- logging ------------------------------------------------------------------------------------
+class Window:
+    """Loss terms and throughput since the last log line, reduced over processes when logged."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums = {k: 0.0 for k in TERMS}
+        self.counts = {k: 0 for k in TERMS}
+        self.tokens = self.padded = self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, res: dict):
+        for k in TERMS:
+            self.sums[k] += res["sums"][k]
+            self.counts[k] += res["counts"][k]
+        self.tokens += res["tokens"]
+        self.padded += res["padded"]
+        self.steps += 1
+
+    def record(self, run: Run, step: int, res: dict) -> dict:
+        acc = run.acc
+        vals = [self.sums[k] for k in TERMS] + [float(self.counts[k]) for k in TERMS] + [float(self.tokens),
+                                                                                         float(self.padded)]
+        vec = torch.tensor(vals, dtype=torch.float64, device=acc.device)
+        if acc.num_processes > 1:
+            vec = acc.reduce(vec, reduction="sum")
+        vec = vec.tolist()
+        n = len(TERMS)
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        rec = {"step": step, "epoch": round(step / run.plan.steps_per_epoch, 4), "lr": res["lr"]}
+        for i, k in enumerate(TERMS):
+            rec[k] = vec[i] / vec[n + i] if vec[n + i] > 0 else None
+        tokens, padded = vec[2 * n], vec[2 * n + 1]
+        rec["grad_norm"] = res["grad_norm"]
+        rec["tokens_per_s"] = tokens / dt
+        rec["padding"] = 1.0 - tokens / padded if padded else 0.0
+        rec["step_s"] = dt / max(self.steps, 1)
+        peak = run.cfg.logging.peak_tflops or guess_peak_tflops()
+        if peak > 0:
+            n_params, n_layers, dim = modeling.size(run.model_cfg)
+            seq = padded / max(self.steps * run.plan.global_batch, 1)
+            rec["mfu"] = flops_per_token(n_params, n_layers, dim, seq) * padded / dt / (peak * 1e12 * acc.num_processes)
+        if torch.cuda.is_available():
+            rec["mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        self.reset()
+        return rec
+
+
+# -- validation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(run: Run, val: TrainSet) -> dict:
+    """Mean loss terms over the validation set (every process takes its share of whole global batches)."""
+    acc, cfg = run.acc, run.cfg
+    per = cfg.train.batch_size
+    n_batches = len(val) // (per * acc.num_processes)
+    if n_batches == 0:
+        return {}
+    from worldvla.data.collate import collate
+
+    run.model.eval()
+    sums = torch.zeros(2 * len(TERMS), dtype=torch.float64, device=acc.device)
+    order = np.argsort(-val.lengths, kind="stable")  # similar lengths together: little padding
+    for b in range(n_batches):
+        lo = (b * acc.num_processes + acc.process_index) * per
+        batch = collate([val[int(i)] for i in order[lo: lo + per]], cfg.data.max_seq_len)
+        mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
+        logits = run.model(batch.input_ids.to(acc.device), mask=mask)
+        out = modeling.compute_loss(logits, batch.labels.to(acc.device), run.loss_cfg)
+        for i, k in enumerate(TERMS):
+            v = out.get(k)
+            if v is not None and math.isfinite(float(v)):
+                sums[i] += float(v)
+                sums[len(TERMS) + i] += 1
+    if acc.num_processes > 1:
+        sums = acc.reduce(sums, reduction="sum")
+    s = sums.tolist()
+    return {f"val_{k}": s[i] / s[len(TERMS) + i] for i, k in enumerate(TERMS) if s[len(TERMS) + i] > 0}
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def save(run: Run, step: int) -> Path:
+    plan = run.plan
+    state = {"epoch": step // plan.steps_per_epoch, "step_in_epoch": step % plan.steps_per_epoch,
+             "steps_per_epoch": plan.steps_per_epoch, "global_batch": plan.global_batch,
+             "n_samples": int(len(plan.lengths)), "schedule": run.schedule.state_dict(),
+             "lr": run.schedule(max(step - 1, 0)), "total_steps": run.total_steps, "time": time.time()}
+
+    def export(full_state: dict, folder: Path) -> None:
+        modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step)
+        save_config(run.cfg, folder / "train_config.yaml")
+
+    return run.ckpt.save(step, run.model, run.optimizer, state, export)
+
+
+def _due(run: Run, step: int) -> bool:
+    t = run.cfg.train
+    epoch_end = step % run.plan.steps_per_epoch == 0
+    return bool((t.save_every_steps > 0 and step % t.save_every_steps == 0)
+                or (t.save_every_epochs > 0 and epoch_end and (step // run.plan.steps_per_epoch) % t.save_every_epochs == 0))
+
+
+# -- main ---------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Run (or finish) the training described by `cfg`; returns a summary."""
+    run, step = setup(cfg)
+    acc, t = run.acc, cfg.train
+    run.logger = logger = RunLogger(run.out_dir, cfg, acc.is_main_process, run.total_steps, resume_step=step)
+    val = TrainSet(cfg.data.val, cfg.data.kinds, cfg.data.max_seq_len, "data.val") if cfg.data.val else None
+    if acc.is_main_process:
+        logger.info("%d samples (%s), %d steps per epoch x global batch %d, %d steps in all, %d processes (%s)",
+                    len(run.dataset), ", ".join(cfg.data.kinds), run.plan.steps_per_epoch, run.plan.global_batch,
+                    run.total_steps, acc.num_processes, acc.distributed_type)
+    window, last_saved, res = Window(), None, None
+    spe = run.plan.steps_per_epoch
+    while step < run.total_steps:
+        epoch, first = divmod(step, spe)
+        loader = make_loader(run.dataset, run.plan, epoch, acc.process_index, first, cfg.data.max_seq_len,
+                             cfg.data.num_workers)
+        batches = iter(loader)
+        for _ in range(first, spe):
+            if step >= run.total_steps:
+                break
+            res = train_step(run, batches, step)
+            window.add(res)
+            step += 1
+            logger.advance()
+            if step % cfg.logging.log_every == 0 or step == run.total_steps:
+                logger.log(window.record(run, step, res))
+            if step % spe == 0 and val is not None:
+                logger.log({"step": step, "epoch": step / spe, **evaluate(run, val)})
+            if _due(run, step):
+                last_saved = save(run, step)
+        del batches, loader
+    if run.ckpt.latest() is None or not str(run.ckpt.latest().name).endswith(f"{step:08d}"):
+        last_saved = save(run, step)
+    else:
+        last_saved = run.ckpt.latest()
+    plot = logger.close(cfg.logging.plot)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return {"steps": step, "checkpoint": str(last_saved), "log": str(logger.path), "plot": str(plot) if plot else None,
+            "config": to_dict(cfg)}
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
+    cfg = parse_cli(TrainConfig, argv, description=__doc__)
+    return train(cfg)

@@ -1,0 +1,129 @@
+"""The trainer's only contact with the model package: build, mask, loss, export (docs/interfaces.md).
+
+Everything model-specific the loop needs goes through these functions, so the loop itself knows
+nothing of Chameleon's layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("worldvla.train")
+TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
+
+
+# -- build --------------------------------------------------------------------------------------
+def build_model(cfg):
+    """(fp32 model, its ModelConfig): `model.preset` (+ overrides) at random init, or `model.init_from` weights.
+
+    The model's own `gradient_checkpointing` stays off: the trainer wraps the layers itself
+    (distributed.apply_activation_checkpointing), the same way in every parallel mode.
+    """
+    from worldvla.config import ConfigError
+    from worldvla.model.transformer import ModelConfig, Transformer
+
+    m = cfg.model
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(m.overrides) - fields)
+    if unknown:
+        raise ConfigError(f"model.overrides: unknown ModelConfig field(s) {unknown}; valid: {sorted(fields)}")
+    settings = {**m.overrides, "dropout": m.dropout, "max_seq_len": cfg.data.max_seq_len}
+    if m.init_from:
+        from worldvla.model.loading import load_model
+
+        model = load_model(m.init_from, dtype=torch.float32, device="cpu", **settings)
+        return model, model.cfg
+    try:
+        mcfg = ModelConfig.preset(m.preset, **settings)
+    except ValueError as err:
+        raise ConfigError(f"model.preset: {err}") from None
+    return Transformer(mcfg), mcfg
+
+
+def block_class(model: torch.nn.Module) -> type:
+    """The decoder-layer class: the unit of FSDP sharding and activation checkpointing."""
+    layers = getattr(model, "layers", None)
+    if layers is None or len(layers) == 0:
+        raise TypeError(f"{type(model).__name__} has no `layers` list of decoder blocks")
+    return type(layers[0])
+
+
+def size(model_cfg) -> tuple[int, int, int]:
+    """(parameter count, layers, width) for the MFU estimate."""
+    dim, layers, vocab = model_cfg.dim, model_cfg.n_layers, model_cfg.vocab_size
+    ffn = getattr(model_cfg, "intermediate_size", None) or getattr(model_cfg, "ffn_dim", 4 * dim)
+    per_layer = 4 * dim * dim + 3 * dim * ffn
+    return 2 * vocab * dim + layers * per_layer, layers, dim
+
+
+# -- mask and loss ------------------------------------------------------------------------------
+def attention_mask(batch, action_mask: bool, device) -> torch.Tensor | None:
+    """(B, 1, L, L) bool mask with WorldVLA's action rule, or None (plain causal: SDPA's fused causal
+    kernel) when `action_mask` is off or no row has an action block that the rule isolates."""
+    from worldvla.model.masks import ActionLayout, batch_mask
+
+    L = batch.input_ids.shape[1]
+    if not action_mask or not any(ActionLayout.from_spans(s, L).isolated() for s in batch.spans):
+        return None
+    return batch_mask(batch.spans, L, action_mask=True).to(device, non_blocking=True)
+
+
+def loss_config(cfg):
+    from worldvla.train.loss import LossConfig
+
+    t = cfg.train
+    return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight)
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg) -> dict:
+    """{"loss": total (with grad), "action_ce", "world_ce", "z_loss": detached scalars or None}."""
+    from worldvla.train.loss import compute_loss as loss_fn
+
+    out = loss_fn(logits, labels, loss_cfg)
+    terms = {"loss": out.total}
+    for k in ("action_ce", "world_ce", "z_loss"):
+        v = getattr(out, k, None)
+        terms[k] = None if v is None else v.detach()
+    return terms
+
+
+# -- export -------------------------------------------------------------------------------------
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # same file system: no copy of the (large) VQ-GAN weights
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int) -> None:
+    """Write the inference files of docs/interfaces.md into `folder` (main process)."""
+    from worldvla.data.tokenization import sha256_file, tokenizer_files
+    from worldvla.model.loading import save_state_dict
+    from worldvla.tokenizers import load_stats
+
+    d, t = cfg.data, cfg.train
+    dtype = getattr(torch, t.save_dtype)
+    save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}, model_cfg, folder)
+    files = tokenizer_files(d.tokenizer)
+    (folder / "tokenizer").mkdir(exist_ok=True)
+    for name, src in files.items():
+        _link_or_copy(src, folder / "tokenizer" / name)
+    stats = load_stats(d.action_stats)
+    settings = {
+        "chunk_size": d.chunk_size, "history": d.history, "resolution": d.resolution,
+        "action_stats": {"min": list(stats.min), "max": list(stats.max)},
+        "with_state": d.with_state, "with_wrist": d.with_wrist,
+        "text_tokenizer_sha256": sha256_file(files["text_tokenizer.json"]),
+        "step": step,
+    }
+    if d.with_state:
+        s = load_stats(d.state_stats)
+        settings["state_stats"] = {"min": list(s.min), "max": list(s.max)}
+    (folder / "worldvla.json").write_text(json.dumps(settings, indent=1))

@@ -1,0 +1,91 @@
+"""A tiny training set made by the real data pipeline, for CPU tests, the benchmark and exps/train_tiny.sh.
+
+Synthetic trajectories in the export layout (`<task>/trj_<i>/{imgs/image_<j>.png, action/action_<j>.npy}`)
+go through `conversations.generate` -> `pretokenize` -> `concat` (world first, as official) with the
+tiny tokenizer assets (`worldvla.testing.fixtures.make_tiny_assets`). Actions are smooth, task-dependent
+curves, so the action loss of a model that learns falls well below chance; frames are flat colours
+that change with time, so frames (and their VQ codes) repeat along and across trajectories.
+
+    python -m worldvla.train.tiny_data [out_dir] [resolution]   (default data/processed/tiny, 64 px)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("put the bowl on the stove", "open the top drawer of the cabinet", "turn on the stove")
+
+
+@dataclass
+class TinyData:
+    root: Path
+    tokenizer: Path  # folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt
+    train: Path  # concat index (world + action samples)
+    action: Path  # pretokenized action-model samples only
+    world: Path  # pretokenized world-model samples only
+
+
+def write_trajectories(base: Path, n_tasks: int, n_traj: int, n_frames: int, resolution: int, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for t, task in enumerate(TASKS[:n_tasks]):
+        for i in range(n_traj):
+            trj = base / task.replace(" ", "_") / f"trj_{i}"
+            (trj / "imgs").mkdir(parents=True, exist_ok=True)
+            (trj / "action").mkdir(parents=True, exist_ok=True)
+            for f in range(n_frames):
+                phase = 2 * np.pi * f / n_frames + t
+                action = np.array([0.5 * np.sin(phase), 0.5 * np.cos(phase), 0.3 * np.sin(2 * phase + t),
+                                   0.1 * t, -0.1 * t, 0.05 * np.sin(phase), 1.0 if f < n_frames // 2 else -1.0])
+                action[:6] += rng.normal(0, 0.01, 6)
+                np.save(trj / "action" / f"action_{f}.npy", action)
+                colour = np.array([40 + 60 * t, 255 * f // n_frames, 128], dtype=np.uint8)
+                img = np.broadcast_to(colour, (resolution, resolution, 3)).copy()
+                img[: resolution // 4 * (1 + f % 4), : resolution // 2] = 255 - colour  # a moving block
+                Image.fromarray(img).save(trj / "imgs" / f"image_{f}.png")
+
+
+def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_traj: int = 4, n_frames: int = 20,
+                   chunk_size: int = 5, seed: int = 0, assets=None) -> TinyData:
+    """Write (or reuse, when complete) the tiny set under `root`; returns its paths."""
+    from worldvla.data.concat import ConcatConfig, concatenate
+    from worldvla.data.conversations import ConversationsConfig, generate
+    from worldvla.data.pretokenize import PretokenizeConfig, pretokenize
+    from worldvla.data.tokenization import TokenizerConfig
+    from worldvla.testing.fixtures import make_tiny_assets
+
+    root = Path(root)
+    train = root / "tokens" / "train.json"
+    tok_dir = Path(assets.root) / "tokenizer" if assets is not None else root / "assets" / "tokenizer"
+    if train.is_file() and (root / "tokens" / "action").is_dir() and tok_dir.is_dir():
+        return TinyData(root, tok_dir, train, root / "tokens" / "action", root / "tokens" / "world")
+    if assets is None:
+        make_tiny_assets(root / "assets")
+    base = root / "export"
+    write_trajectories(base, n_tasks, n_traj, n_frames, resolution, seed)
+    files = generate(ConversationsConfig(base_dir=base, output_dir=root / "convs", task_name="tiny",
+                                         resolution=resolution, len_action=chunk_size, his=2))
+    tok = TokenizerConfig(path=tok_dir, resolution=resolution)
+    out = {}
+    for kind in ("world", "action"):
+        out[kind] = root / "tokens" / kind
+        pretokenize(PretokenizeConfig(inputs=[files["train"][kind]], out_dir=out[kind], tokenizer=tok, shard_size=64))
+    concatenate(ConcatConfig(inputs=[out["world"], out["action"]], output=train))
+    return TinyData(root, tok_dir, train, out["action"], out["world"])
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
+    data = make_tiny_data(argv[0] if argv else "data/processed/tiny", int(argv[1]) if len(argv) > 1 else 64)
+    print(f"tiny training set: data.train=[{data.train}] data.tokenizer={data.tokenizer}")
+
+
+if __name__ == "__main__":
+    main()
