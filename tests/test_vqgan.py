@@ -101,3 +101,11 @@ def test_resize_option_uses_lumina_crop(image_tokenizer, rng):
     assert (288, 224) in crop_size_list(64)
     wide = tok.encode([rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)])
     assert wide.shape == (1, 224 // 16, 288 // 16)
+
+
+def test_batch_invariant(image_tokenizer, rng):
+    imgs = rng.integers(0, 256, size=(3, 256, 256, 3), dtype=np.uint8)
+    codes = image_tokenizer.encode(imgs)
+    assert np.array_equal(codes[1], image_tokenizer.encode(imgs[1:2])[0])
+    pixels = image_tokenizer.decode(codes)
+    assert np.array_equal(pixels[2], image_tokenizer.decode(codes[2])[0])

@@ -149,17 +149,24 @@ class ImageTokenizer:
         return (x / 255.0 * 2.0 - 1.0).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
 
     def encode(self, images) -> np.ndarray:
-        """Images -> (B, h, w) int64 VQ codes."""
-        return self.vqgan.encode(self.preprocess(images)).cpu().numpy()
+        """Images -> (B, h, w) int64 VQ codes.
+
+        Each image runs through the VQ-GAN alone: batched convolutions round differently, and a
+        code or pixel must never depend on which other frames shared the batch."""
+        x = self.preprocess(images)
+        return np.concatenate([self.vqgan.encode(x[i : i + 1]).cpu().numpy() for i in range(len(x))])
 
     def decode(self, codes) -> np.ndarray:
         """(B, h, w) or (h, w) codes -> (B, H, W, 3) uint8 (truncating, as the official decode)."""
         codes = torch.as_tensor(np.asarray(codes), dtype=torch.long, device=self.device)
         if codes.ndim == 2:
             codes = codes[None]
-        x = self.vqgan.decode(codes)  # (B, 3, H, W) in [-1, 1]
-        x = ((x + 1.0) / 2.0 * 255.0).permute(0, 2, 3, 1)  # (B, H, W, 3)
-        return x.to(torch.uint8).cpu().numpy()
+        out = []
+        for i in range(len(codes)):  # one at a time: batch-invariant (see encode)
+            x = self.vqgan.decode(codes[i : i + 1])  # (1, 3, H, W) in [-1, 1]
+            x = ((x + 1.0) / 2.0 * 255.0).permute(0, 2, 3, 1)  # (1, H, W, 3)
+            out.append(x.to(torch.uint8).cpu().numpy())
+        return np.concatenate(out)
 
     def image_to_tokens(self, image) -> list[int]:
         return codes_to_tokens(self.encode([image])[0], self.vocab)
