@@ -32,14 +32,50 @@ def test_pipeline_end_to_end(suite, res, wrist, tiny_assets, tmp_path):
     from worldvla.tokenizers import image_token_count
 
     raw, h5, exp, convs, tok = (tmp_path / d for d in ("raw", "h5", "exp", "convs", "tok"))
-    [raw_file] = record_main([f"suite={suite}", "tasks=[0]", "n_demos=1", f"steps={STEPS}", "resolution=128",
-                              f"out_dir={raw}"])
+    ref = None
+    if wrist:  # record in-process at the target size, and keep the env for an independent reference frame
+        from worldvla.data.raw_demos import (
+            noisy_script,
+            raw_demo_filename,
+            record_rollout,
+            settle,
+            task_meta_from_env,
+            write_raw_demo_file,
+        )
+        from worldvla.envs.libero import LiberoEnv, format_obs
+
+        env = LiberoEnv(suite, 0, resolution=res)
+        try:
+            raw_demos = [record_rollout(env, noisy_script(seed=i, n_steps=STEPS), episode=i, max_steps=STEPS)
+                         for i in range(2)]
+            raw_demo = raw_demos[0]
+            raw_file = write_raw_demo_file(raw / raw_demo_filename(env.task.name), task_meta_from_env(env), raw_demos)
+            # what the eval loop sees in this state (LiberoEnv + format_obs: rotated images, 8-D state), with
+            # the fixture placement regenerate uses for demo_0 (its per-demo RNG seed)
+            from worldvla.data.regenerate import replay_seed
+
+            ref = format_obs(settle(env, raw_demo.states[0], 10, seed=replay_seed(0, "demo_0")))
+        finally:
+            env.close()
+    else:  # through the recording CLI, at the raw datasets' 128 px
+        [raw_file] = record_main([f"suite={suite}", "tasks=[0]", "n_demos=1", f"steps={STEPS}", "resolution=128",
+                                  f"out_dir={raw}"])
     task = raw_file.name[: -len("_demo.hdf5")]
 
     # regenerate + export (noisy demos do not succeed: keep_failed is for test data only)
-    cli("libero_util/regenerate.py", f"suite={suite}", f"raw_dir={raw}", f"out_dir={h5}", f"resolution={res}",
-        "tasks=[0]", "keep_failed=true", f"export_dir={exp}")
-    meta, [demo] = read_raw_demo_file(h5 / raw_file.name)
+    regen = ["libero_util/regenerate.py", f"suite={suite}", f"raw_dir={raw}", f"out_dir={h5}", f"resolution={res}",
+             "tasks=[0]", "keep_failed=true", f"export_dir={exp}"]
+    cli(*regen)
+    meta, demos = read_raw_demo_file(h5 / raw_file.name)
+    demo = demos[0]
+    n_traj = len(demos)
+    if n_traj > 1:  # a resumed run replays demo_1 first in a fresh env: same result as after demo_0
+        for f in (h5 / ".parts" / raw_file.name[: -len("_demo.hdf5")]).glob("demo_1.*"):
+            f.unlink()
+        cli(*regen)
+        _, again = read_raw_demo_file(h5 / raw_file.name)
+        for key in ("agentview_rgb", "eye_in_hand_rgb", "ee_states"):
+            np.testing.assert_array_equal(again[1].obs[key], demos[1].obs[key], err_msg=key)
     assert demo.name == "demo_0" and len(demo) == STEPS - 1  # the exact no-op was dropped
     assert demo.obs["agentview_rgb"].shape == (STEPS - 1, res, res, 3) and meta["resolution"] == res
     info = json.loads((h5 / f"{suite}_metainfo.json").read_text())[task]["demo_0"]
@@ -47,16 +83,7 @@ def test_pipeline_end_to_end(suite, res, wrist, tiny_assets, tmp_path):
     trj = exp / task / "trj_0"
     assert len(list((trj / "imgs").iterdir())) == STEPS - 1 and (trj / "imgs_wrist").is_dir()
 
-    if wrist:  # exported frame 0 == an independent settle of the same state through LiberoEnv + format_obs
-        from worldvla.data.raw_demos import settle
-        from worldvla.envs.libero import LiberoEnv, format_obs
-
-        _, [raw_demo] = read_raw_demo_file(raw_file, load_obs=False)
-        env = LiberoEnv(suite, 0, resolution=res)
-        try:
-            ref = format_obs(settle(env, raw_demo.states[0], 10))
-        finally:
-            env.close()
+    if ref is not None:  # exported frame 0 == the independent settle of the same state (another process)
         np.testing.assert_array_equal(np.asarray(Image.open(trj / "imgs_third_view" / "image_0.png")), ref.agentview)
         np.testing.assert_array_equal(np.asarray(Image.open(trj / "imgs_wrist" / "image_0.png")), ref.wrist)
         np.testing.assert_allclose(np.load(trj / "eef_gripper_state" / "eef_gripper_state_0.npy"), ref.state, atol=1e-6)
@@ -74,18 +101,19 @@ def test_pipeline_end_to_end(suite, res, wrist, tiny_assets, tmp_path):
         action_json = convs / f"libero_{short}_his_2_train_img_only_ck_2_{res}.json"
         world_json = convs / f"libero_{short}_his_1_train_a2i_{res}.json"
     n_frames = STEPS - 1
-    assert len(json.loads(action_json.read_text())) == n_frames - 1  # j + K <= N
-    assert len(json.loads(world_json.read_text())) == n_frames - 1  # j <= N - 2
+    assert len(json.loads(action_json.read_text())) == n_traj * (n_frames - 1)  # j + K <= N
+    assert len(json.loads(world_json.read_text())) == n_traj * (n_frames - 1)  # j <= N - 2
     assert json.loads((convs / action_json.name.replace("_train_", "_val_ood_")).read_text()) == []
 
-    common = [f"tokenizer.path={tiny_assets.root}", f"tokenizer.resolution={res}", "shard_size=3"]
+    common = [f"tokenizer.path={tiny_assets.root}", f"tokenizer.resolution={res}", "shard_size=3",
+              f"frame_cache={tok / 'frames'}"]  # the action run reuses the world run's VQ codes
     cli("data/pretokenize.py", f"inputs=[{world_json}]", f"out_dir={tok / 'world'}", *common)
     cli("data/pretokenize.py", f"inputs=[{action_json}]", f"out_dir={tok / 'action'}", *common)
     out = tok / f"libero_{short}_his_2_train_img_only_ck_2_a2i_{res}.json"
     cli("data/concatenate.py", f"inputs=[{tok / 'world'},{tok / 'action'}]", f"output={out}")
 
     ds = PretokenizedDataset(out)
-    assert len(ds) == 2 * (n_frames - 1)
+    assert len(ds) == 2 * n_traj * (n_frames - 1)
     assert ds.kind(0) == "world" and ds.kind(len(ds) - 1) == "action"
     per_image = image_token_count(res)
     views = 2 if wrist else 1
@@ -96,4 +124,5 @@ def test_pipeline_end_to_end(suite, res, wrist, tiny_assets, tmp_path):
     action = ds[len(ds) - 1]
     assert len(action.spans_of("action")) == 2 and len(action.spans_of("state")) == (1 if wrist else 0)
     manifest = json.loads((tok / "action" / "manifest.json").read_text())
-    assert manifest["tokenizer"]["resolution"] == res and manifest["n_samples"] == n_frames - 1
+    assert manifest["tokenizer"]["resolution"] == res and manifest["n_samples"] == n_traj * (n_frames - 1)
+    assert manifest["timing"]["frames_encoded_this_run"] == 0

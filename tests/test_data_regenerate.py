@@ -32,7 +32,7 @@ class FakeEnv:
                 "robot0_eef_pos": self.state[1:4].copy(), "robot0_eef_quat": QUAT.copy(),
                 "robot0_gripper_qpos": np.array([0.02, -0.02]) * n, "robot0_joint_pos": np.full(7, n, float)}
 
-    def settle(self, init_state, wait_steps):
+    def settle(self, init_state, wait_steps, seed=None):
         FakeEnv.calls += 1
         self.state = np.asarray(init_state, dtype=np.float64).copy()
         self.state[0] = 0

@@ -412,12 +412,41 @@ def _inner_env(env):
     raise TypeError(f"{type(env).__name__} is not a LiberoEnv nor a LIBERO ControlEnv (needs set_init_state, step, sim)")
 
 
-def settle(env, init_state: np.ndarray, wait_steps: int) -> dict:
-    """reset(), set the given flattened sim state, then `wait_steps` dummy actions; returns the obs."""
+def reset_observable_clocks(inner) -> None:
+    """Give robosuite's observables the sampling phase of a freshly built env.
+
+    robosuite samples each observable at the first sim substep after its sampling period elapsed;
+    `reset()` zeroes the timer but keeps the `_sampled` flag, so after earlier episodes the images
+    and proprio values of a step can be taken at another substep than in a fresh env: the same sim
+    state then gives different observations. Resetting both makes a replay independent of what the
+    env did before (worker assignment, resume).
+    """
+    robosuite_env = getattr(inner, "env", inner)
+    for observable in getattr(robosuite_env, "_observables", {}).values():
+        observable.reset()
+        if hasattr(observable, "_sampled"):
+            observable._sampled = False
+
+
+def settle(env, init_state: np.ndarray, wait_steps: int, seed: int | None = None) -> dict:
+    """reset(), set the given flattened sim state, then `wait_steps` dummy actions; returns the obs.
+
+    The flattened state holds time, qpos and qvel only: fixtures (cabinets, stoves, racks) are
+    placed by `reset()` from numpy's global RNG, so the rendered scene also depends on that RNG.
+    With `seed`, numpy's and python's RNGs are seeded right before `reset()`, which makes the
+    scene (and every observation after it) a function of (`init_state`, `seed`) only. Observation
+    sampling clocks are reset too (reset_observable_clocks).
+    """
+    import random
+
     from worldvla.envs.libero import DUMMY_ACTION
 
     inner = _inner_env(env)
+    if seed is not None:
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
     inner.reset()
+    reset_observable_clocks(inner)
     obs = inner.set_init_state(np.asarray(init_state, dtype=np.float64))
     for _ in range(wait_steps):
         obs, _, _, _ = inner.step(list(DUMMY_ACTION))
@@ -426,13 +455,13 @@ def settle(env, init_state: np.ndarray, wait_steps: int) -> dict:
 
 def record_rollout(env, actions_fn: ActionsFn, *, episode: int = 0, init_state: np.ndarray | None = None,
                    max_steps: int = 50, wait_steps: int | None = None, stop_on_done: bool = True,
-                   record_obs: bool = True, progress: bool = False) -> RawDemo:
+                   record_obs: bool = True, progress: bool = False, seed: int | None = None) -> RawDemo:
     """Run `actions_fn(t, raw_obs) -> action (7,) or None (stop)` in a LiberoEnv-like env and record a RawDemo.
 
     Start: `init_state` (flattened sim state) if given, else the task's init state number `episode`;
     then `wait_steps` dummy steps (default NUM_WAIT_STEPS). The recorded `states[0]` is the sim state
     after settling, so a replay from it sees the same scene. Stops at `done` (if `stop_on_done`), at
-    `max_steps`, or when `actions_fn` returns None.
+    `max_steps`, or when `actions_fn` returns None. `seed`: see `settle` (fixture placement).
     """
     from worldvla.envs.libero import NUM_WAIT_STEPS
 
@@ -442,7 +471,7 @@ def record_rollout(env, actions_fn: ActionsFn, *, episode: int = 0, init_state: 
         if init_states is None:
             raise ValueError("record_rollout: env has no init_states; pass init_state=")
         init_state = init_states[episode % len(init_states)]
-    obs = settle(env, init_state, wait_steps)
+    obs = settle(env, init_state, wait_steps, seed)
     inner = _inner_env(env)
     actions, states, robot, steps, rewards, dones = [], [], [], [], [], []
     iterator = range(max_steps)

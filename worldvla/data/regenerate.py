@@ -31,6 +31,7 @@ import numpy as np
 
 from worldvla.data.raw_demos import (
     ACTION_DIM,
+    DEMO_RE,
     RawDemo,
     RawDemoError,
     RawDemoFile,
@@ -70,7 +71,7 @@ def noop_keep_mask(actions: np.ndarray, threshold: float = NOOP_THRESHOLD) -> np
 
 # -- replay -------------------------------------------------------------------------------------
 class ReplayEnv(Protocol):
-    def settle(self, init_state: np.ndarray, wait_steps: int) -> dict: ...
+    def settle(self, init_state: np.ndarray, wait_steps: int, seed: int | None = None) -> dict: ...
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]: ...
 
@@ -88,10 +89,10 @@ class LiberoReplayEnv:
         self.env = LiberoEnv(suite, task_id, resolution=resolution, env_seed=env_seed)
         self.inner = self.env.env
 
-    def settle(self, init_state, wait_steps):
+    def settle(self, init_state, wait_steps, seed=None):
         from worldvla.data.raw_demos import settle
 
-        return settle(self.env, init_state, wait_steps)
+        return settle(self.env, init_state, wait_steps, seed)
 
     def step(self, action):
         return self.inner.step(np.asarray(action, dtype=np.float64).tolist())
@@ -118,14 +119,25 @@ class ReplayResult:
         return self.n_raw - self.n_kept
 
 
+def replay_seed(env_seed: int, demo_name: str) -> int:
+    """The RNG seed set before the env reset of one demo's replay (fixture placement; see raw_demos.settle).
+
+    A function of the demo alone, so the output does not depend on which worker replays which demo,
+    nor on resuming. (The official script resets one env per task in sequence, so its placements
+    come from one running RNG stream; they are random draws in both cases.)
+    """
+    m = DEMO_RE.match(demo_name)
+    return env_seed * 1_000_003 + (int(m.group(1)) if m else 0)
+
+
 def replay_demo(env: ReplayEnv, source: RawDemo, wait_steps: int = 10, threshold: float = NOOP_THRESHOLD,
-                where: str = "") -> ReplayResult:
+                where: str = "", seed: int | None = None) -> ReplayResult:
     """Replay `source.actions` from `source.states[0]`, skipping no-ops; record obs before each kept action."""
     where = where or source.name
     if len(source) == 0:
         raise RawDemoError(f"{where}: demo has no actions")
     source.validate(where)
-    obs = env.settle(source.states[0], wait_steps)
+    obs = env.settle(source.states[0], wait_steps, seed)
     keep = noop_keep_mask(source.actions, threshold)
     steps, states, robot, actions, rewards, dones = [], [], [], [], [], []
     done = False
@@ -163,7 +175,7 @@ class RegenerateConfig:
     keep_failed: bool = False  # keep demos that fail on replay (official: dropped); for test data only
     noop_threshold: float = NOOP_THRESHOLD
     wait_steps: int = 10  # dummy steps after setting the init state (official: 10)
-    env_seed: int = 0
+    env_seed: int = 0  # env.seed(); also the base of the per-demo RNG seed before each reset (replay_seed)
     image_compression: str = "gzip"  # h5py filter for images: gzip | lzf | none
     export_dir: Path | None = None  # also write the official PNG/npy folder layout here (export.py)
     export_layout: str = "both"  # worldvla (imgs/, action/) | rynnvla (imgs_third_view/, imgs_wrist/, states) | both
@@ -220,7 +232,8 @@ def _run_job(job: Job) -> dict:
     with RawDemoFile(job.raw_file) as f:
         source = f.demo(job.demo, load_obs=False)
         meta = f.meta
-    result = replay_demo(_env_for(job.task_id), source, cfg.wait_steps, cfg.noop_threshold, where)
+    result = replay_demo(_env_for(job.task_id), source, cfg.wait_steps, cfg.noop_threshold, where,
+                         seed=replay_seed(cfg.env_seed, job.demo))
     kept = (result.success or cfg.keep_failed) and result.n_kept > 0
     part_dir = Path(job.part_dir)
     info = {"demo": job.demo, "success": result.success, "kept": kept, "n_raw": result.n_raw,
