@@ -20,13 +20,15 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import worldvl
 else
   echo "[setup] installing worldvla[$EXTRAS] into $("$PY" -c 'import sys; print(sys.prefix)')"
   "$PY" -m pip install -q --upgrade pip
-  # Prefer a CPU torch wheel when one is on the local wheel path (fast, small); else PyPI's build.
+  # Prefer the small CPU build of torch 2.13.0 when the machine has it (WORLDVLA_TORCH overrides);
+  # fall back to whatever the package index resolves for torch>=2.6 (a CUDA build on Linux).
   if ! "$PY" -c "import torch" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index "torch>=2.6" 2>/dev/null || "$PY" -m pip install -q "torch>=2.6"
+    "$PY" -m pip install -q "torch==${WORLDVLA_TORCH:-2.13.0}" || "$PY" -m pip install -q "torch>=2.6"
   fi
-  # Pin the torch just installed so no extra's dependency swaps it for another build.
+  # Pin the torch just installed (public version, no local "+cpu" label, which pip's resolver
+  # cannot match against an index) so no extra's dependency swaps it for another build.
   PIN="$(mktemp)"
-  "$PY" -c "import torch; print('torch==' + torch.__version__)" > "$PIN"
+  "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$PIN"
   "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" -c "$PIN"
   rm -f "$PIN"
   echo "$WANT" > "$STAMP"
