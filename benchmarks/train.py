@@ -7,7 +7,7 @@
    fp32 gradients, AdamW moments, all sharded; bf16 gathered layers; checkpointed activations;
    fp32 logits of the loss) for the sequence lengths of the 256 / 512 px samples and the 4096 cap.
 
-    python benchmarks/train.py [--steps 40] [--out /tmp/bench_train]
+    python benchmarks/train.py [--steps 40] [--threads 1] [--out /tmp/bench_train]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("/tmp/worldvla_bench_train"))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: per-core numbers)")
     args = parser.parse_args()
     import logging
 
@@ -94,6 +95,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     data = make_tiny_data(args.out / "data")
+    torch.set_num_threads(args.threads)  # after pretokenize, which sets its own thread count in-process
     variants = {
         "random order, checkpointing": ["data.batching=random"],
         "length_grouped, checkpointing": ["data.batching=length_grouped"],

@@ -111,6 +111,11 @@ def cli_policy_args(tmp_path_factory) -> list[str]:
     return [f"policy={ckpt}", "policy_threads=1"]
 
 
+def test_the_cli_test_uses_the_tiny_checkpoint_when_available(tmp_path_factory):
+    pytest.importorskip("worldvla.eval.policy")
+    assert cli_policy_args(tmp_path_factory)[0].endswith("ckpt")
+
+
 def test_cli_two_suites_one_and_two_workers_agree(tmp_path, tmp_path_factory):
     from worldvla.eval.libero import main
 
@@ -126,3 +131,4 @@ def test_cli_two_suites_one_and_two_workers_agree(tmp_path, tmp_path_factory):
         assert set(summary["suites"]) == {"libero_goal", "libero_spatial"}
         assert all((out / r["video"]).exists() for r in recs if r["status"] != "success")
     assert runs[1] == runs[2]
+    assert len({fp for _, _, fp in runs[1].values()}) == 4  # four different episodes, not one repeated

@@ -145,6 +145,10 @@ def test_videos_of_failures_by_default_and_all_on_request(tmp_path):
     assert run_cli(tmp_path / "a", "num_workers=0", "videos=all", "suites=[libero_goal]") == 0
     eps = [json.loads(x) for x in (tmp_path / "a" / "episodes.jsonl").read_text().splitlines()]
     assert all(r["video"] and (tmp_path / "a" / r["video"]).exists() for r in eps)
+    assert run_cli(tmp_path / "w", "num_workers=0", "videos=all", "video_wrist=true", "suites=[libero_goal]",
+                   "num_trials=1", "tasks=[0]") == 0
+    rec = json.loads((tmp_path / "w" / "episodes.jsonl").read_text())
+    assert imageio.mimread(tmp_path / "w" / rec["video"])[0].shape == (256, 512, 3)  # agentview | wrist
 
 
 def test_help_and_bad_arguments(capsys):

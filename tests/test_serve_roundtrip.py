@@ -158,3 +158,28 @@ def test_evaluation_through_the_server_equals_in_process(tmp_path):
         return {(r["task"], r["trial"]): (r["status"], r["steps"], r["fingerprint"]) for r in recs}
 
     assert eps(tmp_path / "remote") == eps(tmp_path / "local") and len(eps(tmp_path / "local")) == 6
+
+
+def test_tiny_worldvla_checkpoint_round_trip(tmp_path, rng):
+    """The real policy behind the server answers exactly as in-process (greedy, de-normalised)."""
+    policy_mod = pytest.importorskip("worldvla.eval.policy")
+    from worldvla.testing.fixtures import make_tiny_assets
+    from worldvla.testing.tiny_model import write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", make_tiny_assets(tmp_path / "assets"), chunk_size=3,
+                                 resolution=256)
+    policy = policy_mod.WorldVLAPolicy.from_pretrained(ckpt, device="cpu")
+    server = PolicyServer(policy, port=0)
+    url = server.start_in_thread()
+    try:
+        with RemotePolicy(url) as remote:
+            assert (remote.chunk_size, remote.history, remote.resolution) == (3, 2, 256)
+            texts = ["put the bowl on the stove", "open the top drawer of the cabinet"]
+            images = [frames(rng, 1, 256), frames(rng, 2, 256)]
+            got = remote.predict_batch(texts, images)
+            want = [policy.predict(t, ims) for t, ims in zip(texts, images)]
+    finally:
+        server.stop()
+    for g, w in zip(got, want):
+        assert g.shape == (3, 7)
+        np.testing.assert_array_equal(g, w)

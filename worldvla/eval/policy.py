@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class PolicySettings:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_file(cls, path: Path) -> "PolicySettings":
+    def from_file(cls, path: Path) -> PolicySettings:
         data = json.loads(path.read_text())
         known = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__ and k != "extra"}
         return cls(**known, extra=data)
@@ -63,11 +63,12 @@ def _stats(spec) -> NormStats:
 class WorldVLAPolicy:
     def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: PolicySettings,
                  decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
-                 action_mask: bool = True, name: str = "worldvla"):
+                 action_mask: bool = True, name: str = "worldvla", compile_step: bool = False):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES}")
         self.model, self.text, self.images, self.settings = model, text, images, settings
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
+        self.compile_step = compile_step  # torch.compile the one-token step (gpt-fast style; first call compiles)
         self.action_tok = ActionTokenizer(_stats(settings.action_stats))
         world = settings.world_action_stats or settings.action_stats
         state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
@@ -78,7 +79,8 @@ class WorldVLAPolicy:
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                        tokenizer: str | Path | None = None, decode: str = "parallel", **settings) -> "WorldVLAPolicy":
+                        tokenizer: str | Path | None = None, decode: str = "parallel", compile_step: bool = False,
+                        **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
         with `tokenizer=<dir>` and the settings as keyword arguments (chunk_size, history, resolution,
         action_stats, ...). dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
@@ -105,7 +107,7 @@ class WorldVLAPolicy:
         if dtype is None:
             dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
         model = load_model(folder, dtype=dtype, device=device)
-        return cls(model, text, images, base, decode=decode, name=folder.name)
+        return cls(model, text, images, base, decode=decode, name=folder.name, compile_step=compile_step)
 
     # -- attributes used by the evaluation ---------------------------------------------------------
     @property
@@ -152,7 +154,8 @@ class WorldVLAPolicy:
     def predict_tokens(self, prompts: list[list[int]]) -> list[np.ndarray]:
         """Action-bin ids per prompt: (K, 7) arrays (K may differ in unconstrained mode)."""
         if self.decode == "unconstrained":
-            outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask)
+            outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
+                                     compile_step=self.compile_step)
             result = []
             for b, ids in enumerate(outs):
                 blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
@@ -162,7 +165,7 @@ class WorldVLAPolicy:
                 result.append(np.asarray(blocks, dtype=np.int64))
             return result
         blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
-                                        action_mask=self.action_mask)  # (B, K, 9)
+                                        action_mask=self.action_mask, compile_step=self.compile_step)  # (B, K, 9)
         return list(blocks[..., 1:-1].cpu().numpy())
 
     def predict_batch(self, instructions: Sequence[str], images_per_episode: Sequence[Sequence[np.ndarray]],
@@ -192,7 +195,8 @@ class WorldVLAPolicy:
             raise ValueError(f"{len(frames)} frames but {len(acts)} actions (one action per history frame)")
         prompt = self.world_builder.prompt(world_conversation(len(frames)), frames, actions=list(acts)).input_ids
         latent = self.resolution // 16  # VQ-GAN downsampling
-        span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask)[0]
+        span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
+                                self.compile_step)[0]
         span = span.cpu().tolist()
         picture = self.images.tokens_to_image(span)
         return (picture, span) if return_tokens else picture

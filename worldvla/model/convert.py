@@ -41,7 +41,7 @@ def clean_key(key: str) -> str:
     """Remove wrapper prefixes added by DDP / torch.compile / activation checkpointing / FSDP."""
     for part in WRAPPER_PARTS:
         key = key.replace(part, "")
-    return key[len("module."):] if key.startswith("module.") else key
+    return key.removeprefix("module.")
 
 
 def is_backbone_key(key: str) -> bool:

@@ -14,6 +14,8 @@ row's own action blocks, overwritten before they become visible). Cache slot = p
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +29,18 @@ BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]
 FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_START_ID + 2, V.ACTION_START_ID + 257  # 10006..10261 (official_format §2.2)
 OFFICIAL_MAX_NEW_TOKENS = 300  # official eval: action_steps (25) * 12
 MODES = ("parallel", "sequential", "unconstrained")
+CACHE_BUCKET = 256  # compiled steps: cache lengths rounded up to this, so shapes (and graphs) repeat
+COMPILED_SHAPES = 64  # dynamo graphs kept per compiled step
 
 
 @dataclass
 class DecodeStats:
-    forward_steps: int = 0  # model calls after prefill
+    """Accumulated over calls: model calls after prefill, tokens fed, seconds in prefill / decode steps."""
+
+    forward_steps: int = 0
     tokens_fed: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
 
 def pad_right(prompts: list[list[int]], device, pad_id: int = V.PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,41 +58,77 @@ def planned_layouts(prompts: list[list[int]], suffix: list[int], length: int) ->
             for lay in (ActionLayout.from_ids(list(p) + suffix) for p in prompts)]
 
 
-def restricted_argmax(logits: torch.Tensor, allowed: torch.Tensor | tuple[int, int]) -> torch.Tensor:
-    """Greedy choice among a contiguous id range (lo, hi) or an explicit id tensor."""
+def greedy_among(model: Transformer, hidden: torch.Tensor, allowed: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    """Greedy id among `allowed` from hidden states, computing only those logits (ties: lowest position)."""
     if isinstance(allowed, tuple):
         lo, hi = allowed
-        return logits[..., lo : hi + 1].argmax(-1) + lo
-    return allowed[logits[..., allowed].argmax(-1)]
+        return model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
+    return allowed[model.logits(hidden, allowed).argmax(-1)]
+
+
+def cache_length(model: Transformer, needed: int, compile_step: bool) -> int:
+    if needed > model.cfg.max_seq_len:
+        raise ValueError(f"prompt + generation needs {needed} positions > max_seq_len {model.cfg.max_seq_len}")
+    if not compile_step:
+        return needed
+    return min(-(-needed // CACHE_BUCKET) * CACHE_BUCKET, model.cfg.max_seq_len)
+
+
+@contextmanager
+def kv_session(model: Transformer, batch: int, length: int, compile_step: bool = False):
+    """Static KV caches for one decode call; yields the one-token step function.
+
+    compile_step=True (gpt-fast style): the step is `torch.compile`d once per shape and the caches are
+    kept between calls (re-allocating them would re-trigger compilation); otherwise they are freed."""
+    model.setup_caches(batch, length)
+    step = model.forward_hidden
+    if compile_step:
+        step = getattr(model, "_compiled_step", None)
+        if step is None:
+            import torch._dynamo
+
+            # one graph per (batch, query rows, cache bucket): more than dynamo's default 8 in a long eval
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            setattr(cfg, name, max(getattr(cfg, name), COMPILED_SHAPES))
+            step = model._compiled_step = torch.compile(model.forward_hidden, dynamic=False)
+    try:
+        yield step
+    finally:
+        if not compile_step:
+            model.clear_caches()
 
 
 @torch.no_grad()
 def prefill(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor, masker: RowMasker) -> torch.Tensor:
-    """Run the prompts through the cache; logits of each row's last prompt token (B, V)."""
+    """Run the prompts through the cache; final hidden state of each row's last prompt token (B, dim)."""
     P = tokens.shape[1]
     positions = torch.arange(P, device=tokens.device)
     mask = masker(positions)[..., :P]  # (B, 1, P, P)
     hidden = model.forward_hidden(tokens, input_pos=positions, mask=mask)  # (B, P, dim)
-    return model.logits(hidden[torch.arange(len(lengths)), lengths - 1])
+    return hidden[torch.arange(len(lengths)), lengths - 1]
 
 
 @torch.no_grad()
 def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_size: int, mode: str = "parallel",
-                         action_mask: bool = True, use_cache: bool = True,
-                         stats: DecodeStats | None = None) -> torch.Tensor:
+                         action_mask: bool = True, use_cache: bool = True, dense_official_mask: bool = False,
+                         compile_step: bool = False, stats: DecodeStats | None = None) -> torch.Tensor:
     """Constrained greedy decoding of K action blocks per prompt -> (B, K, 9) token ids.
 
     Block structure is forced (start, 7 ids in 10006..10261, end); `mode` is `parallel` or `sequential`.
-    `use_cache=False` (sequential only) re-runs the whole sequence every step (benchmark baseline).
+    Benchmark baselines (sequential only, same tokens): `use_cache=False` re-runs the whole sequence
+    every step; `dense_official_mask=True` rebuilds each step's mask row the official way.
     """
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
+    if mode == "parallel" and dense_official_mask:
+        raise ValueError("dense_official_mask is a sequential-decoding baseline")
     if mode == "parallel" and not action_mask:
         raise ValueError("parallel chunk decoding is exact only under the action mask; use mode=sequential")
     stats = stats if stats is not None else DecodeStats()
     device, K, B = model.device, chunk_size, len(prompts)
     tokens, lengths = pad_right(prompts, device)
-    total = int(lengths.max()) + BLOCK_LEN * K
+    total = cache_length(model, int(lengths.max()) + BLOCK_LEN * K, compile_step)
     block = [V.ACTION_START_ID] + [FIRST_BIN_ID] * ACTION_DIM + [V.ACTION_END_ID]
     masker = RowMasker(planned_layouts(prompts, block * K, total), total, action_mask, device)
     out = torch.full((B, K, BLOCK_LEN), V.ACTION_START_ID, dtype=torch.long, device=device)
@@ -95,33 +139,44 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
         if mode != "sequential":
             raise ValueError("use_cache=False is supported for mode=sequential only")
         return _sequential_nocache(model, tokens, lengths, out, masker, stats)
-    model.setup_caches(B, total)
-    try:
+    with kv_session(model, B, total, compile_step) as step:
+        t0 = time.perf_counter()
         prefill(model, tokens, lengths, masker)
+        t1 = time.perf_counter()
+        # every decode row at once: the layout is planned, so no per-step mask work (B, 1, K, 9, S)
+        positions = starts[..., None] + torch.arange(BLOCK_LEN, device=device)  # (B, K, 9)
+        rows = to_additive(masker(positions.reshape(B, -1)), model.dtype).view(B, 1, K, BLOCK_LEN, total)
         if mode == "parallel":
             for t in range(ACTION_DIM):  # feed token t of all K blocks, predict token t + 1
                 pos = starts + t  # (B, K)
-                logits = model(out[..., t], input_pos=pos, mask=masker(pos))  # (B, K, V)
-                out[..., t + 1] = restricted_argmax(logits, bins)
+                hidden = step(out[..., t], input_pos=pos, mask=rows[..., t, :])  # (B, K, dim)
+                out[..., t + 1] = greedy_among(model, hidden, bins)
                 stats.forward_steps += 1
                 stats.tokens_fed += B * K
         else:
             for i in range(K):
                 for t in range(BLOCK_LEN if i < K - 1 else BLOCK_LEN - 1):
                     pos = starts[:, i : i + 1] + t  # (B, 1)
-                    logits = model(out[:, i, t : t + 1], input_pos=pos, mask=masker(pos))  # (B, 1, V)
-                    if t < ACTION_DIM:
-                        out[:, i, t + 1] = restricted_argmax(logits[:, 0], bins)
+                    if dense_official_mask:
+                        running = [list(p) + out[b, :i].flatten().tolist() + out[b, i, : t + 1].tolist()
+                                   for b, p in enumerate(prompts)]
+                        mask = _official_rows(running, total, action_mask, model.dtype, device)
+                    else:
+                        mask = rows[:, :, i, t : t + 1]  # (B, 1, 1, S)
+                    hidden = step(out[:, i, t : t + 1], input_pos=pos, mask=mask)
+                    if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
+                        out[:, i, t + 1] = greedy_among(model, hidden[:, 0], bins)
                     stats.forward_steps += 1
                     stats.tokens_fed += B
-    finally:
-        model.clear_caches()
+        stats.prefill_s += t1 - t0
+        stats.decode_s += time.perf_counter() - t1
     return out
 
 
 def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Tensor:
     """Sequential decoding that re-runs the full (growing) sequence each step: no KV cache."""
     B, K = out.shape[:2]
+    t0 = time.perf_counter()
     rows = torch.arange(B, device=tokens.device)
     seq = torch.cat([tokens, torch.zeros(B, BLOCK_LEN * K, dtype=torch.long, device=tokens.device)], 1)
     for i in range(K):
@@ -131,11 +186,12 @@ def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Ten
             L = int((base + t).max()) + 1
             positions = torch.arange(L, device=tokens.device)
             hidden = model.forward_hidden(seq[:, :L], mask=masker(positions)[..., :L])  # (B, L, dim)
-            out[:, i, t + 1] = restricted_argmax(model.logits(hidden[rows, base + t]), (FIRST_BIN_ID, LAST_BIN_ID))
+            out[:, i, t + 1] = greedy_among(model, hidden[rows, base + t], (FIRST_BIN_ID, LAST_BIN_ID))
             stats.forward_steps += 1
             stats.tokens_fed += B * L
         for t in (ACTION_DIM, ACTION_DIM + 1):
             seq[rows, base + t] = out[:, i, t]
+    stats.decode_s += time.perf_counter() - t0
     return out
 
 
@@ -154,7 +210,7 @@ def parse_action_blocks(ids: list[int]) -> list[list[int]]:
 @torch.no_grad()
 def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
                     eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, dense_official_mask: bool = False,
-                    stats: DecodeStats | None = None) -> list[list[int]]:
+                    compile_step: bool = False, stats: DecodeStats | None = None) -> list[list[int]]:
     """Unconstrained greedy generation until `eos_id` (kept) or `max_new_tokens`, as the official eval.
 
     Every step's mask row is recomputed from all ids so far (the official rule on the running sequence).
@@ -164,12 +220,14 @@ def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens
     stats = stats if stats is not None else DecodeStats()
     device, B = model.device, len(prompts)
     tokens, lengths = pad_right(prompts, device)
-    total = int(lengths.max()) + max_new_tokens
+    total = cache_length(model, int(lengths.max()) + max_new_tokens, compile_step)
     seqs = [list(p) for p in prompts]
     done = [False] * B
-    model.setup_caches(B, total)
-    try:
-        logits = prefill(model, tokens, lengths, RowMasker(planned_layouts(prompts, [], total), total, action_mask, device))
+    with kv_session(model, B, total, compile_step) as forward_step:
+        t0 = time.perf_counter()
+        masker = RowMasker(planned_layouts(prompts, [], total), total, action_mask, device)
+        logits = model.logits(prefill(model, tokens, lengths, masker))
+        t1 = time.perf_counter()
         for step in range(max_new_tokens):
             nxt = logits.argmax(-1)  # (B,)
             for b in range(B):
@@ -182,12 +240,13 @@ def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens
             if dense_official_mask:
                 mask = _official_rows(seqs, total, action_mask, model.dtype, device)
             else:
-                mask = RowMasker([ActionLayout.from_ids(s) for s in seqs], total, action_mask, device)(pos)
-            logits = model(nxt[:, None], input_pos=pos, mask=mask)[:, 0]
+                mask = to_additive(RowMasker([ActionLayout.from_ids(s) for s in seqs], total, action_mask, device)(pos),
+                                   model.dtype)
+            logits = model.logits(forward_step(nxt[:, None], input_pos=pos, mask=mask)[:, 0])
             stats.forward_steps += 1
             stats.tokens_fed += B
-    finally:
-        model.clear_caches()
+        stats.prefill_s += t1 - t0
+        stats.decode_s += time.perf_counter() - t1
     return [s[len(p):] for s, p in zip(seqs, prompts)]
 
 
@@ -197,7 +256,7 @@ def _official_rows(seqs: list[list[int]], num_keys: int, action_mask: bool, dtyp
     rows.fill_(torch.finfo(dtype).min)
     for b, s in enumerate(seqs):
         full = reference_mask(s) if action_mask else torch.tril(torch.ones(len(s), len(s), dtype=torch.bool))
-        rows[b, 0, 0, : len(s)] = to_additive(full.to(device), dtype)[-1]
+        rows[b, 0, 0, : len(s)] = to_additive(full[-1].to(device), dtype)
     return rows
 
 
@@ -209,7 +268,7 @@ def image_span_plan(h_latent: int, w_latent: int) -> list[int | None]:
 
 @torch.no_grad()
 def generate_image(model: Transformer, prompts: list[list[int]], h_latent: int, w_latent: int,
-                   image_ids: torch.Tensor, action_mask: bool = True) -> torch.Tensor:
+                   image_ids: torch.Tensor, action_mask: bool = True, compile_step: bool = False) -> torch.Tensor:
     """Constrained greedy image generation: boi, size, size, rows of codes + row break, eoi.
 
     Codes are chosen among `image_ids` only (the official FlexAR constraint: inside an image span only
@@ -219,20 +278,17 @@ def generate_image(model: Transformer, prompts: list[list[int]], h_latent: int, 
     device, B = model.device, len(prompts)
     image_ids = image_ids.to(device)
     tokens, lengths = pad_right(prompts, device)
-    total = int(lengths.max()) + len(plan)
+    total = cache_length(model, int(lengths.max()) + len(plan), compile_step)
     placeholder = [t if t is not None else int(image_ids[0]) for t in plan]
     masker = RowMasker(planned_layouts(prompts, placeholder, total), total, action_mask, device)
     out = torch.tensor(placeholder, device=device).repeat(B, 1)  # (B, n)
-    model.setup_caches(B, total)
-    try:
-        logits = prefill(model, tokens, lengths, masker)
+    with kv_session(model, B, total, compile_step) as step:
+        hidden = prefill(model, tokens, lengths, masker)
         last_code = max(i for i, p in enumerate(plan) if p is None)
         for t in range(last_code + 1):  # later tokens (row break, eoi) are forced
             if t > 0:
                 pos = (lengths + t - 1)[:, None]  # feed token t - 1, predict token t
-                logits = model(out[:, t - 1 : t], input_pos=pos, mask=masker(pos))[:, 0]
+                hidden = step(out[:, t - 1 : t], input_pos=pos, mask=to_additive(masker(pos), model.dtype))[:, 0]
             if plan[t] is None:
-                out[:, t] = restricted_argmax(logits, image_ids)
-    finally:
-        model.clear_caches()
+                out[:, t] = greedy_among(model, hidden, image_ids)
     return out

@@ -45,7 +45,7 @@ def resolve_source(source: str | Path) -> Path:
         patterns = [f"{sub}/{p}" if sub else p for p in HUB_PATTERNS]
         try:
             root = Path(snapshot_download(repo, allow_patterns=patterns))
-        except Exception as err:  # noqa: BLE001 - report what was tried
+        except Exception as err:
             raise FileNotFoundError(f"could not download {text!r} from the model hub ({type(err).__name__}: {err}); "
                                     "pass a local folder instead") from err
         folder = root / sub if sub else root

@@ -74,7 +74,7 @@ class ModelConfig:
         return self.dim // self.n_heads
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ModelConfig":
+    def preset(cls, name: str, **overrides) -> ModelConfig:
         """`7b` (Chameleon-7B / Lumina-mGPT-7B / WorldVLA) or `tiny` (tests, CPU benchmarks)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; valid: {sorted(PRESETS)}")
@@ -84,46 +84,48 @@ class ModelConfig:
 
     # -- config.json (official HF Chameleon keys) ------------------------------------------------
     @classmethod
-    def from_hf_config(cls, cfg: dict) -> "ModelConfig":
+    def from_hf_config(cls, cfg: dict) -> ModelConfig:
         cfg = dict(cfg)
-        rope = cfg.pop("rope_parameters", None) or {}
+        rope = cfg.pop("rope_parameters", None) or {}  # transformers >= 5 spelling of rope_theta
         scaling = cfg.pop("rope_scaling", None)
         if scaling or rope.get("rope_type", "default") != "default":
             raise ValueError(f"RoPE scaling {scaling or rope} is not supported (Chameleon uses none)")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (Chameleon: silu)")
-        kv = cfg.get("num_key_value_heads") or cfg.get("num_attention_heads", 32)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = dict(
-            vocab_size=cfg.pop("vocab_size", 65536), dim=cfg.pop("hidden_size", 4096),
-            n_layers=cfg.pop("num_hidden_layers", 32), n_heads=cfg.pop("num_attention_heads", 32), n_kv_heads=kv,
-            intermediate_size=cfg.pop("intermediate_size", 11008), max_seq_len=cfg.pop("max_position_embeddings", 4096),
-            rope_theta=float(cfg.pop("rope_theta", rope.get("rope_theta", 10000.0))),
-            model_parallel_size=cfg.pop("model_parallel_size", None) or 1,
-        )
-        cfg.pop("num_key_value_heads", None)
-        cfg.pop("hidden_act", None)
-        for name in fields - set(kwargs) - {"extra", "gradient_checkpointing"}:
-            if name in cfg:
-                kwargs[name] = cfg.pop(name)
-        kwargs["dropout"] = float(kwargs.get("dropout") or 0.0)
+        if cfg.pop("hidden_act", "silu") != "silu":
+            raise ValueError("only hidden_act=silu is supported (Chameleon's SwiGLU)")
+        kwargs = {}
+        for key, name in list(HF_RENAMED.items()) + [(n, n) for n in HF_SAME_NAME]:
+            value = cfg.pop(key, None)
+            if value is not None:
+                kwargs[name] = value
+        if "rope_theta" not in kwargs and "rope_theta" in rope:
+            kwargs["rope_theta"] = rope["rope_theta"]
+        kwargs.setdefault("n_kv_heads", kwargs.get("n_heads", cls.n_heads))
+        kwargs["rope_theta"] = float(kwargs.get("rope_theta", cls.rope_theta))
+        kwargs["dropout"] = float(kwargs.get("dropout", 0.0))
+        for key in HF_REWRITTEN:
+            cfg.pop(key, None)
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None is a valid value here
+            if key in cfg:
+                kwargs[key] = cfg.pop(key)
         return cls(**kwargs, extra=cfg)
 
     def to_hf_config(self) -> dict:
-        out = {
-            "architectures": ["ChameleonXLLMXForConditionalGeneration"], "model_type": "chameleon",
-            "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads, "hidden_act": "silu",
-            "max_position_embeddings": self.max_seq_len, "rope_theta": self.rope_theta, "rope_scaling": None,
-            "attention_dropout": 0.0,
-        }
-        for name in ("rms_norm_eps", "model_parallel_size", "swin_norm", "attention_bias", "mlp_bias",
-                     "tie_word_embeddings", "dropout", "mask_image_logits", "z_loss_weight", "pad_token_id",
-                     "bos_token_id", "eos_token_id", "initializer_range"):
-            out[name] = getattr(self, name)
+        out = {"architectures": ["ChameleonXLLMXForConditionalGeneration"], "model_type": "chameleon",
+               "hidden_act": "silu", "rope_scaling": None, "attention_dropout": 0.0}
+        out.update({key: getattr(self, name) for key, name in HF_RENAMED.items()})
+        out.update({name: getattr(self, name) for name in HF_SAME_NAME})
+        out.update({key: getattr(self, key) for key in ("pad_token_id", "bos_token_id", "eos_token_id")})
         return {**self.extra, **out}
 
+
+HF_RENAMED = {  # config.json key -> ModelConfig field
+    "vocab_size": "vocab_size", "hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads", "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_seq_len", "rope_theta": "rope_theta",
+}
+HF_SAME_NAME = ("rms_norm_eps", "model_parallel_size", "swin_norm", "attention_bias", "mlp_bias",
+                "tie_word_embeddings", "dropout", "mask_image_logits", "z_loss_weight", "initializer_range")
+HF_REWRITTEN = ("architectures", "model_type", "attention_dropout")  # to_hf_config writes its own values
 
 PRESETS = {
     "7b": ModelConfig(),
@@ -140,8 +142,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x * rsqrt(mean(x^2) + eps) in fp32
         return self.weight * h.to(x.dtype)  # cast back before the weight, as transformers does
 
 
@@ -155,25 +156,23 @@ class QKNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(groups, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H, D)
-        x = F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS)
-        w = self.weight.repeat_interleave(self.repeat, dim=0)  # (H, D)
-        b = self.bias.repeat_interleave(self.repeat, dim=0)  # (H, D)
-        return x * w + b
+        B, L, H, D = x.shape
+        x = F.layer_norm(x, (D,), eps=QK_NORM_EPS).view(B, L, H // self.repeat, self.repeat, D)  # heads by shard
+        x = x * self.weight[:, None] + self.bias[:, None]  # (groups, 1, D) broadcast over each shard's heads
+        return x.view(B, L, H, D)
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin of shape (B|1, 1, L, D) for rotate-half RoPE; `positions` is (L,) or (B, L)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    pos = positions if positions.ndim == 2 else positions[None]  # (B|1, L)
-    freqs = pos.float()[..., None] * inv_freq  # (B|1, L, D/2)
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B|1, 1, L, D)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+def rope_table(max_len: int, head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """(2, max_len, D) fp32 cos/sin of rotate-half RoPE, inv_freq = theta^(-2i/D) (transformers' default)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    freqs = torch.arange(max_len, device=device, dtype=torch.float32)[:, None] * inv_freq  # (max_len, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (max_len, D)
+    return torch.stack([emb.cos(), emb.sin()])
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x (B, H, L, D)
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    x1, x2 = x.chunk(2, dim=-1)  # halves (B, H, L, D/2)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin  # rotate-half
 
 
 class KVCache(nn.Module):
@@ -190,12 +189,12 @@ class KVCache(nn.Module):
         if k.shape[0] != self.k.shape[0]:
             raise ValueError(f"batch {k.shape[0]} does not match the cache batch {self.k.shape[0]}; call setup_caches")
         if input_pos.ndim == 1:
-            self.k[:, :, input_pos] = k
-            self.v[:, :, input_pos] = v
-        else:
-            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
-            self.k[rows, :, input_pos] = k.transpose(1, 2)  # indexed view is (B, L, H_kv, D)
-            self.v[rows, :, input_pos] = v.transpose(1, 2)
+            self.k.index_copy_(2, input_pos, k)
+            self.v.index_copy_(2, input_pos, v)
+        else:  # per-row positions
+            index = input_pos[:, None, :, None].expand_as(k)  # (B, H_kv, L, D)
+            self.k.scatter_(2, index, k)
+            self.v.scatter_(2, index, v)
         return self.k, self.v
 
 
@@ -262,13 +261,16 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
         p = self.cfg.dropout if self.training else 0.0
+        return F.dropout(x, p) if p > 0 else x
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
         if self.cfg.swin_norm:  # x + norm(f(x))
-            h = x + F.dropout(self.input_layernorm(self.self_attn(x, cos, sin, mask, input_pos)), p)
-            return h + F.dropout(self.post_attention_layernorm(self.mlp(h)), p)
-        h = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos), p)
-        return h + F.dropout(self.mlp(self.post_attention_layernorm(h)), p)
+            h = x + self.drop(self.input_layernorm(self.self_attn(x, cos, sin, mask, input_pos)))
+            return h + self.drop(self.post_attention_layernorm(self.mlp(h)))
+        h = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos))
+        return h + self.drop(self.mlp(self.post_attention_layernorm(h)))
 
 
 class Backbone(nn.Module):
@@ -291,6 +293,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.image_token_ids: torch.Tensor | None = None  # for mask_image_logits (set_image_token_ids)
         self.cache_shape: tuple[int, int] | None = None  # (batch, max_len) after setup_caches
+        self._rope: torch.Tensor | None = None  # (2, max_seq_len, head_dim) cos/sin, made on first use
         self.reset_parameters()
 
     @property
@@ -327,7 +330,11 @@ class Transformer(nn.Module):
     def setup_caches(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> None:
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len {self.cfg.max_seq_len}")
-        dtype, device = dtype or self.dtype, device or self.device
+        dtype, device = dtype or self.dtype, torch.device(device or self.device)
+        cache = self.layers[0].self_attn.kv_cache
+        if cache is not None and cache.k.shape[0] == batch and cache.k.shape[2] == max_len \
+                and cache.k.dtype == dtype and cache.k.device == device:
+            return  # same shape: reuse (stale slots are never attended: masks only open written slots)
         for layer in self.layers:
             attn = layer.self_attn
             attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, dtype, device)
@@ -341,9 +348,11 @@ class Transformer(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
     def forward_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None) -> torch.Tensor:
         """Final-norm hidden states (B, L, dim)."""
-        B, L = tokens.shape
+        L = tokens.shape[1]
         cached = input_pos is not None and self.cache_shape is not None
         if input_pos is None:
+            if L > self.cfg.max_seq_len:
+                raise ValueError(f"{L} tokens exceed max_seq_len {self.cfg.max_seq_len}; truncate the batch")
             positions = torch.arange(L, device=tokens.device)
         else:
             positions = input_pos.to(tokens.device)
@@ -355,8 +364,14 @@ class Transformer(nn.Module):
             mask = mask[:, None] if mask.ndim == 3 else mask  # (B, 1, L, S)
         if mask is not None and not cached and isinstance(mask, torch.Tensor) and mask.shape[-1] != L:
             raise ValueError(f"mask covers {mask.shape[-1]} keys but the input has {L} tokens (no cache in use)")
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # additive once, not once per layer
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(self.dtype).min)
         x = self.model.embed_tokens(tokens)
-        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        if self._rope is None or self._rope.device != x.device:
+            self._rope = rope_table(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device)
+        pos = positions if positions.ndim == 2 else positions[None]  # (B|1, L)
+        cos, sin = self._rope[:, pos].to(x.dtype)[:, :, None]  # each (B|1, 1, L, D)
         pos_arg = positions if cached else None
         for layer in self.layers:
             if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -365,8 +380,13 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, mask, pos_arg)
         return self.model.norm(x)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head (+ optional image-logit masking) on hidden states (..., dim)."""
+    def logits(self, hidden: torch.Tensor, vocab_ids: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """LM head (+ optional image-logit masking) on hidden states (..., dim).
+
+        `vocab_ids` (a slice or an id tensor) computes only those columns, in that order, without
+        image-logit masking: constrained decoding reads 256 of 65536 rows of the head per step."""
+        if vocab_ids is not None:
+            return F.linear(hidden, self.lm_head.weight[vocab_ids])
         out = self.lm_head(hidden)
         if self.cfg.mask_image_logits:
             if self.image_token_ids is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +22,18 @@ from worldvla.testing.fixtures import FIXTURE_VOCAB_SIZE, TinyAssets
 # Random-init std of tiny models: larger than transformers' 0.02 so that a random model's greedy
 # choices depend on its context (with 0.02 the residual stream is almost only the token embedding).
 TINY_INIT_STD = 0.2
+
+
+@contextmanager
+def one_torch_thread():
+    """Run tiny-model work on one intra-op thread: on a shared 2-core machine more threads of such
+    small matrices mostly wait on each other (10x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_config(**overrides) -> ModelConfig:

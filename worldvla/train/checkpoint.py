@@ -26,8 +26,8 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -71,15 +71,10 @@ def full_state_dict(model, accelerator) -> dict:
         return accelerator.get_state_dict(model)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from worldvla.model.convert import clean_key  # wrapper prefixes (checkpointing, compile, DDP)
+
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {clean_key(k): v for k, v in sd.items()}
-
-
-def clean_key(key: str) -> str:
-    """Drop wrapper prefixes (activation checkpointing, torch.compile, DDP) from a parameter name."""
-    for junk in ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module."):
-        key = key.replace(junk, "")
-    return key[len("module."):] if key.startswith("module.") else key
 
 
 @contextlib.contextmanager

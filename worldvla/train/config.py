@@ -18,6 +18,7 @@ BATCHING_MODES = ("random", "length_grouped")
 PRECISIONS = ("bf16", "fp32")
 SAVE_DTYPES = ("bfloat16", "float32")
 WANDB_MODES = ("offline", "online", "disabled")
+LOSS_FORMS = ("official", "paper")  # worldvla.train.loss.LOSS_FORMS
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainOptions:
     clip_grad: float = 4.0  # official max grad norm; <= 0 disables clipping
     z_loss_weight: float = 1e-5  # official z-loss weight
     world_weight: float = 0.04  # official CE class weight of image-code targets
+    loss_form: str = "official"  # official (class-weighted mean CE) | paper (L_action + world_weight * L_world)
     seed: int = 0  # official seed 0
     precision: str = "bf16"  # bf16 (autocast + FSDP bf16 params, fp32 master/reduce) | fp32
     save_every_steps: int = 5000  # official: every 5000 iterations (0 = off)
@@ -96,7 +98,7 @@ class TrainConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
     logging: LogOptions = field(default_factory=LogOptions)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         d, t, lg = self.data, self.train, self.logging
 
         def need(ok: bool, msg: str) -> None:
@@ -112,6 +114,7 @@ class TrainConfig:
         need(d.max_seq_len >= 2, f"data.max_seq_len must be >= 2, got {d.max_seq_len}")
         need(d.group_batches >= 1, "data.group_batches must be >= 1")
         need(t.precision in PRECISIONS, f"train.precision: {t.precision!r} not one of {list(PRECISIONS)}")
+        need(t.loss_form in LOSS_FORMS, f"train.loss_form: {t.loss_form!r} not one of {list(LOSS_FORMS)}")
         need(t.save_dtype in SAVE_DTYPES, f"train.save_dtype: {t.save_dtype!r} not one of {list(SAVE_DTYPES)}")
         need(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
         need(t.epochs > 0 or t.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0")

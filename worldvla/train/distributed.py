@@ -59,6 +59,7 @@ def make_accelerator(cfg):
         ds["train_micro_batch_size_per_gpu"] = t.batch_size
         ds["gradient_accumulation_steps"] = t.grad_accum
         ds["gradient_clipping"] = t.clip_grad if t.clip_grad > 0 else 0.0
+        ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as the client optimizer (official)
         ds.pop("train_batch_size", None)
     return acc
 
@@ -120,8 +121,10 @@ def apply_activation_checkpointing(model: torch.nn.Module, block_cls: type) -> i
     """Wrap every `block_cls` module in a non-reentrant checkpoint wrapper; returns how many."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         CheckpointImpl,
-        apply_activation_checkpointing as apply_ac,
         checkpoint_wrapper,
+    )
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing as apply_ac,
     )
 
     n = sum(isinstance(m, block_cls) for m in model.modules())

@@ -93,6 +93,9 @@ def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: B
         path = Path(t.resume)
         if not path.is_dir():
             raise FileNotFoundError(f"train.resume={t.resume}: no such checkpoint folder")
+    if path is None and t.resume in ("", "none") and ckpt.latest() is not None:
+        raise FileExistsError(f"{ckpt.root} already holds checkpoints (newest {ckpt.latest().name}) and train.resume="
+                              f"{t.resume!r}: use a new train.output_dir, or train.resume=auto to continue that run")
     if path is None:
         torch.manual_seed(t.seed + acc.process_index)  # dropout differs across processes
         np.random.seed(t.seed + acc.process_index)
@@ -114,7 +117,9 @@ def _batch_names(run: Run, step: int) -> str:
     idx = run.plan.epoch(epoch)[i]
     per = run.plan.batch_size * run.plan.grad_accum
     mine = idx[run.acc.process_index * per: (run.acc.process_index + 1) * per]
-    return f"epoch {epoch}, batch {i} of the epoch, samples {mine.tolist()} of data.train (process {run.acc.process_index})"
+    where = ", ".join(f"data.train[{p}] #{j}" for p, j in run.dataset.index[mine].tolist())
+    return (f"epoch {epoch}, batch {i} of the epoch, samples {mine.tolist()} of the training set ({where}; "
+            f"process {run.acc.process_index})")
 
 
 def _check_finite(run: Run, value: torch.Tensor, step: int, what: str) -> None:
@@ -126,6 +131,18 @@ def _check_finite(run: Run, value: torch.Tensor, step: int, what: str) -> None:
         raise NonFiniteLossError(f"{what} is not finite ({value.item()}) at step {step + 1}: {_batch_names(run, step)}; "
                                  f"last checkpoint: {latest or 'none'}. Lower train.lr, check these samples, or "
                                  "resume from the checkpoint.")
+
+
+def _accumulate(out: dict, sums: dict, counts: dict) -> None:
+    """Add one micro-batch's terms; action / world CE weighted by their positions, the rest per micro-batch."""
+    for k in TERMS:
+        v = out.get(k)
+        if v is None:
+            continue
+        v, n = float(v.detach()), int(out.get(f"n_{k}", 1))
+        if n > 0 and math.isfinite(v):
+            sums[k] += v * n
+            counts[k] += n
 
 
 def train_step(run: Run, batches, step: int) -> dict:
@@ -150,14 +167,11 @@ def train_step(run: Run, batches, step: int) -> dict:
             acc.backward(out["loss"])
             if acc.sync_gradients and cfg.train.clip_grad > 0:
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                grad_norm = getattr(grad_norm, "full_tensor", lambda: grad_norm)()  # FSDP2: a replicated DTensor
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+                    grad_norm = grad_norm.full_tensor()
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        for k in TERMS:
-            v = out.get(k)
-            if v is not None and math.isfinite(v := float(v.detach())):
-                sums[k] += v
-                counts[k] += 1
+        _accumulate(out, sums, counts)
         tokens += int(batch.lengths.sum())
         padded += batch.input_ids.numel()
     if grad_norm is not None and cfg.train.nan_check:
@@ -236,11 +250,11 @@ def evaluate(run: Run, val: TrainSet) -> dict:
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
         logits = run.model(batch.input_ids.to(acc.device), mask=mask)
         out = modeling.compute_loss(logits, batch.labels.to(acc.device), run.loss_cfg)
+        part_sums, part_counts = {k: 0.0 for k in TERMS}, {k: 0 for k in TERMS}
+        _accumulate(out, part_sums, part_counts)
         for i, k in enumerate(TERMS):
-            v = out.get(k)
-            if v is not None and math.isfinite(float(v)):
-                sums[i] += float(v)
-                sums[len(TERMS) + i] += 1
+            sums[i] += part_sums[k]
+            sums[len(TERMS) + i] += part_counts[k]
     if acc.num_processes > 1:
         sums = acc.reduce(sums, reduction="sum")
     s = sums.tolist()
@@ -252,7 +266,7 @@ def save(run: Run, step: int) -> Path:
     plan = run.plan
     state = {"epoch": step // plan.steps_per_epoch, "step_in_epoch": step % plan.steps_per_epoch,
              "steps_per_epoch": plan.steps_per_epoch, "global_batch": plan.global_batch,
-             "n_samples": int(len(plan.lengths)), "schedule": run.schedule.state_dict(),
+             "n_samples": len(plan.lengths), "schedule": run.schedule.state_dict(),
              "lr": run.schedule(max(step - 1, 0)), "total_steps": run.total_steps, "time": time.time()}
 
     def export(full_state: dict, folder: Path) -> None:
@@ -273,14 +287,14 @@ def _due(run: Run, step: int) -> bool:
 def train(cfg: TrainConfig) -> dict:
     """Run (or finish) the training described by `cfg`; returns a summary."""
     run, step = setup(cfg)
-    acc, t = run.acc, cfg.train
+    acc = run.acc
     run.logger = logger = RunLogger(run.out_dir, cfg, acc.is_main_process, run.total_steps, resume_step=step)
     val = TrainSet(cfg.data.val, cfg.data.kinds, cfg.data.max_seq_len, "data.val") if cfg.data.val else None
     if acc.is_main_process:
         logger.info("%d samples (%s), %d steps per epoch x global batch %d, %d steps in all, %d processes (%s)",
                     len(run.dataset), ", ".join(cfg.data.kinds), run.plan.steps_per_epoch, run.plan.global_batch,
                     run.total_steps, acc.num_processes, acc.distributed_type)
-    window, last_saved, res = Window(), None, None
+    window = Window()
     spe = run.plan.steps_per_epoch
     while step < run.total_steps:
         epoch, first = divmod(step, spe)
@@ -299,12 +313,9 @@ def train(cfg: TrainConfig) -> dict:
             if step % spe == 0 and val is not None:
                 logger.log({"step": step, "epoch": step / spe, **evaluate(run, val)})
             if _due(run, step):
-                last_saved = save(run, step)
+                save(run, step)
         del batches, loader
-    if run.ckpt.latest() is None or not str(run.ckpt.latest().name).endswith(f"{step:08d}"):
-        last_saved = save(run, step)
-    else:
-        last_saved = run.ckpt.latest()
+    last_saved = save(run, step)  # the final state (returns the folder when this step is already saved)
     plot = logger.close(cfg.logging.plot)
     acc.wait_for_everyone()
     acc.end_training()

@@ -79,19 +79,18 @@ def loss_config(cfg):
     from worldvla.train.loss import LossConfig
 
     t = cfg.train
-    return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight)
+    return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight, form=t.loss_form)
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg) -> dict:
-    """{"loss": total (with grad), "action_ce", "world_ce", "z_loss": detached scalars or None}."""
+    """{"loss": total (with grad), "action_ce", "world_ce", "z_loss": detached or None,
+    "n_action_ce", "n_world_ce": the positions those means are over (to average micro-batches)}."""
     from worldvla.train.loss import compute_loss as loss_fn
 
     out = loss_fn(logits, labels, loss_cfg)
-    terms = {"loss": out.total}
-    for k in ("action_ce", "world_ce", "z_loss"):
-        v = getattr(out, k, None)
-        terms[k] = None if v is None else v.detach()
-    return terms
+    detach = lambda v: None if v is None else v.detach()
+    return {"loss": out.total, "action_ce": detach(out.action_ce), "world_ce": detach(out.world_ce),
+            "z_loss": detach(out.z_loss), "n_action_ce": out.n_action, "n_world_ce": out.n_world}
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""Decoding: parallel chunk decoding == sequential masked decoding; cache == no cache; official parse."""
+
+import pytest
+import torch
+
+from worldvla import vocab as V
+from worldvla.model import generate as G
+from worldvla.model.masks import reference_mask
+from worldvla.testing.tiny_model import make_tiny_model, one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def random_prompt(seed: int, n_images: int = 2, side: int = 4) -> list[int]:
+    """BOS, text, images, text?, E: the shape of an action-model prompt (tiny images)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = [V.BOS_ID] + torch.randint(16100, 16600, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
+    for _ in range(n_images):
+        ids += [V.BOI_ID, V.size_token_id(side // 2), V.size_token_id(side // 2)]
+        for _ in range(side):
+            ids += torch.randint(4, 8196, (side,), generator=g).tolist() + [V.ROW_BREAK_ID]
+        ids += [V.EOI_ID]
+    return ids + [V.END_OF_TURN_ID]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("K", [5, 10])
+def test_parallel_equals_sequential(seed, K):
+    model = make_tiny_model(seed=seed)
+    prompts = [random_prompt(10 * seed + i, n_images=1 + i % 2) for i in range(3)]  # different lengths
+    par_stats, seq_stats = G.DecodeStats(), G.DecodeStats()
+    par = G.decode_action_chunks(model, prompts, K, "parallel", stats=par_stats)
+    seq = G.decode_action_chunks(model, prompts, K, "sequential", stats=seq_stats)
+    assert par.shape == (3, K, 9)
+    assert torch.equal(par, seq)
+    assert par_stats.forward_steps == 7 and seq_stats.forward_steps == 9 * K - 1
+    assert (par[..., 0] == V.ACTION_START_ID).all() and (par[..., -1] == V.ACTION_END_ID).all()
+    bins = par[..., 1:-1]
+    assert ((bins >= G.FIRST_BIN_ID) & (bins <= G.LAST_BIN_ID)).all()
+    assert len({tuple(b) for b in bins.reshape(-1, 7).tolist()}) > 2  # the random model is not degenerate
+    one_by_one = torch.cat([G.decode_action_chunks(model, [p], K, "parallel") for p in prompts])
+    assert torch.equal(par, one_by_one)  # batching over episodes does not change results
+
+
+def test_without_action_mask_sequential_differs_and_parallel_refuses():
+    model = make_tiny_model(seed=4)
+    prompts = [random_prompt(40)]
+    masked = G.decode_action_chunks(model, prompts, 5, "sequential")
+    plain = G.decode_action_chunks(model, prompts, 5, "sequential", action_mask=False)
+    assert torch.equal(masked[:, 0], plain[:, 0])  # the first block sees the same context
+    assert not torch.equal(masked, plain)
+    with pytest.raises(ValueError, match="action mask"):
+        G.decode_action_chunks(model, prompts, 5, "parallel", action_mask=False)
+
+
+def test_no_cache_decoding_equals_cached():
+    model = make_tiny_model(seed=5)
+    prompts = [random_prompt(50), random_prompt(51, n_images=1)]
+    cached = G.decode_action_chunks(model, prompts, 5, "sequential")
+    stats = G.DecodeStats()
+    plain = G.decode_action_chunks(model, prompts, 5, "sequential", use_cache=False, stats=stats)
+    assert torch.equal(cached, plain) and stats.forward_steps == 35
+
+
+def greedy_by_full_forward(model, prompt, n):
+    """Independent reference: no cache, the official mask of the running ids recomputed each step."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            mask = reference_mask(ids)[None, None]
+            ids.append(int(model(torch.tensor([ids]), mask=mask)[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_unconstrained_greedy_matches_full_recompute():
+    model = make_tiny_model(seed=6)
+    # a prompt that already opened action blocks, so the per-step mask rows matter
+    prompts = [random_prompt(60) + [V.ACTION_START_ID, 10100, 10200], random_prompt(61, n_images=1)]
+    fast = G.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1)
+    dense = G.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1, dense_official_mask=True)
+    assert fast == dense
+    for p, out in zip(prompts, fast):
+        assert out == greedy_by_full_forward(model, p, 12)
+
+
+def test_unconstrained_stops_at_eos():
+    model = make_tiny_model(seed=7)
+    prompt = random_prompt(70)
+    first = G.generate_greedy(model, [prompt], max_new_tokens=3, eos_id=-1)[0]
+    out = G.generate_greedy(model, [prompt], max_new_tokens=50, eos_id=first[1])[0]
+    assert out == first[:2]
+
+
+def test_parse_action_blocks_follows_the_official_rule():
+    ids = [1, G.V.ACTION_START_ID, 10010, 10011, G.V.ACTION_END_ID, 5, G.V.ACTION_END_ID,
+           G.V.ACTION_START_ID, 10020, G.V.ACTION_START_ID, 10030, 10031, G.V.ACTION_END_ID, G.V.ACTION_START_ID, 10040]
+    assert G.parse_action_blocks(ids) == [[10010, 10011], [10030, 10031]]
+
+
+def test_constrained_image_generation(tiny_assets, text_tokenizer):
+    from worldvla.tokenizers.image import tokens_to_codes
+
+    model = make_tiny_model(seed=8)
+    image_ids = torch.as_tensor(text_tokenizer.vocab.image_ids())
+    prompt = random_prompt(80, n_images=1) + [V.ACTION_START_ID] + [10100] * 7 + [V.ACTION_END_ID, V.END_OF_TURN_ID]
+    span = G.generate_image(model, [prompt, prompt[:-3] + [V.END_OF_TURN_ID]], 4, 4, image_ids)
+    assert span.shape == (2, 4 + 4 * 5)
+    for row in span.tolist():
+        codes = tokens_to_codes(row, text_tokenizer.vocab)  # valid layout, image ids only
+        assert codes.shape == (4, 4)
+    # the codes are the greedy choice among image ids given everything before them
+    ids = prompt + span[0].tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0]
+    P = len(prompt)
+    for t, plan in enumerate(G.image_span_plan(4, 4)):
+        if plan is None:
+            assert ids[P + t] == int(image_ids[logits[P + t - 1, image_ids].argmax()])
