@@ -46,6 +46,28 @@ def test_parallel_equals_sequential(seed, K):
     assert torch.equal(par, one_by_one)  # batching over episodes does not change results
 
 
+def rynnvla_prompt(seed: int, side: int = 4) -> list[int]:
+    """RynnVLA-002 action prompt shape: BOS, text, state block [15504, 8 ids, 16004], then third-person and
+    wrist images of two frames, E (official_format.md section 10.1)."""
+    g = torch.Generator().manual_seed(seed)
+    base = random_prompt(seed, n_images=4, side=side)
+    n_text = next(i for i, t in enumerate(base) if t == V.BOI_ID)
+    state = [15504] + torch.randint(15505, 15761, (8,), generator=g).tolist() + [16004]
+    return base[:n_text] + state + base[n_text:]
+
+
+@pytest.mark.parametrize("overrides", [{"swin_norm": True}, {"n_kv_heads": 2}, {"model_parallel_size": 4}],
+                         ids=["swin_norm", "gqa", "per_head_qk_norm"])
+@pytest.mark.parametrize("K", [5, 10])
+def test_parallel_equals_sequential_other_architectures_and_prompts(overrides, K):
+    model = make_tiny_model(seed=20 + K, **overrides)
+    prompts = [rynnvla_prompt(200 + K), random_prompt(201 + K, n_images=2), rynnvla_prompt(202 + K, side=2)]
+    par = G.decode_action_chunks(model, prompts, K, "parallel")
+    seq = G.decode_action_chunks(model, prompts, K, "sequential")
+    assert torch.equal(par, seq)
+    assert len({tuple(b) for b in par[..., 1:-1].reshape(-1, 7).tolist()}) > 2
+
+
 def test_without_action_mask_sequential_differs_and_parallel_refuses():
     model = make_tiny_model(seed=4)
     prompts = [random_prompt(40)]
@@ -120,3 +142,81 @@ def test_constrained_image_generation(tiny_assets, text_tokenizer):
     for t, plan in enumerate(G.image_span_plan(4, 4)):
         if plan is None:
             assert ids[P + t] == int(image_ids[logits[P + t - 1, image_ids].argmax()])
+
+
+def world_prompt(seed: int, views: int) -> list[int]:
+    """[BOS] text, one image per view, action block, E: the (bi-view) world-model prompt shape."""
+    g = torch.Generator().manual_seed(seed)
+    bins = torch.randint(G.FIRST_BIN_ID, G.LAST_BIN_ID + 1, (7,), generator=g).tolist()
+    return random_prompt(seed, n_images=views)[:-1] + [V.ACTION_START_ID, *bins, V.ACTION_END_ID, V.END_OF_TURN_ID]
+
+
+def test_bi_view_world_model_generates_two_images(text_tokenizer):
+    from worldvla.tokenizers.image import tokens_to_codes
+
+    model = make_tiny_model(seed=9)
+    image_ids = torch.as_tensor(text_tokenizer.vocab.image_ids())
+    prompts = [world_prompt(90 + i, views=2) for i in range(3)]  # different text lengths
+    both = G.generate_image(model, prompts, 4, 4, image_ids, n_images=2)
+    span = 4 + 4 * 5
+    assert both.shape == (3, 2 * span)
+    for i, p in enumerate(prompts):  # batching over prompts of different lengths changes nothing
+        assert torch.equal(G.generate_image(model, [p], 4, 4, image_ids, n_images=2)[0], both[i])
+    single = G.generate_image(model, prompts, 4, 4, image_ids)  # the first image is the one-image answer
+    assert torch.equal(both[:, :span], single)
+    for row in both.tolist():
+        third, wrist = G.split_image_spans(row, 2)
+        assert tokens_to_codes(third, text_tokenizer.vocab).shape == (4, 4)  # two well-formed images
+        assert tokens_to_codes(wrist, text_tokenizer.vocab).shape == (4, 4)
+    # greedy among image ids at every code position of both images, given everything before it
+    ids = prompts[0] + both[0].tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), mask=reference_mask(ids)[None, None])[0]
+    P = len(prompts[0])
+    plan = G.image_span_plan(4, 4, n_images=2)
+    assert sum(t is None for t in plan) == 32
+    for t, token in enumerate(plan):
+        if token is None:
+            assert ids[P + t] == int(image_ids[logits[P + t - 1, image_ids].argmax()])
+        else:
+            assert ids[P + t] == token
+    assert len(set(both[:, span:].flatten().tolist())) > 4  # the random model does not emit one code
+    with pytest.raises(ValueError, match="n_images"):
+        G.generate_image(model, prompts, 4, 4, image_ids, n_images=0)
+
+
+def test_decode_benchmark_cli_on_a_scaled_down_7b_stack(tmp_path):
+    """benchmarks/decode.py's real-width path (`--model 7b`), shrunk to one narrow layer: the GPU run
+    uses the same code; here the compared decoders must agree token for token (fp32 on CPU)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
+    spec = importlib.util.spec_from_file_location("decode_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "decode.json"
+    bench.main(["--model", "7b", "--layers", "1", "--width", "64", "--repeats", "1", "--sections", "chunks,cache",
+                "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert (result["layers"], result["width"], result["clock"]) == (1, 64, "cpu")
+    assert [(r["K"], r["parallel_steps"], r["sequential_steps"], r["equal_tokens"]) for r in result["chunks"]] == \
+        [(5, 7, 44, 1.0), (10, 7, 89, 1.0)]
+    assert result["cache"]["equal_tokens"] == 1.0 and "masks" not in result
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "chunks,nope"])
+
+
+def test_compiled_step_gives_the_eager_tokens():
+    """compile_step=True: one compiled layer function shared by all layers (regional compilation)."""
+    from torch._dynamo.utils import counters
+
+    model = make_tiny_model(seed=11)
+    prompts = [random_prompt(110), random_prompt(111, n_images=1)]
+    eager = G.decode_action_chunks(model, prompts, 3, "sequential")
+    counters.clear()
+    assert torch.equal(G.decode_action_chunks(model, prompts, 3, "parallel", compile_step=True), eager)
+    assert counters["stats"]["unique_graphs"] == 1  # the two layers share one graph
+    assert model.cache_shape == (2, G.CACHE_BUCKET)  # compiled runs keep their bucketed cache
+    model.clear_caches()

@@ -1,5 +1,7 @@
 """Attention masks: every implementation against the literal official algorithm (reference_mask)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,31 @@ def test_sdpa_rows_match_reference_on_random_layouts():
     assert checked > 300
 
 
+def test_open_layout_rows_hold_until_the_next_start_or_end_token():
+    """Decoding rebuilds the layout only at start/end tokens: between them, the open layout's row for
+    each new position must equal the official last row of the ids so far (open spans end at L-1 there)."""
+    rng = np.random.default_rng(5)
+    structural = {V.BOI_ID, V.EOI_ID, A0, A1}
+    checked = 0
+    for _ in range(150):
+        ids = random_layout(rng)
+        S = len(ids) + 2
+        for cut in range(1, len(ids) + 1):
+            if ids[cut - 1] not in structural and cut > 1:
+                continue  # layouts are rebuilt after start/end tokens (and once after the prompt)
+            try:
+                masker = M.RowMasker(M.ActionLayout.from_ids(ids[:cut], open_until=S), S)
+            except M.MaskError:
+                continue
+            for q in range(cut - 1, len(ids)):
+                if q >= cut and ids[q] in structural:
+                    break  # the decoder rebuilds here
+                want = M.reference_mask(ids[: q + 1])[-1]
+                assert torch.equal(masker(torch.tensor([q]))[0, 0, 0, : q + 1], want), (ids, cut, q)
+                checked += 1
+    assert checked > 1000
+
+
 def test_batch_mask_and_additive_form():
     rng = np.random.default_rng(1)
     rows = [random_layout(rng, allow_malformed=False) for _ in range(4)]
@@ -105,7 +132,8 @@ def test_flex_block_mask_matches_reference():
     assert torch.equal(dense, want)
     block = M.flex_block_mask(rows, L, block_size=16)
     q, k, v = torch.randn(3, len(rows), 2, L, 8).unbind(0)
-    with pytest.warns(UserWarning):  # eager flex on CPU warns about the unfused path
+    with warnings.catch_warnings():  # eager flex on CPU warns (once per process) about the unfused path
+        warnings.simplefilter("ignore", UserWarning)
         out = flex_attention(q, k, v, block_mask=block)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=want)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)

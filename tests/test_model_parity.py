@@ -7,7 +7,6 @@ on the non-image columns. The action mask is checked against HF fed the literal 
 """
 
 import json
-
 import warnings
 
 import pytest
@@ -163,6 +162,25 @@ def test_kv_cache_decoding_equals_full_forward():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=ATOL, rtol=0)
 
 
+def test_causal_prefill_without_a_mask_tensor():
+    from worldvla.model.transformer import CAUSAL_PREFILL
+    from worldvla.testing.tiny_model import make_tiny_model
+
+    model = make_tiny_model(seed=3)
+    ids = random_ids(n_rows=2, length=30, seed=6)
+    with torch.no_grad():
+        full = model(ids)
+        model.setup_caches(2, 40)
+        pre = model(ids[:, :24], input_pos=torch.arange(24), mask=CAUSAL_PREFILL)
+        step = model(ids[:, 24:], input_pos=torch.arange(24, 30))  # the cache holds the prefill's keys
+        with pytest.raises(ValueError, match="CAUSAL_PREFILL"):
+            model(ids[:, :4], input_pos=torch.arange(4).repeat(2, 1), mask=CAUSAL_PREFILL)
+        model.clear_caches()
+        with pytest.raises(ValueError, match="CAUSAL_PREFILL"):
+            model(ids, mask=CAUSAL_PREFILL)
+    torch.testing.assert_close(torch.cat([pre, step], 1), full, atol=ATOL, rtol=0)
+
+
 def test_config_round_trip_and_presets():
     for name in ("7b", "tiny"):
         cfg = ModelConfig.preset(name)
@@ -202,3 +220,60 @@ def test_flex_attention_block_mask_path_matches_sdpa():
     with torch.no_grad():
         sdpa = model(ids, mask=batch_mask(rows, L))
     torch.testing.assert_close(flex, sdpa, atol=ATOL, rtol=0)
+
+
+def hf_constrained_actions(hf, prompt: list[int], chunk: int) -> list[list[int]]:
+    """Independent reference for the policy: transformers' model, no cache, the literal official mask
+    of the running ids each step, each bin the argmax over the 256 bin ids (10006..10261)."""
+    ids, blocks = list(prompt), []
+    with torch.no_grad():
+        for _ in range(chunk):
+            ids.append(V.ACTION_START_ID)
+            block = []
+            for _ in range(7):
+                mask = to_additive(reference_mask(ids))[None, None]
+                logits = hf(torch.tensor([ids]), attention_mask=mask).logits[0, -1]
+                block.append(10006 + int(logits[10006:10262].argmax()))
+                ids.append(block[-1])
+            ids.append(V.ACTION_END_ID)
+            blocks.append(block)
+    return blocks
+
+
+def test_official_layout_checkpoint_predicts_like_transformers(tiny_assets, tmp_path):
+    """A checkpoint as the official training saves it (transformers' save_pretrained: bf16 safetensors
+    shards + index, HF Chameleon key names incl. vqmodel, per-head q/k-norm rows, the XLLMX config
+    keys) loads through the real loader into the policy, whose actions equal transformers' decoding."""
+    import numpy as np
+
+    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.tokenizers import ActionTokenizer
+
+    hf, _ = hf_reference(tiny_assets.tokenizer_json, seed=13)
+    folder = tmp_path / "epoch0"
+    hf.to(torch.bfloat16).save_pretrained(folder, max_shard_size="1MB")
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1 and (folder / "model.safetensors.index.json").is_file()
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(architectures=["ChameleonXLLMXForConditionalGeneration"], z_loss_weight=1e-5, dropout=0.05)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+    policy = WorldVLAPolicy.from_pretrained(folder, tokenizer=tiny_assets.tokenizer_json.parent, chunk_size=3,
+                                            resolution=128, history=2, action_stats="worldvla")
+    assert policy.model.cfg.dropout == 0.05 and not policy.model.training
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
+    instruction = "put the bowl on the stove"
+    actions = policy.predict(instruction, frames)
+    assert actions.shape == (3, 7) and np.isfinite(actions).all()
+
+    reference = hf_from_files_fp32(folder)
+    want = hf_constrained_actions(reference, policy.prompt_ids(instruction, frames), chunk=3)
+    np.testing.assert_allclose(actions, ActionTokenizer().decode(np.asarray(want)))
+    assert len({tuple(b) for b in want}) > 1  # the chunk is not one repeated action
+
+
+def hf_from_files_fp32(folder):
+    """transformers' own loader on the same files (bf16 weights upcast to fp32, as ours)."""
+    from transformers import ChameleonForConditionalGeneration
+
+    return ChameleonForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).eval()

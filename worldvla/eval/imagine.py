@@ -9,6 +9,12 @@ generated under the image-span constraints (`generate_image`). Trajectories are 
 is one KV-cached constrained decode for the whole batch. Writes per trajectory a ground-truth vs
 imagined strip (PNG) and GIF, and the video metrics (PSNR/SSIM, LPIPS/FVD with local weights) as
 JSON, markdown table and plots against horizon.
+
+`wrist=true` runs the bi-view world model of RynnVLA-002 (official_format.md section 10.1): the
+prompt holds the current third-person and wrist frames and the action, the answer is the next
+third-person image followed by the next wrist image; both views are rolled out, shown in the strips
+(truth over imagined, one pair of rows per view) and scored (`inf` third-person, `inf_wrist`).
+Use `image_dir=imgs_third_view` with the RynnVLA-002 export layout.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class ImagineConfig:
     tokenizer: str | None = None  # tokenizer folder for official checkpoints without one
     data_dir: str = ""  # exported trajectories: <task>/trj_<i>/{action/action_j.npy, imgs/image_j.png}
     image_dir: str = "imgs"  # third-view image folder inside each trajectory
+    wrist: bool = False  # bi-view world model: also roll out the wrist view (RynnVLA-002)
+    wrist_dir: str = "imgs_wrist"  # wrist image folder inside each trajectory (with wrist=true)
     split: str = "val_ind"  # train | val_ind | val_ood | all (official 90/10 split)
     suite: str = "libero"  # label of the report
     horizon: int = 10  # imagined frames per trajectory
@@ -52,43 +60,71 @@ class ImagineConfig:
     device: str = "cpu"
 
 
-def world_prompt(policy, frame_tokens: list[int], action: np.ndarray, wording: str) -> list[int]:
-    """Prompt ids for one step: [BOS] prompt I(t) A(t) SEP (the human turn of a world-model sample)."""
-    conv = world_conversation(1)
+def world_prompt(policy, view_tokens: list[list[int]], action: np.ndarray, wording: str) -> list[int]:
+    """Prompt ids for one step: [BOS] prompt I(t) [I_wrist(t)] A(t) SEP (a world-model sample's human turn);
+    `view_tokens` holds the image tokens of each view of frame t."""
+    conv = world_conversation(1, views=len(view_tokens))
     if wording == "rynnvla_eval":
         conv[0] = {"from": "human", "value": RYNNVLA_EVAL_PROMPT + conv[0]["value"][conv[0]["value"].index(IMAGE):]}
     elif wording != "train":
         raise ValueError(f"prompt must be train or rynnvla_eval, got {wording!r}")
-    return policy.world_builder.prompt(conv, [frame_tokens], actions=[action]).input_ids
+    return policy.world_builder.prompt(conv, list(view_tokens), actions=[action]).input_ids
 
 
-def imagine_batch(policy, start_frames, actions: np.ndarray, feed_back: str = "pixels", wording: str = "train") -> np.ndarray:
-    """start_frames: B frames (R, R, 3) uint8; actions (B, H, 7) raw -> imagined frames (B, H, R, R, 3)."""
-    from worldvla.model.generate import generate_image
+def imagine_views(policy, start_views, actions: np.ndarray, feed_back: str = "pixels",
+                  wording: str = "train") -> np.ndarray:
+    """start_views (B, V, R, R, 3) uint8, V = 1 (third person) or 2 (third person, wrist); actions
+    (B, H, 7) raw -> imagined frames (B, H, V, R, R, 3). Each step generates the V next images of
+    every row in one constrained decode (`generate_image(n_images=V)`)."""
+    from worldvla.model.generate import generate_image, split_image_spans
 
     if feed_back not in ("pixels", "tokens"):
         raise ValueError(f"feed_back must be pixels or tokens, got {feed_back!r}")
+    start_views = np.asarray(start_views)
     actions = np.asarray(actions, dtype=np.float64)
     b, horizon = actions.shape[:2]
-    if len(start_frames) != b:
-        raise ValueError(f"{len(start_frames)} start frames for {b} action sequences")
-    latent = policy.resolution // 16  # VQ-GAN downsampling
-    tokens = policy.images.images_to_tokens(list(start_frames))
-    out = np.zeros((b, horizon, policy.resolution, policy.resolution, 3), dtype=np.uint8)
+    if start_views.ndim != 5 or len(start_views) != b:
+        raise ValueError(f"start views {start_views.shape}: expected ({b}, views, R, R, 3) for {b} action sequences")
+    views, res = start_views.shape[1], policy.resolution
+    if views not in (1, 2):
+        raise ValueError(f"{views} views per frame; the world model takes 1 (third person) or 2 (+ wrist)")
+    latent = res // 16  # VQ-GAN downsampling
+    flat = policy.images.images_to_tokens(list(start_views.reshape(b * views, res, res, 3)))
+    tokens = [flat[i * views : (i + 1) * views] for i in range(b)]  # per row: one token list per view
+    out = np.zeros((b, horizon, views, res, res, 3), dtype=np.uint8)
     for t in range(horizon):
         prompts = [world_prompt(policy, tokens[i], actions[i, t], wording) for i in range(b)]
-        spans = generate_image(policy.model, prompts, latent, latent, policy.image_ids, policy.action_mask).cpu().numpy()
-        codes = np.stack([tokens_to_codes(s, policy.text.vocab) for s in spans])
-        out[:, t] = policy.images.decode(codes)
-        tokens = [s.tolist() for s in spans] if feed_back == "tokens" else policy.images.images_to_tokens(list(out[:, t]))
+        spans = generate_image(policy.model, prompts, latent, latent, policy.image_ids, policy.action_mask,
+                               n_images=views).cpu().numpy()
+        per_view = [split_image_spans(s, views) for s in spans]  # (b, views) image spans
+        codes = np.stack([tokens_to_codes(v, policy.text.vocab) for row in per_view for v in row])
+        out[:, t] = policy.images.decode(codes).reshape(b, views, res, res, 3)
+        if feed_back == "tokens":
+            tokens = [[v.tolist() for v in row] for row in per_view]
+        else:
+            flat = policy.images.images_to_tokens(list(out[:, t].reshape(b * views, res, res, 3)))
+            tokens = [flat[i * views : (i + 1) * views] for i in range(b)]
     return out
 
 
+def imagine_batch(policy, start_frames, actions: np.ndarray, feed_back: str = "pixels", wording: str = "train") -> np.ndarray:
+    """start_frames: B third-person frames (R, R, 3) uint8; actions (B, H, 7) raw -> imagined frames (B, H, R, R, 3)."""
+    frames = np.asarray(list(start_frames))
+    if len(frames) != len(actions):
+        raise ValueError(f"{len(frames)} start frames for {len(actions)} action sequences")
+    return imagine_views(policy, frames[:, None], actions, feed_back, wording)[:, :, 0]
+
+
+def view_dirs(cfg: ImagineConfig) -> list[str]:
+    return [cfg.image_dir, cfg.wrist_dir] if cfg.wrist else [cfg.image_dir]
+
+
 def load_trajectories(cfg: ImagineConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, frames (T, R, R, 3), actions (T, 7)) for the split, T = horizon + 1 frames from start_frame."""
+    """(name, frames (T, V, R, R, 3), actions (T, 7)) for the split, T = horizon + 1 frames from
+    start_frame, V views (third person, then wrist with `wrist=true`)."""
     from worldvla.data.conversations import scan, split_assignment
 
-    tasks = scan(Path(cfg.data_dir), [cfg.image_dir], with_state=False)
+    tasks = scan(Path(cfg.data_dir), view_dirs(cfg), with_state=False)
     if cfg.split == "all":
         chosen = [(task, t.name) for task, trajs in tasks.items() for t in trajs]
     else:
@@ -105,21 +141,24 @@ def load_trajectories(cfg: ImagineConfig) -> list[tuple[str, np.ndarray, np.ndar
         if len(frames) < 2:
             log.warning("%s/%s: fewer than 2 frames after start_frame, skipped", *key)
             continue
-        imgs = np.stack([np.asarray(Image.open(traj.path / cfg.image_dir / f"image_{j}.png").convert("RGB")) for j in frames])
+        imgs = np.stack([[np.asarray(Image.open(traj.path / d / f"image_{j}.png").convert("RGB")) for d in view_dirs(cfg)]
+                         for j in frames])
         acts = np.stack([np.load(traj.path / "action" / f"action_{j}.npy") for j in frames])
         out.append((f"{key[0]}__{key[1]}", imgs, acts))
     return out
 
 
 def save_strip(gt: np.ndarray, gen: np.ndarray, path: Path) -> None:
-    """Top row ground truth (frames 1..H), bottom row imagined, one column per step."""
-    top = np.concatenate(list(gt), axis=1)
-    bottom = np.concatenate(list(gen), axis=1)
-    Image.fromarray(np.concatenate([top, bottom], axis=0)).save(path)
+    """gt, gen (H, V, R, R, 3): per view a ground-truth row (frames 1..H) over an imagined row, one
+    column per step; views stacked top to bottom (third person, then wrist)."""
+    rows = [np.concatenate(list(clip[:, v]), axis=1) for v in range(gt.shape[1]) for clip in (gt, gen)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
 def save_gif(gt: np.ndarray, gen: np.ndarray, path: Path, fps: int) -> None:
-    frames = [np.concatenate([g, p], axis=1) for g, p in zip(gt, gen)]  # side by side: truth | imagined
+    """One frame per step: truth | imagined side by side, views stacked top to bottom."""
+    frames = [np.concatenate([np.concatenate([g[v], p[v]], axis=1) for v in range(len(g))], axis=0)
+              for g, p in zip(gt, gen)]
     imageio.mimsave(path, frames, duration=1.0 / max(fps, 1), loop=0)
 
 
@@ -139,7 +178,7 @@ def run(cfg: ImagineConfig, policy=None) -> dict:
     for i in range(0, len(trajs), cfg.batch_size):
         chunk = trajs[i : i + cfg.batch_size]
         h = min(len(f) for _, f, _ in chunk) - 1  # batch rows share one horizon
-        imagined = imagine_batch(policy, [f[0] for _, f, _ in chunk], np.stack([a[:h] for _, _, a in chunk]),
+        imagined = imagine_views(policy, np.stack([f[0] for _, f, _ in chunk]), np.stack([a[:h] for _, _, a in chunk]),
                                  cfg.feed_back, cfg.prompt)
         for (name, frames, _), gen in zip(chunk, imagined):
             save_strip(frames[1 : h + 1], gen, out / "strips" / f"{name}.png")
@@ -149,10 +188,13 @@ def run(cfg: ImagineConfig, policy=None) -> dict:
             gens.append(gen)
         bar.update(len(chunk))
     bar.close()
-    results = evaluate_sets(gts, {"inf": gens}, metrics=cfg.metrics, metrics_dir=cfg.metrics_dir,
-                            min_frames=cfg.min_frames, clip_names=names)
+    results = {}
+    for v, label in enumerate(["inf", "inf_wrist"][: len(view_dirs(cfg))]):  # one report row per view
+        results.update({label: evaluate_sets([g[:, v] for g in gts], {"inf": [p[:, v] for p in gens]},
+                                             metrics=cfg.metrics, metrics_dir=cfg.metrics_dir,
+                                             min_frames=cfg.min_frames, clip_names=names)["inf"]})
     files = write_metrics_report(results, out, cfg.suite)
-    summary = {"trajectories": names, "horizon": cfg.horizon, "report": {k: str(v) for k, v in files.items()},
+    summary = {"trajectories": names, "horizon": cfg.horizon, "views": view_dirs(cfg), "report": {k: str(v) for k, v in files.items()},
                "strips": str(out / "strips")}
     (out / "imagine_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %d strips/GIFs to %s and the metrics report to %s", len(names), out / "strips", out)

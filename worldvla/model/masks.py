@@ -23,23 +23,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from worldvla import vocab as V
-from worldvla.data.sequence import Span
+
+if TYPE_CHECKING:  # the data package pulls in the tokenizers (PIL, tokenizers): not needed to build masks
+    from worldvla.data.sequence import Span
 
 
 class MaskError(ValueError):
     """Start/end tokens that the official pairing rule rejects."""
 
 
-def _pairs(ids: np.ndarray, start_id: int, end_id: int, what: str) -> list[tuple[int, int]]:
+def _pairs(ids: np.ndarray, start_id: int, end_id: int, what: str, open_end: int | None = None) -> list[tuple[int, int]]:
     starts = np.flatnonzero(ids == start_id).tolist()
     ends = np.flatnonzero(ids == end_id).tolist()
     if len(starts) == len(ends) + 1:
-        ends.append(len(ids) - 1)  # missing end -> last position
+        ends.append(len(ids) - 1 if open_end is None else open_end)  # missing end -> last position
     elif len(ends) == len(starts) + 1:
         ends.pop()  # surplus end dropped
     if len(starts) != len(ends):
@@ -47,9 +50,15 @@ def _pairs(ids: np.ndarray, start_id: int, end_id: int, what: str) -> list[tuple
     return list(zip(starts, ends))
 
 
+def _id_array(ids) -> np.ndarray:
+    return np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+
+
 def spans_from_ids(ids) -> list[Span]:
     """Image and action spans (end exclusive) paired exactly as the official mask code pairs them."""
-    arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+    from worldvla.data.sequence import Span
+
+    arr = _id_array(ids)
     spans = [Span("image", s, e + 1) for s, e in _pairs(arr, V.BOI_ID, V.EOI_ID, "image")]
     spans += [Span("action", s, e + 1) for s, e in _pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action")]
     return spans
@@ -72,8 +81,18 @@ class ActionLayout:
         return cls(length, blocks, images[-1][1] if images else -1)
 
     @classmethod
-    def from_ids(cls, ids) -> ActionLayout:
-        return cls.from_spans(spans_from_ids(ids), len(ids))
+    def from_ids(cls, ids, open_until: int | None = None) -> ActionLayout:
+        """Same pairing as `spans_from_ids`, without building Span objects.
+
+        `open_until=S`: a layout over S slots in which an unclosed block or image extends to S - 1. For
+        every later query position q < S whose ids add no start/end token, its rows equal the rows of
+        the official rule applied to ids[:q + 1] (there the open span ends at q: it holds q either way,
+        and no block after it exists to be denied). So a decoder rebuilds it only at start/end tokens."""
+        arr = _id_array(ids)
+        end = None if open_until is None else open_until - 1
+        images = _pairs(arr, V.BOI_ID, V.EOI_ID, "image", end)
+        blocks = tuple(_pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action", end))
+        return cls(len(arr) if open_until is None else open_until, blocks, images[-1][1] if images else -1)
 
     def isolated(self) -> list[int]:
         """Indices of blocks that may not see earlier blocks (start after the last image)."""
@@ -88,11 +107,16 @@ class ActionLayout:
         return rel
 
 
+def _is_span(item) -> bool:
+    """Duck-typed `Span` check (kind/start/end), so this module imports without the data package."""
+    return all(hasattr(item, a) for a in ("kind", "start", "end"))
+
+
 def _as_layout(item, length: int | None) -> ActionLayout:
     if isinstance(item, ActionLayout):
         return item
     items = list(item.tolist() if isinstance(item, (torch.Tensor, np.ndarray)) else item)
-    if items and isinstance(items[0], Span) or (not items and length is not None):
+    if items and _is_span(items[0]) or (not items and length is not None):
         if length is None:
             raise ValueError("building a mask from spans needs the sequence length L")
         return ActionLayout.from_spans(items, length)
@@ -141,6 +165,11 @@ class RowMasker:
             self.bounds = _bounds(self.layouts, device)
             k_in = _membership(self.bounds, self.keys[None].expand(len(self.layouts), -1))  # (B, n, S)
             self.denied_keys = _relations(self.layouts, device) @ k_in  # (B, n, S): > 0 = denied to block n
+
+    def causal_below(self, position: int) -> bool:
+        """True if every row's queries before `position` get plain causal rows (no isolated block starts
+        before it): a prefill of those positions needs no mask tensor."""
+        return not self.active or all(lay.blocks[i][0] >= position for lay in self.layouts for i in lay.isolated())
 
     def __call__(self, q_pos: torch.Tensor) -> torch.Tensor:
         """q_pos (B, Lq) or (Lq,) -> (B, 1, Lq, S) bool."""
@@ -196,7 +225,7 @@ def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 
 def reference_mask(ids) -> torch.Tensor:
     """Literal transcription of the official loops on one sequence: (L, L) bool. Slow; for tests/benchmarks."""
-    arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+    arr = _id_array(ids)
     L = len(arr)
     mask = torch.tril(torch.ones(L, L)).bool()
     images = _pairs(arr, V.BOI_ID, V.EOI_ID, "image")

@@ -18,7 +18,8 @@ transformers' `ChameleonForConditionalGeneration`, which the parity tests compar
 - a static KV cache (`setup_caches`) and arbitrary masks: a (B|1, 1|H, L, S) boolean/additive tensor for
   SDPA or a FlexAttention `BlockMask` (worldvla.model.masks builds both).
 Cache semantics: cache slot = position. The cache is used iff caches are set up and `input_pos` is given;
-queries then attend to slots [0, S) where S is the mask's last dimension (the full cache if mask=None).
+queries then attend to slots [0, S) where S is the mask's last dimension (the full cache if mask=None;
+L with mask=CAUSAL_PREFILL, a causal prefill from slot 0 without a mask tensor).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 QK_NORM_EPS = 1e-5  # hard-coded in Chameleon's qk LayerNorm (not the config's rms_norm_eps)
@@ -142,6 +144,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # no cast calls: they cost dispatch time in every decode step
+            return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)
         h = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x * rsqrt(mean(x^2) + eps) in fp32
         return self.weight * h.to(x.dtype)  # cast back before the weight, as transformers does
 
@@ -157,22 +161,28 @@ class QKNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H, D)
         B, L, H, D = x.shape
+        if self.weight.shape[0] == 1:  # one shard (7B): the same affine for every head, fused
+            return F.layer_norm(x, (D,), self.weight[0], self.bias[0], eps=QK_NORM_EPS)
         x = F.layer_norm(x, (D,), eps=QK_NORM_EPS).view(B, L, H // self.repeat, self.repeat, D)  # heads by shard
         x = x * self.weight[:, None] + self.bias[:, None]  # (groups, 1, D) broadcast over each shard's heads
         return x.view(B, L, H, D)
 
 
 def rope_table(max_len: int, head_dim: int, theta: float, device=None) -> torch.Tensor:
-    """(2, max_len, D) fp32 cos/sin of rotate-half RoPE, inv_freq = theta^(-2i/D) (transformers' default)."""
+    """(2, max_len, D) fp32 cos and signed sin of rotate-half RoPE, inv_freq = theta^(-2i/D) (transformers'
+    default). The sin half that multiplies -x2 is stored negated (see apply_rope)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     freqs = torch.arange(max_len, device=device, dtype=torch.float32)[:, None] * inv_freq  # (max_len, D/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (max_len, D)
-    return torch.stack([emb.cos(), emb.sin()])
+    sign = torch.ones(head_dim, device=device)
+    sign[: head_dim // 2] = -1.0
+    return torch.stack([emb.cos(), emb.sin() * sign])
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x (B, H, L, D)
-    x1, x2 = x.chunk(2, dim=-1)  # halves (B, H, L, D/2)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin  # rotate-half
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:  # x (B, H, L, D)
+    """Rotate-half RoPE, x * cos + [-x2, x1] * sin, written as x * cos + [x2, x1] * [-sin, sin]: one roll
+    instead of chunk + neg + cat (decode steps are dispatch-bound); bit-identical (negation is exact)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class KVCache(nn.Module):
@@ -188,6 +198,8 @@ class KVCache(nn.Module):
         """Write k, v (B, H_kv, L, D) at `input_pos` ((L,) or (B, L)); returns the whole cache."""
         if k.shape[0] != self.k.shape[0]:
             raise ValueError(f"batch {k.shape[0]} does not match the cache batch {self.k.shape[0]}; call setup_caches")
+        if input_pos.ndim == 2 and input_pos.shape[0] == 1:
+            input_pos = input_pos[0]  # one row: the cheaper index_copy_ path
         if input_pos.ndim == 1:
             self.k.index_copy_(2, input_pos, k)
             self.v.index_copy_(2, input_pos, v)
@@ -198,20 +210,44 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+_COMPILED_FLEX: dict = {}
+
+
+def flex_attention_for(device: torch.device):
+    """FlexAttention: compiled on CUDA (the fused kernel; eager would materialise the L x L scores),
+    eager elsewhere (CPU tests, where it is only a reference path)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if "cuda" not in _COMPILED_FLEX:
+        _COMPILED_FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX["cuda"]
+
+
+# `mask=CAUSAL_PREFILL` with input_pos = arange(L): the first L cache slots are filled and attended
+# causally with SDPA's is_causal kernel (no mask tensor); for prompts in which no row needs the action mask.
+CAUSAL_PREFILL = "causal_prefill"
+
+
 def attend(q, k, v, mask) -> torch.Tensor:
     """q (B, H, L, D), k/v (B, H_kv, S, D); mask: None (causal, L == S), tensor (SDPA) or BlockMask."""
     gqa = q.shape[1] != k.shape[1]
     if mask is not None and not isinstance(mask, torch.Tensor):  # FlexAttention BlockMask
-        from torch.nn.attention.flex_attention import flex_attention
-
-        return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+        return flex_attention_for(q.device)(q, k, v, block_mask=mask, enable_gqa=gqa)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     if mask.ndim == 2:
         mask = mask[None, None]  # (1, 1, L, S)
     elif mask.ndim == 3:
         mask = mask[:, None]  # (B, 1, L, S)
+    if q.device.type == "cuda":  # cuDNN's fused attention failed on these masks in bf16 (H200, torch 2.11)
+        with sdpa_kernel(MASKED_SDPA_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+MASKED_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Attention(nn.Module):
@@ -235,9 +271,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:  # cached decoding: keys are cache slots [0, S)
             k, v = self.kv_cache.update(input_pos, k, v)
-            S = mask.shape[-1] if isinstance(mask, torch.Tensor) else k.shape[2]
+            S = mask.shape[-1] if isinstance(mask, torch.Tensor) else (L if mask is CAUSAL_PREFILL else k.shape[2])
             k, v = k[:, :, :S], v[:, :, :S]
-        y = attend(q, k, v, mask)  # (B, H, L, D)
+        y = attend(q, k, v, None if mask is CAUSAL_PREFILL else mask)  # (B, H, L, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
 
@@ -346,8 +382,10 @@ class Transformer(nn.Module):
         self.cache_shape = None
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None) -> torch.Tensor:
-        """Final-norm hidden states (B, L, dim)."""
+    def forward_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None,
+                       run_layer=None) -> torch.Tensor:
+        """Final-norm hidden states (B, L, dim). `run_layer(layer, x, cos, sin, mask, input_pos)`, if given,
+        runs each decoder layer (decoding passes one compiled function shared by all layers)."""
         L = tokens.shape[1]
         cached = input_pos is not None and self.cache_shape is not None
         if input_pos is None:
@@ -358,6 +396,8 @@ class Transformer(nn.Module):
             positions = input_pos.to(tokens.device)
             if positions.shape[-1] != L:
                 raise ValueError(f"input_pos {tuple(positions.shape)} does not match tokens {tuple(tokens.shape)}")
+        if mask is CAUSAL_PREFILL and not (cached and positions.ndim == 1):
+            raise ValueError("mask=CAUSAL_PREFILL needs set-up caches and input_pos = arange(L) (one row for all)")
         if cached and mask is None:  # causal over cache slots: slot <= position
             slots = torch.arange(self.cache_shape[1], device=tokens.device)
             mask = slots <= positions[..., None]  # (B|L, L, S) or (L, S)
@@ -376,6 +416,8 @@ class Transformer(nn.Module):
         for layer in self.layers:
             if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, pos_arg, use_reentrant=False)
+            elif run_layer is not None:
+                x = run_layer(layer, x, cos, sin, mask, pos_arg)
             else:
                 x = layer(x, cos, sin, mask, pos_arg)
         return self.model.norm(x)

@@ -44,7 +44,7 @@ class VQGANConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "VQGANConfig":
+    def from_yaml(cls, path: str | Path) -> VQGANConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VQ-GAN config not found: {path}")
