@@ -21,9 +21,12 @@ PRESETS = sorted(p for p in CONFIGS.glob("*.yaml"))
 
 
 # -- configs ------------------------------------------------------------------------------------
+BASES = ("worldvla.yaml", "rynnvla002.yaml")  # shared recipes: no data of their own, no launcher
+
+
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_every_preset_loads_and_validates(path):
-    overrides = ["data.train=[shared/base/has/no/data]"] if path.name == "worldvla.yaml" else []
+    overrides = ["data.train=[shared/base/has/no/data]"] if path.name in BASES else []
     cfg = load_config(TrainConfig, path, overrides)
     cfg.validate()
     assert cfg.data.history == 2 and cfg.train.world_weight == 0.04
@@ -51,6 +54,74 @@ def test_ablation_presets_differ_in_one_thing():
     assert act.data.kinds == ["action"] and world.data.kinds == ["world"]
     for c in (no_mask, act, world):
         assert c.data.train == base.data.train and c.train.lr == base.train.lr
+
+
+# released rynnvla-002/exps_pretokenize values per suite: (K, lr, weight decay, dropout)
+RYNNVLA002 = {"goal": (5, 5e-6, 0.15, 0.08), "object": (5, 5e-6, 0.1, 0.05), "spatial": (10, 5e-6, 0.1, 0.05),
+              "10": (10, 8e-6, 0.18, 0.1)}
+
+
+@pytest.mark.parametrize("suite", RYNNVLA002)
+def test_rynnvla002_presets_follow_the_released_scripts(suite):
+    k, lr, wd, dropout = RYNNVLA002[suite]
+    disc = load_config(TrainConfig, CONFIGS / f"rynnvla002_{suite}_256_discrete.yaml").validate()
+    cont = load_config(TrainConfig, CONFIGS / f"rynnvla002_{suite}_256_continuous.yaml").validate()
+    for cfg in (disc, cont):
+        d, t = cfg.data, cfg.train
+        assert (d.resolution, d.history, d.chunk_size, d.with_wrist, d.with_state) == (256, 2, k, True, True)
+        assert (d.action_stats, d.world_action_stats, d.state_stats) == ("rynnvla_action", "worldvla", "rynnvla_state")
+        assert (t.lr, t.min_lr, t.weight_decay, cfg.model.dropout) == (lr, lr, wd, dropout)
+        assert (t.epochs, t.batch_size, t.warmup_epochs, t.clip_grad, t.z_loss_weight, t.world_weight) == (
+            40, 8, 0.01, 4.0, 1e-5, 0.04)
+        assert d.val == [] and sorted(d.kinds) == ["action", "world"]  # --train_only on all splits
+        (train,) = d.train
+        assert train.name == f"libero_{suite}_his_2_all_third_view_wrist_w_state_{k}_a2i_256.json"
+    assert disc.model.action_head is False and cont.model.action_head is True
+    assert cont.train.action_head_weight == 10.0 and cont.model.action_head_config == {}  # official head sizes
+    assert disc.train.output_dir != cont.train.output_dir
+
+
+def test_continuous_head_config_errors():
+    from worldvla.train.continuous import head_config
+
+    cfg = head_config({"proj_dim": 32}, hidden_size=64, chunk_size=5, loss_weight=10.0)
+    assert (cfg.proj_dim, cfg.hidden_size, cfg.chunk_size, cfg.num_layers, cfg.loss_weight) == (32, 64, 5, 2, 10.0)
+    with pytest.raises(ConfigError, match=r"model.action_head_config: unknown field\(s\) \['proj'\]"):
+        head_config({"proj": 32}, 64, 5, 10.0)
+    with pytest.raises(ConfigError, match="data.chunk_size"):
+        head_config({"chunk_size": 3}, 64, 5, 10.0)
+    with pytest.raises(ConfigError, match="model.action_head needs data.chunk_size >= 2"):
+        load_config(TrainConfig, CONFIGS / "tiny_rynnvla002.yaml", ["data.chunk_size=1"]).validate()
+
+
+def test_deepspeed_zero3_config_through_accelerate(monkeypatch):
+    """The YAML as `accelerate launch` reads it -> accelerate's DeepSpeedPlugin -> the config DeepSpeed gets
+    (needs accelerate only, not deepspeed)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    from worldvla.train.distributed import fill_deepspeed_config
+
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(CONFIGS / "accelerate" / "deepspeed_zero3.yaml"), "-m", "worldvla.train"])
+    args, defaults, _ = _validate_launch_command(args)
+    assert args.use_deepspeed and not args.cpu and args.mixed_precision == "bf16"
+    args.deepspeed_fields_from_accelerate_config = ",".join([*defaults.deepspeed_config, "mixed_precision"])
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    ds = DeepSpeedPlugin().deepspeed_config
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"]["device"] == "none"
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # exported weights are whole 16-bit tensors
+    cfg = load_config(TrainConfig, CONFIGS / "libero_goal_256.yaml", ["train.batch_size=4", "train.grad_accum=2"])
+    filled = fill_deepspeed_config(ds, cfg.train)
+    assert (filled["train_micro_batch_size_per_gpu"], filled["gradient_accumulation_steps"]) == (4, 2)
+    assert filled["gradient_clipping"] == 4.0 and "train_batch_size" not in filled
+    assert "auto" not in json.dumps(filled)  # nothing left for DeepSpeed to guess
 
 
 def test_bad_yaml_key_is_a_clear_error(tmp_path):
@@ -87,7 +158,7 @@ def test_accelerate_configs():
 
 def test_every_preset_has_a_launcher_and_back():
     scripts = {p.name for p in (ROOT / "exps").glob("train_*.sh")} - {"train_launch.sh"}
-    presets = {p.stem for p in PRESETS} - {"worldvla"}
+    presets = {p.stem for p in PRESETS} - {Path(b).stem for b in BASES}
     assert scripts == {f"train_{p}.sh" for p in presets}
     for name in scripts:
         text = (ROOT / "exps" / name).read_text()

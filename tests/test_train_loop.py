@@ -162,7 +162,11 @@ def test_killed_run_resumes_on_the_same_curve(tiny_data, tmp_path):
     assert "resumed from" in resumed.stderr
     a, b = _curve(tmp_path / "full"), _curve(out)
     assert [s for s, _ in b] == list(range(1, 31))
-    assert b == a  # bit-identical losses, step for step (dropout on: the RNG was restored)
+    # The same curve step for step (dropout on: the RNG was restored; a wrong batch, RNG or optimizer state
+    # moves a step's loss by > 1e-3). Not bit-identical: MKL's float sums may depend on buffer alignment,
+    # which differs between the two processes (seen once: 5.0092549 vs 5.0092545 at step 29).
+    assert [s for s, _ in a] == [s for s, _ in b]
+    np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-6, atol=0)
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step_00000024", "step_00000030"]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from worldvla.config import ConfigError
 
 SAMPLE_KINDS = ("action", "world")  # worldvla.data.shards.SAMPLE_KINDS
+DATA_SOURCES = ("shards", "conversations")
 BATCHING_MODES = ("random", "length_grouped")
 PRECISIONS = ("bf16", "fp32")
 SAVE_DTYPES = ("bfloat16", "float32")
@@ -29,12 +30,17 @@ class ModelOptions:
     dropout: float = 0.05  # official --dropout 0.05 (§8)
     action_mask: bool = True  # WorldVLA attention mask: action blocks do not see earlier action blocks (§5)
     activation_checkpointing: bool = True  # per decoder layer, non-reentrant (official --checkpointing)
+    action_head: bool = False  # RynnVLA-002 continuous action head trained jointly (L1, train.action_head_weight)
+    action_head_config: dict = field(default_factory=dict)  # ActionHeadConfig overrides (official sizes by default)
 
 
 @dataclass
 class DataOptions:
-    # Pretokenized sets (pretokenize.py folders, concat.py indexes, official record lists), concatenated
-    # in order. Official order: world-model samples first, then action-model samples (§3.3).
+    # What data.train / data.val hold. shards: pretokenized sets (pretokenize.py folders, concat.py indexes,
+    # official record lists). conversations: conversation JSON files (conversations.py output) tokenised on
+    # the fly with data.tokenizer / resolution / *_stats (official "NoPretokenize"; same samples and batches).
+    source: str = "shards"
+    # Concatenated in order. Official order: world-model samples first, then action-model samples (§3.3).
     train: list[Path] = field(default_factory=list)
     val: list[Path] = field(default_factory=list)  # evaluated after each epoch (official val_ind / val_ood)
     kinds: list[str] = field(default_factory=lambda: list(SAMPLE_KINDS))  # sample kinds kept (ablations)
@@ -43,13 +49,19 @@ class DataOptions:
     chunk_size: int = 5  # actions per action-model sample K (5; 10 for libero_10)
     history: int = 2  # frames of history of the action model (official 2)
     action_stats: str = "worldvla"  # preset name or JSON: min/max the actions were binned with
+    world_action_stats: str = ""  # min/max of the world-model samples' actions when they differ ("" = action_stats;
+    # RynnVLA-002's pretokenize path binned world samples with `worldvla`, action samples with `rynnvla_action`)
     state_stats: str = "rynnvla_state"  # used only with_state
-    with_state: bool = False  # samples carry the 8-D state block (RynnVLA-002)
-    with_wrist: bool = False  # samples carry the wrist view (RynnVLA-002)
+    with_state: bool = False  # action samples carry the 8-D state block (RynnVLA-002); checked against the shards
+    with_wrist: bool = False  # every frame is third view + wrist view (RynnVLA-002); checked against the shards
     max_seq_len: int = 4096  # official --max_seq_len: rows are cut at this length
     batching: str = "length_grouped"  # random (official order) | length_grouped (less padding)
     group_batches: int = 32  # length_grouped: global batches per sorting window
     num_workers: int = 2  # DataLoader worker processes (official 8)
+    # data.source=conversations only:
+    base_dir: Path | None = None  # relative media paths of the records are resolved against this (default: cwd)
+    frame_cache: Path | None = None  # a pretokenize frames/ folder to read VQ codes from (others: VQ-GAN on CPU)
+    image_cache: int = 4096  # images whose tokens each loader process keeps in memory (0 = unbounded)
 
 
 @dataclass
@@ -68,6 +80,7 @@ class TrainOptions:
     clip_grad: float = 4.0  # official max grad norm; <= 0 disables clipping
     z_loss_weight: float = 1e-5  # official z-loss weight
     world_weight: float = 0.04  # official CE class weight of image-code targets
+    action_head_weight: float = 10.0  # weight of the continuous head's L1 (RynnVLA-002 --loss_ct_weights 10)
     loss_form: str = "official"  # official (class-weighted mean CE) | paper (L_action + world_weight * L_world)
     seed: int = 0  # official seed 0
     precision: str = "bf16"  # bf16 (autocast + FSDP bf16 params, fp32 master/reduce) | fp32
@@ -105,7 +118,10 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        need(bool(d.train), "data.train is empty: pass data.train=[path/to/tokens] (pretokenize.py output)")
+        need(d.source in DATA_SOURCES, f"data.source: {d.source!r} not one of {list(DATA_SOURCES)}")
+        need(bool(d.train), "data.train is empty: pass data.train=[path/to/tokens] (pretokenize.py output; with "
+                            "data.source=conversations: conversation JSON files)")
+        need(d.image_cache >= 0, f"data.image_cache must be >= 0 (0 = unbounded), got {d.image_cache}")
         bad = sorted(set(d.kinds) - set(SAMPLE_KINDS))
         need(not bad and bool(d.kinds), f"data.kinds: {d.kinds} not a non-empty subset of {list(SAMPLE_KINDS)}")
         need(d.batching in BATCHING_MODES, f"data.batching: {d.batching!r} not one of {list(BATCHING_MODES)}")
@@ -123,4 +139,7 @@ class TrainConfig:
         need(t.keep_last >= 0, "train.keep_last must be >= 0 (0 keeps all)")
         need(lg.wandb_mode in WANDB_MODES, f"logging.wandb_mode: {lg.wandb_mode!r} not one of {list(WANDB_MODES)}")
         need(lg.log_every >= 1, "logging.log_every must be >= 1")
+        need(t.action_head_weight >= 0, f"train.action_head_weight must be >= 0, got {t.action_head_weight}")
+        need(not self.model.action_head or d.chunk_size >= 2,
+             "model.action_head needs data.chunk_size >= 2 (the head reads rows with more than one action block)")
         return self

@@ -55,13 +55,19 @@ def make_accelerator(cfg):
     if is_fsdp(acc):
         _configure_fsdp(acc, t.precision)
     if is_deepspeed(acc):
-        ds = acc.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = t.batch_size
-        ds["gradient_accumulation_steps"] = t.grad_accum
-        ds["gradient_clipping"] = t.clip_grad if t.clip_grad > 0 else 0.0
-        ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as the client optimizer (official)
-        ds.pop("train_batch_size", None)
+        fill_deepspeed_config(acc.state.deepspeed_plugin.deepspeed_config, t)
     return acc
+
+
+def fill_deepspeed_config(ds: dict, t) -> dict:
+    """Complete accelerate's DeepSpeed config (in place) from the TrainOptions `t`: DeepSpeed itself must
+    know the micro-batch, accumulation and clipping, which the accelerate YAML leaves at "auto"."""
+    ds["train_micro_batch_size_per_gpu"] = t.batch_size
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["gradient_clipping"] = t.clip_grad if t.clip_grad > 0 else 0.0
+    ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as the client optimizer (official)
+    ds.pop("train_batch_size", None)  # DeepSpeed derives it (micro-batch x accumulation x processes)
+    return ds
 
 
 def _fsdp_on_cpu(acc) -> None:

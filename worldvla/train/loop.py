@@ -20,14 +20,14 @@ from worldvla.config import parse_cli, save_config, to_dict
 from worldvla.train import modeling
 from worldvla.train.checkpoint import CheckpointManager
 from worldvla.train.config import TrainConfig
-from worldvla.train.data import TrainSet, check_tokenization, make_loader
+from worldvla.train.data import TrainSet, check_tokenization, check_views, make_loader
 from worldvla.train.distributed import apply_activation_checkpointing, make_accelerator, set_wrap_classes
 from worldvla.train.optim import EpochSchedule, build_optimizer
 from worldvla.train.sampler import BatchPlan
 from worldvla.train.tracking import RunLogger, flops_per_token, guess_peak_tflops
 
 log = logging.getLogger("worldvla.train")
-TERMS = ("loss", "action_ce", "world_ce", "z_loss")
+TERMS = ("loss", "action_ce", "world_ce", "z_loss", "action_l1")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,8 +57,9 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     acc = make_accelerator(cfg)
     t, d = cfg.train, cfg.data
     out_dir = Path(t.output_dir)
-    dataset = TrainSet(d.train, d.kinds, d.max_seq_len)
+    dataset = TrainSet(d.train, d.kinds, d.max_seq_len, data=d)
     check_tokenization(dataset.manifests(), d)
+    check_views(dataset, d)
     plan = BatchPlan(dataset.lengths, t.batch_size, acc.num_processes, t.grad_accum, t.seed, d.batching,
                      d.group_batches)
     total = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * plan.steps_per_epoch)
@@ -160,8 +161,8 @@ def train_step(run: Run, batches, step: int) -> dict:
         labels = batch.labels.to(acc.device, non_blocking=True)  # (B, L)
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
         with acc.accumulate(model):
-            logits = model(ids, mask=mask)  # (B, L, V)
-            out = modeling.compute_loss(logits, labels, run.loss_cfg)
+            out = modeling.forward_loss(model, ids, labels, mask, run.loss_cfg, cfg.train.action_head_weight,
+                                        cfg.data.chunk_size)
             if cfg.train.nan_check:
                 _check_finite(run, out["loss"], step, "the loss")
             acc.backward(out["loss"])
@@ -248,8 +249,8 @@ def evaluate(run: Run, val: TrainSet) -> dict:
         lo = (b * acc.num_processes + acc.process_index) * per
         batch = collate([val[int(i)] for i in order[lo: lo + per]], cfg.data.max_seq_len)
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
-        logits = run.model(batch.input_ids.to(acc.device), mask=mask)
-        out = modeling.compute_loss(logits, batch.labels.to(acc.device), run.loss_cfg)
+        out = modeling.forward_loss(run.model, batch.input_ids.to(acc.device), batch.labels.to(acc.device), mask,
+                                    run.loss_cfg, cfg.train.action_head_weight, cfg.data.chunk_size)
         part_sums, part_counts = {k: 0.0 for k in TERMS}, {k: 0 for k in TERMS}
         _accumulate(out, part_sums, part_counts)
         for i, k in enumerate(TERMS):
@@ -269,8 +270,10 @@ def save(run: Run, step: int) -> Path:
              "n_samples": len(plan.lengths), "schedule": run.schedule.state_dict(),
              "lr": run.schedule(max(step - 1, 0)), "total_steps": run.total_steps, "time": time.time()}
 
+    head = modeling.head_settings(run.acc.unwrap_model(run.model))
+
     def export(full_state: dict, folder: Path) -> None:
-        modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step)
+        modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step, head)
         save_config(run.cfg, folder / "train_config.yaml")
 
     return run.ckpt.save(step, run.model, run.optimizer, state, export)
@@ -289,7 +292,8 @@ def train(cfg: TrainConfig) -> dict:
     run, step = setup(cfg)
     acc = run.acc
     run.logger = logger = RunLogger(run.out_dir, cfg, acc.is_main_process, run.total_steps, resume_step=step)
-    val = TrainSet(cfg.data.val, cfg.data.kinds, cfg.data.max_seq_len, "data.val") if cfg.data.val else None
+    val = TrainSet(cfg.data.val, cfg.data.kinds, cfg.data.max_seq_len, "data.val", data=cfg.data) if cfg.data.val \
+        else None
     if acc.is_main_process:
         logger.info("%d samples (%s), %d steps per epoch x global batch %d, %d steps in all, %d processes (%s)",
                     len(run.dataset), ", ".join(cfg.data.kinds), run.plan.steps_per_epoch, run.plan.global_batch,

@@ -21,7 +21,9 @@ TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
 
 # -- build --------------------------------------------------------------------------------------
 def build_model(cfg):
-    """(fp32 model, its ModelConfig): `model.preset` (+ overrides) at random init, or `model.init_from` weights.
+    """(fp32 model, its ModelConfig): `model.preset` (+ overrides) at random init, or `model.init_from` weights;
+    with `model.action_head` the RynnVLA-002 continuous head is added (train/continuous.py), loaded from
+    `init_from` when that checkpoint has `action_head.*` tensors, else at random init.
 
     The model's own `gradient_checkpointing` stays off: the trainer wraps the layers itself
     (distributed.apply_activation_checkpointing), the same way in every parallel mode.
@@ -35,16 +37,35 @@ def build_model(cfg):
     if unknown:
         raise ConfigError(f"model.overrides: unknown ModelConfig field(s) {unknown}; valid: {sorted(fields)}")
     settings = {**m.overrides, "dropout": m.dropout, "max_seq_len": cfg.data.max_seq_len}
+    extras = {}
     if m.init_from:
-        from worldvla.model.loading import load_model
+        from worldvla.model.loading import load_checkpoint
 
-        model = load_model(m.init_from, dtype=torch.float32, device="cpu", **settings)
-        return model, model.cfg
-    try:
-        mcfg = ModelConfig.preset(m.preset, **settings)
-    except ValueError as err:
-        raise ConfigError(f"model.preset: {err}") from None
-    return Transformer(mcfg), mcfg
+        loaded = load_checkpoint(m.init_from, dtype=torch.float32, device="cpu", **settings)
+        model, mcfg, extras = loaded.model, loaded.model.cfg, loaded.extras
+    else:
+        try:
+            mcfg = ModelConfig.preset(m.preset, **settings)
+        except ValueError as err:
+            raise ConfigError(f"model.preset: {err}") from None
+        model = Transformer(mcfg)
+    if not m.action_head:
+        if any(k.startswith("action_head.") for k in extras):
+            log.info("%s has a continuous action head: not trained here (model.action_head=false)", m.init_from)
+        return model, mcfg
+    from worldvla.model.action_head import ActionHead
+    from worldvla.train.continuous import WithActionHead, head_config, load_head_weights
+
+    head = ActionHead(head_config(m.action_head_config, mcfg.dim, cfg.data.chunk_size, cfg.train.action_head_weight))
+    if m.init_from and load_head_weights(head, extras, m.init_from):
+        log.info("action head loaded from %s", m.init_from)
+    return WithActionHead(model, head), mcfg
+
+
+def head_settings(model) -> dict | None:
+    """The action head's config (for worldvla.json), or None without a head."""
+    head = getattr(model, "action_head", None)
+    return None if head is None else dataclasses.asdict(head.cfg)
 
 
 def block_class(model: torch.nn.Module) -> type:
@@ -93,6 +114,24 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg) -> dict:
             "z_loss": detach(out.z_loss), "n_action_ce": out.n_action, "n_world_ce": out.n_world}
 
 
+def forward_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask, loss_cfg, head_weight: float = 0.0,
+                 chunk_size: int = 0) -> dict:
+    """One micro-batch through `model` (its `__call__`, so FSDP / DDP hooks run) -> compute_loss's dict;
+    a model with the continuous head adds `head_weight` x its L1 to "loss" and reports "action_l1"
+    (mean over "n_action_l1" rows; None when the micro-batch has no action sample)."""
+    out = model(ids, mask=mask)
+    if not isinstance(out, tuple):
+        return compute_loss(out, labels, loss_cfg)  # (B, L, V) logits
+    from worldvla.train.continuous import head_l1
+
+    logits, head_out = out
+    res = compute_loss(logits, labels, loss_cfg)
+    l1, n_rows = head_l1(head_out, labels, chunk_size)
+    res["loss"] = res["loss"] + head_weight * l1
+    res["action_l1"], res["n_action_l1"] = (l1.detach(), n_rows) if n_rows else (None, 0)
+    return res
+
+
 # -- export -------------------------------------------------------------------------------------
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
@@ -101,8 +140,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int) -> None:
-    """Write the inference files of docs/interfaces.md into `folder` (main process)."""
+def _stats_json(spec: str) -> dict:
+    from worldvla.tokenizers import load_stats
+
+    s = load_stats(spec)
+    return {"min": list(s.min), "max": list(s.max)}
+
+
+def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int, head: dict | None = None) -> None:
+    """Write the inference files of docs/interfaces.md into `folder` (main process). `state_dict` holds the
+    backbone under the official names and, with the continuous head, its `action_head.*` tensors, which
+    save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json."""
     from worldvla.data.tokenization import sha256_file, tokenizer_files
     from worldvla.model.loading import save_state_dict
     from worldvla.tokenizers import load_stats
@@ -118,6 +166,7 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int)
     settings = {
         "chunk_size": d.chunk_size, "history": d.history, "resolution": d.resolution,
         "action_stats": {"min": list(stats.min), "max": list(stats.max)},
+        "world_action_stats": _stats_json(d.world_action_stats) if d.world_action_stats else None,
         "with_state": d.with_state, "with_wrist": d.with_wrist,
         "text_tokenizer_sha256": sha256_file(files["text_tokenizer.json"]),
         "step": step,
@@ -125,4 +174,6 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int)
     if d.with_state:
         s = load_stats(d.state_stats)
         settings["state_stats"] = {"min": list(s.min), "max": list(s.max)}
+    if head is not None:  # RynnVLA-002 continuous head: its weights are the action_head.* tensors
+        settings["action_head"] = head
     (folder / "worldvla.json").write_text(json.dumps(settings, indent=1))

@@ -1,12 +1,13 @@
 """A tiny training set made by the real data pipeline, for CPU tests, the benchmark and exps/train_tiny.sh.
 
-Synthetic trajectories in the export layout (`<task>/trj_<i>/{imgs/image_<j>.png, action/action_<j>.npy}`)
-go through `conversations.generate` -> `pretokenize` -> `concat` (world first, as official) with the
+Synthetic trajectories in the export layout (`<task>/trj_<i>/{imgs/image_<j>.png, action/action_<j>.npy}`;
+with `views=2` / `with_state` RynnVLA-002's `imgs_third_view/`, `imgs_wrist/`, `eef_gripper_state/`) go through `conversations.generate` -> `pretokenize` -> `concat` (world first, as official) with the
 tiny tokenizer assets (`worldvla.testing.fixtures.make_tiny_assets`). Actions are smooth, task-dependent
 curves, so the action loss of a model that learns falls well below chance; frames are flat colours
 that change with time, so frames (and their VQ codes) repeat along and across trajectories.
 
-    python -m worldvla.train.tiny_data [out_dir] [resolution]   (default data/processed/tiny, 64 px)
+    python -m worldvla.train.tiny_data [out_dir] [resolution] [--rynnvla002]
+        (default data/processed/tiny, 64 px; --rynnvla002: wrist view + state, data/processed/tiny_rynnvla002)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+# RynnVLA-002's pretokenize path: action samples with its own min/max, world samples with WorldVLA's (configs/rynnvla002.yaml)
+RYNNVLA002_STATS = {"action_stats": "rynnvla_action", "world_action_stats": "worldvla"}
 TASKS = ("put the bowl on the stove", "open the top drawer of the cabinet", "turn on the stove")
 
 
@@ -30,15 +33,28 @@ class TinyData:
     world: Path  # pretokenized world-model samples only
 
 
-def write_trajectories(base: Path, n_tasks: int, n_traj: int, n_frames: int, resolution: int, seed: int = 0) -> None:
+# Mid-range 8-D states (eef xyz, axis-angle, 2 gripper joints) inside the rynnvla_state min/max.
+STATE_CENTRE = np.array([-0.1, 0.0, 0.7, 2.3, 0.0, -0.2, 0.02, -0.02])
+STATE_SWING = np.array([0.2, 0.2, 0.4, 0.8, 2.0, 1.0, 0.015, 0.015])
+
+
+def _frame(colour: np.ndarray, resolution: int, f: int) -> np.ndarray:
+    img = np.broadcast_to(colour, (resolution, resolution, 3)).copy()
+    img[: resolution // 4 * (1 + f % 4), : resolution // 2] = 255 - colour  # a moving block
+    return img
+
+
+def write_trajectories(base: Path, n_tasks: int, n_traj: int, n_frames: int, resolution: int, seed: int = 0,
+                       wrist: bool = False, with_state: bool = False) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    img_dirs = ["imgs_third_view", "imgs_wrist"] if wrist else ["imgs"]  # as conversations.image_dirs reads them
     for t, task in enumerate(TASKS[:n_tasks]):
         for i in range(n_traj):
             trj = base / task.replace(" ", "_") / f"trj_{i}"
-            (trj / "imgs").mkdir(parents=True, exist_ok=True)
-            (trj / "action").mkdir(parents=True, exist_ok=True)
+            for sub in [*img_dirs, "action"] + (["eef_gripper_state"] if with_state else []):
+                (trj / sub).mkdir(parents=True, exist_ok=True)
             for f in range(n_frames):
                 phase = 2 * np.pi * f / n_frames + t
                 action = np.array([0.5 * np.sin(phase), 0.5 * np.cos(phase), 0.3 * np.sin(2 * phase + t),
@@ -46,14 +62,20 @@ def write_trajectories(base: Path, n_tasks: int, n_traj: int, n_frames: int, res
                 action[:6] += rng.normal(0, 0.01, 6)
                 np.save(trj / "action" / f"action_{f}.npy", action)
                 colour = np.array([40 + 60 * t, 255 * f // n_frames, 128], dtype=np.uint8)
-                img = np.broadcast_to(colour, (resolution, resolution, 3)).copy()
-                img[: resolution // 4 * (1 + f % 4), : resolution // 2] = 255 - colour  # a moving block
-                Image.fromarray(img).save(trj / "imgs" / f"image_{f}.png")
+                Image.fromarray(_frame(colour, resolution, f)).save(trj / img_dirs[0] / f"image_{f}.png")
+                if len(img_dirs) > 1:  # the wrist camera: other colours, the same motion
+                    Image.fromarray(_frame(colour[::-1].copy(), resolution, f + 2)).save(trj / img_dirs[1] / f"image_{f}.png")
+                if with_state:
+                    state = STATE_CENTRE + STATE_SWING * np.sin(phase + np.arange(8))
+                    np.save(trj / "eef_gripper_state" / f"eef_gripper_state_{f}.npy", state)
 
 
 def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_traj: int = 4, n_frames: int = 20,
-                   chunk_size: int = 5, seed: int = 0, assets=None) -> TinyData:
-    """Write (or reuse, when complete) the tiny set under `root`; returns its paths."""
+                   chunk_size: int = 5, seed: int = 0, assets=None, with_wrist: bool = False,
+                   with_state: bool = False, action_stats: str = "worldvla", world_action_stats: str = "") -> TinyData:
+    """Write (or reuse, when complete) the tiny set under `root`; returns its paths. `with_wrist` /
+    `with_state` make RynnVLA-002 samples (third + wrist view per frame, 8-D state block); actions are binned
+    with `action_stats` (world samples with `world_action_stats`, "" = the same)."""
     from worldvla.data.concat import ConcatConfig, concatenate
     from worldvla.data.conversations import ConversationsConfig, generate
     from worldvla.data.pretokenize import PretokenizeConfig, pretokenize
@@ -68,22 +90,32 @@ def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_t
     if assets is None:
         make_tiny_assets(root / "assets")
     base = root / "export"
-    write_trajectories(base, n_tasks, n_traj, n_frames, resolution, seed)
+    write_trajectories(base, n_tasks, n_traj, n_frames, resolution, seed, with_wrist, with_state)
     files = generate(ConversationsConfig(base_dir=base, output_dir=root / "convs", task_name="tiny",
-                                         resolution=resolution, len_action=chunk_size, his=2))
-    tok = TokenizerConfig(path=tok_dir, resolution=resolution)
+                                         resolution=resolution, len_action=chunk_size, his=2, with_wrist=with_wrist,
+                                         with_state=with_state))
+    tok = TokenizerConfig(path=tok_dir, resolution=resolution, action_stats=action_stats,
+                          world_action_stats=world_action_stats)
     out = {}
     for kind in ("world", "action"):
         out[kind] = root / "tokens" / kind
-        pretokenize(PretokenizeConfig(inputs=[files["train"][kind]], out_dir=out[kind], tokenizer=tok, shard_size=64))
+        pretokenize(PretokenizeConfig(inputs=[files["train"][kind]], out_dir=out[kind], tokenizer=tok, shard_size=64,
+                                      frame_cache=root / "frames"))  # frames shared: each one encoded once
     concatenate(ConcatConfig(inputs=[out["world"], out["action"]], output=train))
     return TinyData(root, tok_dir, train, out["action"], out["world"])
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
-    data = make_tiny_data(argv[0] if argv else "data/processed/tiny", int(argv[1]) if len(argv) > 1 else 64)
+    rynn = "--rynnvla002" in argv
+    args = [a for a in argv if a != "--rynnvla002"]
+    default = "data/processed/tiny_rynnvla002" if rynn else "data/processed/tiny"
+    data = make_tiny_data(args[0] if args else default, int(args[1]) if len(args) > 1 else 64,
+                          with_wrist=rynn, with_state=rynn, **RYNNVLA002_STATS if rynn else {})
     print(f"tiny training set: data.train=[{data.train}] data.tokenizer={data.tokenizer}")
 
 

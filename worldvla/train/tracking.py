@@ -1,7 +1,8 @@
 """Run logging: JSONL (always), wandb (optional, lazily imported, offline by default), tqdm, MFU, loss plot.
 
 Only the main process logs. `train_log.jsonl` has one JSON object per logged step
-({"step", "epoch", "lr", "loss", "action_ce", "world_ce", "z_loss", "tokens_per_s", "mfu", ...});
+({"step", "epoch", "lr", "loss", "action_ce", "world_ce", "z_loss", "action_l1" (continuous head), "tokens_per_s",
+"mfu", ...});
 `step` counts the updates done, so a checkpoint of step S holds the update logged as step S; a run resumed
 from it first drops the lines past S (written after the save by the interrupted run): the file is always one curve.
 """
@@ -101,7 +102,7 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "action_ce", "world_ce") if k in record
+            self.bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "action_ce", "world_ce", "action_l1") if k in record
                                   and record[k] is not None and not math.isnan(record[k])}, refresh=False)
 
     def advance(self, n: int = 1) -> None:
@@ -148,7 +149,7 @@ def plot_losses(log_path: str | Path, png: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    terms = [k for k in ("loss", "action_ce", "world_ce", "z_loss") if any(r.get(k) is not None for r in records)]
+    terms = [k for k in ("loss", "action_ce", "world_ce", "z_loss", "action_l1") if any(r.get(k) is not None for r in records)]
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
     for ax, key in zip(axes[0], terms):
         pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and math.isfinite(r[key])]

@@ -1,0 +1,107 @@
+"""RynnVLA-002's continuous action head trained jointly with the backbone (`model.action_head: true`).
+
+`WithActionHead` holds the backbone's modules and the head under the official checkpoint names
+(`model.*`, `lm_head.*`, `action_head.*`; official_format.md §10.2), so the exported state dict is the
+RynnVLA-002 layout with no renaming, and FSDP / DDP / activation checkpointing see one ordinary module
+whose `forward` is the only entry point (their hooks run on `__call__`).
+
+Per micro-batch: the backbone's final-norm hidden states feed the LM head (cross entropy, as without
+the head) and, for the rows holding more than one action-start token (official selection: action
+samples with K >= 2), the head, whose (K, 7) output is compared by L1 with the bin centres of the
+ground-truth action tokens. The total loss is CE + `train.action_head_weight` * L1 (+ z-loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from worldvla.model.action_head import (
+    ActionHead,
+    ActionHeadConfig,
+    bin_centre_targets,
+    prefix_lengths,
+    selectable_rows,
+)
+
+HEAD_PREFIX = "action_head."
+
+
+@dataclass
+class HeadOutput:
+    pred: torch.Tensor | None  # (n, K, 7) normalised actions of the selected rows; None when no row qualifies
+    rows: torch.Tensor  # (B,) bool: rows the head read
+    idle: torch.Tensor | None = None  # no row qualified: 0 x the head's output on a dummy input (see forward)
+
+
+def head_config(overrides: dict, hidden_size: int, chunk_size: int, loss_weight: float) -> ActionHeadConfig:
+    """ActionHeadConfig of a run: official sizes, `overrides` (model.action_head_config) on top; the backbone
+    width, the chunk K and the L1 weight always come from the model, data.chunk_size and train.action_head_weight."""
+    from worldvla.config import ConfigError
+
+    names = {f.name for f in dataclasses.fields(ActionHeadConfig)} - {"hidden_size", "chunk_size", "loss_weight"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"model.action_head_config: unknown field(s) {unknown}; valid: {sorted(names)} "
+                          "(hidden_size and chunk_size follow the model and data.chunk_size; the loss weight is "
+                          "train.action_head_weight)")
+    return ActionHeadConfig(**{**overrides, "hidden_size": hidden_size, "chunk_size": chunk_size,
+                               "loss_weight": loss_weight})
+
+
+class WithActionHead(nn.Module):
+    """A `Transformer` plus an `ActionHead`; `forward(tokens, mask) -> (logits, HeadOutput)`."""
+
+    def __init__(self, transformer: nn.Module, head: ActionHead):
+        super().__init__()
+        self.model = transformer.model  # the same module objects: parameters registered once, official names
+        self.lm_head = transformer.lm_head
+        self.action_head = head
+        self.cfg = transformer.cfg
+        object.__setattr__(self, "core", transformer)  # not a child: its parameters are the ones above
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def forward(self, tokens: torch.Tensor, mask=None) -> tuple[torch.Tensor, HeadOutput]:
+        hidden = self.core.forward_hidden(tokens, mask=mask)  # (B, L, D) after the final RMSNorm
+        logits = self.core.logits(hidden)  # (B, L, V)
+        rows = selectable_rows(tokens)  # (B,)
+        if bool(rows.any()):
+            return logits, HeadOutput(self.action_head(hidden[rows], prefix_lengths(tokens[rows])), rows)  # (n, K, 7)
+        # No action sample in this micro-batch: run the head on one position anyway, at weight 0, so that every
+        # process gets (zero) gradients for every head parameter and FSDP / DDP / ZeRO-3 reduce the same tensors.
+        one = torch.ones(1, dtype=torch.long, device=tokens.device)
+        return logits, HeadOutput(None, rows, self.action_head(hidden[:1, :1], one).sum() * 0.0)
+
+
+def head_l1(out: HeadOutput, labels: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
+    """(mean L1 between the head's output and the bin centres of the label action tokens, rows used).
+
+    0 (attached to every head parameter) and 0 rows when no row of the micro-batch is an action sample."""
+    if out.pred is None:
+        return out.idle, 0
+    try:
+        target = bin_centre_targets(labels[out.rows], chunk_size, out.pred.shape[-1])  # (n, K, 7)
+    except ValueError as err:
+        raise ValueError(f"action head: {err}; data.chunk_size must be the K the shards were made with") from None
+    return (out.pred.float() - target).abs().mean(), int(out.rows.sum())
+
+
+def load_head_weights(head: ActionHead, extras: dict, source: str) -> bool:
+    """Copy `action_head.*` tensors of an init checkpoint into `head`; False when it has none (random init)."""
+    state = {k[len(HEAD_PREFIX):]: v for k, v in extras.items() if k.startswith(HEAD_PREFIX)}
+    if not state:
+        return False
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch
+        raise KeyError(f"model.init_from={source}: its action_head.* tensors do not fit the head: {err}") from None
+    if missing or unexpected:
+        raise KeyError(f"model.init_from={source}: its action_head.* tensors do not fit model.action_head_config "
+                       f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+    return True
