@@ -2,7 +2,8 @@
 policy step's time goes (simulator vs policy), on real LIBERO episodes with a short horizon.
 
 The policy is the tiny random WorldVLA checkpoint when worldvla.eval.policy exists (CPU, 1 thread),
-else the hash policy with --policy-ms of simulated compute per call. Each setting runs in a fresh
+else the hash policy with --policy-ms of simulated compute per call. `--policy tiny-rynnvla` uses a
+tiny RynnVLA-002 checkpoint (wrist view + state in the prompt) in `--action-mode` discrete or continuous. Each setting runs in a fresh
 output directory (no resume, no RNG cache), so env creation and worker start-up are included.
 
     python benchmarks/eval.py [--workers 1 2] [--tasks 0 1] [--trials 3] [--max-steps 40] [--repeats 3]
@@ -17,12 +18,24 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-def make_policy(kind: str, policy_ms: float, workdir: Path):
+def make_policy(kind: str, policy_ms: float, workdir: Path, action_mode: str = "discrete"):
+    if kind == "tiny-rynnvla":
+        from worldvla.eval.policy import WorldVLAPolicy
+        from worldvla.testing.fixtures import make_tiny_assets
+        from worldvla.testing.tiny_rynnvla import write_tiny_rynnvla_checkpoint
+
+        ckpt = write_tiny_rynnvla_checkpoint(workdir / "ckpt", make_tiny_assets(workdir / "assets"), chunk_size=5,
+                                             resolution=256)
+        return (WorldVLAPolicy.from_pretrained(ckpt, device="cpu", action_mode=action_mode),
+                f"tiny RynnVLA-002 checkpoint (wrist + state, {action_mode} actions, CPU)")
     if kind in ("auto", "tiny"):
         try:
             from worldvla.eval.policy import WorldVLAPolicy
@@ -66,6 +79,46 @@ def run(policy, workers: int, args, out: Path) -> dict:
     }
 
 
+def policy_batching(policy, sizes: list[int], threads: int, calls: int = 3) -> list[dict]:
+    """ms per query of `predict_batch` at each batch size, on random 2-frame queries (no simulator)."""
+    rng = np.random.default_rng(0)
+    res = policy.resolution
+
+    def frames():
+        return [rng.integers(0, 256, (res, res, 3), dtype=np.uint8) for _ in range(2)]
+
+    out = []
+    for b in sizes:
+        texts = [f"put the bowl number {i} on the plate" for i in range(b)]
+        images = [frames() for _ in range(b)]
+        wrists = [frames() for _ in range(b)] if getattr(policy, "uses_wrist", False) else None
+        states = [rng.uniform(-0.1, 0.1, 8).astype(np.float32) for _ in range(b)] \
+            if getattr(policy, "uses_state", False) else None
+        best = float("inf")
+        with torch_threads(threads):
+            policy.predict_batch(texts, images, wrists, states)  # warm-up
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                policy.predict_batch(texts, images, wrists, states)
+                best = min(best, time.perf_counter() - t0)
+        out.append({"batch": b, "ms_per_call": 1e3 * best, "ms_per_query": 1e3 * best / b})
+    return out
+
+
+@contextmanager
+def torch_threads(n: int):
+    if "torch" not in sys.modules or not n:
+        yield
+        return
+    torch = sys.modules["torch"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -73,16 +126,21 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=40)
-    parser.add_argument("--policy", choices=["auto", "tiny", "hash"], default="auto")
+    parser.add_argument("--policy", choices=["auto", "tiny", "tiny-rynnvla", "hash"], default="auto")
+    parser.add_argument("--action-mode", choices=["discrete", "continuous"], default="discrete",
+                        help="actions of --policy tiny-rynnvla")
     parser.add_argument("--policy-ms", type=float, default=20.0, help="simulated compute of the hash policy")
     parser.add_argument("--policy-threads", type=int, default=1, help="torch threads of the policy process")
     parser.add_argument("--batch-timeout", type=float, default=0.05, help="EvalConfig.batch_timeout_s")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the best of each is shown")
+    parser.add_argument("--policy-batches", type=int, nargs="*", default=[1, 2, 4],
+                        help="also time predict_batch alone at these batch sizes (nothing: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="worldvla_bench_eval_"))
     try:
-        policy, desc = make_policy(args.policy, args.policy_ms, work)
+        policy, desc = make_policy(args.policy, args.policy_ms, work, args.action_mode)
+        batching = policy_batching(policy, args.policy_batches, args.policy_threads) if args.policy_batches else []
         runs = []  # repeats interleaved (1, N, 1, N, ...) so that load from other jobs hits both alike
         for rep in range(args.repeats):
             for n in args.workers:
@@ -105,8 +163,12 @@ def main() -> None:
         print(f"{r['workers']:>7} {r['episodes']:>8} {r['wall_s']:>7.1f} {r['episodes_per_s']:>6.3f} "
               f"{r['episodes_per_s'] / base:>6.2f}x {r['sim_ms_per_step']:>11.1f} {r['policy_ms_per_step']:>14.1f} "
               f"{r['wait_ms_per_step']:>12.1f} {r['reset_s_per_episode']:>10.2f} {r['mean_batch'] or 0:>5.2f}")
+    if batching:
+        print("policy alone (predict_batch, random 2-frame queries, best of 3): " + ", ".join(
+            f"batch {b['batch']}: {b['ms_per_call']:.0f} ms/call = {b['ms_per_query']:.0f} ms/query" for b in batching))
     if args.json:
-        args.json.write_text(json.dumps({"policy": desc, "best": rows, "all": runs}, indent=2))
+        args.json.write_text(json.dumps({"policy": desc, "best": rows, "all": runs, "policy_batching": batching},
+                                        indent=2))
 
 
 if __name__ == "__main__":

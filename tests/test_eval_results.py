@@ -5,7 +5,15 @@ import json
 import pytest
 
 from worldvla.eval.protocol import EpisodeKey
-from worldvla.eval.results import EpisodeLog, done_keys, final_records, summarize, summary_markdown, wilson_interval
+from worldvla.eval.results import (
+    EpisodeLog,
+    done_keys,
+    final_records,
+    is_multiple_of_0_2_pct,
+    summarize,
+    summary_markdown,
+    wilson_interval,
+)
 from worldvla.eval.rollout import episode_record
 
 
@@ -23,6 +31,27 @@ def test_wilson_interval_known_values():
     lo, hi = wilson_interval(50, 50)
     assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("successes,n", [(1, 50), (17, 50), (230, 500), (499, 500), (3, 7)])
+def test_wilson_bounds_are_where_the_score_test_is_at_its_critical_value(successes, n):
+    """Independent definition: the interval is {p : |p_hat - p| <= z sqrt(p (1 - p) / n)}, so at each
+    bound the score statistic equals z, and just inside it is below z."""
+    z = 1.959963984540054
+    p_hat = successes / n
+    for bound in wilson_interval(successes, n):
+        score = abs(p_hat - bound) / (bound * (1 - bound) / n) ** 0.5
+        assert score == pytest.approx(z, rel=1e-9)
+    lo, hi = wilson_interval(successes, n)
+    for inside in (lo + 1e-6, hi - 1e-6, p_hat):
+        assert abs(p_hat - inside) / (inside * (1 - inside) / n) ** 0.5 < z
+
+
+def test_multiple_of_0_2_pct():
+    assert is_multiple_of_0_2_pct(233 / 500) and is_multiple_of_0_2_pct(0.0) and is_multiple_of_0_2_pct(1.0)
+    assert is_multiple_of_0_2_pct(0.934) and not is_multiple_of_0_2_pct(0.933)  # 93.3 % is not k / 500
+    assert not is_multiple_of_0_2_pct(230 / 499)  # one episode missing
+    assert not is_multiple_of_0_2_pct(231 / 501)  # one episode counted twice
 
 
 def test_episode_log_repairs_a_torn_line_and_appends(tmp_path):
@@ -71,8 +100,9 @@ def test_summary_flags_missing_errors_and_deviations():
     expected = [EpisodeKey("libero_goal", t, j) for t in range(10) for j in range(50)]
     s = summarize(recs, expected, {"deviations": ["max_steps=10 (protocol 300)"]})
     g = s["suites"]["libero_goal"]
-    assert g["missing"] == 2 and g["errors"] == 1 and not g["complete"] and g["multiple_of_0_2_pct"] is None
+    assert g["missing"] == 2 and g["errors"] == 1 and not g["complete"] and g["multiple_of_0_2_pct"] is False
     assert any("missing" in w for w in s["warnings"]) and any("error" in w for w in s["warnings"])
+    assert any("not a multiple of 0.2 %" in w for w in s["warnings"]) and "| NO |" in summary_markdown(s)
     assert not s["protocol_exact"] and "Not protocol-exact" in summary_markdown(s)
 
 

@@ -195,3 +195,20 @@ def test_work_blocks_cover_all_episodes_in_trial_order():
             assert len({(k.suite, k.task) for k in b}) == 1 and [k.trial for k in b] == sorted(k.trial for k in b)
             assert [k.trial for k in b] == list(range(b[0].trial, b[0].trial + len(b)))
     assert [b[0].trial for b in work_blocks(keys, 8)][:4] == [0, 0, 0, 0]  # first runs of every task first
+
+
+@pytest.mark.parametrize("rotvec", [[0.3, -1.2, 2.0], [0.0, 0.0, 3.1], [2.2, 0.4, -1.9]])
+def test_state_is_eef_pos_rotvec_gripper_whatever_the_quaternion_sign(rotvec):
+    """Protocol state: the antipodal quaternion -q (w < 0) must give the same axis-angle as q."""
+    from scipy.spatial.transform import Rotation
+
+    from worldvla.eval.rollout import observe
+
+    q = Rotation.from_rotvec(rotvec).as_quat()  # (x, y, z, w) with w >= 0
+    img = np.zeros((8, 8, 3), np.uint8)
+    for quat in (q, -q):
+        raw = {"agentview_image": img, "robot0_eye_in_hand_image": img, "robot0_eef_pos": np.array([0.1, -0.2, 1.0]),
+               "robot0_eef_quat": quat, "robot0_gripper_qpos": np.array([0.03, -0.03])}
+        state = observe(raw, RolloutOptions(max_steps=1)).state
+        assert state.dtype == np.float32 and state.shape == (8,)
+        np.testing.assert_allclose(state, [0.1, -0.2, 1.0, *rotvec, 0.03, -0.03], rtol=0, atol=1e-5)

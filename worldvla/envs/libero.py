@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -36,6 +37,15 @@ def pick_gl_backend() -> str:
     os.environ.setdefault("PYOPENGL_PLATFORM", backend)
     log.info("MuJoCo rendering backend: %s", backend)
     return backend
+
+
+def load_compiler_before_gl() -> None:
+    """Building a MuJoCo GL (EGL) context and importing torch's compiler stack afterwards (triton loads
+    its own LLVM) segfaults the process. torch imports it lazily (e.g. `nn.init` on the meta device
+    while loading a checkpoint), so when torch is in this process, import it before the first env.
+    Does nothing (and imports nothing) in a process without torch."""
+    if "torch" in sys.modules and "torch._dynamo" not in sys.modules:
+        import torch._dynamo  # noqa: F401
 
 
 def configure_libero(config_dir: str | Path | None = None) -> Path:
@@ -118,6 +128,7 @@ class LiberoEnv:
     """One task of a suite; `reset(episode)` sets the protocol's init state and runs the wait steps."""
 
     def __init__(self, suite: str, task_id: int, resolution: int = 256, env_seed: int = 0):
+        load_compiler_before_gl()  # before any GL context of this process (see the function)
         self.suite_name = suite
         self.suite = get_suite(suite)
         if not 0 <= task_id < self.suite.n_tasks:

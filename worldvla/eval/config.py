@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VIDEO_MODES = ("none", "failures", "all")
+ACTION_MODES = ("discrete", "continuous")  # worldvla.eval.continuous (kept torch-free here)
 
 
 @dataclass
@@ -19,6 +20,9 @@ class EvalConfig:
     # what to evaluate
     policy: str = field(default="", metadata={"help": "checkpoint dir, ws://host:port (policy server) or module:factory"})
     device: str = field(default="cpu", metadata={"help": "torch device of an in-process policy"})
+    action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous (RynnVLA-002 action head); None = the checkpoint's"})
+    expect_wrist: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the wrist view (None = accept either)"})
+    expect_state: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the proprio state (None = accept either)"})
     suites: list[str] = field(default_factory=lambda: ["libero_goal"], metadata={"help": "LIBERO suites, e.g. [libero_goal,libero_10]"})
     tasks: list[int] | None = field(default=None, metadata={"help": "task ids (None = all tasks of each suite)"})
     num_trials: int = field(default=50, metadata={"help": "episodes per task (protocol: 50 init states)"})
@@ -46,6 +50,8 @@ class EvalConfig:
     retry_errors: bool = field(default=True, metadata={"help": "on resume, rerun episodes that ended with an error"})
 
     def __post_init__(self) -> None:
+        if self.action_mode is not None and self.action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES} or null, got {self.action_mode!r}")
         if self.videos not in VIDEO_MODES:
             raise ValueError(f"videos must be one of {VIDEO_MODES}, got {self.videos!r}")
         if not self.suites:

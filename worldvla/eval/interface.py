@@ -2,7 +2,7 @@
 
 A policy is anything with `predict_batch(instructions, images_per_episode, wrists=None, states=None)
 -> list[(K, 7) de-normalised actions]` and the attributes `chunk_size`, `history`, `resolution`
-(optional: `uses_wrist`, `uses_state`, `name`). `WorldVLAPolicy` (worldvla.eval.policy), the
+(optional: `uses_wrist`, `uses_state`, `action_mode`, `name`). `WorldVLAPolicy` (worldvla.eval.policy), the
 websocket client (worldvla.serve.client) and the scripted test policies (worldvla.eval.scripted)
 all qualify. Batching must not change an episode's result: policies decode greedily.
 """
@@ -47,6 +47,7 @@ def policy_info(policy) -> dict:
         "resolution": int(policy.resolution),
         "uses_wrist": bool(getattr(policy, "uses_wrist", False)),
         "uses_state": bool(getattr(policy, "uses_state", False)),
+        "action_mode": str(getattr(policy, "action_mode", "discrete")),
     }
 
 
@@ -66,27 +67,38 @@ def import_object(spec: str):
     return obj
 
 
-def load_policy(spec: str, device: str = "cpu"):
-    """Checkpoint directory, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory."""
+def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None):
+    """Checkpoint directory, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
+
+    `action_mode` (discrete | continuous) selects how a checkpoint produces actions; None keeps the
+    checkpoint's own setting. A server or factory policy has a fixed mode: asking for another is an error."""
     if not spec:
         raise ValueError("no policy given: policy=CKPT_DIR, policy=ws://127.0.0.1:8000 or policy=module:factory")
     if spec.startswith(("ws://", "wss://")):
         from worldvla.serve.client import RemotePolicy
 
-        return RemotePolicy(spec)
+        return _check_mode(RemotePolicy(spec), action_mode, spec)
     path = Path(spec)
     if path.is_dir():
         try:
             from worldvla.eval.policy import WorldVLAPolicy
         except ImportError as err:
             raise ImportError(f"cannot load checkpoint {path}: worldvla.eval.policy unavailable ({err})") from err
-        log.info("loading policy from %s on %s", path, device)
-        return WorldVLAPolicy.from_pretrained(path, device=device)
+        log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")
+        return WorldVLAPolicy.from_pretrained(path, device=device, action_mode=action_mode)
     if ":" in spec and not path.exists():
         factory = import_object(spec)
         is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)
-        return factory if is_instance else factory()
+        return _check_mode(factory if is_instance else factory(), action_mode, spec)
     raise FileNotFoundError(f"policy {spec!r} is not a checkpoint directory, a ws:// URL or module:factory")
+
+
+def _check_mode(policy, action_mode: str | None, spec: str):
+    have = str(getattr(policy, "action_mode", "discrete"))
+    if action_mode is not None and action_mode != have:
+        raise ValueError(f"policy {spec} runs action_mode={have}; action_mode={action_mode} was asked for "
+                         "(a server's mode is set when it starts: python -m worldvla.serve action_mode=...)")
+    return policy
 
 
 def check_chunk(chunk, expected_dim: int = 7) -> np.ndarray:

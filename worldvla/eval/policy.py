@@ -5,8 +5,11 @@ placeholder per history frame (the first query of an episode has one frame), hum
 with 8710; images are tokenised by the bundled VQ-GAN one at a time (so batching never changes
 codes). The K action blocks are decoded greedily under the action mask — in parallel by default,
 sequentially, or with the official unconstrained generate-then-parse — and de-normalised with the
-checkpoint's statistics. `imagine(image, action)` runs the world model: the official world prompt and
-constrained image-token generation, decoded to pixels by the VQ-GAN.
+checkpoint's statistics. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from
+the checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
+de-normalised with the same statistics. `imagine(image, action)` runs the world model: the official
+world prompt and constrained image-token generation, decoded to pixels by the VQ-GAN; with
+`wrist=` the bi-view world model (RynnVLA-002) returns the next third-person and wrist frames.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import torch
 
 from worldvla.data.sequence import SequenceBuilder, action_conversation, world_conversation
 from worldvla.model import generate as G
-from worldvla.model.loading import find_tokenizer_dir, load_model
+from worldvla.model.loading import find_tokenizer_dir, load_checkpoint
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, NormStats, StateTokenizer, TextTokenizer, load_stats
 from worldvla.tokenizers.text import file_sha256
+
+from .continuous import build_action_head, check_action_mode, predict_normalised
 
 log = logging.getLogger(__name__)
 SETTINGS_NAME = "worldvla.json"
@@ -43,6 +48,8 @@ class PolicySettings:
     state_stats: object = "rynnvla_state"
     with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
     with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
+    action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
+    action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
     step: int | None = None
     extra: dict = field(default_factory=dict)
@@ -63,9 +70,17 @@ def _stats(spec) -> NormStats:
 class WorldVLAPolicy:
     def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: PolicySettings,
                  decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
-                 action_mask: bool = True, name: str = "worldvla", compile_step: bool = False):
+                 action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES}")
+        check_action_mode(settings.action_mode)
+        if settings.action_mode == "continuous":
+            if action_head is None:
+                raise ValueError("action_mode=continuous needs the checkpoint's action head (action_head=...)")
+            if action_head.cfg.chunk_size != settings.chunk_size:
+                raise ValueError(f"the action head predicts {action_head.cfg.chunk_size} actions per chunk but "
+                                 f"worldvla.json says chunk_size={settings.chunk_size}")
+        self.action_head = action_head
         self.model, self.text, self.images, self.settings = model, text, images, settings
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
         self.compile_step = compile_step  # torch.compile the one-token step (gpt-fast style; first call compiles)
@@ -83,7 +98,7 @@ class WorldVLAPolicy:
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
         with `tokenizer=<dir>` and the settings as keyword arguments (chunk_size, history, resolution,
-        action_stats, ...). dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
+        action_stats, action_mode, ...). dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
         from worldvla.model.loading import resolve_source
 
         folder = resolve_source(ckpt_dir)
@@ -106,8 +121,13 @@ class WorldVLAPolicy:
                                            base.resolution, device=device)
         if dtype is None:
             dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-        model = load_model(folder, dtype=dtype, device=device)
-        return cls(model, text, images, base, decode=decode, name=folder.name, compile_step=compile_step)
+        check_action_mode(base.action_mode)
+        loaded = load_checkpoint(folder, dtype=dtype, device=device)
+        head = None
+        if base.action_mode == "continuous":
+            head = build_action_head(loaded.extras, base.action_head, str(folder), device, dtype)
+        return cls(loaded.model, text, images, base, decode=decode, name=folder.name, compile_step=compile_step,
+                   action_head=head)
 
     # -- attributes used by the evaluation ---------------------------------------------------------
     @property
@@ -129,6 +149,10 @@ class WorldVLAPolicy:
     @property
     def uses_state(self) -> bool:
         return self.settings.with_state
+
+    @property
+    def action_mode(self) -> str:
+        return self.settings.action_mode
 
     # -- prompts -----------------------------------------------------------------------------------
     def prompt_ids(self, instruction: str, images: Sequence[np.ndarray], wrist: Sequence[np.ndarray] | None = None,
@@ -177,6 +201,8 @@ class WorldVLAPolicy:
         prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
                                    None if states is None else states[i])
                    for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        if self.action_mode == "continuous":
+            return [self.action_tok.unnormalize(a) for a in predict_normalised(self.model, self.action_head, prompts)]
         return [self.action_tok.decode(tokens) for tokens in self.predict_tokens(prompts)]
 
     def predict(self, instruction: str, images: Sequence[np.ndarray], wrist=None, state=None) -> np.ndarray:
@@ -185,18 +211,39 @@ class WorldVLAPolicy:
 
     __call__ = predict
 
-    def imagine(self, image, action, return_tokens: bool = False):
-        """World model: current frame(s) + action(s) -> the next frame (H, W, 3) uint8.
-
-        `image`/`action` may be one frame / one 7-D action or equal-length lists (history)."""
+    def world_prompt_ids(self, image, action, wrist=None) -> list[int]:
+        """The world model's prompt: frame(s) + action(s); with `wrist` the bi-view prompt, each history
+        step holding its third-person and wrist images interleaved `[third, wrist]` before its action."""
         frames = list(image) if isinstance(image, (list, tuple)) else [image]
         acts = np.asarray(action, dtype=np.float64).reshape(-1, G.ACTION_DIM)
         if len(frames) != len(acts):
             raise ValueError(f"{len(frames)} frames but {len(acts)} actions (one action per history frame)")
-        prompt = self.world_builder.prompt(world_conversation(len(frames)), frames, actions=list(acts)).input_ids
+        views = 1
+        if wrist is not None:
+            wrists = list(wrist) if isinstance(wrist, (list, tuple)) else [wrist]
+            if len(wrists) != len(frames):
+                raise ValueError(f"{len(frames)} third-person frames but {len(wrists)} wrist frames")
+            frames = [img for pair in zip(frames, wrists) for img in pair]  # [third_t-1, wrist_t-1, third_t, wrist_t]
+            views = 2
+        conv = world_conversation(len(acts), views=views)
+        return self.world_builder.prompt(conv, frames, actions=list(acts)).input_ids
+
+    def imagine(self, image, action, wrist=None, return_tokens: bool = False):
+        """World model: current frame(s) + action(s) -> the next frame (H, W, 3) uint8.
+
+        `image`/`action` may be one frame / one 7-D action or equal-length lists (history). With
+        `wrist` (the wrist frame(s), as many as `image`) the bi-view world model of RynnVLA-002 runs:
+        both next images are generated (third person, then wrist) and returned as `(third, wrist)`.
+        `return_tokens` also returns the generated image span(s)."""
+        prompt = self.world_prompt_ids(image, action, wrist)
+        views = 1 if wrist is None else 2
         latent = self.resolution // 16  # VQ-GAN downsampling
         span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
-                                self.compile_step)[0]
+                                self.compile_step, n_images=views)[0]
         span = span.cpu().tolist()
-        picture = self.images.tokens_to_image(span)
-        return (picture, span) if return_tokens else picture
+        if wrist is None:
+            picture = self.images.tokens_to_image(span)
+            return (picture, span) if return_tokens else picture
+        spans = tuple(G.split_image_spans(span, views))
+        pictures = tuple(self.images.tokens_to_image(s) for s in spans)
+        return (pictures, spans) if return_tokens else pictures

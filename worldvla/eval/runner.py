@@ -61,7 +61,17 @@ def shard_suffix(shard: str) -> str:
 def default_output_dir(cfg: EvalConfig, info: dict) -> Path:
     name = Path(cfg.policy.rstrip("/")).name.replace(":", "_") or info["name"]
     res = cfg.resolution or info["resolution"]
-    return Path("outputs") / "eval" / f"{'+'.join(cfg.suites)}_{res}_{name}"
+    mode = "" if info["action_mode"] == "discrete" else f"_{info['action_mode']}"
+    return Path("outputs") / "eval" / f"{'+'.join(cfg.suites)}_{res}_{name}{mode}"
+
+
+def check_policy_inputs(cfg: EvalConfig, info: dict) -> None:
+    """A preset written for a wrist/state model (RynnVLA-002) refuses a checkpoint without them, and back."""
+    for key, want, have, what in (("expect_wrist", cfg.expect_wrist, info["uses_wrist"], "wrist view"),
+                                  ("expect_state", cfg.expect_state, info["uses_state"], "proprio state")):
+        if want is not None and want != have:
+            raise ValueError(f"policy {cfg.policy or info['name']} {'reads' if have else 'does not read'} the {what}, "
+                             f"but this configuration says {key}={str(want).lower()}")
 
 
 def run_identity(run: dict) -> dict:
@@ -107,8 +117,9 @@ class Evaluation:
             import torch
 
             torch.set_num_threads(cfg.policy_threads)
-        self.policy = policy if policy is not None else load_policy(cfg.policy, cfg.device)
+        self.policy = policy if policy is not None else load_policy(cfg.policy, cfg.device, cfg.action_mode)
         self.info = policy_info(self.policy)
+        check_policy_inputs(cfg, self.info)
         if cfg.history is not None and cfg.history < 1:
             raise ValueError(f"history must be >= 1, got {cfg.history}")
         factory = make_env_factory(cfg) if cfg.env_factory else None

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.envs.libero import load_compiler_before_gl
+
 from .config import EvalConfig
 from .interface import import_object
 from .protocol import EpisodeKey
@@ -57,6 +59,7 @@ class EpisodeRunner:
     def _env_for(self, key: EpisodeKey):
         if self.env_key != (key.suite, key.task):
             self.close()
+            load_compiler_before_gl()
             t0 = time.perf_counter()
             res = self.cfg.resolution or self.info["resolution"]
             env = self.factory(key.suite, key.task, resolution=res, env_seed=self.cfg.env_seed)

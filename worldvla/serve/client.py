@@ -59,6 +59,7 @@ class RemotePolicy:
         self.resolution = int(info["resolution"])
         self.uses_wrist = bool(info.get("uses_wrist", False))
         self.uses_state = bool(info.get("uses_state", False))
+        self.action_mode = str(info.get("action_mode", "discrete"))
 
     def _call(self, message: dict) -> dict:
         msg_id = next(self._ids)

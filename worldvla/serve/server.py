@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class ServeConfig:
     policy: str = field(default="", metadata={"help": "checkpoint dir or module:factory"})
     device: str = field(default="cpu", metadata={"help": "torch device of the policy"})
+    action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous; None = the checkpoint's"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (localhost: no authentication)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
     max_batch: int = field(default=64, metadata={"help": "most episodes per policy call"})
@@ -166,8 +167,9 @@ class PolicyServer:
             self.port = server.sockets[0].getsockname()[1]
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("serving on %s without authentication: only on a trusted network", self.host)
-            log.info("policy %s (chunk %d, history %d, %d px) at ws://%s:%d", self.info["name"],
-                     self.info["chunk_size"], self.info["history"], self.info["resolution"], self.host, self.port)
+            log.info("policy %s (chunk %d, history %d, %d px, %s actions) at ws://%s:%d", self.info["name"],
+                     self.info["chunk_size"], self.info["history"], self.info["resolution"], self.info["action_mode"],
+                     self.host, self.port)
             self._ready.set()
             await self._stop.wait()
         batcher.cancel()
