@@ -168,15 +168,16 @@ def save_config(obj, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
-def describe(cls, prefix: str = "") -> list[str]:
-    """One `key (type) = default` line per leaf field, for --help."""
+def describe(cls, prefix: str = "", values=None) -> list[str]:
+    """One `key (type) = value` line per leaf field, for --help (`values`: an instance, e.g. a loaded
+    preset; default: the dataclass defaults)."""
     lines = []
-    default = cls()
+    default = cls() if values is None else values
     for f in dataclasses.fields(cls):
         tp = _field_types(cls)[f.name]
         val = getattr(default, f.name)
         if dataclasses.is_dataclass(val):
-            lines += describe(type(val), f"{prefix}{f.name}.")
+            lines += describe(type(val), f"{prefix}{f.name}.", val)
         else:
             doc = f.metadata.get("help", "")
             lines.append(f"  {prefix}{f.name} ({getattr(tp, '__name__', str(tp))}) = {val!r}  {doc}".rstrip())
@@ -193,12 +194,12 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = ""
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML preset (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 or --train.lr 1e-5")
-    config, overrides, i = None, [], 0
+    config, overrides, i, want_help = None, [], 0, False
     while i < len(argv):  # accept `key=v`, `--key=v` and `--key v`
         tok = argv[i]
         if tok in ("-h", "--help"):
-            parser.print_help()
-            parser.exit(0)
+            want_help, i = True, i + 1
+            continue
         if tok == "--config" or tok.startswith("--config="):
             if "=" in tok:
                 config, i = tok.split("=", 1)[1], i + 1
@@ -216,6 +217,14 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = ""
         else:
             parser.error(f"unexpected argument {tok!r} (use key=value)")
     args = argparse.Namespace(config=config)
+    if want_help:  # show the values the preset and overrides give, not only the dataclass defaults
+        try:
+            parser.epilog = "overrides (key=value, any field; values as loaded):\n" + "\n".join(
+                describe(cls, values=load_config(cls, args.config, overrides)))
+        except ConfigError as err:
+            parser.epilog += f"\n\n(could not load {args.config}: {err})"
+        parser.print_help()
+        parser.exit(0)
     try:
         return load_config(cls, args.config, overrides)
     except ConfigError as err:
