@@ -3,12 +3,17 @@
 
 The expert (worldvla/envs/scripted_expert.py) plans pick-and-place from the simulator's object
 poses. Every (task, init state) pair is attempted once; only successful attempts are written (as in
-the released LIBERO data), to `<out>/<task.name>_demo.hdf5`, and every attempt is listed in
-`<out>/success_report.json` (success = the env's own `done`, steps, wall time).
+the released LIBERO data), to `<out>/<task.name>_demo.hdf5` as demo_0, demo_1, ..., and every
+attempt is listed in `<out>/success_report.json` (success = the env's own `done`, i.e. the task's
+BDDL goal; steps; wall time; the machine and its load).
+
+Rerunning the same command resumes: finished tasks are skipped and finished attempts of an
+interrupted task are reused (kept under `<out>/.parts/` until the task's file is written).
+Files are written to a temporary name and renamed, so an interrupted run never leaves a half file.
 
 Example:
-    python libero_util/record_scripted_demos.py --suite libero_object --tasks 0,1 --episodes 0-9 \\
-        --out data/raw/libero_object --resolution 128
+    python libero_util/record_scripted_demos.py suite=libero_object tasks=0-9 episodes=0-9 \\
+        out=data/raw/libero_object resolution=128
 
 See docs/scripted_expert.md for the tasks it solves and measured success rates.
 """
@@ -19,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from worldvla.config import parse_cli  # noqa: E402
+from worldvla.config import parse_cli
 
 
 def main(argv=None) -> dict:

@@ -52,18 +52,37 @@ def test_minor_axis_yaw():
 
 
 @pytest.mark.sim
-def test_expert_solves_libero_object_task(tmp_path):
-    """One init state of 'pick up the alphabet soup and place it in the basket', recorded at 64 px."""
+def test_expert_solves_libero_object_task_and_recording_resumes(tmp_path, monkeypatch):
+    """One init state of 'pick up the alphabet soup and place it in the basket', recorded at 64 px.
+    The run is interrupted after the attempt and before the task's file is written; the rerun must
+    reuse the saved attempt (the expert may not run again), and a third run must skip the task."""
     from worldvla.data.raw_demos import read_raw_demo_file
-    from worldvla.envs.scripted_expert import record_scripted_demos
+    from worldvla.envs import scripted_expert as se
 
     cfg = RecordScriptedConfig(suite="libero_object", tasks="0", episodes="0", out=str(tmp_path), resolution=64)
-    report = record_scripted_demos(cfg, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(se, "_merge_task", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            se.record_scripted_demos(cfg, progress=False)
+    assert (tmp_path / ".parts" / "task_0" / "ep_0.json").is_file()
+    assert not list(tmp_path.glob("*.hdf5")) and not (tmp_path / "success_report.json").exists()
+
+    def no_expert(*args, **kwargs):
+        raise AssertionError("a finished attempt was run again")
+
+    monkeypatch.setattr(se, "run_expert", no_expert)
+    report = se.record_scripted_demos(cfg, progress=False)
     task = report["tasks"]["0"]
     assert task["attempts"] == 1 and task["successes"] == 1, task
     ep = task["episodes"][0]
     assert ep["success"] and ep["steps"] < 200 and ep["demo"] == "demo_0"
-    assert json.loads((tmp_path / "success_report.json").read_text())["success_rate"] == 1.0
+    saved = json.loads((tmp_path / "success_report.json").read_text())
+    assert saved["success_rate"] == 1.0 and saved["machine"]["cores"] >= 1
+    assert not (tmp_path / ".parts").exists()  # merged parts are removed
 
     meta, demos = read_raw_demo_file(tmp_path / task["file"])
     assert meta["language_instruction"] == "pick up the alphabet soup and place it in the basket"
@@ -74,3 +93,12 @@ def test_expert_solves_libero_object_task(tmp_path):
     lim = ExpertConfig().max_action
     assert np.abs(acts[:, :6]).max() <= lim + 1e-9
     assert set(np.unique(acts[:, 6])) == {-1.0, 1.0}  # opened and closed, exactly +-1
+
+    class NoEnv:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a finished task was opened again")
+
+    monkeypatch.setattr("worldvla.envs.libero.LiberoEnv", NoEnv)
+    assert se.record_scripted_demos(cfg, progress=False)["tasks"] == saved["tasks"]
+    with pytest.raises(ValueError, match="run_key"):  # other settings into the same folder: refused
+        se.record_scripted_demos(RecordScriptedConfig(**{**cfg.__dict__, "resolution": 32}), progress=False)

@@ -50,7 +50,7 @@ class ExpertConfig:
     rot_gain: float = 1.0  # rotation action = clip(rot_gain * angle error / ROT_SCALE)
     approach_height: float = 0.08  # hover this far above the grasp point before descending
     grasp_depth: float = 0.03  # grasp this far below an object's top (clamped to its middle)
-    min_grasp_z: float = 0.02  # eef never lower than this above the object's support surface
+    min_grasp_z: float = 0.015  # eef at least this far above the support surface (flat boxes: fingertips at the table)
     lift_clearance: float = 0.06  # carried object's bottom this far above the target's top
     release_clearance: float = 0.025  # lower the object to this far above the target's top, then open
     xy_tol: float = 0.012  # xy error (m) that counts as above a point
@@ -59,6 +59,7 @@ class ExpertConfig:
     release_steps: int = 10  # steps with the gripper open before retreating
     max_phase_steps: int = 80  # a phase that takes longer moves on (approach/carry) or retries the grasp
     max_grasp_tries: int = 2
+    retreat_steps: int = 40  # stop this many steps after the release (or after giving up): no success will follow
     yaw_align: bool = True  # turn the gripper about the vertical to grasp across the narrow side, clear of neighbours
     finger_span: float = 0.075  # widest object the open gripper holds comfortably
 
@@ -317,6 +318,12 @@ class PickPlaceExpert:
     def phase(self) -> str:
         return self.mem.phase
 
+    @property
+    def finished(self) -> bool:
+        """Nothing left to do: retreated long enough after the release, or gave up the grasp. An episode
+        that has not succeeded by then will not, so recording stops instead of idling to max_steps."""
+        return self.mem.phase == "retreat" and self.mem.phase_steps >= self.cfg.retreat_steps
+
     def _goto(self, phase: str) -> None:
         self.mem.phase_log.append((self.mem.phase, self.mem.phase_steps))
         self.mem.phase, self.mem.phase_steps = phase, 0
@@ -349,7 +356,7 @@ class PickPlaceExpert:
         """Direction (yaw, mod pi) in which the fingers close: across the object's narrow side, turned
         as little as needed so that the hand and fingers miss the neighbouring objects."""
         cfg = self.cfg
-        minor, narrow, _ = _minor_axis_yaw(geo.points)
+        minor, _narrow, _ = _minor_axis_yaw(geo.points)
         xy = geo.points[:, :2] - geo.center[:2]
         obstacles = self.scene.obstacles(exclude=self.goal.obj)
         best, best_cost = minor, np.inf
@@ -506,8 +513,8 @@ def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, 
         for ep in iterator:
             expert.reset()
             t0 = time.perf_counter()
-            demo = record_rollout(env, lambda t, obs: expert.act(obs), episode=ep, max_steps=max_steps,
-                                  record_obs=record)
+            demo = record_rollout(env, lambda t, obs: None if expert.finished else expert.act(obs), episode=ep,
+                                  max_steps=max_steps, record_obs=record)
             wall = time.perf_counter() - t0
             expert.mem.phase_log.append((expert.mem.phase, expert.mem.phase_steps))
             res = EpisodeResult(suite, task_id, ep, demo.success, len(demo), wall, list(expert.mem.phase_log),
@@ -558,87 +565,200 @@ class RecordScriptedConfig:
     max_steps: int = 0  # policy-step budget per attempt; 0 = the suite's evaluation budget
     env_seed: int = 0
     keep_failures: bool = False  # also write failed attempts (real LIBERO files hold successes only)
+    overwrite: bool = False  # redo every attempt instead of resuming from <out>/.parts/
 
 
 REPORT_NAME = "success_report.json"
+PARTS_DIR = ".parts"  # finished attempts of unfinished tasks (resume); removed when a task is merged
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def machine_info() -> dict:
+    """Where the figures were measured: they depend on the CPU and on what else ran."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg_1_5_15": [round(x, 2) for x in load]}
+
+
+def _run_key(cfg: RecordScriptedConfig, expert_config: ExpertConfig) -> dict:
+    """What makes a recorded attempt reusable: anything else changes the demos."""
+    return {"suite": cfg.suite, "resolution": cfg.resolution, "max_steps": cfg.max_steps, "env_seed": cfg.env_seed,
+            "keep_failures": cfg.keep_failures, "expert": asdict(expert_config)}
+
+
+def _load_report(path: Path, cfg: RecordScriptedConfig, key: dict) -> dict:
+    import json
+
+    if not path.is_file():
+        return {"tasks": {}}
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete it or pass overwrite=true") from None
+    if report.get("suite") not in (None, cfg.suite):
+        raise ValueError(f"{path}: field 'suite' is {report['suite']!r}, not {cfg.suite!r}; use another out=")
+    if report.get("run_key") not in (None, key) and not cfg.overwrite:
+        raise ValueError(f"{path}: field 'run_key' differs from this run's settings (resolution, max_steps, "
+                         f"env_seed, keep_failures, expert); pass overwrite=true or use another out=")
+    return report
+
+
+def _check_parts(part_dir: Path, key: dict) -> None:
+    """Attempts kept from an interrupted run are reused only if they were made with the same settings."""
+    import json
+
+    stamp = part_dir / "run_key.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != key:
+        raise ValueError(f"{stamp}: attempts recorded with other settings (resolution, max_steps, env_seed, "
+                         f"keep_failures, expert); pass overwrite=true or use another out=")
+    part_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_json(stamp, key)
+
+
+def _task_done(entry: dict | None, episodes: list[int], out: Path) -> bool:
+    return bool(entry) and entry.get("episode_ids") == episodes and (
+        entry.get("file") is None or (out / entry["file"]).is_file())
+
+
+def _attempt(cfg: RecordScriptedConfig, expert_config: ExpertConfig, env, meta: dict, part_dir: Path, ep: int) -> dict:
+    """One attempt, saved as `ep_<ep>.json` (+ `ep_<ep>.hdf5` when kept) in `part_dir`; reused on rerun."""
+    import json
+
+    from worldvla.data.raw_demos import write_raw_demo_file
+
+    entry_path = part_dir / f"ep_{ep}.json"
+    if entry_path.is_file():
+        return json.loads(entry_path.read_text())
+    (res,) = run_expert(cfg.suite, env.task_id, [ep], config=expert_config, env=env, record=True,
+                        max_steps=cfg.max_steps or None, progress=False)
+    entry = res.to_dict()
+    entry["part"] = None
+    if res.success or cfg.keep_failures:
+        entry["part"] = write_raw_demo_file(part_dir / f"ep_{ep}.hdf5", meta, [res.demo]).name
+    _atomic_write_json(entry_path, entry)  # written last: the attempt counts as done only with its demo
+    return entry
+
+
+def _merge_task(path: Path, meta: dict, part_dir: Path, entries: list[dict]) -> list[str]:
+    """Copy the kept attempts, in episode order, into one LIBERO demo file as demo_0, demo_1, ..."""
+    from worldvla.data.raw_demos import RawDemoWriter
+
+    kept = [e for e in entries if e.get("part")]
+    if not kept:
+        for e in entries:
+            e["demo"] = None
+        return []
+    with RawDemoWriter(path, meta) as writer:  # tmp file + rename on a clean exit
+        for e in entries:
+            e["demo"] = writer.copy_from(part_dir / e["part"], "demo_0", f"demo_{len(writer.names)}") \
+                if e.get("part") else None
+    return list(writer.names)
+
+
+def _summarise(report: dict) -> None:
+    tasks = report["tasks"].values()
+    report["attempts"] = sum(t["attempts"] for t in tasks)
+    report["successes"] = sum(t["successes"] for t in tasks)
+    report["success_rate"] = report["successes"] / max(report["attempts"], 1)
 
 
 def record_scripted_demos(cfg: RecordScriptedConfig, expert_config: ExpertConfig | None = None,
                           progress: bool = True) -> dict:
-    """Attempt every (task, episode) with the expert, stream the successful demos of each task into
-    `<out>/<task.name>_demo.hdf5` (raw LIBERO layout), and write `<out>/success_report.json`.
+    """Attempt every (task, episode) with the expert and write, per task, the successful demos to
+    `<out>/<task.name>_demo.hdf5` (raw LIBERO layout) and every attempt to `<out>/success_report.json`.
 
-    The report is merged with an existing one in `out` (task entries of this run replace theirs).
+    Resumable: each finished attempt is kept under `<out>/.parts/task_<id>/` until its task's file is
+    written, and a task whose file and report entry exist for the same episode list is skipped. The
+    report (written atomically after every task) keeps the entries of tasks not in this run.
     Returns the report dict.
     """
-    import json
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from worldvla.data.raw_demos import RawDemoWriter, raw_demo_filename, task_meta_from_env
+    with logging_redirect_tqdm():  # per-attempt log lines above the progress bar, not through it
+        return _record(cfg, expert_config or ExpertConfig(), progress)
+
+
+def _record(cfg: RecordScriptedConfig, expert_config: ExpertConfig, progress: bool) -> dict:
+    import shutil
+
+    from tqdm import tqdm
+
+    from worldvla.data.raw_demos import raw_demo_filename, task_meta_from_env
     from worldvla.envs.libero import LiberoEnv
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     task_ids, episodes = parse_ids(cfg.tasks), parse_ids(cfg.episodes)
-    expert_config = expert_config or ExpertConfig()
+    key = _run_key(cfg, expert_config)
     report_path = out / REPORT_NAME
-    report = {"tasks": {}}
-    if report_path.is_file():
-        try:
-            report = json.loads(report_path.read_text())
-        except json.JSONDecodeError:
-            log.warning("ignoring unreadable %s", report_path)
-        if report.get("suite") not in (None, cfg.suite):
-            raise ValueError(f"{report_path} is for suite {report['suite']}, not {cfg.suite}; use another --out")
-    report.update({"suite": cfg.suite, "resolution": cfg.resolution, "env_seed": cfg.env_seed,
-                   "success_predicate": "env.step done (BDDL goal)", "expert": asdict(expert_config)})
+    if cfg.overwrite:
+        shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    report = {"tasks": {}} if cfg.overwrite else _load_report(report_path, cfg, key)
+    report.update({"suite": cfg.suite, "resolution": cfg.resolution, "env_seed": cfg.env_seed, "run_key": key,
+                   "success_predicate": "env.step done (the task's BDDL goal)"})
     report.setdefault("tasks", {})
+    bar = tqdm(total=len(task_ids) * len(episodes), desc=f"record {cfg.suite}", unit="ep", disable=not progress)
     for tid in task_ids:
+        if _task_done(report["tasks"].get(str(tid)), episodes, out):
+            log.info("%s task %d: already recorded (%s), skipped", cfg.suite, tid, report["tasks"][str(tid)]["file"])
+            bar.update(len(episodes))
+            continue
+        part_dir = out / PARTS_DIR / f"task_{tid}"
+        _check_parts(part_dir, key)
         env = LiberoEnv(cfg.suite, tid, resolution=cfg.resolution, env_seed=cfg.env_seed)
         try:
             meta = {**task_meta_from_env(env), "source": "worldvla scripted expert"}
-            path = out / raw_demo_filename(env.task.name)
-            t0 = time.perf_counter()
             PickPlaceExpert(env, expert_config)  # raises ExpertError now on an unsupported goal
-            writer = RawDemoWriter(path, meta)
-            results = []
-            try:
-                for ep in episodes:
-                    (res,) = run_expert(cfg.suite, tid, [ep], config=expert_config, env=env, record=True,
-                                        max_steps=cfg.max_steps or None, progress=False)
-                    entry = res.to_dict()
-                    entry["demo"] = writer.add(res.demo) if (res.success or cfg.keep_failures) else None
-                    res.demo = None  # free the images
-                    results.append(entry)
-                    if progress:
-                        ok = sum(r["success"] for r in results)
-                        print(f"\r{cfg.suite} task {tid}: {ok}/{len(results)} of {len(episodes)} succeeded",
-                              end="" if len(results) < len(episodes) else "\n", flush=True)
-            except BaseException:
-                writer.abort()
-                raise
-            if writer.names:
-                writer.close()
-            else:  # no demo file without demos
-                writer.abort()
+            entries = []
+            for ep in episodes:
+                entries.append(_attempt(cfg, expert_config, env, meta, part_dir, ep))
+                bar.update(1)
+                bar.set_postfix(task=tid, ok=f"{sum(e['success'] for e in entries)}/{len(entries)}")
+            path = out / raw_demo_filename(env.task.name)
+            names = _merge_task(path, meta, part_dir, entries)
+            if not names:
                 log.warning("%s task %d: no successful demo, no file written", cfg.suite, tid)
-            n_ok = sum(r["success"] for r in results)
-            steps = [r["steps"] for r in results if r["success"]]
+            n_ok = sum(e["success"] for e in entries)
+            steps = [e["steps"] for e in entries if e["success"]]
+            for e in entries:
+                e.pop("part", None)
             report["tasks"][str(tid)] = {
-                "task_name": env.task.name, "language": env.language, "file": path.name if writer.names else None,
-                "attempts": len(results), "successes": n_ok, "success_rate": n_ok / len(results),
-                "mean_steps_success": float(np.mean(steps)) if steps else None,
-                "wall_s": round(time.perf_counter() - t0, 1), "episodes": results,
+                "task_name": env.task.name, "language": env.language, "file": path.name if names else None,
+                "episode_ids": episodes, "attempts": len(entries), "successes": n_ok,
+                "success_rate": n_ok / len(entries), "mean_steps_success": float(np.mean(steps)) if steps else None,
+                "wall_s": round(sum(e["wall_s"] for e in entries), 1), "episodes": entries,
             }
+            report["machine"] = machine_info()
+            _summarise(report)
+            _atomic_write_json(report_path, report)
+            shutil.rmtree(part_dir, ignore_errors=True)
             log.info("%s task %d (%s): %d/%d successes; wrote %d demos to %s", cfg.suite, tid, env.task.name,
-                     n_ok, len(results), len(writer.names), path)
+                     n_ok, len(entries), len(names), path if names else "-")
         finally:
             env.close()
-    tasks = report["tasks"].values()
-    report["attempts"] = sum(t["attempts"] for t in tasks)
-    report["successes"] = sum(t["successes"] for t in tasks)
-    report["success_rate"] = report["successes"] / max(report["attempts"], 1)
-    tmp = report_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(report_path)
-    log.info("success report: %s (%d/%d overall)", report_path, report["successes"], report["attempts"])
+    bar.close()
+    _summarise(report)
+    _atomic_write_json(report_path, report)
+    parts = out / PARTS_DIR
+    if parts.is_dir() and not any(parts.iterdir()):
+        parts.rmdir()
+    log.info("success report: %s (%d/%d attempts succeeded overall)", report_path, report["successes"],
+             report["attempts"])
     return report
