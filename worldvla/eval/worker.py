@@ -125,6 +125,11 @@ def worker_main(wid: int, cfg: EvalConfig, info: dict, out_dir: str, to_main, in
     """Process body. Asks the main process for a block of episodes ("next"), runs it, repeats until
     told to stop; sends ("query", wid, Query) and waits for ("chunk", actions) or ("error", text)."""
     parent = os.getppid()
+    # One software-rendering thread per worker (Mesa llvmpipe; ignored by GPU EGL): llvmpipe's own
+    # threads bought a single worker nothing (221 vs 215 ms/step) and made N workers fight over the
+    # cores (2 workers on 2 cores: 0.95x -> 1.76x episodes/s, benchmarks/README.md). Set
+    # LP_NUM_THREADS yourself to override.
+    os.environ.setdefault("LP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format=f"[worker {wid}] %(levelname)s %(message)s")
     seed_everything(cfg.seed)
     if not cfg.env_factory:
