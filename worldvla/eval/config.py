@@ -21,6 +21,8 @@ class EvalConfig:
     policy: str = field(default="", metadata={"help": "checkpoint dir, ws://host:port (policy server) or module:factory"})
     device: str = field(default="cpu", metadata={"help": "torch device of an in-process policy"})
     action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous (RynnVLA-002 action head); None = the checkpoint's"})
+    tokenizer: str | None = field(default=None, metadata={"help": "folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt, for a checkpoint without tokenizer/ (official release)"})
+    policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one (official release), e.g. {chunk_size: 10, resolution: 512, action_stats: worldvla}"})
     expect_wrist: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the wrist view (None = accept either)"})
     expect_state: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the proprio state (None = accept either)"})
     suites: list[str] = field(default_factory=lambda: ["libero_goal"], metadata={"help": "LIBERO suites, e.g. [libero_goal,libero_10]"})

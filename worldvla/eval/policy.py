@@ -110,8 +110,9 @@ class WorldVLAPolicy:
         for k, v in settings.items():
             if v is not None:
                 setattr(base, k, v)
-        if not path.is_file():
-            log.info("%s has no %s: using %s", folder, SETTINGS_NAME, base)
+        if not path.is_file():  # official release: wrong K / resolution / stats would fail silently, so say it
+            log.warning("%s has no %s: assuming %s (pass chunk_size=, resolution=, action_stats=, ... for "
+                        "another setup, e.g. chunk_size=10 for libero_10, resolution=512)", folder, SETTINGS_NAME, base)
         tok_dir = find_tokenizer_dir(folder, tokenizer)
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:

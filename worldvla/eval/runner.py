@@ -117,7 +117,9 @@ class Evaluation:
             import torch
 
             torch.set_num_threads(cfg.policy_threads)
-        self.policy = policy if policy is not None else load_policy(cfg.policy, cfg.device, cfg.action_mode)
+        if policy is None:
+            policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+        self.policy = policy
         self.info = policy_info(self.policy)
         check_policy_inputs(cfg, self.info)
         if cfg.history is not None and cfg.history < 1:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
         return 2
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode)
+    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
     seed_everything(cfg.seed)  # again: torch is imported by now
     server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)))
     try:

@@ -32,6 +32,8 @@ class ServeConfig:
     policy: str = field(default="", metadata={"help": "checkpoint dir or module:factory"})
     device: str = field(default="cpu", metadata={"help": "torch device of the policy"})
     action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous; None = the checkpoint's"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder for a checkpoint without tokenizer/ (official release)"})
+    policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one, e.g. {chunk_size: 10}"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (localhost: no authentication)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
     max_batch: int = field(default=64, metadata={"help": "most episodes per policy call"})
