@@ -152,9 +152,11 @@ def run(cfg: DemoConfig) -> Path:
         stamp = _stamp(out, "fit-vqgan")
         refit = not (stamp.is_file() and json.loads(stamp.read_text()).get("args") == fit_args)
         times["fit-vqgan"] = _run(out, "fit-vqgan", fit_args)
-        if refit:  # new VQ-GAN weights: the tokens and everything after them are stale
+        if refit:  # new VQ-GAN weights: the tokens and everything after them are stale, outputs included
             for stage in ("pretokenize-world", "pretokenize-action", "concat", "train", "eval", "imagine"):
                 _stamp(out, stage).unlink(missing_ok=True)
+            for stale in (tokens, out / "train", out / "eval", out / "imagine"):
+                shutil.rmtree(stale, ignore_errors=True)
     action_json = convs / f"libero_{short}_his_2_train_img_only_ck_{cfg.chunk_size}_{cfg.resolution}.json"
     world_json = convs / f"libero_{short}_his_1_train_a2i_{cfg.resolution}.json"
     common = [f"tokenizer.path={tok_dir}", f"tokenizer.resolution={cfg.resolution}", f"frame_cache={tokens / 'frames'}"]
