@@ -33,3 +33,13 @@ def image_tokenizer(tiny_assets, text_tokenizer):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny convolutions and matmuls: on a shared 2-core runner two threads are ~20x slower than one.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    from worldvla.testing.tiny_model import one_torch_thread
+
+    with one_torch_thread():
+        yield

@@ -11,13 +11,7 @@ from worldvla.eval.imagine import imagine_batch, imagine_views, main, world_prom
 R = 128  # tiny checkpoints run at 128 px in these tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny convolutions and matmuls: on a shared 2-core runner two threads are ~20x slower than one."""
-    from worldvla.testing.tiny_model import one_torch_thread
-
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

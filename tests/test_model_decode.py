@@ -6,13 +6,9 @@ import torch
 from worldvla import vocab as V
 from worldvla.model import generate as G
 from worldvla.model.masks import reference_mask
-from worldvla.testing.tiny_model import make_tiny_model, one_torch_thread
+from worldvla.testing.tiny_model import make_tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def random_prompt(seed: int, n_images: int = 2, side: int = 4) -> list[int]:

@@ -9,16 +9,13 @@ import torch
 
 from worldvla.model import convert
 from worldvla.model.loading import load_checkpoint, load_model, read_state_dict, resolve_source, save_model
-from worldvla.testing.tiny_model import make_tiny_model, one_torch_thread, write_tiny_checkpoint
+from worldvla.testing.tiny_model import make_tiny_model, write_tiny_checkpoint
 from worldvla.tokenizers import ActionTokenizer
 
 INSTRUCTION = "put the bowl on the stove"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

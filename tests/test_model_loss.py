@@ -7,17 +7,14 @@ import torch
 
 from worldvla import vocab as V
 from worldvla.model.masks import batch_mask
-from worldvla.testing.tiny_model import make_tiny_model, one_torch_thread
+from worldvla.testing.tiny_model import make_tiny_model
 from worldvla.train.loss import LossConfig, compute_loss
 
 VOCAB = 16640
 IGN = V.IGNORE_INDEX
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def peaked_logits(targets_and_heights, length):

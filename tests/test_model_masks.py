@@ -9,15 +9,11 @@ import torch
 from worldvla import vocab as V
 from worldvla.data.sequence import SequenceBuilder, Span, action_conversation, world_conversation
 from worldvla.model import masks as M
-from worldvla.testing.tiny_model import one_torch_thread
 
 A0, A1 = V.ACTION_START_ID, V.ACTION_END_ID
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def random_layout(rng, allow_malformed=True) -> list[int]:

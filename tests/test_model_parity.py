@@ -16,17 +16,13 @@ from worldvla import vocab as V
 from worldvla.model.loading import load_checkpoint, load_model
 from worldvla.model.masks import dense_mask, reference_mask, to_additive
 from worldvla.model.transformer import ModelConfig, Transformer
-from worldvla.testing.tiny_model import one_torch_thread
 
 transformers = pytest.importorskip("transformers")
 ATOL = 1e-5
 N_HEADS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def hf_reference(tokenizer_json, seed=0, swin_norm=False, per_head_qk=False, impl="eager"):

@@ -9,12 +9,7 @@ from worldvla.eval.imagine import imagine_views, world_prompt
 R = 128  # 8x8 codes per image: fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    from worldvla.testing.tiny_model import one_torch_thread
-
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from worldvla import vocab as V
 from worldvla.model.vqgan import VQGANConfig, load_vqgan
 from worldvla.tokenizers.image import ImageTokenizer, codes_to_tokens, image_token_count, tokens_to_codes
-from worldvla import vocab as V
 
 
 def _hf_vqvae(cfg: VQGANConfig, state: dict):
