@@ -1,7 +1,7 @@
 """Single source of truth for the token ids of the official WorldVLA / RynnVLA-002 format.
 
 Every id below is the one hard-coded (or derived by the `<reservedNNNNN>` -> NNNNN + 4 rule) in the
-official code; see docs/compatibility.md and ../shared/design/official_format.md section 0.
+official code; see docs/compatibility.md and docs/official_format.md section 0.
 `Vocab.from_tokenizer_file` looks each one up by *name* in `text_tokenizer.json` and refuses a file
 where a name does not sit at its official id, so a wrong tokenizer fails at start-up, not as 0 %.
 """

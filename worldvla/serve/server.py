@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worldvla.eval.config import DecodeConfig
 from worldvla.eval.interface import check_chunk, policy_info
 
 from . import wire
@@ -34,6 +35,7 @@ class ServeConfig:
     action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous; None = the checkpoint's"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder for a checkpoint without tokenizer/ (official release)"})
     policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one, e.g. {chunk_size: 10}"})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decode.mode / decode.compile"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (localhost: no authentication)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
     max_batch: int = field(default=64, metadata={"help": "most episodes per policy call"})
