@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("worldvla.train", "train (accelerate: single process, FSDP or DeepSpeed)"),
     "eval": ("worldvla.eval.libero", "LIBERO rollout evaluation"),
     "imagine": ("worldvla.eval.imagine", "world-model imagination and video metrics"),
+    "open-loop": ("worldvla.eval.open_loop", "free-running action error vs the expert, by chunk position"),
     "metrics": ("worldvla.eval.video_metrics", "PSNR / SSIM / LPIPS / FVD of rollout videos"),
     "serve": ("worldvla.serve.server", "websocket policy server"),
 }

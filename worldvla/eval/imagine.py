@@ -15,12 +15,19 @@ prompt holds the current third-person and wrist frames and the action, the answe
 third-person image followed by the next wrist image; both views are rolled out, shown in the strips
 (truth over imagined, one pair of rows per view) and scored (`inf` third-person, `inf_wrist`).
 Use `image_dir=imgs_third_view` with the RynnVLA-002 export layout.
+
+`sensitivity=true` measures how much the imagined frames depend on the action: the same trajectories
+are also imagined with their actions shuffled within the trajectory (seeded by `shuffle_seed` and the
+trajectory's name) and with zero actions. The report gains the rows `<view>_shuffled_actions` and
+`<view>_zero_actions` and the gap (PSNR / SSIM with the true actions minus with the altered ones) per
+horizon; a world model that ignores its action has a gap of exactly zero.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +62,8 @@ class ImagineConfig:
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim"])  # + lpips, fvd (weights in metrics_dir)
     metrics_dir: str = "ckpts/metrics"
     min_frames: int = 2  # shortest clip scored (the papers use >= 10 frames for FVD)
+    sensitivity: bool = False  # also imagine with shuffled-within-trajectory and zero actions; report the gap
+    shuffle_seed: int = 0
     out_dir: str = "outputs/imagine"
     fps: int = 4
     device: str = "cpu"
@@ -115,6 +124,28 @@ def imagine_batch(policy, start_frames, actions: np.ndarray, feed_back: str = "p
     return imagine_views(policy, frames[:, None], actions, feed_back, wording)[:, :, 0]
 
 
+ACTION_VARIANTS = ("shuffled_actions", "zero_actions")  # the sensitivity rows, next to the true actions
+
+
+def shuffled_actions(actions: np.ndarray, seed: int, name: str) -> np.ndarray:
+    """The (H, 7) actions of one trajectory in a seeded random order that is never the identity (H >= 2);
+    the seed mixes in the trajectory's name, so a trajectory gets the same order in any batch."""
+    actions = np.asarray(actions)
+    if len(actions) < 2:
+        raise ValueError(f"{name}: shuffling needs at least 2 actions (horizon >= 2), got {len(actions)}")
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    order = rng.permutation(len(actions))
+    if np.array_equal(order, np.arange(len(actions))):
+        order = np.roll(order, 1)
+    return actions[order]
+
+
+def action_variants(actions: np.ndarray, names: list[str], seed: int) -> dict[str, np.ndarray]:
+    """(B, H, 7) true actions -> {variant: (B, H, 7)} for ACTION_VARIANTS."""
+    return {"shuffled_actions": np.stack([shuffled_actions(a, seed, n) for a, n in zip(actions, names)]),
+            "zero_actions": np.zeros_like(actions)}
+
+
 def view_dirs(cfg: ImagineConfig) -> list[str]:
     return [cfg.image_dir, cfg.wrist_dir] if cfg.wrist else [cfg.image_dir]
 
@@ -162,24 +193,34 @@ def save_gif(gt: np.ndarray, gen: np.ndarray, path: Path, fps: int) -> None:
     imageio.mimsave(path, frames, duration=1.0 / max(fps, 1), loop=0)
 
 
-def run(cfg: ImagineConfig, policy=None) -> dict:
+def run(cfg: ImagineConfig, policy=None, imagine=None) -> dict:
+    """`imagine(start_views (B, V, R, R, 3), actions (B, H, 7)) -> (B, H, V, R, R, 3)` defaults to the
+    policy's world model (`imagine_views`); tests pass toy world models here."""
     from worldvla.eval.policy import WorldVLAPolicy
     from worldvla.eval.video_metrics import evaluate_sets, write_metrics_report
 
-    if policy is None:
-        if not cfg.checkpoint:
-            raise ValueError("checkpoint=<folder> is required")
-        policy = WorldVLAPolicy.from_pretrained(cfg.checkpoint, device=cfg.device, tokenizer=cfg.tokenizer)
+    if imagine is None:
+        if policy is None:
+            if not cfg.checkpoint:
+                raise ValueError("checkpoint=<folder> is required")
+            policy = WorldVLAPolicy.from_pretrained(cfg.checkpoint, device=cfg.device, tokenizer=cfg.tokenizer)
+
+        def imagine(start, acts):
+            return imagine_views(policy, start, acts, cfg.feed_back, cfg.prompt)
     out = Path(cfg.out_dir)
     (out / "strips").mkdir(parents=True, exist_ok=True)
     trajs = load_trajectories(cfg)
     names, gts, gens = [], [], []
-    bar = tqdm(total=len(trajs), desc="imagine", unit="traj")
+    variants: dict[str, list] = {v: [] for v in ACTION_VARIANTS} if cfg.sensitivity else {}
+    bar = tqdm(total=len(trajs), desc="imagine" + (" (true, shuffled, zero actions)" if variants else ""), unit="traj")
     for i in range(0, len(trajs), cfg.batch_size):
         chunk = trajs[i : i + cfg.batch_size]
         h = min(len(f) for _, f, _ in chunk) - 1  # batch rows share one horizon
-        imagined = imagine_views(policy, np.stack([f[0] for _, f, _ in chunk]), np.stack([a[:h] for _, _, a in chunk]),
-                                 cfg.feed_back, cfg.prompt)
+        start, acts = np.stack([f[0] for _, f, _ in chunk]), np.stack([a[:h] for _, _, a in chunk])
+        imagined = imagine(start, acts)
+        if variants:
+            for variant, altered in action_variants(acts, [n for n, _, _ in chunk], cfg.shuffle_seed).items():
+                variants[variant] += list(imagine(start, altered))
         for (name, frames, _), gen in zip(chunk, imagined):
             save_strip(frames[1 : h + 1], gen, out / "strips" / f"{name}.png")
             save_gif(frames[1 : h + 1], gen, out / "strips" / f"{name}.gif", cfg.fps)
@@ -190,9 +231,9 @@ def run(cfg: ImagineConfig, policy=None) -> dict:
     bar.close()
     results = {}
     for v, label in enumerate(["inf", "inf_wrist"][: len(view_dirs(cfg))]):  # one report row per view
-        results.update({label: evaluate_sets([g[:, v] for g in gts], {"inf": [p[:, v] for p in gens]},
-                                             metrics=cfg.metrics, metrics_dir=cfg.metrics_dir,
-                                             min_frames=cfg.min_frames, clip_names=names)["inf"]})
+        sets = {label: [p[:, v] for p in gens], **{f"{label}_{k}": [p[:, v] for p in clips] for k, clips in variants.items()}}
+        results.update(evaluate_sets([g[:, v] for g in gts], sets, metrics=cfg.metrics, metrics_dir=cfg.metrics_dir,
+                                     min_frames=cfg.min_frames, clip_names=names))
     files = write_metrics_report(results, out, cfg.suite)
     summary = {"trajectories": names, "horizon": cfg.horizon, "views": view_dirs(cfg), "report": {k: str(v) for k, v in files.items()},
                "strips": str(out / "strips")}

@@ -90,6 +90,9 @@ class TrainOptions:
     save_dtype: str = "bfloat16"  # dtype of the exported model weights (the resume state stays fp32)
     resume: str = "auto"  # auto (newest checkpoint in output_dir, if any) | none | a checkpoint folder
     nan_check: bool = True  # stop with the step and batch named when the loss is not finite
+    # > 0: after each validation and at the end, decode up to this many action samples of data.val free-running
+    # (worldvla.eval.open_loop: L1 to the expert by chunk position; single process only). 0 = off
+    open_loop_samples: int = 0
 
 
 @dataclass

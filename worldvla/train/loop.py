@@ -262,6 +262,23 @@ def evaluate(run: Run, val: TrainSet) -> dict:
     return {f"val_{k}": s[i] / s[len(TERMS) + i] for i, k in enumerate(TERMS) if s[len(TERMS) + i] > 0}
 
 
+def open_loop(run: Run, val: TrainSet, step: int) -> dict:
+    """Free-running action decoding on data.val (train.open_loop_samples > 0): what teacher-forced loss
+    cannot show, the error of action k given the model's own actions 1..k-1 (worldvla.eval.open_loop)."""
+    n = run.cfg.train.open_loop_samples
+    if n <= 0:
+        return {}
+    if run.acc.num_processes > 1:
+        if run.acc.is_main_process and step == run.plan.steps_per_epoch:
+            log.warning("train.open_loop_samples: skipped with %d processes (decoding needs the whole model on "
+                        "one process; run python -m worldvla.eval.open_loop on a checkpoint)", run.acc.num_processes)
+        return {}
+    from worldvla.eval.open_loop import trainer_metrics
+
+    return trainer_metrics(run.acc.unwrap_model(run.model), run.cfg.data, run.cfg.model.action_mask, val, n,
+                           run.out_dir / "open_loop" / f"step_{step:08d}.json", str(run.acc.device))
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 def save(run: Run, step: int) -> Path:
     plan = run.plan
@@ -315,10 +332,12 @@ def train(cfg: TrainConfig) -> dict:
             if step % cfg.logging.log_every == 0 or step == run.total_steps:
                 logger.log(window.record(run, step, res))
             if step % spe == 0 and val is not None:
-                logger.log({"step": step, "epoch": step / spe, **evaluate(run, val)})
+                logger.log({"step": step, "epoch": step / spe, **evaluate(run, val), **open_loop(run, val, step)})
             if _due(run, step):
                 save(run, step)
         del batches, loader
+    if val is not None and cfg.train.open_loop_samples > 0 and step % spe != 0:
+        logger.log({"step": step, "epoch": step / spe, **open_loop(run, val, step)})  # the final model too
     last_saved = save(run, step)  # the final state (returns the folder when this step is already saved)
     plot = logger.close(cfg.logging.plot)
     acc.wait_for_everyone()

@@ -126,6 +126,79 @@ def plot_metric(results: Mapping, key: str, path: str | os.PathLike, title: str 
     return path
 
 
+# -- action sensitivity (worldvla.eval.imagine sensitivity=true) -------------------------------------
+VARIANT_SUFFIXES = ("_shuffled_actions", "_zero_actions")  # rows imagined with altered actions
+GAP_METRICS = ("psnr", "ssim")
+
+
+def action_gap(results: Mapping) -> dict:
+    """{base row: {variant: gap}} for every row `<base><suffix>` whose base row (imagined with the true
+    actions) is present. A gap is metric(true actions) - metric(altered actions), overall (`summary`) and
+    per horizon (`per_frame`), for PSNR [dB] and SSIM: positive when the true actions predict the frames
+    better, exactly zero for a world model that ignores its action."""
+    rows = _rows(results)
+    out: dict[str, dict] = {}
+    for name, res in rows.items():
+        for suffix in VARIANT_SUFFIXES:
+            base = name[: -len(suffix)] if name.endswith(suffix) else None
+            if not base or base not in rows:
+                continue
+            ref = rows[base]
+            gap = {"variant": suffix[1:], "num_clips": res.get("num_clips"), "summary": {}, "per_frame": {}}
+            for key in GAP_METRICS:
+                a, b = ref.get("summary", {}).get(key), res.get("summary", {}).get(key)
+                if a is not None and b is not None:
+                    gap["summary"][key] = float(a) - float(b)
+                ca, cb = ref.get("per_frame", {}).get(key, []), res.get("per_frame", {}).get(key, [])
+                if ca and cb:
+                    gap["per_frame"][key] = [float(x) - float(y) for x, y in zip(ca, cb)]
+            out.setdefault(base, {})[suffix[1:]] = gap
+    return out
+
+
+def gap_markdown(gaps: Mapping) -> str:
+    lines = ["### Action sensitivity: true actions minus shuffled / zero actions", "",
+             ("Gap = metric of the frames imagined with the recorded actions minus the metric with the actions "
+              "shuffled within the trajectory (or all zero); > 0: the world model uses the action."), "",
+             "| view | variant | clips | PSNR gap [dB] | SSIM gap x 100 | PSNR gap by horizon h = 1, 2, ... |",
+             "|---|---|---:|---:|---:|---|"]
+    for base, per in gaps.items():
+        for variant, g in per.items():
+            curve = ", ".join(f"{v:.2f}" for v in g["per_frame"].get("psnr", []))
+            lines.append(f"| {base} | {variant} | {g.get('num_clips', '-')} | {_fmt(g['summary'].get('psnr'), 1.0)} | "
+                         f"{_fmt(g['summary'].get('ssim'), 100.0)} | {curve} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_action_gap(gaps: Mapping, path: str | os.PathLike, title: str = "") -> Path:
+    """One PNG: PSNR (left) and SSIM x 100 (right) gap against the horizon, one line per view x variant."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (key, scale, label) in enumerate((("psnr", 1.0, "PSNR gap [dB]"), ("ssim", 100.0, "SSIM gap x 100"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for base, per in gaps.items():
+            for variant, g in per.items():
+                ys = [v * scale for v in g["per_frame"].get(key, [])]
+                if ys:
+                    ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=f"{base}: true - {variant}")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("horizon h")
+        ax.set_ylabel(label + " (> 0: uses the action)")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or "world model: true-action minus altered-action metric")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
 def write_metrics_report(results: Mapping, out_dir: str | os.PathLike, suite: str) -> dict[str, Path]:
     """Write `<suite>_metrics.json`, `<suite>_metrics.md` and `<suite>_<metric>_vs_horizon.png` (one per
     metric present) into `out_dir`. `results` is one result of `evaluate_sets`/`evaluate_clips` or a
@@ -135,8 +208,13 @@ def write_metrics_report(results: Mapping, out_dir: str | os.PathLike, suite: st
     rows = _rows(results)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in suite)
     paths = {"json": out / f"{safe}_metrics.json", "markdown": out / f"{safe}_metrics.md"}
-    paths["json"].write_text(json.dumps(_clean({"suite": suite, "results": rows}), indent=2, allow_nan=False))
-    paths["markdown"].write_text(markdown_table(rows, suite))
+    gaps = action_gap(rows)
+    payload = {"suite": suite, "results": rows, **({"action_sensitivity": gaps} if gaps else {})}
+    paths["json"].write_text(json.dumps(_clean(payload), indent=2, allow_nan=False))
+    paths["markdown"].write_text(markdown_table(rows, suite) + (("\n" + gap_markdown(gaps)) if gaps else ""))
+    if gaps:
+        paths["action_gap"] = plot_action_gap(gaps, out / f"{safe}_action_gap_vs_horizon.png",
+                                              f"{suite}: true-action minus altered-action metric")
     for key, *_ in COLUMNS:
         present = any(key in r.get("summary", {}) or key in r.get("per_frame", {}) for r in rows.values())
         if present:
