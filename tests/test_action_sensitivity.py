@@ -43,8 +43,7 @@ def _export(root, n_traj=3, n_frames=H + 1):
 
 
 def ignores_action(start, actions):
-    b, h = actions.shape[:2]
-    return np.repeat(start[:, None], h, axis=1)
+    return np.repeat(start[:, None], actions.shape[1], axis=1)
 
 
 def copies_action(start, actions):

@@ -1,6 +1,8 @@
-"""The demo pipeline (worldvla/demo.py) end to end on a smaller setting: one scripted demo at 64 px,
-a few training steps, one short LIBERO episode, one imagined trajectory. Checks that the report
-folder is complete and well formed, and that a rerun skips every finished stage."""
+"""The demo pipeline (worldvla/demo.py) end to end on a smaller setting: two scripted demos at 64 px
+(one trains, one is held out), a few training steps of the action-mask model and of the causal-mask
+ablation, one short LIBERO episode, open-loop decoding and one imagined trajectory (true, shuffled and
+zero actions) on the held-out demo. Checks that the report folder is complete and well formed, that
+the two claims' measurements are on the held-out trajectory, and that a rerun skips every finished stage."""
 
 import json
 import re
@@ -8,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -15,9 +18,9 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 def _small(out):
     from worldvla.demo import DemoConfig
 
-    return DemoConfig(out=str(out), tasks="0", episodes="0", record_resolution=64, resolution=64, train_steps=12,
-                      batch_size=4, eval_trials=1, eval_max_steps=10, workers=1, horizon=2,
-                      imagine_trajectories=1, report_videos=1)
+    return DemoConfig(out=str(out), tasks="0", episodes="0-1", train_ratio=0.5, record_resolution=64, resolution=64,
+                      train_steps=12, batch_size=4, eval_trials=1, eval_max_steps=10, workers=1, horizon=2,
+                      imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan_fit_seconds=10)
 
 
 def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
@@ -30,7 +33,8 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
     report = demo.run(cfg)
 
     summary = (report / "summary.md").read_text()
-    for heading in ("Scripted expert", "Training", "LIBERO evaluation", "World-model imagination", "Stage times"):
+    for heading in ("Scripted expert", "Training", "LIBERO evaluation", "World-model imagination",
+                    "two claims, measured on held-out trajectories", "Stage times"):
         assert heading in summary, heading
     linked = set(re.findall(r"\]\(([^)]+)\)", summary))
     assert linked and all((report / name).is_file() for name in linked), linked  # every link resolves
@@ -48,11 +52,31 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
         assert reader.get_next_data().ndim == 3
 
     expert = json.loads((tmp_path / "demo" / "raw" / "success_report.json").read_text())
-    assert expert["tasks"]["0"]["successes"] == 1  # the demo trains on the expert's demonstration
+    assert expert["tasks"]["0"]["successes"] == 2  # one demonstration trains, the other is held out
     assert "| 0 | 0 |" in summary  # the eval table lists task 0, trial 0
     log = [json.loads(line) for line in (tmp_path / "demo" / "train" / "train_log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in log if "loss" in r) == cfg.train_steps
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    causal_log = (tmp_path / "demo" / "train_causal" / "train_log.jsonl").read_text().splitlines()
+    assert max(json.loads(line).get("step", 0) for line in causal_log) == cfg.train_steps  # same steps
+    runs = {d: yaml.safe_load((tmp_path / "demo" / d / "config.yaml").read_text()) for d in ("train", "train_causal")}
+    assert runs["train"]["model"]["action_mask"] is True and runs["train_causal"]["model"]["action_mask"] is False
+    for key in ("seed", "max_steps", "lr", "batch_size"):
+        assert runs["train"]["train"][key] == runs["train_causal"]["train"][key]
+    assert runs["train"]["data"]["train"] == runs["train_causal"]["data"]["train"]
+
+    # the claims: both models decoded the held-out samples; the world model imagined the held-out trajectory
+    manifest = json.loads((tmp_path / "demo" / "convs" / "libero_object_64_conversations_manifest.json").read_text())
+    assert len(manifest["splits"]["train"]) == 1 and len(manifest["splits"]["val_ind"]) == 1
+    held = manifest["splits"]["val_ind"][0].replace("/", "__")
+    for folder, decode in (("mask", "parallel"), ("causal", "sequential")):
+        res = json.loads((tmp_path / "demo" / "open_loop" / folder / "open_loop_val_ind.json").read_text())
+        assert res["n_samples"] == 4 and res["decode"] == decode and len(res["l1_by_position"]) == cfg.chunk_size
+    assert {"open_loop_mask_vs_causal.png", "libero_object_action_gap_vs_horizon.png"} <= linked
+    assert "each of 4 held-out action samples" in summary and "1 held-out trajectories imagined" in summary
+    assert [g.name for g in gifs] == [f"{held}.gif"]  # the imagined trajectory is the held-out one
+    metrics = json.loads((tmp_path / "demo" / "imagine" / "libero_object_metrics.json").read_text())
+    assert len(metrics["action_sensitivity"]["inf"]["shuffled_actions"]["per_frame"]["psnr"]) == cfg.horizon
 
     def no_stage(*args, **kwargs):
         raise AssertionError(f"a finished stage ran again: {args}")

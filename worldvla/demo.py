@@ -11,9 +11,15 @@ Stages (each through the same CLI a full-scale user runs):
   pretokenize  world and action token shards, one frame cache              data/pretokenize.py
   concat       world + action -> one training set                          data/concatenate.py
   train        tiny Chameleon, action mask, official loss                  python -m worldvla.train (configs/tiny.yaml)
+  train-causal the same run (data, steps, seed) with the causal mask         ... model.action_mask=false
   eval         LIBERO rollouts of the demo tasks, videos                   python -m worldvla.eval.libero
-  imagine      world-model rollouts vs ground truth, GIFs, metrics         python -m worldvla.eval.imagine
+  open-loop    both models decode the held-out action samples free-running  python -m worldvla.eval.open_loop
+  imagine      world-model rollouts of held-out trajectories with true,   python -m worldvla.eval.imagine
+               shuffled and zero actions: GIFs, metrics, the action gap
 and a report folder `<out>/report/` with the loss curve, videos, GIFs and summary.md.
+
+Held out: `train_ratio` of each task's demos train the models, the remaining whole trajectories
+(the official `val_ind` split) are where the open-loop error and the imagination are measured.
 
 Resumable: a finished stage leaves `<out>/.stages/<stage>.json` (its arguments and time) and is
 skipped when rerun with the same arguments; an interrupted stage resumes through its own CLI.
@@ -45,22 +51,28 @@ class DemoConfig:
     out: str = "outputs/demo"  # everything the demo writes
     suite: str = "libero_object"  # tasks the scripted expert solves (docs/scripted_expert.md)
     tasks: str = "0"  # task ids, e.g. 0 or 0,1 or 0-2
-    episodes: str = "0-4"  # init states recorded per task (only successes become demos)
+    episodes: str = "0-9"  # init states recorded per task (only successes become demos)
+    train_ratio: float = 0.7  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
     resolution: int = 64  # model / regenerated image px (multiple of 16); the tiny VQ-GAN makes (px/8)^2 codes
     chunk_size: int = 5  # K actions per chunk
-    train_steps: int = 300  # tiny-model optimizer steps
+    train_steps: int = 300  # tiny-model optimizer steps (both runs)
+    causal: bool = True  # also train the causal-mask ablation (configs/ablation_no_action_mask.yaml's switch)
+    model_dim: int = 64  # tiny model width (64 = the tiny preset)
+    model_layers: int = 2
     batch_size: int = 8
     lr: float = 3.0e-3  # a toy model on a few demos learns at a toy learning rate
     world_weight: float = 0.04  # official world-loss weight
-    eval_trials: int = 2  # LIBERO episodes per task in the eval stage
+    eval_trials: int = 2  # LIBERO episodes per task in the eval stage (0 = no LIBERO rollouts)
     eval_max_steps: int = 100  # policy steps per eval episode (protocol: 280 for libero_object)
     workers: int = 2  # simulator processes (regenerate, eval)
     horizon: int = 6  # imagined frames per trajectory
-    imagine_trajectories: int = 2
+    imagine_trajectories: int = 3  # held-out (val_ind) trajectories imagined with true / shuffled / zero actions
+    open_loop_samples: int = 0  # held-out action samples decoded per model (0 = all)
     report_videos: int = 2  # rollout videos copied into the report
     vqgan_fit: bool = True  # fit the random tiny VQ-GAN to the demo's frames, so decoded images show the scene
-    vqgan_fit_seconds: float = 60.0  # its optimisation budget (wall clock)
+    vqgan_fit_seconds: float = 30.0  # its optimisation budget (wall clock)
+    data_from: str = ""  # another demo's out folder: reuse its recorded + regenerated data (no record/regenerate)
 
 
 def _stamp(out: Path, stage: str) -> Path:
@@ -83,8 +95,15 @@ def _run(out: Path, stage: str, args: list[str]) -> float:
     if res.returncode != 0:
         raise SystemExit(f"[demo] stage {stage} failed (exit {res.returncode}); fix it and rerun the demo to resume")
     seconds = time.time() - t0
-    _write_stamp(stamp, {"args": args, "seconds": seconds})
+    _write_stamp(stamp, {"args": args, "seconds": seconds, "load_avg": list(os.getloadavg())})  # shared machines
     return seconds
+
+
+def _load_of(out: Path, stage: str) -> str:
+    """The 1 / 5 / 15 min load average recorded when a stage finished ('' when not recorded)."""
+    stamp = _stamp(out, "pretokenize-world" if stage == "pretokenize" else stage)
+    load = json.loads(stamp.read_text()).get("load_avg") if stamp.is_file() else None
+    return " / ".join(f"{x:.1f}" for x in load) if load else ""
 
 
 def _write_stamp(stamp: Path, payload: dict) -> None:
@@ -121,27 +140,58 @@ def _make_assets(out: Path, assets_dir: Path) -> float:
     return seconds
 
 
+def _model_args(cfg: DemoConfig) -> list[str]:
+    """Train overrides for a tiny model other than the preset (dim, layers); none for the preset."""
+    args = []
+    if cfg.model_dim != 64:
+        args += [f"model.overrides.dim={cfg.model_dim}", f"model.overrides.intermediate_size={cfg.model_dim * 11 // 4}"]
+    if cfg.model_layers != 2:
+        args.append(f"model.overrides.n_layers={cfg.model_layers}")
+    return args
+
+
+def held_out(manifest: Path) -> dict:
+    """Trajectories and action samples of the held-out split (val_ind) from the conversations manifest."""
+    data = json.loads(manifest.read_text())
+    n_traj = len(data["splits"].get("val_ind", []))
+    n_samples = data["counts"].get("val_ind", {}).get("action", 0)
+    if n_traj == 0 or n_samples == 0:
+        raise SystemExit(f"[demo] {manifest}: no held-out trajectory in val_ind (train={len(data['splits']['train'])}); "
+                         "record more episodes or lower train_ratio")
+    return {"trajectories": n_traj, "action_samples": n_samples, "train_trajectories": len(data["splits"]["train"]),
+            "names": data["splits"]["val_ind"]}
+
+
 def run(cfg: DemoConfig) -> Path:
     from worldvla.envs.scripted_expert import parse_ids
 
     out = Path(cfg.out).resolve()
     raw, h5, export, convs, tokens = (out / d for d in ("raw", "regenerated", "export", "convs", "tokens"))
     train_dir, eval_dir, imagine_dir = (out / d for d in ("train", "eval", "imagine"))
+    causal_dir, open_loop_dir = out / "train_causal", out / "open_loop"
     short = cfg.suite.removeprefix("libero_")
     task_list = ",".join(str(t) for t in parse_ids(cfg.tasks))
     started = time.time()
     times: dict[str, float] = {}
 
-    times["record"] = _run(out, "record", [
-        "libero_util/record_scripted_demos.py", f"suite={cfg.suite}", f"tasks={task_list}",
-        f"episodes={cfg.episodes}", f"out={raw}", f"resolution={cfg.record_resolution}"])
-    times["regenerate"] = _run(out, "regenerate", [
-        "libero_util/regenerate.py", f"suite={cfg.suite}", f"raw_dir={raw}", f"out_dir={h5}",
-        f"tasks=[{task_list}]", f"resolution={cfg.resolution}", f"workers={cfg.workers}", f"export_dir={export}",
-        "export_layout=worldvla"])
+    if cfg.data_from:  # another demo's recorded and regenerated frames (e.g. the same demos at another K)
+        source = Path(cfg.data_from).resolve()
+        raw, export = source / "raw", source / "export"
+        if not (export.is_dir() and _stamp(source, "regenerate").is_file()):
+            raise SystemExit(f"[demo] data_from={cfg.data_from}: no finished regenerate stage there")
+    else:
+        times["record"] = _run(out, "record", [
+            "libero_util/record_scripted_demos.py", f"suite={cfg.suite}", f"tasks={task_list}",
+            f"episodes={cfg.episodes}", f"out={raw}", f"resolution={cfg.record_resolution}"])
+        times["regenerate"] = _run(out, "regenerate", [
+            "libero_util/regenerate.py", f"suite={cfg.suite}", f"raw_dir={raw}", f"out_dir={h5}",
+            f"tasks=[{task_list}]", f"resolution={cfg.resolution}", f"workers={cfg.workers}", f"export_dir={export}",
+            "export_layout=worldvla"])
     times["convs"] = _run(out, "convs", [
         "data/conversations.py", f"base_dir={export}", f"output_dir={convs}", f"task_name={short}",
-        f"resolution={cfg.resolution}", "his=2", f"len_action={cfg.chunk_size}"])
+        f"resolution={cfg.resolution}", "his=2", f"len_action={cfg.chunk_size}", f"train_ratio={cfg.train_ratio}"])
+    manifest = convs / f"libero_{short}_{cfg.resolution}_conversations_manifest.json"
+    held_out(manifest)  # fail early when nothing is held out
 
     assets_dir = out / "assets"
     times["assets"] = _make_assets(out, assets_dir)
@@ -153,9 +203,10 @@ def run(cfg: DemoConfig) -> Path:
         refit = not (stamp.is_file() and json.loads(stamp.read_text()).get("args") == fit_args)
         times["fit-vqgan"] = _run(out, "fit-vqgan", fit_args)
         if refit:  # new VQ-GAN weights: the tokens and everything after them are stale, outputs included
-            for stage in ("pretokenize-world", "pretokenize-action", "concat", "train", "eval", "imagine"):
+            for stage in ("pretokenize-world", "pretokenize-action", "concat", "train", "train-causal", "eval",
+                          "open-loop", "open-loop-causal", "imagine"):
                 _stamp(out, stage).unlink(missing_ok=True)
-            for stale in (tokens, out / "train", out / "eval", out / "imagine"):
+            for stale in (tokens, train_dir, causal_dir, eval_dir, open_loop_dir, imagine_dir):
                 shutil.rmtree(stale, ignore_errors=True)
     action_json = convs / f"libero_{short}_his_2_train_img_only_ck_{cfg.chunk_size}_{cfg.resolution}.json"
     world_json = convs / f"libero_{short}_his_1_train_a2i_{cfg.resolution}.json"
@@ -168,23 +219,36 @@ def run(cfg: DemoConfig) -> Path:
     times["concat"] = _run(out, "concat", [
         "data/concatenate.py", f"inputs=[{tokens / 'world'},{tokens / 'action'}]", f"output={train_set}"])
 
-    times["train"] = _run(out, "train", [
-        "-m", "worldvla.train", "--config", "configs/tiny.yaml", f"data.train=[{train_set}]",
-        f"data.tokenizer={tok_dir}", f"data.resolution={cfg.resolution}", f"data.chunk_size={cfg.chunk_size}",
-        f"train.output_dir={train_dir}", f"train.max_steps={cfg.train_steps}", f"train.batch_size={cfg.batch_size}",
-        f"train.lr={cfg.lr}", f"train.min_lr={cfg.lr}", f"train.world_weight={cfg.world_weight}",
-        f"train.save_every_steps={cfg.train_steps}", "train.keep_last=1", "logging.wandb=false"])
-    ckpt = _newest(train_dir / "checkpoints", "step_*")
+    def train_args(folder: Path, extra: list[str]) -> list[str]:
+        return ["-m", "worldvla.train", "--config", "configs/tiny.yaml", f"data.train=[{train_set}]",
+                f"data.tokenizer={tok_dir}", f"data.resolution={cfg.resolution}", f"data.chunk_size={cfg.chunk_size}",
+                f"train.output_dir={folder}", f"train.max_steps={cfg.train_steps}", f"train.batch_size={cfg.batch_size}",
+                f"train.lr={cfg.lr}", f"train.min_lr={cfg.lr}", f"train.world_weight={cfg.world_weight}",
+                f"train.save_every_steps={cfg.train_steps}", "train.keep_last=1", "logging.wandb=false",
+                *_model_args(cfg), *extra]
 
-    times["eval"] = _run(out, "eval", [
-        "-m", "worldvla.eval.libero", f"policy={ckpt}", f"suites=[{cfg.suite}]", f"tasks=[{task_list}]",
-        f"num_trials={cfg.eval_trials}", f"max_steps={cfg.eval_max_steps}", f"num_workers={cfg.workers}",
-        f"output_dir={eval_dir}", "videos=all", "video_fps=20"])
+    times["train"] = _run(out, "train", train_args(train_dir, []))
+    ckpt = _newest(train_dir / "checkpoints", "step_*")
+    causal_ckpt = None
+    if cfg.causal:  # the ablation: same data, steps and seed, plain causal attention
+        times["train-causal"] = _run(out, "train-causal", train_args(causal_dir, ["model.action_mask=false"]))
+        causal_ckpt = _newest(causal_dir / "checkpoints", "step_*")
+
+    if cfg.eval_trials > 0:
+        times["eval"] = _run(out, "eval", [
+            "-m", "worldvla.eval.libero", f"policy={ckpt}", f"suites=[{cfg.suite}]", f"tasks=[{task_list}]",
+            f"num_trials={cfg.eval_trials}", f"max_steps={cfg.eval_max_steps}", f"num_workers={cfg.workers}",
+            f"output_dir={eval_dir}", "videos=all", "video_fps=20"])
+    for stage, model, folder in (("open-loop", ckpt, "mask"), ("open-loop-causal", causal_ckpt, "causal")):
+        if model is not None:  # decode mode from the checkpoint's mask: parallel (mask) / sequential (causal)
+            times[stage] = _run(out, stage, [
+                "-m", "worldvla.eval.open_loop", f"checkpoint={model}", f"manifest={manifest}", "splits=[val_ind]",
+                f"max_samples={cfg.open_loop_samples}", f"out_dir={open_loop_dir / folder}"])
     times["imagine"] = _run(out, "imagine", [
-        "-m", "worldvla.eval.imagine", f"checkpoint={ckpt}", f"data_dir={export}", "split=all",
+        "-m", "worldvla.eval.imagine", f"checkpoint={ckpt}", f"data_dir={export}", "split=val_ind",
         f"horizon={cfg.horizon}", f"max_trajectories={cfg.imagine_trajectories}", f"suite={cfg.suite}",
-        f"out_dir={imagine_dir}"])
-    return write_report(cfg, out, ckpt, times, time.time() - started)
+        f"train_ratio={cfg.train_ratio}", "sensitivity=true", f"out_dir={imagine_dir}"])
+    return write_report(cfg, out, ckpt, times, time.time() - started, raw, manifest)
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -236,7 +300,76 @@ def _overview(loss_png: Path, strip_png: Path | None, path: Path) -> None:
     canvas.save(path, optimize=True)
 
 
-def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: float) -> Path:
+def _fmt_curve(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+def _claims(cfg: DemoConfig, out: Path, report: Path, manifest: Path) -> list[str]:
+    """Section 5: the open-loop error by chunk position (mask vs causal) and the world model's action gap,
+    each with what was measured and on how many samples, whatever the numbers are."""
+    from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
+
+    held = held_out(manifest)
+    lines = ["## 5. The paper's two claims, measured on held-out trajectories", "",
+             (f"Held out: {held['trajectories']} whole demonstration(s) of the training task(s) (`val_ind`: "
+              f"{', '.join(held['names'])}), never seen in training; {held['train_trajectories']} demonstration(s) "
+              "trained both models."), "",
+             "### 5.1 Open-loop action error by position in the chunk", ""]
+    results = {}
+    for label, folder in (("action mask", "mask"), ("causal mask", "causal")):
+        path = out / "open_loop" / folder / "open_loop_val_ind.json"
+        if path.is_file():
+            results[label] = json.loads(path.read_text())
+    if results:
+        plot_l1_vs_position(results, report / "open_loop_mask_vs_causal.png",
+                            "held-out samples: L1 to the expert by chunk position")
+        n = next(iter(results.values()))["n_samples"]
+        k = cfg.chunk_size
+        text = (f"Measured: each of {n} held-out action samples (instruction + last 2 frames) decoded free-running "
+                f"into a chunk of K = {k} actions, exactly as in a rollout, by the action-mask model (parallel decoding: "
+                "action k sees text and images only) and by the causal-mask ablation trained on the same data for the "
+                f"same {cfg.train_steps} steps with the same seed (sequential decoding: action k sees the model's own "
+                "actions 1..k-1); the number is the L1 distance to the expert's action in env units, mean over the 7 "
+                "dimensions, at each position k. ")
+        for label, r in results.items():
+            c = r["l1_by_position"]
+            text += (f"{label.capitalize()}: {_fmt_curve(c)} (k = 1..{k}; k = {k} minus k = 1: {c[-1] - c[0]:+.3f}; "
+                     f"gripper sign agreement {r['gripper_agreement']:.2f}, token accuracy {r['token_accuracy']:.2f}). ")
+        if len(results) == 2:
+            m, c = (results[x]["l1_by_position"] for x in ("action mask", "causal mask"))
+            text += (f"Causal minus mask at k = {k}: {c[-1] - m[-1]:+.3f}, at k = 1: {c[0] - m[0]:+.3f} "
+                     "(the paper's claim predicts the causal error to grow with k faster than the mask's; "
+                     "at this scale the difference may be within noise).")
+        lines += [text, "", "![open-loop L1 vs chunk position, mask vs causal](open_loop_mask_vs_causal.png)", "",
+                  markdown_table(results), ""]
+    else:
+        lines += ["No open-loop results (stage not run).", ""]
+
+    lines += ["### 5.2 Does the world model use the action?", ""]
+    metrics = sorted((out / "imagine").glob("*_metrics.json"))
+    gaps = json.loads(metrics[0].read_text()).get("action_sensitivity", {}).get("inf") if metrics else None
+    if gaps:
+        sh, ze = gaps["shuffled_actions"], gaps["zero_actions"]
+        lines += [(f"Measured: {sh['num_clips']} held-out trajectories imagined for {cfg.horizon} steps from their "
+                   "first frame (each imagined frame fed back) with their recorded actions, with the same actions "
+                   f"shuffled within the trajectory (seeded) and with all-zero actions; the gap is PSNR (and SSIM) of "
+                   "the imagined vs the recorded frames with the true actions minus with the altered ones, per "
+                   f"horizon h = 1..{cfg.horizon}; > 0 means the true actions explain the frames better, 0 means the "
+                   "predictions ignore the action. "
+                   f"True minus shuffled: PSNR {sh['summary'].get('psnr', float('nan')):+.3f} dB "
+                   f"(by horizon {_fmt_curve(sh['per_frame'].get('psnr', []))}), SSIM "
+                   f"{sh['summary'].get('ssim', float('nan')):+.4f}; true minus zero: PSNR "
+                   f"{ze['summary'].get('psnr', float('nan')):+.3f} dB, SSIM {ze['summary'].get('ssim', float('nan')):+.4f}."),
+                  ""]
+        gap_png = sorted((out / "imagine").glob("*_action_gap_vs_horizon.png"))
+        lines += [f"![world model: true minus shuffled / zero actions]({p.name})" for p in gap_png] + [""]
+    else:
+        lines += ["No action-sensitivity results (imagine stage without sensitivity).", ""]
+    return lines
+
+
+def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: float, raw: Path | None = None,
+                 manifest: Path | None = None) -> Path:
     """Collect the loss curve, rollout videos and imagined-frame GIFs into `report/` and write summary.md."""
     from worldvla.envs.scripted_expert import machine_info
 
@@ -244,15 +377,20 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
     shutil.rmtree(report, ignore_errors=True)
     report.mkdir(parents=True)
     loss_png = _copy([out / "train" / "loss_curve.png"], report)
-    videos = _copy(sorted((out / "eval" / "videos").rglob("*.mp4"))[: cfg.report_videos], report)
+    videos = _copy(sorted((out / "eval" / "videos").rglob("*.mp4"))[: cfg.report_videos], report) \
+        if (out / "eval" / "videos").is_dir() else []
     strips = sorted((out / "imagine" / "strips").glob("*.png"))
     gifs = _copy([s.with_suffix(".gif") for s in strips], report)
     pngs = _copy(strips, report)
-    plots = _copy(sorted((out / "imagine").glob("*.png")), report)
+    plots = [n for n in _copy(sorted((out / "imagine").glob("*.png")), report)
+             if not n.endswith("_action_gap_vs_horizon.png")]  # the gap plot is shown in section 5
     _overview(report / loss_png[0], report / pngs[0] if pngs else None, report / "overview.png")
-    expert = json.loads((out / "raw" / "success_report.json").read_text())
+    expert = json.loads(((raw or out / "raw") / "success_report.json").read_text())
     losses = _loss_summary(out / "train")
-    eval_lines, eval_counts = _eval_table(out / "eval")
+    causal_losses = _loss_summary(out / "train_causal") if (out / "train_causal" / "train_log.jsonl").is_file() else None
+    has_eval = (out / "eval" / "episodes.jsonl").is_file()
+    eval_lines, eval_counts = _eval_table(out / "eval") if has_eval else ([], {})
+    claims = _claims(cfg, out, report, manifest) if manifest is not None else []
     metrics_md = sorted((out / "imagine").glob("*.md"))
     machine = machine_info()
     expert_rows = [f"| {tid} {t['task_name']} | {t['attempts']} | {t['successes']} | "
@@ -277,17 +415,21 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
         (f"Loss over {losses['steps']} steps: first logged {json.dumps(losses['first'])}, "
          f"last {json.dumps(losses['last'])}."), "",
         *[f"![loss curve]({n})" for n in loss_png], "",
+        *([(f"Causal-mask ablation (same data, steps, seed): first logged {json.dumps(causal_losses['first'])}, "
+            f"last {json.dumps(causal_losses['last'])}."), ""] if causal_losses else []),
         "## 3. LIBERO evaluation of the tiny model", "",
-        (f"{eval_counts['successes']} / {eval_counts['episodes']} episodes succeeded "
-         f"(max {cfg.eval_max_steps} policy steps each; the protocol's budget for libero_object is 280)."), "",
-        *eval_lines, "",
+        *([(f"{eval_counts['successes']} / {eval_counts['episodes']} episodes succeeded "
+            f"(max {cfg.eval_max_steps} policy steps each; the protocol's budget for libero_object is 280)."), "",
+           *eval_lines] if has_eval else ["Not run (eval_trials=0)."]), "",
         *[f"- [{n}]({n})" for n in videos], "",
         "## 4. World-model imagination (left or top: ground truth, right or bottom: imagined)", "",
         *[f"![{n}]({n})" for n in gifs + pngs], "",
         *(p.read_text() for p in metrics_md), "",
         *[f"![{n}]({n})" for n in plots], "",
+        *claims,
         "## Stage times (s)", "",
-        *[f"- {k}: {v:.0f}" for k, v in times.items()],
+        *[f"- {k}: {v:.0f}" + (f" (load average at its end {_load_of(out, k)})" if _load_of(out, k) else "")
+          for k, v in times.items()],
         f"- total of this run (stages skipped as done count above, not here): {wall:.0f}", "",
         (f"Machine: {machine['cpu']}, {machine['cores']} cores, load average at the end "
          f"{' / '.join(f'{x:.1f}' for x in machine['load_avg_1_5_15'])} (1 / 5 / 15 min; other jobs count too)."), "",

@@ -52,6 +52,7 @@ class ImagineConfig:
     wrist: bool = False  # bi-view world model: also roll out the wrist view (RynnVLA-002)
     wrist_dir: str = "imgs_wrist"  # wrist image folder inside each trajectory (with wrist=true)
     split: str = "val_ind"  # train | val_ind | val_ood | all (official 90/10 split)
+    train_ratio: float = 0.9  # the split's ratio (data/conversations.py train_ratio, official 0.9)
     suite: str = "libero"  # label of the report
     horizon: int = 10  # imagined frames per trajectory
     start_frame: int = 0
@@ -159,7 +160,7 @@ def load_trajectories(cfg: ImagineConfig) -> list[tuple[str, np.ndarray, np.ndar
     if cfg.split == "all":
         chosen = [(task, t.name) for task, trajs in tasks.items() for t in trajs]
     else:
-        chosen = split_assignment(tasks).get(cfg.split)
+        chosen = split_assignment(tasks, cfg.train_ratio).get(cfg.split)
         if chosen is None:
             raise ValueError(f"split must be train, val_ind, val_ood or all; got {cfg.split!r}")
     if not chosen:

@@ -38,7 +38,7 @@ log = logging.getLogger("worldvla.open_loop")
 
 GRIPPER = 6  # index of the gripper dimension of a LIBERO action
 DIM_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
-_INSTRUCTION = re.compile(r"^What action should the robot take to (.*)\?(?=<\|state\|>|<\|image\|>)", re.S)
+_INSTRUCTION = re.compile(r"^What action should the robot take to (.*)\?(?=<\|state\|>|<\|image\|>)", re.DOTALL)
 
 
 @dataclass
@@ -82,7 +82,7 @@ def score(pred: np.ndarray, expert: np.ndarray, pred_tokens: np.ndarray, expert_
     grip = (pred[..., GRIPPER] > 0) == (expert[..., GRIPPER] > 0)  # (N, K): same open/close command
     hit = pred_tokens == expert_tokens  # (N, K, 7)
     return {
-        "n_samples": int(len(pred)), "chunk_size": int(pred.shape[1]), "dims": list(DIM_NAMES),
+        "n_samples": len(pred), "chunk_size": int(pred.shape[1]), "dims": list(DIM_NAMES),
         "l1": float(err.mean()),
         "l1_by_position": err.mean(axis=(0, 2)).tolist(),  # mean over the 7 dimensions, k = 1..K
         "l1_arm_by_position": err[..., :GRIPPER].mean(axis=(0, 2)).tolist(),  # the 6 arm dimensions only
@@ -254,7 +254,7 @@ def split_files(manifest: str | os.PathLike, splits: Sequence[str]) -> dict[str,
         raise FileNotFoundError(f"manifest={path}: not found (data/conversations.py writes it next to the JSONs)") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
-        raise ValueError(f"{path}: no 'files' mapping (not a conversations manifest)")
+        raise ValueError(f"{path}: no 'files' mapping (not a conversations manifest)")  # noqa: TRY004 - callers catch ValueError
     out = {}
     for split in splits:
         if split not in files:
