@@ -89,7 +89,7 @@ def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: B
     t = cfg.train
     path = None
     if t.resume == "auto":
-        path = ckpt.latest()
+        path = ckpt.latest_intact()  # a damaged newest checkpoint (killed disk, truncated copy) is skipped, logged
     elif t.resume not in ("", "none"):
         path = Path(t.resume)
         if not path.is_dir():
@@ -328,6 +328,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> dict:
+    from worldvla.errors import exit_on_input_errors
+    from worldvla.train.checkpoint import CheckpointError
+
+    return exit_on_input_errors(_main, CheckpointError)(argv)
+
+
+def _main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
     cfg = parse_cli(TrainConfig, argv, description=__doc__)
     return train(cfg)
