@@ -67,6 +67,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
 
     torch.manual_seed(t.seed)  # same initial weights on every process
     model, model_cfg = modeling.build_model(cfg)
+    dataset.check_vocab(model_cfg.vocab_size)  # a bad id fails here, naming the shard, not as an IndexError later
     block = modeling.block_class(model)
     if cfg.model.activation_checkpointing:
         apply_activation_checkpointing(model, block)
@@ -294,6 +295,8 @@ def train(cfg: TrainConfig) -> dict:
     run.logger = logger = RunLogger(run.out_dir, cfg, acc.is_main_process, run.total_steps, resume_step=step)
     val = TrainSet(cfg.data.val, cfg.data.kinds, cfg.data.max_seq_len, "data.val", data=cfg.data) if cfg.data.val \
         else None
+    if val is not None:
+        val.check_vocab(run.model_cfg.vocab_size)
     if acc.is_main_process:
         logger.info("%d samples (%s), %d steps per epoch x global batch %d, %d steps in all, %d processes (%s)",
                     len(run.dataset), ", ".join(cfg.data.kinds), run.plan.steps_per_epoch, run.plan.global_batch,
