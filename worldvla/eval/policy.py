@@ -51,18 +51,62 @@ class PolicySettings:
     action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
     action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
+    tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
     step: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # not read from worldvla.json (an unknown key there is an error)
 
     @classmethod
     def from_file(cls, path: Path) -> PolicySettings:
-        data = json.loads(path.read_text())
-        known = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__ and k != "extra"}
-        return cls(**known, extra=data)
+        """worldvla.json, validated: unknown keys, wrong types and bad statistics are errors naming the key."""
+        from worldvla.errors import InputFileError
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputFileError(path, f"not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise InputFileError(path, f"expected a JSON object, got {type(data).__name__}")
+        valid = sorted(k for k in cls.__dataclass_fields__ if k != "extra")
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise InputFileError(path, f"unknown key(s) {unknown}; valid: {valid}", unknown[0])
+        for key in ("chunk_size", "history", "resolution"):
+            if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1):
+                raise InputFileError(path, f"expected a positive integer, got {data[key]!r}", key)
+        for key in ("with_state", "with_wrist"):
+            if key in data and not isinstance(data[key], bool):
+                raise InputFileError(path, f"expected true/false, got {data[key]!r}", key)
+        for key in ("action_stats", "world_action_stats", "state_stats"):
+            if data.get(key) is not None:
+                try:
+                    _stats(data[key])
+                except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+                    raise InputFileError(path, str(err), key) from None
+        if not isinstance(data.get("tokenizer_sha256", {}), dict):
+            raise InputFileError(path, "expected {file name: sha256}", "tokenizer_sha256")
+        return cls(**data)
+
+    def verify_tokenizer(self, tok_dir: Path, settings_path: Path) -> None:
+        """The tokenizer files are the ones recorded when the checkpoint was written (sha256)."""
+        from worldvla.data.tokenization import sha256_file
+        from worldvla.errors import InputFileError
+
+        for name, want in self.tokenizer_sha256.items():
+            f = Path(tok_dir) / name
+            if not f.is_file():
+                raise InputFileError(f, f"missing; {settings_path} records it (tokenizer_sha256.{name})")
+            got = sha256_file(f)
+            if got != want:
+                raise InputFileError(f, f"sha256 {got[:12]} differs from {want[:12]} recorded in {settings_path} "
+                                        f"(tokenizer_sha256.{name}): the file changed after the checkpoint was "
+                                        "written; restore the original or use the tokenizer it was trained with")
 
 
 def _stats(spec) -> NormStats:
     if isinstance(spec, dict):
+        if "min" not in spec or "max" not in spec:
+            raise ValueError(f"expected {{'min': [...], 'max': [...]}}, got keys {sorted(spec)}")
         return NormStats(tuple(map(float, spec["min"])), tuple(map(float, spec["max"])))
     return load_stats(spec)
 
@@ -114,6 +158,7 @@ class WorldVLAPolicy:
             log.warning("%s has no %s: assuming %s (pass chunk_size=, resolution=, action_stats=, ... for "
                         "another setup, e.g. chunk_size=10 for libero_10, resolution=512)", folder, SETTINGS_NAME, base)
         tok_dir = find_tokenizer_dir(folder, tokenizer)
+        base.verify_tokenizer(tok_dir, path)
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
             raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "
