@@ -76,7 +76,7 @@ def clean_stale_tmp(folder: str | Path, patterns: tuple[str, ...] = ("*.tmp[0-9]
     for pattern in patterns:
         for tmp in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
             pid = tmp.name.rsplit(".tmp", 1)[-1]
-            if not tmp.is_file() or (pid.isdigit() and _alive(int(pid))):
+            if not tmp.is_file() or (pid.isdigit() and pid_alive(int(pid))):
                 continue
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
@@ -86,7 +86,8 @@ def clean_stale_tmp(folder: str | Path, patterns: tuple[str, ...] = ("*.tmp[0-9]
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:

@@ -14,23 +14,16 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Self
+
+from worldvla.atomic import pid_alive
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(FileExistsError):
     pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 class FolderLock:
@@ -58,7 +51,7 @@ class FolderLock:
             return "unreadable" if age > 10 else None  # give a writer that just created it time to fill it
         if holder.get("host") == socket.gethostname():
             pid = holder.get("pid")
-            if not isinstance(pid, int) or not _pid_alive(pid):
+            if not isinstance(pid, int) or not pid_alive(pid):
                 return f"process {pid} on this host is gone"
             return None
         if age > self.stale_after_s:
@@ -104,7 +97,7 @@ class FolderLock:
                 self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> Self:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import fsync_tree
 from worldvla.data.raw_demos import DEMO_RE, RawDemo, RawDemoError, RawDemoFile
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def _export_one(args: tuple[str, str, str, str, str]) -> str:
         demo = f.demo(demo_name, load_obs=True)
     try:
         write_trajectory(demo, tmp, layout, f"{hdf5}:{demo_name}")
+        fsync_tree(tmp)  # a rerun skips any trj_<i> folder: it must be whole on disk
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldvla.atomic import atomic_write_json
+from worldvla.atomic import atomic_write_json, fsync_dir, fsync_tree
 
 log = logging.getLogger("worldvla.train")
 
@@ -175,12 +175,13 @@ class CheckpointManager:
         full = full_state_dict(model, self.acc)
         if self.acc.is_main_process:
             export(full, tmp)
-            (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step,
-                                                         "world_size": self.acc.num_processes}, indent=1))
+            atomic_write_json(tmp / TRAINER_STATE, {**trainer_state, "step": step, "world_size": self.acc.num_processes})
         del full
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
+            fsync_tree(tmp)  # resume trusts any step_* folder: every file must be on disk before the rename
             os.replace(tmp, final)
+            fsync_dir(self.root)
             self._prune()
             log.info("saved %s in %.1f s", final, time.time() - t0)
         self.acc.wait_for_everyone()
@@ -253,7 +254,9 @@ class CheckpointManager:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-            from worldvla.train.safe_dcp import SafePlanner, SafeReader
+            from torch.distributed.checkpoint.api import CheckpointException
+
+            from worldvla.train.safe_dcp import SafePlanner, SafeReader, failure_reason
 
             opt = inner_optimizer(optimizer)
             msd, osd = get_state_dict(model, opt)
@@ -261,9 +264,9 @@ class CheckpointManager:
             try:
                 with _quiet_single_process():
                     dcp.load(state, storage_reader=SafeReader(str(folder / "dcp")), planner=SafePlanner())
-            except Exception as err:  # noqa: BLE001 - DCP wraps per-rank failures in CheckpointException
-                first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-                raise CheckpointError(f"{folder / 'dcp'}: cannot read the model/optimizer state ({first})") from None
+            except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP's wrapper is a BaseException
+                raise CheckpointError(f"{folder / 'dcp'}: cannot read the model/optimizer state "
+                                      f"({failure_reason(err)})") from None
             set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
         if rng is not None:
             set_rng_state(rng)

@@ -7,7 +7,6 @@ nothing of Chameleon's layout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil

@@ -1,7 +1,7 @@
 """Read a torch.distributed.checkpoint folder without running code from it.
 
 torch's FileSystemReader unpickles `.metadata` with plain `pickle.load`, and the default load planner
-reads non-tensor entries (optimizer hyper-parameters) with `torch.load(weights_only=False)`: a
+reads non-tensor entries (optimizer hyper-parameters) with an unrestricted torch.load: a
 training folder received from someone else could run code on resume. `SafeReader` unpickles the
 metadata with an Unpickler that only builds DCP's own metadata classes and a few torch/pathlib
 types; `SafePlanner` reads the non-tensor entries with `weights_only=True` (plain numbers, tuples).
@@ -59,8 +59,23 @@ class SafeReader(FileSystemReader):
 
 class SafePlanner(DefaultLoadPlanner):
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        obj = torch.load(value, weights_only=True)
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            why = next((ln.strip() for ln in str(err).splitlines() if "WeightsUnpickler" in ln), "not plain data")
+            raise pickle.UnpicklingError(f"refusing the non-tensor entry {read_item.dest_index.fqn!r}: {why}") from None
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def failure_reason(err: Exception) -> str:
+    """One line for a failed dcp.load: the first process's own exception, not DCP's wrapper with tracebacks."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        first = next(iter(failures.values()))
+        exc = first[0] if isinstance(first, tuple) else first
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:400]
