@@ -5,7 +5,7 @@
         train_config.yaml                                           the resolved run config
         trainer_state.json                                          step, epoch, position in the epoch, schedule, ...
         train_state/dcp/                                            model + AdamW state (fp32), torch.distributed.checkpoint
-        train_state/rng_rank00000.pt ...                            python / numpy / torch (/ cuda) RNG of every process
+        train_state/rng_rank00000.json ...                          python / numpy / torch (/ cuda) RNG of every process
 
 Every process writes into `.tmp-step_XXXXXXXX/` and the main process renames it when all are done,
 so a folder named `step_*` is always whole; a kill mid-save leaves only a `.tmp-*` folder, removed
@@ -249,6 +249,8 @@ class CheckpointManager:
         rng_file = self._rng_file(path)
         rng = read_rng_file(rng_file) if rng_file.is_file() else None
         if _is_deepspeed(self.acc):
+            log.warning("%s: DeepSpeed resume goes through DeepSpeed's own loader, which unpickles its files: "
+                        "resume only DeepSpeed folders you trust", path)
             self.acc.load_state(str(folder / "accelerate"))
         else:
             import torch.distributed.checkpoint as dcp
