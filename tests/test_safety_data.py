@@ -88,9 +88,9 @@ def test_a_second_writer_to_one_frame_cache_is_refused(convs, tiny_assets, tmp_p
     _, action_json = convs
     cache = tmp_path / "frames"
     # another process holds the frame cache (a second pretokenize run into another out_dir)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom worldvla.lockfile import FolderLock\n"
-                               f"FolderLock({str(cache)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env={**os.environ})
+    code = ("import sys, time\nfrom worldvla.lockfile import FolderLock\n"
+            f"FolderLock({str(cache)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LockedError) as err:

@@ -108,7 +108,7 @@ def test_unknown_metadata_class_is_refused_then_converted_without_running_it(tin
         load_vqgan(tiny_assets.vqgan_yaml, src)
     out = tmp_path / "vqgan.ckpt"  # safetensors content under the official name: recognised by content
     proc = subprocess.run([sys.executable, "-m", "worldvla.model.vqgan", "convert", str(src), str(out),
-                           "--allow", "mytrainer.config.RunConfig"], cwd=REPO, capture_output=True, text=True)
+                           "--allow", "mytrainer.config.RunConfig"], cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     ref = load_vqgan(tiny_assets.vqgan_yaml, tiny_assets.vqgan_ckpt)
     conv = load_vqgan(tiny_assets.vqgan_yaml, out)
@@ -120,7 +120,7 @@ def test_convert_cli_refuses_a_payload_in_one_line(tiny_assets, tmp_path):
     marker = tmp_path / "PWNED"
     bad = plant(torch.load(tiny_assets.vqgan_ckpt, weights_only=True), tmp_path / "bad.ckpt", marker)
     proc = subprocess.run([sys.executable, "-m", "worldvla.model.vqgan", "convert", str(bad), str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and str(bad) in proc.stderr and "io.open" in proc.stderr
     assert not marker.exists() and not (tmp_path / "o").exists()
@@ -360,9 +360,10 @@ def test_cli_wrapper_prints_one_line():
     def main():
         raise InputFileError("a/b.json", "bad value", "field")
 
-    proc = subprocess.run([sys.executable, "-c", "from worldvla.errors import *\n"
-                           "def m():\n    raise InputFileError('a/b.json', 'bad value', 'field')\n"
-                           "exit_on_input_errors(m)()"], cwd=REPO, capture_output=True, text=True)
+    code = ("from worldvla.errors import *\n"
+            "def m():\n    raise InputFileError('a/b.json', 'bad value', 'field')\n"
+            "exit_on_input_errors(m)()")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr == "error: a/b.json: field: bad value\n"
     with pytest.raises(SystemExit):
         exit_on_input_errors(main)()

@@ -224,8 +224,7 @@ class CheckpointManager:
         trainer_state = read_trainer_state(state_file)
         if not _is_deepspeed(self.acc):
             check_dcp_folder(path / STATE_DIR / "dcp")
-        rng_file = self._rng_file(path)
-        if rng_file.is_file():
+        for rng_file in sorted((path / STATE_DIR).glob("rng_rank*")):  # every rank's, so all processes agree
             read_rng_file(rng_file)
         return trainer_state
 
@@ -254,9 +253,8 @@ class CheckpointManager:
             self.acc.load_state(str(folder / "accelerate"))
         else:
             import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
             from torch.distributed.checkpoint.api import CheckpointException
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
             from worldvla.train.safe_dcp import SafePlanner, SafeReader, failure_reason
 
