@@ -125,12 +125,23 @@ def test_resize_on_request():
     assert policy.queries[0]["frames"][0].shape == (64, 64, 3) and actions[0].shape == (7,)
 
 
+LIBERO = ("vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark", {"suite": "libero_goal"}, "libero_goal")
+LIBERO_PRO = ("vla_eval.benchmarks.libero_pro.benchmark:LIBEROProBenchmark",
+              {"suite": "libero_goal", "perturbation": "swap"}, "libero_goal_swap")
+
+
 @pytest.mark.sim
 @pytest.mark.slow
-def test_vla_eval_libero_episode_through_its_cli(tmp_path):
-    """`vla-eval run` (its CLI, no docker) runs a real LIBERO episode against `worldvla serve`."""
+@pytest.mark.parametrize("bench", [LIBERO, LIBERO_PRO], ids=["libero", "libero_pro_swap"])
+def test_vla_eval_libero_episode_through_its_cli(tmp_path, bench):
+    """`vla-eval run` (its CLI, no docker) runs a real LIBERO (LIBERO-PRO) episode against `worldvla serve`."""
     pytest.importorskip("libero.libero")
+    from libero.libero import benchmark as libero_benchmark
+
     from worldvla.envs.libero import pick_gl_backend
+
+    bench_cls, params, suite = bench
+    instruction = libero_benchmark.get_benchmark_dict()[suite]().get_task(0).language
 
     steps, k = 12, 5
     policy = RecordingPolicy(chunk_size=k, history=2, resolution=256, uses_state=True)
@@ -139,8 +150,7 @@ def test_vla_eval_libero_episode_through_its_cli(tmp_path):
     cfg.write_text(json.dumps({
         "server": {"url": url, "timeout": 120},
         "output_dir": str(tmp_path / "results"),
-        "benchmarks": [{"benchmark": "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark",
-                        "params": {"suite": "libero_goal", "seed": 7}, "max_tasks": 1,
+        "benchmarks": [{"benchmark": bench_cls, "params": {**params, "seed": 7}, "max_tasks": 1,
                         "episodes_per_task": 1, "max_steps": steps}]}))
     env = {**os.environ, "MUJOCO_GL": pick_gl_backend()}
     env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
@@ -159,7 +169,7 @@ def test_vla_eval_libero_episode_through_its_cli(tmp_path):
     assert n_steps == steps and len(executed) == steps and status in ("fail", "success")
     # ceil(12 / 5) = 3 chunks of (K, 7); LIBERO's task instruction; 256 px frames, 2-frame history after the first
     assert len(policy.chunks) == 3 and all(c.shape == (k, 7) for c in policy.chunks)
-    assert {q["text"] for q in policy.queries} == {"open the middle drawer of the cabinet"}
+    assert {q["text"] for q in policy.queries} == {instruction}
     assert [len(q["frames"]) for q in policy.queries] == [1, 2, 2]
     assert all(f.shape == (256, 256, 3) for q in policy.queries for f in q["frames"])
     assert not np.array_equal(*policy.queries[1]["frames"])  # two different env steps
@@ -170,3 +180,37 @@ def test_vla_eval_libero_episode_through_its_cli(tmp_path):
     states = np.array([r["state"] for r in rows], dtype=np.float32)
     np.testing.assert_allclose(policy.queries[1]["state"], states[k - 1], atol=1e-6)
     np.testing.assert_allclose(policy.queries[2]["state"], states[2 * k - 1], atol=1e-6)
+
+
+def test_tiny_worldvla_checkpoint_behind_vla_eval(tmp_path):
+    """The real policy: each action is a row of the chunk the in-process policy predicts from the same history."""
+    policy_mod = pytest.importorskip("worldvla.eval.policy")
+    from worldvla.testing.fixtures import make_tiny_assets
+    from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", make_tiny_assets(tmp_path / "assets"), chunk_size=3,
+                                 resolution=256)
+    with one_torch_thread():
+        policy = policy_mod.WorldVLAPolicy.from_pretrained(ckpt, device="cpu")
+        server, url = serve(policy)
+        rng = np.random.default_rng(0)
+        sent = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(4)]
+
+        async def run():
+            conn = Connection(url, timeout=120)
+            await conn.connect()
+            try:
+                await conn.start_episode({"task": {}})
+                return [np.asarray((await conn.act({"images": {"agentview": f}, "task_description": "open the drawer"}))
+                                   ["actions"]) for f in sent]
+            finally:
+                await conn.close()
+
+        try:
+            got = asyncio.run(run())
+        finally:
+            server.stop()
+        first = policy.predict("open the drawer", [sent[0]])
+        second = policy.predict("open the drawer", [sent[2], sent[3]])
+    assert first.shape == (3, 7)
+    np.testing.assert_array_equal(np.stack(got), np.concatenate([first, second[:1]]))
