@@ -11,14 +11,14 @@ from PIL import Image
 
 pytest.importorskip("websockets")
 
-from websockets.exceptions import InvalidStatus  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
-from worldvla.config import parse_cli  # noqa: E402
-from worldvla.eval.scripted import HashPolicy  # noqa: E402
-from worldvla.serve import wire  # noqa: E402
-from worldvla.serve.client import RemotePolicy, RemotePolicyError, _open  # noqa: E402
-from worldvla.serve.server import PolicyServer, ServeConfig  # noqa: E402
+from worldvla.config import parse_cli
+from worldvla.eval.scripted import HashPolicy
+from worldvla.serve import wire
+from worldvla.serve.client import RemotePolicy, RemotePolicyError, _open
+from worldvla.serve.server import PolicyServer, ServeConfig
 
 
 def frames(rng, n=1, res=64):
@@ -159,9 +159,8 @@ def test_wrong_size_is_one_short_line_and_resize_fixes_it(rng):
     lenient, lenient_url = started(policy, resize=True)
     ims = [frames(rng, 2, res=80)]
     try:
-        with RemotePolicy(strict_url) as remote:
-            with pytest.raises(RemotePolicyError) as err:
-                remote.predict_batch(["x"], ims)
+        with RemotePolicy(strict_url) as remote, pytest.raises(RemotePolicyError) as err:
+            remote.predict_batch(["x"], ims)
         msg = str(err.value)
         assert "images[0][0] is 80x80 px but the policy takes 64x64" in msg and "resize=true" in msg
         assert "\n" not in msg and len(msg) < 300
@@ -182,9 +181,8 @@ class ArrayReprPolicy(HashPolicy):
 def test_policy_errors_are_one_short_line(rng):
     server, url = started(ArrayReprPolicy(chunk_size=4, resolution=64))
     try:
-        with RemotePolicy(url) as remote:
-            with pytest.raises(RemotePolicyError) as err:
-                remote.predict_batch(["x"], [frames(rng)])
+        with RemotePolicy(url) as remote, pytest.raises(RemotePolicyError) as err:
+            remote.predict_batch(["x"], [frames(rng)])
     finally:
         server.stop()
     msg = str(err.value)

@@ -241,7 +241,7 @@ class PolicyServer:
                         if not r.future.done():
                             r.future.set_result(res)
                 except Exception as err:  # noqa: BLE001 - fail these requests, keep serving
-                    log.error("policy call failed: %s", err, exc_info=True)
+                    log.exception("policy call failed")
                     for r in batch:
                         if not r.future.done():
                             r.future.set_exception(err)

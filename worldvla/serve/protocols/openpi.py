@@ -88,8 +88,8 @@ def pack(obj) -> bytes:
 def deviations(info: dict) -> list[str]:
     if info["history"] <= 1:
         return []
-    return [f"openpi sends an observation only when it needs a new chunk, so the previous env step's frame never "
-            f"reaches the server: each query carries the current frame only (history 1, not {info['history']})"]
+    return [(f"openpi sends an observation only when it needs a new chunk, so the previous env step's frame never "
+             f"reaches the server: each query carries the current frame only (history 1, not {info['history']})")]
 
 
 class Session:
