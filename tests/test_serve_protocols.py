@@ -202,3 +202,10 @@ def test_serve_config_fields_from_the_cli():
         ServeConfig(protocol="grpc")
     with pytest.raises(ValueError, match="max_connections must be >= 1"):
         ServeConfig(max_connections=0)
+
+
+def test_worldvla_serve_command_parses_the_serve_config(capsys):
+    from worldvla.cli import main
+
+    assert main(["serve", "protocol=grpc"]) == 2
+    assert "protocol must be one of" in capsys.readouterr().err

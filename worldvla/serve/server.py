@@ -287,3 +287,10 @@ class PolicyServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         if getattr(self, "_thread", None) is not None:
             self._thread.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla serve ...` (worldvla/cli.py) lands here: the same CLI as `python -m worldvla.serve`."""
+    from .__main__ import main as cli_main
+
+    return cli_main(argv)
