@@ -209,3 +209,43 @@ def test_worldvla_serve_command_parses_the_serve_config(capsys):
 
     assert main(["serve", "protocol=grpc"]) == 2
     assert "protocol must be one of" in capsys.readouterr().err
+
+
+def test_openpi_and_vla_eval_survive_garbage(rng):
+    import io
+
+    import msgpack
+
+    from worldvla.serve.protocols import openpi, vla_eval
+
+    big = io.BytesIO()
+    Image.new("RGB", (5000, 5000)).save(big, format="PNG")  # a small file that would decode to 75 MB
+    bomb = msgpack.packb({"type": "observation", "seq": 3, "timestamp": 0.0, "payload": {"images": {"agentview": {
+        "__image__": True, "format": "png", "data": big.getvalue(), "shape": [5000, 5000, 3]}}}})
+    garbage = [rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8).tobytes() for _ in range(20)]
+    garbage += [msgpack.packb({"type": "observation"}), msgpack.packb([1, 2]), "a text frame",
+                msgpack.packb({b"__ndarray__": True, b"dtype": "|O", b"shape": [1], b"data": b"x"})]
+    for protocol in ("openpi", "vla-eval"):
+        server, url = started(protocol=protocol)
+        try:
+            ws = _open(connect, url)
+            if protocol == "openpi":
+                assert openpi.unpack(ws.recv(timeout=10))["protocol"] == "openpi"
+            errors = []
+            for payload in [*garbage, bomb]:
+                ws.send(payload)
+                reply = ws.recv(timeout=10)
+                if protocol == "openpi":
+                    assert isinstance(reply, str)
+                    errors.append(reply)
+                else:
+                    msg = vla_eval.unpack(reply)
+                    assert msg["type"] == "error"
+                    errors.append(msg["payload"]["error"])
+            assert all(e and "\n" not in e and len(e) < 300 for e in errors)
+            if protocol == "vla-eval":
+                assert "5000x5000 px is too large" in errors[-1]
+            ws.close()
+            assert http_get(url, "/health")[0] == 200  # still serving
+        finally:
+            server.stop()
