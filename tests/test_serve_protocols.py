@@ -109,16 +109,19 @@ def test_episode_cap_refuses_large_requests_and_the_client_splits_them(rng):
 
 
 class GatedPolicy(HashPolicy):
-    """Its first call waits for `release`, so the test can queue a second client behind a large request."""
+    """Its first call waits for `release`, so the test can queue a second client behind a large request;
+    its 4th call waits (at most 10 s) for `small_done`, so 'answered before the large request' is not a race."""
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self.entered, self.release = threading.Event(), threading.Event()
+        self.entered, self.release, self.small_done = threading.Event(), threading.Event(), threading.Event()
         self.batches: list[list[str]] = []
 
     def predict_batch(self, instructions, *a, **k):
         self.entered.set()
         self.release.wait(30)
+        if len(self.batches) == 3:
+            self.small_done.wait(10)
         self.batches.append(list(instructions))
         return super().predict_batch(instructions, *a, **k)
 
@@ -132,6 +135,8 @@ def test_round_robin_between_connections(rng):
         with RemotePolicy(url) as remote:
             remote.predict_batch([f"{name} {i}" for i in range(n)], [frames(np.random.default_rng(i)) for i in range(n)])
         done[name] = time.monotonic()
+        if name == "small":
+            policy.small_done.set()
 
     try:
         big = threading.Thread(target=client, args=("big", 16))
