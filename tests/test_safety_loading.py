@@ -367,3 +367,25 @@ def test_cli_wrapper_prints_one_line():
     assert proc.returncode == 2 and proc.stderr == "error: a/b.json: field: bad value\n"
     with pytest.raises(SystemExit):
         exit_on_input_errors(main)()
+
+
+def test_pickle_payload_in_weights_bin_or_a_token_shard_is_refused(tiny_assets, tmp_path):
+    from worldvla.data.shards import ShardReader, write_shard
+    from worldvla.model.loading import read_state_dict
+    from worldvla.testing.tiny_model import write_tiny_checkpoint
+
+    marker = tmp_path / "PWNED"
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", tiny_assets)
+    state = read_state_dict(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    plant(state, ckpt / "pytorch_model.bin", marker)  # the official .bin layout
+    with pytest.raises(InputFileError, match=r"pytorch_model\.bin: cannot be read as plain tensors.*io\.open"):
+        read_state_dict(ckpt)
+    from worldvla.data.sequence import Sample
+
+    shard = tmp_path / "shard_00000"
+    write_shard(shard, [Sample([1, 2, 3], [-100, 2, 3], [])], ["action"], [0], {})
+    np.save(shard / "input_ids.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="incomplete or corrupt shard"):
+        ShardReader(shard)
+    assert not marker.exists()
