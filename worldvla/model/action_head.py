@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from worldvla import vocab as V
+from worldvla.tokenizers.action import official_bin_centres
 
 N_BIN_EDGES = 256
 
@@ -125,8 +125,7 @@ def selectable_rows(input_ids: torch.Tensor) -> torch.Tensor:
 
 def bin_centre_targets(labels: torch.Tensor, chunk_size: int, action_dim: int = 7) -> torch.Tensor:
     """(B, L) labels -> (B, K, 7) bin centres (normalised space) of the supervised action blocks."""
-    edges = np.linspace(-1.0, 1.0, N_BIN_EDGES)
-    centres = torch.tensor((edges[:-1] + edges[1:]) / 2.0, dtype=torch.float32, device=labels.device)
+    centres = torch.from_numpy(official_bin_centres()).to(labels.device)  # fp32, as the official trainer's targets
     out = []
     for row in labels:
         starts = (row == V.ACTION_START_ID).nonzero().flatten()[:chunk_size]
