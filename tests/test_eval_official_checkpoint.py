@@ -14,6 +14,7 @@ from worldvla.config import parse_cli
 from worldvla.eval.config import EvalConfig
 from worldvla.eval.interface import load_policy
 from worldvla.serve.server import ServeConfig
+from worldvla.tokenizers import load_stats
 from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 
 
@@ -130,8 +131,7 @@ def test_released_folder_gets_its_settings_from_the_table(released_layout):
         policy = load_policy(str(local), tokenizer=str(tok))  # no policy_settings: libero_10 is K = 10
         assert (policy.chunk_size, policy.history, policy.resolution, policy.settings.family) == (10, 2, 256, "worldvla")
         assert policy.settings.extra["official_checkpoint"] == "Alibaba-DAMO-Academy/WorldVLA/model_256/libero_10"
-        frame = np.zeros((256, 256, 3), np.uint8)
-        assert policy.predict("pick up the bowl", [frame, frame]).shape == (10, 7)
+        assert policy.action_tok.stats == load_stats("worldvla")
         explicit = load_policy(str(local), tokenizer=str(tok), settings={"chunk_size": 3})  # explicit values win
     assert explicit.chunk_size == 3 and explicit.resolution == 256
 
@@ -160,3 +160,23 @@ def test_unknown_family_is_an_error(official_layout):
     with pytest.raises(ValueError, match="family='openvla'"):
         load_policy(str(ckpt), tokenizer=str(tok), settings={"chunk_size": 5, "resolution": 256,
                                                              "action_stats": "worldvla", "family": "openvla"})
+
+
+def test_released_rynnvla002_folder_runs_with_wrist_state_and_head(tiny_assets, tmp_path):
+    """VLA_model_256/libero_goal: K = 5, third + wrist, state, RynnVLA-002 statistics, the action head."""
+    from worldvla.testing.tiny_rynnvla import write_tiny_rynnvla_checkpoint
+
+    folder = tmp_path / "rynnvla002" / "VLA_model_256" / "libero_goal"
+    write_tiny_rynnvla_checkpoint(folder, tiny_assets, chunk_size=5, resolution=256)
+    (folder / "worldvla.json").unlink()
+    shutil.move(str(folder / "tokenizer"), str(tmp_path / "tok"))
+    with one_torch_thread():
+        policy = load_policy(str(folder), tokenizer=str(tmp_path / "tok"))
+        assert (policy.uses_wrist, policy.uses_state, policy.action_mode, policy.settings.family) == \
+            (True, True, "continuous", "rynnvla002")
+        assert policy.action_tok.stats == load_stats("rynnvla_action")
+        frame = np.zeros((256, 256, 3), np.uint8)
+        actions = policy.predict("put the bowl on the stove", [frame, frame], wrist=[frame, frame], state=np.zeros(8))
+        assert actions.shape == (5, 7)
+        with pytest.raises(ValueError, match="needs a wrist image"):
+            policy.predict("put the bowl on the stove", [frame, frame], state=np.zeros(8))
