@@ -133,7 +133,9 @@ def test_released_folder_gets_its_settings_from_the_table(released_layout):
         assert policy.settings.extra["official_checkpoint"] == "Alibaba-DAMO-Academy/WorldVLA/model_256/libero_10"
         assert policy.action_tok.stats == load_stats("worldvla")
         explicit = load_policy(str(local), tokenizer=str(tok), settings={"chunk_size": 3})  # explicit values win
-    assert explicit.chunk_size == 3 and explicit.resolution == 256
+        assert explicit.chunk_size == 3 and explicit.resolution == 256
+        shutil.copytree(tok, local.parents[1] / "chameleon" / "tokenizer")  # a full download of the hub repo
+        assert load_policy(str(local)).chunk_size == 10  # finds ckpts/worldvla/chameleon/tokenizer itself
 
 
 def test_hub_id_arrives_through_the_cache_and_gets_the_table(released_layout, tmp_path, monkeypatch):
