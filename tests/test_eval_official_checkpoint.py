@@ -14,8 +14,8 @@ from worldvla.config import parse_cli
 from worldvla.eval.config import EvalConfig
 from worldvla.eval.interface import load_policy
 from worldvla.serve.server import ServeConfig
-from worldvla.tokenizers import load_stats
 from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
+from worldvla.tokenizers import load_stats
 
 
 @pytest.fixture(scope="module")
