@@ -1,6 +1,8 @@
 """An official-release checkpoint folder (config.json + shards, no worldvla.json, no tokenizer/) is
-evaluated with the tokenizer and the settings given on the eval / serve command line, never with
-silently assumed ones (a libero_10 model run at K=5 would just score lower)."""
+evaluated with the settings of the released checkpoint it is (the table of
+worldvla.eval.official_checkpoints) or with the ones given on the eval / serve command line, never with
+silently assumed ones (a libero_10 model run at K=5 would just score lower): an unknown folder without
+them is refused."""
 
 from __future__ import annotations
 
