@@ -4,6 +4,7 @@ instruction given to the policy, budgets of the base suite, the presets, and the
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 pytest.importorskip("libero.libero", reason="LIBERO not installed (pip install -e '.[libero]')")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from worldvla.envs import libero_pro  # noqa: E402
-from worldvla.envs.libero import MAX_STEPS  # noqa: E402
+from worldvla.envs import libero_pro
+from worldvla.envs.libero import MAX_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,11 +84,17 @@ def test_registered_suites_exist_and_env_suites_are_refused():
 def test_presets_and_scripts(base):
     from worldvla.config import load_config
     from worldvla.eval.config import EvalConfig
+    from worldvla.eval.interface import policy_info
+    from worldvla.eval.protocol import deviations
+    from worldvla.eval.scripted import HashPolicy
 
     for res in (256, 512):
-        preset = ROOT / "configs" / "eval" / f"libero_pro_{base.removeprefix('libero_')}_{res}.yaml"
+        preset = ROOT / "configs" / "eval" / "libero_pro" / f"{base}_{res}.yaml"
         cfg = load_config(EvalConfig, preset)
         assert cfg.suites == [libero_pro.suite_name(base, p) for p in ("instruction", "object", "position", "task")]
         assert cfg.resolution == res and cfg.num_trials == 50 and cfg.max_steps is None
+        # protocol-exact apart from the perturbation itself (which is no deviation: it is the benchmark)
+        assert deviations(cfg, policy_info(HashPolicy(resolution=res)), lambda s: 10) == []
         script = ROOT / "exps" / f"eval_libero_pro_{base.removeprefix('libero_')}_{res}.sh"
-        assert f"launch_eval configs/eval/{preset.name}" in script.read_text()
+        assert f"launch_eval configs/eval/libero_pro/{preset.name}" in script.read_text()
+        assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
