@@ -543,7 +543,7 @@ def decode_video(path: str | Path, start_s: float = 0.0, n_frames: int | None = 
         if codec and f"(codec {codec})" not in _ffmpeg_decoders(exe):
             raise LeRobotError(
                 f"{path}: the ffmpeg at {exe} has no {codec} decoder; install a build that has one, e.g. "
-                "`pip install -U imageio-ffmpeg` (its bundled ffmpeg decodes AV1 with libdav1d; installed by "
+                "`pip install -U imageio-ffmpeg` (from 0.8 its bundled ffmpeg decodes AV1 with libdav1d; installed by "
                 "`pip install -e .[lerobot]`), or point IMAGEIO_FFMPEG_EXE at an ffmpeg with libdav1d") from None
         raise LeRobotError(f"{path}: cannot decode video ({err})") from None
     if not frames:
