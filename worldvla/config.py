@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
+import shlex
 import sys
 import types
 import typing
@@ -349,25 +351,57 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str], bool]:
     return config, overrides, want_help
 
 
+def _leaves(cls, values, prefix: str = ""):
+    """(dotted key, declared type, value) of every leaf field, in declaration order."""
+    for f in dataclasses.fields(cls):
+        val = getattr(values, f.name)
+        if dataclasses.is_dataclass(val):
+            yield from _leaves(type(val), val, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", _field_types(cls)[f.name], val
+
+
+def cli_examples(cls, values=None) -> list[str]:
+    """Overrides of this config's own fields in the three CLI forms, e.g. `train.lr=5e-06` and
+    `--train.max-steps 3` (what --help shows; tests parse them back)."""
+    leaves = list(_leaves(cls, cls() if values is None else values))
+    examples = []
+    for want, form in ((float, "{key}={val!r}"), (int, "--{dashed} {val!r}")):
+        for key, tp, val in leaves:
+            if tp is want and type(val) is want:
+                examples.append(form.format(key=key, dashed=key.replace("_", "-"), val=val))
+                break
+    if not examples and leaves:
+        key, _, val = leaves[0]
+        text = str(val) if isinstance(val, (str, Path)) else json.dumps(val, default=str)
+        examples.append(shlex.quote(f"--{key}={text}"))
+    return examples
+
+
+def _help_epilog(cls, values=None, note: str = "") -> str:
+    return (f"overrides: key.sub=value, --key.sub=value or --key.sub value, for any field below; dashes and\n"
+            f"underscores in keys are the same; values are read as the field's type (lists: YAML/JSON).\n"
+            f"  e.g. {' '.join(cli_examples(cls, values))}\n"
+            f"fields{note}:\n" + "\n".join(describe(cls, values=values)))
+
+
 def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
     """`--config file.yaml key.sub=value --key.sub value ...` -> an instance of `cls` (grammar: `split_cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="overrides (key=value, any field):\n" + "\n".join(describe(cls)),
+        epilog=_help_epilog(cls),
     )
     parser.add_argument("--config", "--config_path", type=Path, default=None, help="YAML preset (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides: key.sub=value, --key.sub=value or "
-                        "--key.sub value; dashes = underscores (--train.max-steps 3); e.g. train.lr=1e-5")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, --key.sub=value or --key.sub value (see below)")
     try:
         config, overrides, want_help = split_cli(argv)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     if want_help:  # show the values the preset and overrides give, not only the dataclass defaults
         try:
-            parser.epilog = "overrides (key=value, any field; values as loaded):\n" + "\n".join(
-                describe(cls, values=load_config(cls, config, overrides)))
+            parser.epilog = _help_epilog(cls, load_config(cls, config, overrides), " (values as loaded)")
         except ConfigError as err:
             parser.epilog += f"\n\n(could not load {config}: {err})"
         parser.print_help()
