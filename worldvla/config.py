@@ -321,12 +321,17 @@ def describe(cls, prefix: str = "", values=None) -> list[str]:
 CONFIG_FLAGS = ("--config", "--config_path", "--config-path")
 
 
-def split_cli(argv: list[str]) -> tuple[str | None, list[str], bool]:
+def split_cli(argv: list[str], positional: str | None = None, many: bool = False,
+              is_flag=lambda key: False) -> tuple[str | None, list[str], bool]:
     """The one CLI grammar: argv -> (config file or None, `key=value` overrides, whether help was asked).
 
     `key=value`, `--key=value` and `--key value` are the same override; `--config FILE`,
-    `--config=FILE` (alias `--config_path`) name the preset; `-h` / `--help` asks for help."""
-    config, overrides, want_help, i = None, [], False, 0
+    `--config=FILE` (alias `--config_path`) name the preset; `-h` / `--help` asks for help; a bool
+    field (`is_flag(key)`) given as a bare `--key` is `key=true` (it takes a next word only when that
+    is true/false/yes/no/on/off/1/0). A CLI
+    whose config has one main input may name it as `positional`: bare words then become
+    `positional=...` (with `many`, for a list field: a JSON list of them)."""
+    config, overrides, want_help, bare, i = None, [], False, [], 0
     while i < len(argv):
         tok = argv[i]
         flag, eq, value = tok.partition("=")
@@ -340,14 +345,20 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str], bool]:
             config = value
         elif eq and flag.lstrip("-"):
             overrides.append(f"{flag.lstrip('-')}={value}")
+        elif tok.startswith("--") and is_flag(tok[2:]) and (i + 1 >= len(argv) or argv[i + 1].lower() not in _BOOLS):
+            overrides.append(f"{tok[2:]}=true")
         elif tok.startswith("--") and len(tok) > 2:
             if i + 1 >= len(argv):
                 raise ConfigError(f"{tok} needs a value (write {tok} VALUE or {tok[2:]}=VALUE)")
             i += 1
             overrides.append(f"{tok[2:]}={argv[i]}")
+        elif positional and not tok.startswith("-") and (many or not bare):
+            bare.append(tok)
         else:
             raise ConfigError(f"unexpected argument {tok!r} (write key=value, --key value or --config FILE)")
         i += 1
+    if bare:
+        overrides.insert(0, f"{positional}={json.dumps(bare) if many else bare[0]}")
     return config, overrides, want_help
 
 
@@ -385,18 +396,23 @@ def _help_epilog(cls, values=None, note: str = "") -> str:
             f"fields{note}:\n" + "\n".join(describe(cls, values=values)))
 
 
-def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
+def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = "", prog: str | None = None,
+              positional: str | None = None) -> T:
     """`--config file.yaml key.sub=value --key.sub value ...` -> an instance of `cls` (grammar: `split_cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    many = positional is not None and typing.get_origin(_field_types(cls)[positional]) in (list, tuple)
     parser = argparse.ArgumentParser(
+        prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_help_epilog(cls),
     )
     parser.add_argument("--config", "--config_path", type=Path, default=None, help="YAML preset (configs/*.yaml)")
+    if positional:
+        parser.add_argument(positional, nargs="*" if many else "?", help=f"the same as {positional}=...")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, --key.sub=value or --key.sub value (see below)")
     try:
-        config, overrides, want_help = split_cli(argv)
+        config, overrides, want_help = split_cli(argv, positional, many, lambda key: _resolve_key(cls, key)[1] is bool)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     if want_help:  # show the values the preset and overrides give, not only the dataclass defaults
