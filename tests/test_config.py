@@ -161,3 +161,12 @@ def test_every_help_example_parses_back():
         assert examples, cls
         argv = shlex.split(" ".join(examples))
         assert parse_cli(cls, argv) == cls(), (cls, examples)
+
+
+def test_bool_flags_and_bare_words():
+    from worldvla.config import cli_overrides
+
+    assert parse_cli(Flags, ["--on"]).on is True and parse_cli(Flags, ["--on", "false"]).on is False
+    assert parse_cli(Flags, ["--on", "--kind", "b"]) == Flags(on=True, kind="b")
+    assert cli_overrides(Flags, ["x/y", "--on"], positional="kind") == (None, ["kind=x/y", "on=true"], False)
+    assert parse_cli(Flags, ["a", "b", "--maybe", "1"], positional="tags") == Flags(tags=["a", "b"], maybe=1)

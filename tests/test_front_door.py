@@ -75,6 +75,7 @@ def check_help(res: subprocess.CompletedProcess) -> None:
     assert len(res.stdout.splitlines()) >= 8, f"{shown} lists no options:\n{res.stdout}"
 
 
+@pytest.mark.slow  # ~25 processes, most import torch: 1-2 min on a shared 2-core machine
 def test_every_command_and_stage_module_prints_its_help_from_a_wheel(wheel_env):
     env, cwd = wheel_env
     script = console_script()
@@ -109,3 +110,21 @@ def test_unknown_command_lists_the_commands():
     assert main(["--help"]) == 0
     assert main(["no-such-command"]) == 2
     assert all(name in usage() for name in COMMANDS)
+
+
+def test_video_metrics_cli_reads_the_one_grammar(tmp_path):
+    """`worldvla metrics ROLLOUT_DIR suite=... --out-dir ...`: a bare word, key=value and a dashed flag."""
+    import numpy as np
+
+    imageio = pytest.importorskip("imageio.v2")
+    from worldvla.eval.video_metrics.__main__ import main
+
+    clip = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3), dtype=np.uint8)
+    stem = "2025_01_01-task=goal--episode=0--success={}--view=third.mp4"
+    for kind in ("gt", "inf"):
+        imageio.mimwrite(tmp_path / stem.format(kind), list(clip), fps=10, macro_block_size=1)
+    out = tmp_path / "report"
+    assert main([str(tmp_path), "suite=cli", "--out-dir", str(out), "metrics=[psnr, ssim]", "kinds=[inf]",
+                 "--min-frames", "5", "size=32"]) == 0
+    assert "| inf |" in (out / "cli_metrics.md").read_text()
+    assert main(["suite=cli"]) == 2  # no folder: one error line, not a traceback

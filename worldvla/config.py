@@ -362,6 +362,12 @@ def split_cli(argv: list[str], positional: str | None = None, many: bool = False
     return config, overrides, want_help
 
 
+def cli_overrides(cls, argv: list[str], positional: str | None = None) -> tuple[str | None, list[str], bool]:
+    """`split_cli` for the config `cls`: its bool fields are flags, a list `positional` takes many words."""
+    many = positional is not None and typing.get_origin(_field_types(cls)[positional]) in (list, tuple)
+    return split_cli(argv, positional, many, lambda key: _resolve_key(cls, key)[1] is bool)
+
+
 def _leaves(cls, values, prefix: str = ""):
     """(dotted key, declared type, value) of every leaf field, in declaration order."""
     for f in dataclasses.fields(cls):
@@ -412,7 +418,7 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = ""
         parser.add_argument(positional, nargs="*" if many else "?", help=f"the same as {positional}=...")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, --key.sub=value or --key.sub value (see below)")
     try:
-        config, overrides, want_help = split_cli(argv, positional, many, lambda key: _resolve_key(cls, key)[1] is bool)
+        config, overrides, want_help = cli_overrides(cls, argv, positional)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     if want_help:  # show the values the preset and overrides give, not only the dataclass defaults
