@@ -95,6 +95,7 @@ def test_values_follow_the_field_type_not_yaml_guessing():
     cfg = parse_cli(Flags, ["on=true", "maybe=null", "tags=[1, b]", "path=out/x", "kind=123"])
     assert (cfg.on, cfg.maybe, cfg.tags, cfg.path, cfg.kind) == (True, None, ["1", "b"], Path("out/x"), "123")
     assert parse_cli(Flags, ["--on", "no", "--maybe", "7", "kind=null"]) == Flags(on=False, maybe=7, kind="null")
+    assert parse_cli(Flags, ["kind=''", 'path="a b"']) == Flags(kind="", path=Path("a b"))  # YAML quotes
     assert parse_cli(Run, ["optim.lr=5e-6", 'optim.betas=[1e-1, 0.2]']).optim == Optim(5e-6, [0.1, 0.2])
 
 
@@ -139,7 +140,7 @@ def test_a_scalar_or_list_where_a_section_belongs_names_the_file_and_field(tmp_p
         load_config(Run, empty)
     write(tmp_path / "typo.yaml", "optim:\n  lrr: 1\n")
     top = write(tmp_path / "top.yaml", "base: typo.yaml\nname: x\n")
-    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key\(s\) \['optim\.lrr'\].*valid"):
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key\(s\) \['lrr'\] in section optim \(Optim\); valid"):
         load_config(Run, top)
 
 

@@ -166,8 +166,8 @@ def check_sections(cls, data: dict, where: str, prefix: str = "") -> None:
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
-        names = [prefix + k for k in unknown]
-        raise ConfigError(f"{where}: unknown key(s) {names} for {cls.__name__}; valid: {sorted(types_)}")
+        section = f"section {prefix[:-1]} ({cls.__name__})" if prefix else cls.__name__
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in {section}; valid: {sorted(types_)}")
     for key, value in data.items():
         section = _section_type(types_[key])
         if section is None or isinstance(value, section) or (value is None and section is not types_[key]):
@@ -222,6 +222,8 @@ def _from_text(raw: str, tp):
             except (ValueError, ConfigError):
                 continue
         raise ValueError
+    if tp in (str, Path) and len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        raw = yaml_load(raw)  # a quoted YAML string: `key=''` is the empty string
     if tp is str:
         return raw
     if tp is Path:
