@@ -223,7 +223,10 @@ def _from_text(raw: str, tp):
                 continue
         raise ValueError
     if tp in (str, Path) and len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        raw = yaml_load(raw)  # a quoted YAML string: `key=''` is the empty string
+        try:  # a quoted YAML string: `key=''` is the empty string
+            raw = yaml_load(raw)
+        except yaml.YAMLError:
+            pass  # not one quoted scalar (e.g. 'a'b'): the text as it is
     if tp is str:
         return raw
     if tp is Path:
@@ -330,9 +333,9 @@ def split_cli(argv: list[str], positional: str | None = None, many: bool = False
     `key=value`, `--key=value` and `--key value` are the same override; `--config FILE`,
     `--config=FILE` (alias `--config_path`) name the preset; `-h` / `--help` asks for help; a bool
     field (`is_flag(key)`) given as a bare `--key` is `key=true` (it takes a next word only when that
-    is true/false/yes/no/on/off/1/0). A CLI
-    whose config has one main input may name it as `positional`: bare words then become
-    `positional=...` (with `many`, for a list field: a JSON list of them)."""
+    is true/false/yes/no/on/off/1/0). A CLI whose config has one main input may name it as
+    `positional`: bare words then become `positional=...` (with `many`, for a list field: a JSON
+    list of them)."""
     config, overrides, want_help, bare, i = None, [], False, [], 0
     while i < len(argv):
         tok = argv[i]
