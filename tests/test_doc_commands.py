@@ -18,6 +18,7 @@ from worldvla.config import ConfigError, cli_overrides, load_config
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "data" / "README.md", ROOT / "worldvla" / "train" / "README.md",
         *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_OPERATORS = {"&", "&&", "|", "||", ";", ">", ">>", "2>&1"}
 PLACEHOLDERS = re.compile(r"^(\.\.\.|key(\.sub)?=value|key\.sub=value\.\.\.)$")
 
 # module or script -> (config class "module:Class", bare-word field)
@@ -82,7 +83,9 @@ def commands_in(text: str) -> list[str]:
 def parse_command(line: str):
     """-> (config class, preset or None, overrides) for a command of a worldvla CLI, or None."""
     line = re.sub(r"<[^<>]*>", "v", re.sub(r"\$\{?\w+\}?", "v", line))  # $VAR, <placeholder>
-    tokens = unwrap_optional(shlex.split(line))
+    tokens = shlex.split(line)
+    ends = [i for i, tok in enumerate(tokens) if tok in SHELL_OPERATORS]
+    tokens = unwrap_optional(tokens[:ends[0]] if ends else tokens)  # `cmd &`, `cmd | tee`: the command
     while tokens and re.match(r"^[A-Z_]+=", tokens[0]):  # environment assignments
         tokens.pop(0)
     if tokens[:1] == ["bash"]:
