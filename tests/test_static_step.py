@@ -6,13 +6,12 @@ On CPU the static code runs without capture: these tests check exactly the code 
 
 import pytest
 import torch
+from test_model_decode import random_prompt, rynnvla_prompt
 
 from worldvla import vocab as V
 from worldvla.model import generate as G
 from worldvla.model import static_step as S
 from worldvla.testing.tiny_model import make_tiny_model
-
-from test_model_decode import random_prompt, rynnvla_prompt
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -120,7 +119,7 @@ def test_weights_moved_give_a_new_decoder(model):
     dec = S.static_decoder(model, capture=False)
     assert S.static_decoder(model, capture=False) is dec
     other = make_tiny_model(seed=5).double()
-    assert S.static_decoder(other, capture=False) is not getattr(model, "_static_decoder")
+    assert S.static_decoder(other, capture=False) is not model._static_decoder
     model.lm_head.weight.data = model.lm_head.weight.data.clone()
     assert S.static_decoder(model, capture=False) is not dec
 

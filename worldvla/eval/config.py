@@ -26,11 +26,23 @@ class DecodeConfig:
     """Decoding of the policy (shared by eval and serve)."""
 
     mode: str = field(default="auto", metadata={"help": "auto | parallel | sequential | official"})
-    compile: bool | None = field(default=None, metadata={"help": "static-shape compiled / CUDA-graph decode step (None = on for CUDA)"})
+    compile: bool | None = field(default=None, metadata={"help": "static-shape decode step, CUDA graphs on CUDA (None = COMPILE_ON_CUDA: off until proven on a GPU)"})
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:
             raise ValueError(f"decode.mode must be one of {DECODE_MODES}, got {self.mode!r}")
+
+
+# What decode.compile=None means on CUDA. Off until benchmarks/gpu.sh has shown on a GPU that the CUDA-graph
+# step gives the eager step's tokens (benchmarks/README.md, "GPU fast path"); on CPU None is always off.
+COMPILE_ON_CUDA = False
+
+
+def compile_step_for(decode: DecodeConfig, device: str) -> bool:
+    """decode.compile resolved for a policy on `device` (None: COMPILE_ON_CUDA on CUDA, off elsewhere)."""
+    if decode.compile is not None:
+        return bool(decode.compile)
+    return COMPILE_ON_CUDA and str(device).startswith("cuda")
 
 
 @dataclass

@@ -83,7 +83,8 @@ class WorldVLAPolicy:
         self.action_head = action_head
         self.model, self.text, self.images, self.settings = model, text, images, settings
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
-        self.compile_step = compile_step  # torch.compile the one-token step (gpt-fast style; first call compiles)
+        self.compile_step = compile_step  # static-shape step: CUDA graphs on CUDA, compiled layers on CPU
+        self.static: bool | None = None  # True: the static-shape step without capture/compile (None: = compile_step)
         self.action_tok = ActionTokenizer(_stats(settings.action_stats))
         world = settings.world_action_stats or settings.action_stats
         state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
@@ -180,7 +181,7 @@ class WorldVLAPolicy:
         """Action-bin ids per prompt: (K, 7) arrays (K may differ in unconstrained mode)."""
         if self.decode == "unconstrained":
             outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
-                                     compile_step=self.compile_step)
+                                     compile_step=self.compile_step, static=self.static)
             result = []
             for b, ids in enumerate(outs):
                 blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
@@ -190,7 +191,8 @@ class WorldVLAPolicy:
                 result.append(np.asarray(blocks, dtype=np.int64))
             return result
         blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
-                                        action_mask=self.action_mask, compile_step=self.compile_step)  # (B, K, 9)
+                                        action_mask=self.action_mask, compile_step=self.compile_step,
+                                        static=self.static)  # (B, K, 9)
         return list(blocks[..., 1:-1].cpu().numpy())
 
     def predict_batch(self, instructions: Sequence[str], images_per_episode: Sequence[Sequence[np.ndarray]],
@@ -240,7 +242,7 @@ class WorldVLAPolicy:
         views = 1 if wrist is None else 2
         latent = self.resolution // 16  # VQ-GAN downsampling
         span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
-                                self.compile_step, n_images=views)[0]
+                                self.compile_step, n_images=views, static=self.static)[0]
         span = span.cpu().tolist()
         if wrist is None:
             picture = self.images.tokens_to_image(span)

@@ -19,7 +19,7 @@ import numpy as np
 
 from worldvla.config import to_dict
 
-from .config import EvalConfig, parse_shard
+from .config import EvalConfig, compile_step_for, parse_shard
 from .interface import load_policy, policy_info
 from .pool import WorkerPool
 from .protocol import (
@@ -118,7 +118,8 @@ class Evaluation:
 
             torch.set_num_threads(cfg.policy_threads)
         if policy is None:
-            policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+            policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                                 compile_step=compile_step_for(cfg.decode, cfg.device))
         self.policy = policy
         self.info = policy_info(self.policy)
         check_policy_inputs(cfg, self.info)
