@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resume (they do not change any episode's result).
 RESUMABLE_FIELDS = ("num_workers", "batch_timeout_s", "policy_threads", "videos", "video_fps", "video_wrist",
-                    "retry_errors", "output_dir", "device")
+                    "retry_errors", "output_dir", "device", "max_batch")
 
 
 class ResumeMismatch(RuntimeError):
