@@ -45,8 +45,8 @@ def test_no_limit_answers_everyone_in_one_call():
 
 
 def test_max_batch_does_not_change_results(tmp_path):
-    base = dict(policy="hash", env_factory="worldvla.eval.fake_env:FakeEnv", suites=["libero_goal"], num_trials=2,
-                max_steps=12, videos="none", batch_timeout_s=0.5)
+    base = {"policy": "hash", "env_factory": "worldvla.eval.fake_env:FakeEnv", "suites": ["libero_goal"],
+            "num_trials": 2, "max_steps": 12, "videos": "none", "batch_timeout_s": 0.5}
     ref = Evaluation(EvalConfig(**base, num_workers=0, output_dir=tmp_path / "ref"), policy=HashPolicy(),
                      progress=False).execute()
     policy = HashPolicy(delay_s=0.02)  # workers pile up while a call runs
