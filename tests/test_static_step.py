@@ -134,3 +134,12 @@ def test_batch_buckets_and_errors(model):
         G.decode_action_chunks(model, prompts_of(1, 3), 5, "sequential", use_cache=False, static=True)
     with pytest.raises(ValueError, match="eager baseline"):
         G.generate_greedy(model, prompts_of(1, 3), 4, dense_official_mask=True, static=True)
+
+
+def test_parallel_refuses_prompts_whose_blocks_would_see_each_other(model):
+    """An unclosed image span in the prompt extends to the end: no generated block is isolated, so
+    parallel decoding would read half-written blocks (and the static step stale slots)."""
+    bad = random_prompt(95)[:5] + [V.BOI_ID, V.END_OF_TURN_ID]
+    with pytest.raises(ValueError, match="see each other"):
+        G.decode_action_chunks(model, [random_prompt(96), bad], 5, "parallel", static=True)
+    G.decode_action_chunks(model, [bad], 5, "sequential", static=True)  # exact in sequential mode

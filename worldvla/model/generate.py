@@ -217,7 +217,14 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     tokens, lengths = pad_right(prompts, device)
     total = cache_length(model, int(lengths.max()) + BLOCK_LEN * K, static)
     block = [V.ACTION_START_ID] + [FIRST_BIN_ID] * ACTION_DIM + [V.ACTION_END_ID]
-    masker = RowMasker(planned_layouts(prompts, block * K, total), total, action_mask, device)
+    layouts = planned_layouts(prompts, block * K, total)
+    if mode == "parallel":
+        for b, lay in enumerate(layouts):  # e.g. an unclosed image or action block in the prompt
+            if len(lay.blocks) < K or lay.isolated()[-K:] != list(range(len(lay.blocks) - K, len(lay.blocks))):
+                raise ValueError(f"prompt {b}: under its mask the generated action blocks see each other "
+                                 "(an unclosed image/action span?); parallel decoding would not be exact: "
+                                 "use mode=sequential")
+    masker = RowMasker(layouts, total, action_mask, device)
     out = torch.full((B, K, BLOCK_LEN), V.ACTION_START_ID, dtype=torch.long, device=device)
     out[..., -1] = V.ACTION_END_ID
     bins = (FIRST_BIN_ID, LAST_BIN_ID)
