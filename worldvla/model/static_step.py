@@ -27,7 +27,9 @@ import torch
 from worldvla.model.transformer import KVCache, Transformer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-KEPT_CACHE_BUCKETS = 4  # (batch, cache) buckets kept per model; the least recently used goes first
+# (batch, cache) buckets kept per model, the least recently used going first: an evaluation with 16 workers
+# uses batch buckets 1..16 at two prompt lengths (first query: one frame), ~20 GB of 7B bf16 caches in all
+KEPT_CACHE_BUCKETS = 10
 WARMUP_RUNS = 2  # eager runs on a side stream before a capture (cuBLAS / allocator set-up)
 
 # A head says which ids the greedy choice ranges over: (lo, hi) inclusive id range, a 1-D id tensor,
