@@ -302,10 +302,11 @@ def bench_fastpath(model, repeats: int, batches: list[int], graph: bool, Ks=(5, 
     rows = []
     for K in Ks:
         for B in batches:
-            prompts = [(lambda ids: ids[:1] + ids[1 + b % 4:])(action_prompt(2, 256, seed=10 + b))
-                       for b in range(B)]  # text 20, 19, 18, 17 tokens: different prompt lengths
-            res = best_of({name: lambda st, kw=kw: G.decode_action_chunks(model, prompts, K, "parallel", stats=st, **kw)
-                           for name, kw in step_variants(graph).items()}, repeats, warmup=True)
+            full = [action_prompt(2, 256, seed=10 + b) for b in range(B)]
+            prompts = [ids[:1] + ids[1 + b % 4:] for b, ids in enumerate(full)]  # text 20..17 tokens: lengths differ
+            res = best_of({name: lambda st, kw=kw, prompts=prompts, K=K: G.decode_action_chunks(
+                model, prompts, K, "parallel", stats=st, **kw) for name, kw in step_variants(graph).items()},
+                repeats, warmup=True)
             row = {"K": K, "batch": B, "prompt_tokens": [len(p) for p in prompts][:4]}
             for name, (st, out) in res.items():
                 chunk = [1e3 * (p + d) for p, d in st.runs]
@@ -333,9 +334,8 @@ def bench_world(model, repeats: int, resolution: int, graph: bool) -> dict:
     results = {}
     for name, kw in step_variants(graph).items():
         G.generate_image(model, [prompt], side, side, image_ids, **kw)  # warm-up / capture
-        times = [_timed(lambda kw=kw: results.__setitem__(name, G.generate_image(model, [prompt], side, side,
-                                                                                  image_ids, **kw)), model.device)
-                 for _ in range(repeats)]
+        times = [_timed(lambda kw=kw, name=name: results.__setitem__(
+            name, G.generate_image(model, [prompt], side, side, image_ids, **kw)), model.device) for _ in range(repeats)]
         out[name] = {"frame_ms": spread(times),
                      "equal_tokens_vs_eager": same_tokens(results[name], results["eager"], f"world {name} vs eager")}
     return out

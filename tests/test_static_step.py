@@ -143,3 +143,9 @@ def test_parallel_refuses_prompts_whose_blocks_would_see_each_other(model):
     with pytest.raises(ValueError, match="see each other"):
         G.decode_action_chunks(model, [random_prompt(96), bad], 5, "parallel", static=True)
     G.decode_action_chunks(model, [bad], 5, "sequential", static=True)  # exact in sequential mode
+
+
+def test_one_decoder_per_setting_is_kept(model):
+    plain = S.static_decoder(model, capture=False)
+    compiled = S.static_decoder(model, capture=False, run_layer=G.compiled_layer_runner(model))
+    assert compiled is not plain and S.static_decoder(model, capture=False) is plain  # not rebuilt

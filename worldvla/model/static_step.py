@@ -182,10 +182,14 @@ class StaticDecoder:
 
 
 def static_decoder(model: Transformer, capture: bool, run_layer: Callable | None = None) -> StaticDecoder:
-    """The model's StaticDecoder for these settings (a new one if the settings or the weights changed)."""
-    dec = getattr(model, "_static_decoder", None)
-    if dec is None or dec.capture != capture or dec.run_layer is not run_layer or dec.stale():
+    """The model's StaticDecoder for these settings, one per (capture, run_layer), kept on the model so
+    that alternating settings (benchmarks) does not re-capture; rebuilt if the weights moved."""
+    decoders = model.__dict__.setdefault("_static_decoders", {})
+    key = (capture, id(run_layer))
+    dec = decoders.get(key)
+    if dec is None or dec.run_layer is not run_layer or dec.stale():
         if dec is not None:
             dec.buckets.clear()
-        dec = model._static_decoder = StaticDecoder(model, capture, run_layer)
+        dec = decoders[key] = StaticDecoder(model, capture, run_layer)
+    model._static_decoder = dec  # the one used last (tests, benchmarks)
     return dec
