@@ -189,22 +189,23 @@ def summarize(args, desc, recs, done_at, elapsed, st, timers, dstats) -> dict:
     if not recs:
         out["note"] = "no episode finished within the time limit"
         return out
-    # rate after the first finished episode: start-up (spawn, env creation) is paid once per run
-    first = done_at[0]
-    rate = (len(done_at) - 1) / (done_at[-1] - first) if len(done_at) > 1 and done_at[-1] > first else None
+    # steady state: every worker always runs an episode, so the pool finishes workers / (mean episode wall
+    # time) episodes per second; completions come in waves of similar episodes, so counting them over a few
+    # minutes would depend on where the waves fall. Start-up (spawn, env creation) is paid once per run.
+    mean_episode_s = statistics.mean(r["seconds"] for r in recs)
+    rate = args.workers / mean_episode_s
     out.update({
-        "episodes_per_s": len(recs) / elapsed,
+        "episodes_per_s": len(recs) / elapsed,  # whole window, start-up included
         "steady_episodes_per_s": rate,
-        "startup_s": first - statistics.mean(r["seconds"] for r in recs),
+        "mean_episode_s": mean_episode_s,
+        "startup_s": max(0.0, done_at[0] - mean_episode_s) if done_at else None,
         "ms_per_step": {
             "simulator": 1e3 * sum(r["sim_seconds"] for r in recs) / steps,
             "worker_waits_for_policy": 1e3 * sum(r["policy_seconds"] for r in recs) / steps,
             "reset_per_episode_s": sum(r["reset_seconds"] for r in recs) / len(recs),
         },
     })
-    per_episode = args.workers / (rate or out["episodes_per_s"])
-    out["extrapolated_2000_episodes_min"] = (out["startup_s"] + 2000 / (rate or out["episodes_per_s"])) / 60
-    out["seconds_per_episode_per_worker"] = per_episode
+    out["extrapolated_2000_episodes_min"] = ((out["startup_s"] or 0.0) + 2000 / rate) / 60
     return out
 
 

@@ -18,7 +18,7 @@ T0=$(date +%s)
   if compgen -G "$CARRY/gl/*.deb" >/dev/null; then for f in "$CARRY"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
   mkdir -p "$SITE"
   tar -xJf "$CARRY/site.tar.xz" -C "$SITE"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/wheels/*.whl
+  tar -xJf "$CARRY/mujoco.tar.xz" -C "$SITE"
   echo "set-up $(( $(date +%s) - T0 )) s"
 } >"$OUT/setup.txt" 2>&1
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MUJOCO_GL=egl
