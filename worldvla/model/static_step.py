@@ -32,9 +32,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 KEPT_CACHE_BUCKETS = 10
 WARMUP_RUNS = 2  # eager runs on a side stream before a capture (cuBLAS / allocator set-up)
 
-# A head says which ids the greedy choice ranges over: (lo, hi) inclusive id range, a 1-D id tensor,
-# or None for the full vocabulary (with the model's image-logit masking, as Transformer.logits).
-Head = "tuple[int, int] | torch.Tensor | None"
+# A step's `head` says which ids its greedy choice ranges over: an inclusive (lo, hi) id range, a 1-D id
+# tensor, or None for the full vocabulary (with the model's image-logit masking, as Transformer.logits).
 
 
 def batch_bucket(batch: int) -> int:
