@@ -68,7 +68,7 @@ def import_object(spec: str):
 
 
 def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, tokenizer: str | None = None,
-                settings: dict | None = None):
+                settings: dict | None = None, compile_step: bool = False):
     """Checkpoint directory or hub id, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
 
     `action_mode` (discrete | continuous) selects how a checkpoint produces actions; None keeps the
@@ -77,7 +77,8 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     checkpoint folders that lack them, such as the official release; they only apply to a checkpoint. A
     released checkpoint (worldvla.eval.official_checkpoints) brings its own settings, `settings` override
     them; any other folder without worldvla.json is refused unless `settings` give chunk_size, resolution
-    and action_stats."""
+    and action_stats. `compile_step` (decode.compile) selects a checkpoint's static-shape / CUDA-graph
+    decode step; a server or factory policy decodes as it was set up."""
     if (tokenizer or settings) and not (Path(spec).is_dir() or is_hub_id(spec)):
         raise ValueError(f"tokenizer= and policy_settings= apply to a checkpoint directory, not to {spec!r}")
     if not spec:
@@ -94,7 +95,7 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
             raise ImportError(f"cannot load checkpoint {path}: worldvla.eval.policy unavailable ({err})") from err
         log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")
         return WorldVLAPolicy.from_pretrained(path, device=device, action_mode=action_mode, tokenizer=tokenizer,
-                                              **(settings or {}))
+                                              compile_step=compile_step, **(settings or {}))
     if ":" in spec and not path.exists():
         factory = import_object(spec)
         is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)

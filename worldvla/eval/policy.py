@@ -2,8 +2,8 @@
 
 Prompt (official_format.md §9): "What action should the robot take to {instruction}?" + one image
 placeholder per history frame (the first query of an episode has one frame), human turn only, ending
-with 8710; images are tokenised by the bundled VQ-GAN one at a time (so batching never changes
-codes). The K action blocks are decoded greedily under the action mask — in parallel by default,
+with 8710; the frames of a batch are tokenised by the bundled VQ-GAN in one batched call whose codes
+equal encoding each alone (ImageTokenizer.encode). The K action blocks are decoded greedily under the action mask — in parallel by default,
 sequentially, or with the official unconstrained generate-then-parse — and de-normalised with the
 checkpoint's statistics. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from
 the checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
@@ -128,12 +128,14 @@ class WorldVLAPolicy:
         self.action_head = action_head
         self.model, self.text, self.images, self.settings = model, text, images, settings
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
-        self.compile_step = compile_step  # torch.compile the one-token step (gpt-fast style; first call compiles)
+        self.compile_step = compile_step  # static-shape step: CUDA graphs on CUDA, compiled layers on CPU
+        self.static: bool | None = None  # True: the static-shape step without capture/compile (None: = compile_step)
         self.action_tok = ActionTokenizer(_stats(settings.action_stats))
         world = settings.world_action_stats or settings.action_stats
         state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
-        self.builder = SequenceBuilder(text, images.image_to_tokens, self.action_tok, state_tok)
-        self.world_builder = SequenceBuilder(text, images.image_to_tokens, ActionTokenizer(_stats(world)))
+        self.builder = SequenceBuilder(text, self._image_tokens, self.action_tok, state_tok)
+        self.world_builder = SequenceBuilder(text, self._image_tokens, ActionTokenizer(_stats(world)))
+        self._encoded: dict[int, list[int]] = {}  # id(frame) -> tokens, pre-encoded in one batch per call
         self.image_ids = torch.as_tensor(text.vocab.image_ids(), dtype=torch.long)
 
     # -- construction -----------------------------------------------------------------------------
@@ -217,6 +219,11 @@ class WorldVLAPolicy:
         return self.settings.action_mode
 
     # -- prompts -----------------------------------------------------------------------------------
+    def _image_tokens(self, image) -> list[int]:
+        """A frame's tokens: pre-encoded with the rest of the batch (predict_batch), else encoded now."""
+        found = self._encoded.get(id(image))
+        return found if found is not None else self.images.image_to_tokens(image)
+
     def prompt_ids(self, instruction: str, images: Sequence[np.ndarray], wrist: Sequence[np.ndarray] | None = None,
                    state: np.ndarray | None = None) -> list[int]:
         frames = list(images)[-self.history:]
@@ -241,7 +248,7 @@ class WorldVLAPolicy:
         """Action-bin ids per prompt: (K, 7) arrays (K may differ in unconstrained mode)."""
         if self.decode == "unconstrained":
             outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
-                                     compile_step=self.compile_step)
+                                     compile_step=self.compile_step, static=self.static)
             result = []
             for b, ids in enumerate(outs):
                 blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
@@ -251,7 +258,8 @@ class WorldVLAPolicy:
                 result.append(np.asarray(blocks, dtype=np.int64))
             return result
         blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
-                                        action_mask=self.action_mask, compile_step=self.compile_step)  # (B, K, 9)
+                                        action_mask=self.action_mask, compile_step=self.compile_step,
+                                        static=self.static)  # (B, K, 9)
         return list(blocks[..., 1:-1].cpu().numpy())
 
     def predict_batch(self, instructions: Sequence[str], images_per_episode: Sequence[Sequence[np.ndarray]],
@@ -260,9 +268,16 @@ class WorldVLAPolicy:
         """One (K, 7) de-normalised action chunk per episode; batching does not change results."""
         if len(instructions) != len(images_per_episode):
             raise ValueError(f"{len(instructions)} instructions but {len(images_per_episode)} image lists")
-        prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
-                                   None if states is None else states[i])
-                   for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        frames = [f for imgs in images_per_episode for f in list(imgs)[-self.history:]]
+        if self.uses_wrist and wrists is not None:
+            frames += [f for w in wrists for f in list(w)[-self.history:]]
+        self._encoded = {id(f): t for f, t in zip(frames, self.images.images_to_tokens(frames))}  # one batched call
+        try:
+            prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
+                                       None if states is None else states[i])
+                       for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        finally:
+            self._encoded = {}
         if self.action_mode == "continuous":
             return [self.action_tok.unnormalize(a) for a in predict_normalised(self.model, self.action_head, prompts)]
         return [self.action_tok.decode(tokens) for tokens in self.predict_tokens(prompts)]
@@ -301,7 +316,7 @@ class WorldVLAPolicy:
         views = 1 if wrist is None else 2
         latent = self.resolution // 16  # VQ-GAN downsampling
         span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
-                                self.compile_step, n_images=views)[0]
+                                self.compile_step, n_images=views, static=self.static)[0]
         span = span.cpu().tolist()
         if wrist is None:
             picture = self.images.tokens_to_image(span)

@@ -20,7 +20,7 @@ import numpy as np
 from worldvla.config import to_dict
 from worldvla.envs.libero_pro import check_resources, perturbation_record
 
-from .config import EvalConfig, parse_shard
+from .config import EvalConfig, compile_step_for, parse_shard
 from .interface import load_policy, policy_info
 from .pool import WorkerPool
 from .protocol import (
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resume (they do not change any episode's result).
 RESUMABLE_FIELDS = ("num_workers", "batch_timeout_s", "policy_threads", "videos", "video_fps", "video_wrist",
-                    "retry_errors", "output_dir", "device")
+                    "retry_errors", "output_dir", "device", "max_batch")
 
 
 class ResumeMismatch(RuntimeError):
@@ -156,7 +156,8 @@ class Evaluation:
 
             torch.set_num_threads(cfg.policy_threads)
         if policy is None:
-            policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+            policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                                 compile_step=compile_step_for(cfg.decode, cfg.device))
         self.policy = policy
         self.info = policy_info(self.policy)
         check_policy_inputs(cfg, self.info)

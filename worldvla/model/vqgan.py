@@ -222,11 +222,14 @@ class Quantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, h, w) nearest-code indices (squared L2, raster order)."""
-        b, c, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
+        b, _, h, w = z.shape
+        return self.distances(z).argmin(1).reshape(b, h, w)
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents -> (B*h*w, n_embed) squared L2 distances to every code (raster order)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*h*w, C)
         emb = self.embedding.weight
-        dist = flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()
-        return dist.argmin(1).reshape(b, h, w)
+        return flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) indices -> (B, C, h, w) codebook vectors."""

@@ -11,6 +11,7 @@ from worldvla.config import ConfigError, parse_cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    from worldvla.eval.config import compile_step_for
     from worldvla.eval.interface import load_policy
     from worldvla.eval.rollout import seed_everything
 
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
         return 2
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                         compile_step=compile_step_for(cfg.decode, cfg.device))
     seed_everything(cfg.seed)  # again: torch is imported by now
     server = PolicyServer.from_config(policy, cfg)
     try:
