@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla.atomic import atomic_write_json
+from worldvla.config import parse_cli
 from worldvla.data.datasets import CONCAT_FORMAT, PretokenizedDataset
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,23 @@ def concatenate(cfg: ConcatConfig) -> dict:
     sources = [_entry(Path(p), out.parent) for p in cfg.inputs]
     index = {"format": CONCAT_FORMAT, "sources": sources,
              "n_samples": sum(s["n_samples"] for s in sources), "n_tokens": sum(s["n_tokens"] for s in sources)}
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(out)
+    atomic_write_json(out, index)
     log.info("concatenated %d sources (%d samples, %d tokens) -> %s", len(sources), index["n_samples"], index["n_tokens"], out)
     return index
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """Concatenate pretokenized sets (world first, then action, as official) into one index JSON."""
+    cfg = parse_cli(ConcatConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return concatenate(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla concat` / `python -m worldvla.data.concat [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,16 +15,18 @@ Media paths in the JSON are `base_dir/...` exactly as `base_dir` was given (offi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla.config import parse_cli
 from worldvla.data.sequence import action_conversation, world_conversation
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +225,9 @@ def output_names(cfg: ConversationsConfig, split: str) -> dict[str, str]:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from worldvla.atomic import atomic_write_json
+
+    atomic_write_json(path, data)
 
 
 def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
@@ -264,3 +266,20 @@ def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
                 "splits": {s: [f"{t}/{j}" for t, j in v] for s, v in assignment.items()}}
     _write_json(out_dir / f"libero_{cfg.task_name}_{cfg.resolution}_conversations_manifest.json", manifest)
     return written
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """Exported trajectories -> action/world conversation JSONs, split into train / val_ind / val_ood."""
+    cfg = parse_cli(ConversationsConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return generate(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla conversations` / `python -m worldvla.data.conversations [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

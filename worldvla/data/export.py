@@ -23,12 +23,16 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import fsync_tree
+from worldvla.config import parse_cli
 from worldvla.data.raw_demos import DEMO_RE, RawDemo, RawDemoError, RawDemoFile
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,7 @@ def _export_one(args: tuple[str, str, str, str, str]) -> str:
         demo = f.demo(demo_name, load_obs=True)
     try:
         write_trajectory(demo, tmp, layout, f"{hdf5}:{demo_name}")
+        fsync_tree(tmp)  # a rerun skips any trj_<i> folder: it must be whole on disk
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -155,3 +160,20 @@ def export(cfg: ExportConfig) -> Path:
     shutil.rmtree(tmp_root, ignore_errors=True)
     log.info("exported %d trajectories of %d tasks (layout %s) -> %s", len(jobs), len(files), cfg.layout, save_dir)
     return save_dir
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    """Regenerated HDF5 files -> official folder layout (<task>/trj_<i>/action/, imgs/, imgs_wrist/, ...)."""
+    cfg = parse_cli(ExportConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return export(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worldvla.data.export [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

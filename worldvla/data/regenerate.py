@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from worldvla.config import parse_cli, save_config
 from worldvla.data.raw_demos import (
     ACTION_DIM,
     DEMO_RE,
@@ -41,6 +42,7 @@ from worldvla.data.raw_demos import (
     robot_state_vector,
     stack_obs,
 )
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +223,9 @@ def _env_for(task_id: int):
 
 
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from worldvla.atomic import atomic_write_json
+
+    atomic_write_json(path, data)
 
 
 def _run_job(job: Job) -> dict:
@@ -345,6 +347,9 @@ def regenerate(cfg: RegenerateConfig, env_factory=None) -> Path:
                     cfg.resolution)
     out_dir = cfg.resolved_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    from worldvla.atomic import clean_stale_tmp
+
+    clean_stale_tmp(out_dir, recursive=True)  # `<file>.tmp<pid>` of a killed run (task files, .parts/)
     t0 = time.time()
     jobs, tasks = plan_jobs(cfg, out_dir)
     run_jobs(cfg, jobs, env_factory)
@@ -361,3 +366,22 @@ def regenerate(cfg: RegenerateConfig, env_factory=None) -> Path:
 def clean_parts(out_dir: Path) -> None:
     """Remove the per-demo intermediate results (after a run is complete and checked)."""
     shutil.rmtree(Path(out_dir) / PARTS_DIR, ignore_errors=True)
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    """Replay raw LIBERO demos at 256/512 px, drop no-ops and failed demos, write per-task HDF5 (+ PNG/npy export)."""
+    cfg = parse_cli(RegenerateConfig, argv, description=cli.__doc__)
+    setup_logging()
+    out = regenerate(cfg)
+    save_config(cfg, out / "regenerate_config.yaml")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla regenerate` / `python -m worldvla.data.regenerate [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

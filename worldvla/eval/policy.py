@@ -2,8 +2,8 @@
 
 Prompt (official_format.md §9): "What action should the robot take to {instruction}?" + one image
 placeholder per history frame (the first query of an episode has one frame), human turn only, ending
-with 8710; images are tokenised by the bundled VQ-GAN one at a time (so batching never changes
-codes). The K action blocks are decoded greedily under the action mask — in parallel by default,
+with 8710; the frames of a batch are tokenised by the bundled VQ-GAN in one batched call whose codes
+equal encoding each alone (ImageTokenizer.encode). The K action blocks are decoded greedily under the action mask — in parallel by default,
 sequentially, or with the official unconstrained generate-then-parse — and de-normalised with the
 checkpoint's statistics. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from
 the checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
@@ -49,20 +49,65 @@ class PolicySettings:
     with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
     with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
     action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
+    family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule the checkpoint follows
     action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
+    tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
     step: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # not read from worldvla.json (an unknown key there is an error)
 
     @classmethod
     def from_file(cls, path: Path) -> PolicySettings:
-        data = json.loads(path.read_text())
-        known = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__ and k != "extra"}
-        return cls(**known, extra=data)
+        """worldvla.json, validated: unknown keys, wrong types and bad statistics are errors naming the key."""
+        from worldvla.errors import InputFileError
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputFileError(path, f"not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise InputFileError(path, f"expected a JSON object, got {type(data).__name__}")
+        valid = sorted(k for k in cls.__dataclass_fields__ if k != "extra")
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise InputFileError(path, f"unknown key(s) {unknown}; valid: {valid}", unknown[0])
+        for key in ("chunk_size", "history", "resolution"):
+            if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1):
+                raise InputFileError(path, f"expected a positive integer, got {data[key]!r}", key)
+        for key in ("with_state", "with_wrist"):
+            if key in data and not isinstance(data[key], bool):
+                raise InputFileError(path, f"expected true/false, got {data[key]!r}", key)
+        for key in ("action_stats", "world_action_stats", "state_stats"):
+            if data.get(key) is not None:
+                try:
+                    _stats(data[key])
+                except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+                    raise InputFileError(path, str(err), key) from None
+        if not isinstance(data.get("tokenizer_sha256", {}), dict):
+            raise InputFileError(path, "expected {file name: sha256}", "tokenizer_sha256")
+        return cls(**data)
+
+    def verify_tokenizer(self, tok_dir: Path, settings_path: Path) -> None:
+        """The tokenizer files are the ones recorded when the checkpoint was written (sha256)."""
+        from worldvla.data.tokenization import sha256_file
+        from worldvla.errors import InputFileError
+
+        for name, want in self.tokenizer_sha256.items():
+            f = Path(tok_dir) / name
+            if not f.is_file():
+                raise InputFileError(f, f"missing; {settings_path} records it (tokenizer_sha256.{name})")
+            got = sha256_file(f)
+            if got != want:
+                raise InputFileError(f, f"sha256 {got[:12]} differs from {want[:12]} recorded in {settings_path} "
+                                        f"(tokenizer_sha256.{name}): the file changed after the checkpoint was "
+                                        "written; restore the original or use the tokenizer it was trained with")
 
 
 def _stats(spec) -> NormStats:
     if isinstance(spec, dict):
+        if "min" not in spec or "max" not in spec:
+            raise ValueError(f"expected {{'min': [...], 'max': [...]}}, got keys {sorted(spec)}")
         return NormStats(tuple(map(float, spec["min"])), tuple(map(float, spec["max"])))
     return load_stats(spec)
 
@@ -83,12 +128,14 @@ class WorldVLAPolicy:
         self.action_head = action_head
         self.model, self.text, self.images, self.settings = model, text, images, settings
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
-        self.compile_step = compile_step  # torch.compile the one-token step (gpt-fast style; first call compiles)
+        self.compile_step = compile_step  # static-shape step: CUDA graphs on CUDA, compiled layers on CPU
+        self.static: bool | None = None  # True: the static-shape step without capture/compile (None: = compile_step)
         self.action_tok = ActionTokenizer(_stats(settings.action_stats))
         world = settings.world_action_stats or settings.action_stats
         state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
-        self.builder = SequenceBuilder(text, images.image_to_tokens, self.action_tok, state_tok)
-        self.world_builder = SequenceBuilder(text, images.image_to_tokens, ActionTokenizer(_stats(world)))
+        self.builder = SequenceBuilder(text, self._image_tokens, self.action_tok, state_tok)
+        self.world_builder = SequenceBuilder(text, self._image_tokens, ActionTokenizer(_stats(world)))
+        self._encoded: dict[int, list[int]] = {}  # id(frame) -> tokens, pre-encoded in one batch per call
         self.image_ids = torch.as_tensor(text.vocab.image_ids(), dtype=torch.long)
 
     # -- construction -----------------------------------------------------------------------------
@@ -97,23 +144,39 @@ class WorldVLAPolicy:
                         tokenizer: str | Path | None = None, decode: str = "parallel", compile_step: bool = False,
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
-        with `tokenizer=<dir>` and the settings as keyword arguments (chunk_size, history, resolution,
-        action_stats, action_mode, ...). dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
+        with `tokenizer=<dir>`. An official folder listed in worldvla.eval.official_checkpoints (by hub id
+        or folder name) gets its released settings from that table; any other folder without worldvla.json
+        must be given chunk_size, resolution and action_stats as keyword arguments, or it is refused.
+        Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
+        dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
         from worldvla.model.loading import resolve_source
 
-        folder = resolve_source(ckpt_dir)
-        path = folder / SETTINGS_NAME
-        base = PolicySettings.from_file(path) if path.is_file() else PolicySettings()
+        from .official_checkpoints import FAMILIES, REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
+
         unknown = set(settings) - set(PolicySettings.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(PolicySettings.__dataclass_fields__)}")
-        for k, v in settings.items():
-            if v is not None:
-                setattr(base, k, v)
-        if not path.is_file():  # official release: wrong K / resolution / stats would fail silently, so say it
-            log.warning("%s has no %s: assuming %s (pass chunk_size=, resolution=, action_stats=, ... for "
-                        "another setup, e.g. chunk_size=10 for libero_10, resolution=512)", folder, SETTINGS_NAME, base)
+        folder = resolve_source(ckpt_dir)
+        path = folder / SETTINGS_NAME
         tok_dir = find_tokenizer_dir(folder, tokenizer)
+        given = {k: v for k, v in settings.items() if v is not None}
+        official = None if path.is_file() else (find_official(ckpt_dir) or find_official(folder))
+        if path.is_file():
+            base = PolicySettings.from_file(path)
+        elif official is not None:  # a released checkpoint: its settings are known, not guessed
+            base = PolicySettings(**official.settings)
+            base.extra["official_checkpoint"] = official.hub_id
+            log.info("%s: released checkpoint %s, settings %s%s", folder, official.hub_id, official.settings,
+                     f" overridden by {given}" if given else "")
+        elif all(k in given for k in REQUIRED_FOR_UNKNOWN):
+            base = PolicySettings()
+        else:
+            raise unknown_folder_error(folder, given)
+        for k, v in given.items():
+            setattr(base, k, v)
+        if base.family not in FAMILIES:
+            raise ValueError(f"{folder}: family={base.family!r}; valid: {FAMILIES}")
+        base.verify_tokenizer(tok_dir, path)
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
             raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "
@@ -156,6 +219,11 @@ class WorldVLAPolicy:
         return self.settings.action_mode
 
     # -- prompts -----------------------------------------------------------------------------------
+    def _image_tokens(self, image) -> list[int]:
+        """A frame's tokens: pre-encoded with the rest of the batch (predict_batch), else encoded now."""
+        found = self._encoded.get(id(image))
+        return found if found is not None else self.images.image_to_tokens(image)
+
     def prompt_ids(self, instruction: str, images: Sequence[np.ndarray], wrist: Sequence[np.ndarray] | None = None,
                    state: np.ndarray | None = None) -> list[int]:
         frames = list(images)[-self.history:]
@@ -180,7 +248,7 @@ class WorldVLAPolicy:
         """Action-bin ids per prompt: (K, 7) arrays (K may differ in unconstrained mode)."""
         if self.decode == "unconstrained":
             outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
-                                     compile_step=self.compile_step)
+                                     compile_step=self.compile_step, static=self.static)
             result = []
             for b, ids in enumerate(outs):
                 blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
@@ -190,7 +258,8 @@ class WorldVLAPolicy:
                 result.append(np.asarray(blocks, dtype=np.int64))
             return result
         blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
-                                        action_mask=self.action_mask, compile_step=self.compile_step)  # (B, K, 9)
+                                        action_mask=self.action_mask, compile_step=self.compile_step,
+                                        static=self.static)  # (B, K, 9)
         return list(blocks[..., 1:-1].cpu().numpy())
 
     def predict_batch(self, instructions: Sequence[str], images_per_episode: Sequence[Sequence[np.ndarray]],
@@ -199,9 +268,16 @@ class WorldVLAPolicy:
         """One (K, 7) de-normalised action chunk per episode; batching does not change results."""
         if len(instructions) != len(images_per_episode):
             raise ValueError(f"{len(instructions)} instructions but {len(images_per_episode)} image lists")
-        prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
-                                   None if states is None else states[i])
-                   for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        frames = [f for imgs in images_per_episode for f in list(imgs)[-self.history:]]
+        if self.uses_wrist and wrists is not None:
+            frames += [f for w in wrists for f in list(w)[-self.history:]]
+        self._encoded = {id(f): t for f, t in zip(frames, self.images.images_to_tokens(frames))}  # one batched call
+        try:
+            prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
+                                       None if states is None else states[i])
+                       for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        finally:
+            self._encoded = {}
         if self.action_mode == "continuous":
             return [self.action_tok.unnormalize(a) for a in predict_normalised(self.model, self.action_head, prompts)]
         return [self.action_tok.decode(tokens) for tokens in self.predict_tokens(prompts)]
@@ -240,7 +316,7 @@ class WorldVLAPolicy:
         views = 1 if wrist is None else 2
         latent = self.resolution // 16  # VQ-GAN downsampling
         span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
-                                self.compile_step, n_images=views)[0]
+                                self.compile_step, n_images=views, static=self.static)[0]
         span = span.cpu().tolist()
         if wrist is None:
             picture = self.images.tokens_to_image(span)

@@ -1,4 +1,5 @@
-"""python -m worldvla.serve policy=CKPT_DIR [host=127.0.0.1] [port=8000] [device=cuda] [action_mode=continuous]: see server.py."""
+"""python -m worldvla.serve policy=CKPT_DIR [protocol=worldvla|openpi|vla-eval] [resize=true] [host=127.0.0.1]
+[port=8000] [device=cuda] [action_mode=continuous]: see server.py and docs/serving.md."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from worldvla.config import ConfigError, parse_cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    from worldvla.eval.config import compile_step_for
     from worldvla.eval.interface import load_policy
     from worldvla.eval.rollout import seed_everything
 
@@ -25,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
         return 2
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                         compile_step=compile_step_for(cfg.decode, cfg.device))
     seed_everything(cfg.seed)  # again: torch is imported by now
-    server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)))
+    server = PolicyServer.from_config(policy, cfg)
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:
