@@ -58,8 +58,8 @@ def summarise(out: Path) -> dict:
 
 
 def markdown(rows: dict) -> str:
-    lines = ["| K | model | held-out samples | L1 by chunk position k = 1..K (env units) | last - first | "
-             "gripper agreement | token accuracy |", "|---:|---|---:|---|---:|---:|---:|"]
+    lines = [("| K | model | held-out samples | L1 by chunk position k = 1..K (env units) | last - first | "
+              "gripper agreement | token accuracy |"), "|---:|---|---:|---|---:|---:|---:|"]
     for k, row in rows.items():
         for label in ("mask", "causal"):
             r = row.get(label)
