@@ -34,7 +34,7 @@ class Query:
     instruction: str
     images: list[np.ndarray]  # M x (R, R, 3) uint8
     wrists: list[np.ndarray] | None = None  # same length as images, when the policy uses the wrist view
-    state: np.ndarray | None = None  # (8,) float32, when the policy uses the proprio state
+    state: np.ndarray | None = None  # (8,) float64, when the policy uses the proprio state
 
 
 @dataclass

@@ -84,7 +84,7 @@ class RemotePolicy:
         msg = {"type": "predict_batch", "instructions": list(instructions),
                "images": [[np.asarray(im, dtype=np.uint8) for im in ims] for ims in images_per_episode],
                "wrists": None if wrists is None else [[np.asarray(w, dtype=np.uint8) for w in ws] for ws in wrists],
-               "states": None if states is None else [np.asarray(s, dtype=np.float32) for s in states]}
+               "states": None if states is None else [np.asarray(s, dtype=np.float64) for s in states]}
         return [np.array(a) for a in self._call(msg)["actions"]]
 
     def predict(self, instruction, images, wrist=None, state=None) -> np.ndarray:
