@@ -1,6 +1,13 @@
 """Greedy decoding with a static KV cache: action chunks (parallel or sequential), official
 generate-then-parse, and constrained image generation for the world model.
 
+Modes of action decoding (`MODES`): `parallel` and `sequential` force K well-formed blocks (bins
+among 10006..10261); `official` is the official eval: free greedy generation (300 new tokens, stop at
+8710) and the official parsing rule of the checkpoint's family (`parse_official`): WorldVLA executes
+every block (longer ones cut to 7, a short one fails the episode when its turn comes), RynnVLA-002
+executes the blocks up to the first one that is not 7 long. `unconstrained` is the older lenient
+parse (every complete 7-token block, malformed ones skipped), kept for comparison.
+
 Parallel chunk decoding. Under the action mask (worldvla.model.masks) action block i sees the prompt
 and its own tokens only, and every block is 9 tokens: [10004, 7 bins, 15004]. So after the prompt
 (P tokens, ending with 8710) the K blocks are decoded together: step t feeds the t-th token of every
@@ -28,7 +35,8 @@ ACTION_DIM = 7  # tokens between the block's start and end
 BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]
 FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_START_ID + 2, V.ACTION_START_ID + 257  # 10006..10261 (official_format §2.2)
 OFFICIAL_MAX_NEW_TOKENS = 300  # official eval: action_steps (25) * 12
-MODES = ("parallel", "sequential", "unconstrained")
+MODES = ("parallel", "sequential", "official", "unconstrained")
+OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")  # which official eval loop `official` reproduces
 STRUCTURAL_IDS = frozenset((V.BOI_ID, V.EOI_ID, V.ACTION_START_ID, V.ACTION_END_ID))  # the mask changes only at these
 CACHE_BUCKET = 256  # compiled steps: cache lengths rounded up to this, so shapes (and graphs) repeat
 COMPILED_SHAPES = 64  # dynamo graphs kept per compiled step
@@ -143,12 +151,17 @@ def prefill(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor, mas
 @torch.no_grad()
 def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_size: int, mode: str = "parallel",
                          action_mask: bool = True, use_cache: bool = True, dense_official_mask: bool = False,
-                         compile_step: bool = False, stats: DecodeStats | None = None) -> torch.Tensor:
+                         compile_step: bool = False, stats: DecodeStats | None = None,
+                         grammar: list | None = None) -> torch.Tensor:
     """Constrained greedy decoding of K action blocks per prompt -> (B, K, 9) token ids.
 
     Block structure is forced (start, 7 ids in 10006..10261, end); `mode` is `parallel` or `sequential`.
     Benchmark baselines (sequential only, same tokens): `use_cache=False` re-runs the whole sequence
     every step; `dense_official_mask=True` rebuilds each step's mask row the official way.
+    `grammar` (a list, filled with one bool per prompt): whether the unconstrained argmax over the whole
+    vocabulary, at the steps both modes compute (the first block's start after the prompt, every bin),
+    would have left the action grammar, i.e. whether free (official) decoding could differ. It costs
+    one full LM-head row per decoded token.
     """
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
@@ -167,12 +180,16 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     bins = (FIRST_BIN_ID, LAST_BIN_ID)
     starts = lengths[:, None] + BLOCK_LEN * torch.arange(K, device=device)  # (B, K) block start positions
     if not use_cache:
-        if mode != "sequential":
-            raise ValueError("use_cache=False is supported for mode=sequential only")
+        if mode != "sequential" or grammar is not None:
+            raise ValueError("use_cache=False is supported for mode=sequential without the grammar check only")
         return _sequential_nocache(model, tokens, lengths, out, masker, stats)
+    check = grammar is not None
+    left = torch.zeros(B, dtype=torch.bool, device=device)  # per prompt: argmax left the grammar somewhere
     with kv_session(model, B, total, compile_step) as step:
         t0 = clock(device)
-        prefill(model, tokens, lengths, masker)
+        last = prefill(model, tokens, lengths, masker)
+        if check:
+            left |= model.logits(last).argmax(-1) != V.ACTION_START_ID
         t1 = clock(device)
         # every decode row at once: the layout is planned, so no per-step mask work (B, 1, K, 9, S)
         positions = starts[..., None] + torch.arange(BLOCK_LEN, device=device)  # (B, K, 9)
@@ -182,6 +199,8 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
                 pos = starts + t  # (B, K)
                 hidden = step(out[..., t], input_pos=pos, mask=rows[..., t, :])  # (B, K, dim)
                 out[..., t + 1] = greedy_among(model, hidden, bins)
+                if check:
+                    left |= _outside_bins(model, hidden).flatten(1).any(1)
                 stats.forward_steps += 1
                 stats.tokens_fed += B * K
         else:
@@ -197,11 +216,21 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
                     hidden = step(out[:, i, t : t + 1], input_pos=pos, mask=mask)
                     if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
                         out[:, i, t + 1] = greedy_among(model, hidden[:, 0], bins)
+                        if check:
+                            left |= _outside_bins(model, hidden[:, 0])
                     stats.forward_steps += 1
                     stats.tokens_fed += B
         stats.prefill_s += t1 - t0
         stats.decode_s += clock(device) - t1
+    if check:
+        grammar[:] = left.tolist()
     return out
+
+
+def _outside_bins(model: Transformer, hidden: torch.Tensor) -> torch.Tensor:
+    """Whether the full-vocabulary greedy id of each hidden state is not an action bin."""
+    ids = model.logits(hidden).argmax(-1)
+    return (ids < FIRST_BIN_ID) | (ids > LAST_BIN_ID)
 
 
 def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Tensor:
@@ -236,6 +265,75 @@ def parse_action_blocks(ids: list[int]) -> list[list[int]]:
             blocks.append(list(ids[start + 1 : i]))
             start = None
     return blocks
+
+
+@dataclass
+class ParsedActions:
+    """What the official eval loop executes from one generation: `blocks` (7 ids each) in order, then,
+    if `failure` is set, the exception that ends the episode as a failure (the official loop catches
+    any exception of a step, stops the episode and counts it as not successful)."""
+
+    blocks: list[list[int]]
+    failure: str | None = None
+
+
+def _official_blocks(ids: list[int]) -> tuple[list[list[int]], str | None]:
+    """The official parser (both repositories): `parse_action_blocks`, except that an end token before
+    any start token raises there (its start index is never initialised)."""
+    ids = [int(t) for t in ids]
+    starts = [i for i, t in enumerate(ids) if t == V.ACTION_START_ID]
+    ends = [i for i, t in enumerate(ids) if t == V.ACTION_END_ID]
+    if ends and (not starts or ends[0] < starts[0]):
+        return [], f"the official parser raises: end token {V.ACTION_END_ID} before any start token {V.ACTION_START_ID}"
+    return parse_action_blocks(ids), None
+
+
+def parse_official_worldvla(ids: list[int]) -> ParsedActions:
+    """WorldVLA's eval loop: every parsed block is executed in order. A block longer than 7 is cut to
+    its first 7 ids; one id is broadcast to all 7 dimensions (numpy broadcasting in the official
+    un-normalisation); any other short block raises when its turn comes, after the earlier blocks ran.
+    No block at all: the loop pops from an empty list and fails."""
+    raw, failure = _official_blocks(ids)
+    blocks: list[list[int]] = []
+    if failure is None:
+        for i, blk in enumerate(raw):
+            if len(blk) >= ACTION_DIM:
+                blocks.append(blk[:ACTION_DIM])
+            elif len(blk) == 1:
+                blocks.append(blk * ACTION_DIM)
+            else:
+                failure = (f"action block {i} has {len(blk)} ids: the official un-normalisation of a ({len(blk)},) "
+                           f"action against ({ACTION_DIM},) statistics raises (WorldVLA rule)")
+                break
+    if failure is None and not blocks:
+        failure = "no action block was generated: the official loop pops from an empty action list"
+    return ParsedActions(blocks, failure)
+
+
+def parse_official_rynnvla002(ids: list[int]) -> ParsedActions:
+    """RynnVLA-002's eval loop: blocks are taken in order up to the first one that is not exactly 7 ids
+    long (it and all later ones are dropped). No 7-id block first: the loop pops from an empty list
+    and fails."""
+    raw, failure = _official_blocks(ids)
+    blocks: list[list[int]] = []
+    if failure is None:
+        for blk in raw:
+            if len(blk) != ACTION_DIM:
+                break
+            blocks.append(blk)
+    if failure is None and not blocks:
+        failure = (f"no {ACTION_DIM}-id action block before the first malformed one: the official loop pops from "
+                   "an empty action list (RynnVLA-002 rule)")
+    return ParsedActions(blocks, failure)
+
+
+def parse_official(ids: list[int], family: str) -> ParsedActions:
+    """The official parsing rule of a checkpoint family (OFFICIAL_FAMILIES)."""
+    if family == "worldvla":
+        return parse_official_worldvla(ids)
+    if family == "rynnvla002":
+        return parse_official_rynnvla002(ids)
+    raise ValueError(f"family must be one of {OFFICIAL_FAMILIES}, got {family!r}")
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""python -m worldvla.serve policy=CKPT_DIR [host=127.0.0.1] [port=8000] [device=cuda] [action_mode=continuous]: see server.py."""
+"""python -m worldvla.serve policy=CKPT_DIR [host=127.0.0.1] [port=8000] [device=cuda] [action_mode=continuous]
+[decode.mode=official]: see server.py."""
 
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
         return 2
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+    try:
+        policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                             decode=cfg.decode.mode)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     seed_everything(cfg.seed)  # again: torch is imported by now
     server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)))
     try:

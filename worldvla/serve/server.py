@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worldvla.eval.config import DecodeConfig
-from worldvla.eval.interface import check_chunk, policy_info
+from worldvla.eval.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
 from . import wire
 
@@ -52,10 +52,11 @@ class _Request:
     future: asyncio.Future
 
 
-def _as_sent(chunk) -> np.ndarray:
-    """Validated (K, 7) actions in the policy's own float dtype (no float32 rounding on the way)."""
+def _as_sent(chunk, info: dict | None = None) -> np.ndarray:
+    """Validated (K, 7) actions in the policy's own float dtype (no float32 rounding on the way); no
+    actions at all only with an official-decode failure in `info`."""
     arr = np.asarray(chunk)
-    check_chunk(arr)
+    as_chunk(ActionChunk(arr, (info or {}).get("failure")))
     return arr.reshape(-1, 7).astype(arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64)
 
 
@@ -105,8 +106,8 @@ class PolicyServer:
             fut = asyncio.get_running_loop().create_future()
             self._pending.append(_Request(texts, images, wrists, states, fut))
             self._wake.set()
-            actions = await fut
-            return wire.pack({"type": "actions", "id": msg_id, "actions": actions})
+            actions, infos = await fut
+            return wire.pack({"type": "actions", "id": msg_id, "actions": actions, "decode_info": infos})
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
             if not isinstance(err, wire.WireError):
                 log.error("request failed:\n%s", traceback.format_exc())
@@ -114,7 +115,7 @@ class PolicyServer:
                               "message": f"{type(err).__name__}: {err}"})
 
     # -- batching -----------------------------------------------------------------------------
-    def _predict(self, batch: list[_Request]) -> list[list[np.ndarray]]:
+    def _predict(self, batch: list[_Request]) -> list[tuple[list[np.ndarray], list[dict]]]:
         texts = [t for r in batch for t in r.texts]
         images = [im for r in batch for im in r.images]
         has_w = any(r.wrists is not None for r in batch)
@@ -124,10 +125,12 @@ class PolicyServer:
         chunks = self.policy.predict_batch(texts, images, wrists=wrists, states=states)
         if len(chunks) != len(texts):
             raise ValueError(f"policy returned {len(chunks)} chunks for {len(texts)} queries")
-        chunks = [_as_sent(c) for c in chunks]
+        infos = [{"failure": d.get("failure"), "grammar_violation": d.get("grammar_violation")}
+                 for d in decode_infos(self.policy, len(chunks))]
+        chunks = [_as_sent(c, d) for c, d in zip(chunks, infos)]
         out, i = [], 0
         for r in batch:
-            out.append(chunks[i: i + len(r.texts)])
+            out.append((chunks[i: i + len(r.texts)], infos[i: i + len(r.texts)]))
             i += len(r.texts)
         return out
 
@@ -171,9 +174,9 @@ class PolicyServer:
             self.port = server.sockets[0].getsockname()[1]
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("serving on %s without authentication: only on a trusted network", self.host)
-            log.info("policy %s (chunk %d, history %d, %d px, %s actions) at ws://%s:%d", self.info["name"],
+            log.info("policy %s (chunk %d, history %d, %d px, %s actions, decode %s) at ws://%s:%d", self.info["name"],
                      self.info["chunk_size"], self.info["history"], self.info["resolution"], self.info["action_mode"],
-                     self.host, self.port)
+                     self.info["decode_mode"], self.host, self.port)
             self._ready.set()
             await self._stop.wait()
         batcher.cancel()
