@@ -99,7 +99,7 @@ def test_served_official_policy_keeps_failures_and_grammar_flags(tmp_path):
         # the whole eval through the server gives the same episodes as in-process
         Evaluation(config(tmp_path / "remote"), policy=remote, progress=False).execute()
         Evaluation(config(tmp_path / "local"), policy=OfficialLikePolicy(), progress=False).execute()
-        strip = lambda p: [{k: v for k, v in json.loads(x).items() if "seconds" not in k}  # noqa: E731
+        strip = lambda p: [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
                            for x in (p / "episodes.jsonl").read_text().splitlines()]
         assert strip(tmp_path / "remote") == strip(tmp_path / "local")
         remote.close()
@@ -117,7 +117,7 @@ def test_rollout_failure_only_when_reached():
     env = FakeEnv("libero_goal", 0, resolution=32)
     none = run_episode(env, key, RolloutOptions(max_steps=40), lambda q: ActionChunk(np.zeros((0, 7)), "empty"))
     assert (none["status"], none["steps"], none["failure_reason"]) == ("failure", 0, "empty")
-    two = lambda q: ActionChunk(np.full((2, 7), 0.01), "late")  # noqa: E731
+    two = lambda q: ActionChunk(np.full((2, 7), 0.01), "late")
     cut = run_episode(env, key, RolloutOptions(max_steps=40, execute_steps=1), two)  # never reaches the failure
     assert cut["failure_reason"] is None and cut["steps"] == 40
     budget = run_episode(env, key, RolloutOptions(max_steps=2), two)  # the step budget ends first

@@ -8,9 +8,10 @@ sequentially, or `official`: free generation and the official parsing rule of th
 `family` (worldvla.model.generate; a chunk may then hold another number of actions than K, or end the
 episode as a failure) — and de-normalised with the checkpoint's statistics. After each
 `predict_batch`, `last_decode_info` holds per query the failure of an official parse (or None) and,
-in the constrained modes, whether the unconstrained argmax would have left the action grammar. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from
-the checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
-de-normalised with the same statistics. `imagine(image, action)` runs the world model: the official
+in the constrained modes, whether the unconstrained argmax would have left the action grammar.
+With `action_mode="continuous"` (RynnVLA-002) the actions come instead from the checkpoint's action
+head reading the backbone's prompt states (worldvla.eval.continuous), de-normalised with the same
+statistics. `imagine(image, action)` runs the world model: the official
 world prompt and constrained image-token generation, decoded to pixels by the VQ-GAN; with
 `wrist=` the bi-view world model (RynnVLA-002) returns the next third-person and wrist frames.
 """
@@ -156,8 +157,9 @@ class WorldVLAPolicy:
         head = None
         if base.action_mode == "continuous":
             head = build_action_head(loaded.extras, base.action_head, str(folder), device, dtype)
-        return cls(loaded.model, text, images, base, decode=resolve_decode(decode, (folder / SETTINGS_NAME).is_file()),
-                   name=folder.name, compile_step=compile_step, action_head=head)
+        mode = resolve_decode(decode, (folder / SETTINGS_NAME).is_file())
+        return cls(loaded.model, text, images, base, decode=mode, name=folder.name, compile_step=compile_step,
+                   action_head=head)
 
     # -- attributes used by the evaluation ---------------------------------------------------------
     @property
