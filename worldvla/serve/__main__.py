@@ -1,5 +1,5 @@
-"""python -m worldvla.serve policy=CKPT_DIR [host=127.0.0.1] [port=8000] [device=cuda] [action_mode=continuous]
-[decode.mode=official]: see server.py."""
+"""python -m worldvla.serve policy=CKPT_DIR [protocol=worldvla|openpi|vla-eval] [resize=true] [host=127.0.0.1]
+[port=8000] [device=cuda] [action_mode=continuous] [decode.mode=official]: see server.py and docs/serving.md."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seed_everything(cfg.seed)  # again: torch is imported by now
-    server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)))
+    server = PolicyServer.from_config(policy, cfg)
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:

@@ -53,6 +53,7 @@ class RemotePolicy:
             raise RemotePolicyError(f"{self.url} is not a worldvla policy server (got {hello.get('type')!r})")
         info = hello["policy"]
         self.info = info
+        self.max_episodes_per_request = hello.get("max_episodes_per_request")  # None: a server without a cap
         self.name = f"remote:{info.get('name', '?')}"
         self.chunk_size = int(info["chunk_size"])
         self.history = int(info["history"])
@@ -83,6 +84,16 @@ class RemotePolicy:
         return reply
 
     def predict_batch(self, instructions, images_per_episode, wrists=None, states=None) -> list[np.ndarray]:
+        cap = int(self.max_episodes_per_request or len(instructions) or 1)
+        if len(instructions) > cap:  # the server refuses larger requests: send them in parts
+            chunks, infos = [], []
+            for s in range(0, len(instructions), cap):
+                chunks += self.predict_batch(
+                    instructions[s: s + cap], images_per_episode[s: s + cap],
+                    None if wrists is None else wrists[s: s + cap], None if states is None else states[s: s + cap])
+                infos += self.last_decode_info
+            self.last_decode_info = infos
+            return chunks
         msg = {"type": "predict_batch", "instructions": list(instructions),
                "images": [[np.asarray(im, dtype=np.uint8) for im in ims] for ims in images_per_episode],
                "wrists": None if wrists is None else [[np.asarray(w, dtype=np.uint8) for w in ws] for ws in wrists],

@@ -1,20 +1,23 @@
-"""Websocket + msgpack server around a policy, so the simulator can live in another environment.
+"""Websocket server around a policy, so the simulator can live in another environment.
 
-    python -m worldvla.serve policy=CKPT_DIR [host=127.0.0.1] [port=8000] [device=cuda]
+    python -m worldvla.serve policy=CKPT_DIR [protocol=worldvla|openpi|vla-eval] [host=127.0.0.1] [port=8000]
 
-Requests from all connections are queued; one batcher takes everything queued at that moment (up to
-`max_batch` episodes), makes one `predict_batch` call in a worker thread (the event loop keeps
-serving), and answers each request. A malformed message gets an error reply; it never stops the
-server. Localhost by default: there is no authentication, bind to another address only on a trusted
-network.
+It speaks one protocol (serve/protocols/): worldvla's own (serve/wire.py, the default), openpi's
+(openpi-client's WebsocketClientPolicy) or vla-eval's (allenai's vla-evaluation-harness); `GET /health`
+answers 200 for all. Requests from all connections are queued per connection; one batcher takes them
+round robin (one request slice per connection in turn, up to `max_batch` episodes), makes one
+`predict_batch` call in a worker thread (the event loop keeps serving), and answers each request, so
+one large request cannot stall the others. A malformed message gets a one-line error reply; it never
+stops the server. Localhost by default, browser origins refused, a connection cap: there is no
+authentication, bind to another address only on a trusted network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -23,7 +26,7 @@ import numpy as np
 from worldvla.eval.config import DecodeConfig
 from worldvla.eval.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
-from . import wire
+from .protocols import PROTOCOLS, session_class
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +39,36 @@ class ServeConfig:
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder for a checkpoint without tokenizer/ (official release)"})
     policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one, e.g. {chunk_size: 10}"})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decode.mode / decode.compile"})
+    protocol: str = field(default="worldvla", metadata={"help": "worldvla | openpi | vla-eval (docs/serving.md)"})
+    resize: bool = field(default=False, metadata={"help": "resize frames of another size to the policy resolution (bicubic) instead of refusing them"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (localhost: no authentication)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
     max_batch: int = field(default=64, metadata={"help": "most episodes per policy call"})
+    max_episodes_per_request: int = field(default=256, metadata={"help": "larger requests are refused (the worldvla client splits them)"})
+    max_connections: int = field(default=32, metadata={"help": "more simultaneous connections are refused (HTTP 503)"})
+    allowed_origins: list[str] = field(default_factory=list, metadata={"help": "browser Origin values accepted, e.g. [http://localhost:3000]; [] = refuse every browser origin"})
     max_message_mb: float = field(default=256.0, metadata={"help": "largest accepted message"})
     seed: int = field(default=7, metadata={"help": "torch/numpy seed (protocol: 7)"})
 
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        for name in ("max_batch", "max_episodes_per_request", "max_connections"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not all(isinstance(o, str) and o for o in self.allowed_origins):
+            raise ValueError(f"allowed_origins must be a list of origins like http://localhost:3000, "
+                             f"got {self.allowed_origins!r}")
+
+
+class RequestError(ValueError):
+    """A request the server refuses by its limits (answered with an error, not logged as a failure)."""
+
 
 @dataclass
-class _Request:
+class _Work:
+    """One slice (at most max_batch episodes) of one request."""
+    conn_id: int
     texts: list
     images: list
     wrists: list | None
@@ -60,62 +84,139 @@ def _as_sent(chunk, info: dict | None = None) -> np.ndarray:
     return arr.reshape(-1, 7).astype(arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64)
 
 
+def _part(values, sl: slice):
+    return None if values is None else values[sl]
+
+
 class PolicyServer:
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
-                 max_message_bytes: int = 256 << 20):
+                 max_message_bytes: int = 256 << 20, *, protocol: str = "worldvla", resize: bool = False,
+                 max_episodes_per_request: int = 256, max_connections: int = 32,
+                 allowed_origins: tuple[str, ...] | list[str] = ()):
         self.policy = policy
         self.info = policy_info(policy)
         self.host, self.port = host, port
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
+        self.protocol = protocol
+        self.session_class = session_class(protocol)
+        self.resize = resize
+        self.max_episodes_per_request = max_episodes_per_request
+        self.max_connections = max_connections
+        self.allowed_origins = tuple(allowed_origins)
         self.calls = 0
-        self._pending: deque[_Request] = deque()
+        self._queues: dict[int, deque[_Work]] = {}  # per connection, FIFO
+        self._turns: deque[int] = deque()  # connections with queued work, in round-robin order
+        self._sessions: dict[int, object] = {}
+        self._conn_ids = itertools.count(1)
         self._wake: asyncio.Event | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
-    # -- connection handling ----------------------------------------------------------------
-    def _hello(self) -> bytes:
-        return wire.pack({"type": "hello", "version": wire.VERSION, "policy": self.info})
+    @classmethod
+    def from_config(cls, policy, cfg: ServeConfig) -> PolicyServer:
+        return cls(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)),
+                   protocol=cfg.protocol, resize=cfg.resize, max_episodes_per_request=cfg.max_episodes_per_request,
+                   max_connections=cfg.max_connections, allowed_origins=cfg.allowed_origins)
 
+    def limits(self) -> dict:
+        """What every protocol's greeting tells the client about this server."""
+        return {"max_episodes_per_request": self.max_episodes_per_request, "max_batch": self.max_batch,
+                "resize": self.resize}
+
+    @staticmethod
+    def is_request_error(err: BaseException) -> bool:
+        return isinstance(err, RequestError)
+
+    # -- connection handling ----------------------------------------------------------------
     async def _handle(self, ws) -> None:
         peer = getattr(ws, "remote_address", None)
-        log.info("client connected: %s", peer)
-        await ws.send(self._hello())
+        if len(self._sessions) >= self.max_connections:  # process_request refuses most; this closes races
+            await ws.close(1013, f"too many connections (max_connections={self.max_connections})")
+            return
+        conn_id = next(self._conn_ids)
+        session = self.session_class(self, conn_id)
+        self._sessions[conn_id] = session
+        log.info("client %d connected (%s): %s", conn_id, self.protocol, peer)
         try:
+            greeting = session.greeting()
+            if greeting is not None:
+                await ws.send(greeting)
             async for data in ws:
-                await ws.send(await self._reply(data))
+                for reply in await session.reply(data):
+                    await ws.send(reply)
         except Exception as err:  # noqa: BLE001 - a broken connection ends only itself
-            log.info("connection %s closed: %s", peer, type(err).__name__)
-        log.info("client disconnected: %s", peer)
+            log.info("connection %d closed: %s", conn_id, type(err).__name__)
+        finally:
+            self._sessions.pop(conn_id, None)
+            for work in self._queues.pop(conn_id, ()):
+                work.future.cancel()
+            if conn_id in self._turns:
+                self._turns.remove(conn_id)
+        log.info("client %d disconnected: %s", conn_id, peer)
 
-    async def _reply(self, data) -> bytes:
-        msg_id = None
-        try:
-            msg = wire.unpack(data)
-            msg_id = msg.get("id")
-            kind = msg["type"]
-            if kind == "ping":
-                return wire.pack({"type": "pong", "id": msg_id})
-            if kind == "info":
-                return self._hello()
-            if kind != "predict_batch":
-                raise wire.WireError(f"unknown message type {kind!r} (predict_batch, info, ping)")
-            texts, images, wrists, states = wire.parse_predict(msg)
-            fut = asyncio.get_running_loop().create_future()
-            self._pending.append(_Request(texts, images, wrists, states, fut))
-            self._wake.set()
-            actions, infos = await fut
-            return wire.pack({"type": "actions", "id": msg_id, "actions": actions, "decode_info": infos})
-        except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
-            if not isinstance(err, wire.WireError):
-                log.error("request failed:\n%s", traceback.format_exc())
-            return wire.pack({"type": "error", "id": msg_id if isinstance(msg_id, (int, str)) else None,
-                              "message": f"{type(err).__name__}: {err}"})
+    def _process_request(self, connection, request):
+        """HTTP before the websocket handshake: GET /health, and the connection cap."""
+        from http import HTTPStatus
 
-    # -- batching -----------------------------------------------------------------------------
-    def _predict(self, batch: list[_Request]) -> list[tuple[list[np.ndarray], list[dict]]]:
+        path = request.path.split("?", 1)[0]
+        if path in ("/health", "/healthz"):
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if len(self._sessions) >= self.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"too many connections (max_connections={self.max_connections})\n")
+        return None
+
+    # -- scheduling and batching -------------------------------------------------------------
+    async def predict(self, conn_id: int, texts, images, wrists=None, states=None) -> list[np.ndarray]:
+        """Queue one request of `conn_id` (in slices of max_batch episodes) and await its chunks."""
+        chunks, _ = await self.predict_with_info(conn_id, texts, images, wrists, states)
+        return chunks
+
+    async def predict_with_info(self, conn_id: int, texts, images, wrists=None, states=None
+                                ) -> tuple[list[np.ndarray], list[dict]]:
+        """`predict`, plus the policy's decode info per episode ({"failure", "grammar_violation"})."""
+        n = len(texts)
+        if n > self.max_episodes_per_request:
+            raise RequestError(f"{n} episodes in one request; this server takes at most "
+                               f"{self.max_episodes_per_request} (max_episodes_per_request)")
+        loop = asyncio.get_running_loop()
+        queue = self._queues.setdefault(conn_id, deque())
+        futures = []
+        for start in range(0, n, self.max_batch):
+            sl = slice(start, start + self.max_batch)
+            work = _Work(conn_id, texts[sl], images[sl], _part(wrists, sl), _part(states, sl), loop.create_future())
+            queue.append(work)
+            futures.append(work.future)
+        if conn_id not in self._turns:
+            self._turns.append(conn_id)
+        self._wake.set()
+        parts = await asyncio.gather(*futures)
+        return [c for chunks, _ in parts for c in chunks], [d for _, infos in parts for d in infos]
+
+    def pending_episodes(self) -> int:
+        return sum(len(w.texts) for q in self._queues.values() for w in q)
+
+    def _take_batch(self) -> list[_Work]:
+        """Round robin over the connections: the head slice of each in turn, up to max_batch episodes."""
+        batch, n = [], 0
+        while self._turns:
+            conn_id = self._turns[0]
+            queue = self._queues[conn_id]
+            if batch and n + len(queue[0].texts) > self.max_batch:
+                break
+            self._turns.popleft()
+            work = queue.popleft()
+            batch.append(work)
+            n += len(work.texts)
+            if queue:
+                self._turns.append(conn_id)
+            else:
+                del self._queues[conn_id]
+        return batch
+
+    def _predict(self, batch: list[_Work]) -> list[tuple[list[np.ndarray], list[dict]]]:
         texts = [t for r in batch for t in r.texts]
         images = [im for r in batch for im in r.images]
         has_w = any(r.wrists is not None for r in batch)
@@ -134,22 +235,15 @@ class PolicyServer:
             i += len(r.texts)
         return out
 
-    def _take_batch(self) -> list[_Request]:
-        """Everything queued now, up to max_batch episodes (a larger single request goes alone)."""
-        batch = [self._pending.popleft()]
-        n = len(batch[0].texts)
-        while self._pending and n + len(self._pending[0].texts) <= self.max_batch:
-            batch.append(self._pending.popleft())
-            n += len(batch[-1].texts)
-        return batch
-
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                batch = self._take_batch()
+            while self._turns:
+                batch = [w for w in self._take_batch() if not w.future.done()]
+                if not batch:
+                    continue
                 try:
                     results = await loop.run_in_executor(None, self._predict, batch)
                     self.calls += 1
@@ -157,6 +251,7 @@ class PolicyServer:
                         if not r.future.done():
                             r.future.set_result(res)
                 except Exception as err:  # noqa: BLE001 - fail these requests, keep serving
+                    log.exception("policy call failed")
                     for r in batch:
                         if not r.future.done():
                             r.future.set_exception(err)
@@ -169,14 +264,17 @@ class PolicyServer:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         batcher = asyncio.create_task(self._batcher())
+        # origins: None admits clients that send no Origin header (every non-browser client); a browser
+        # page always sends one, so only the listed origins get through
         async with serve(self._handle, self.host, self.port, max_size=self.max_message_bytes,
-                         compression=None, ping_interval=20, ping_timeout=120) as server:
+                         compression=None, ping_interval=20, ping_timeout=120,
+                         origins=[None, *self.allowed_origins], process_request=self._process_request) as server:
             self.port = server.sockets[0].getsockname()[1]
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("serving on %s without authentication: only on a trusted network", self.host)
-            log.info("policy %s (chunk %d, history %d, %d px, %s actions, decode %s) at ws://%s:%d", self.info["name"],
-                     self.info["chunk_size"], self.info["history"], self.info["resolution"], self.info["action_mode"],
-                     self.info["decode_mode"], self.host, self.port)
+            log.info("policy %s (chunk %d, history %d, %d px, %s actions, decode %s) at ws://%s:%d, protocol %s",
+                     self.info["name"], self.info["chunk_size"], self.info["history"], self.info["resolution"],
+                     self.info["action_mode"], self.info["decode_mode"], self.host, self.port, self.protocol)
             self._ready.set()
             await self._stop.wait()
         batcher.cancel()
@@ -199,3 +297,10 @@ class PolicyServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         if getattr(self, "_thread", None) is not None:
             self._thread.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla serve ...` (worldvla/cli.py) lands here: the same CLI as `python -m worldvla.serve`."""
+    from .__main__ import main as cli_main
+
+    return cli_main(argv)
