@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""LeRobot v2.x dataset -> one HDF5 per episode (RynnVLA-002 layout) + action/state min/max JSON; resumable.
+"""LeRobot v2.x or v3.0 dataset -> one HDF5 per episode (RynnVLA-002 layout) + action/state min/max JSON; resumable.
 
 Thin wrapper over worldvla.data.lerobot.main; run with --help for every option. See docs/lerobot.md.
 Example:

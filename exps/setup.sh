@@ -3,7 +3,7 @@
 # repo root. Idempotent: reinstalls only when pyproject.toml changed. Source it or run it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-EXTRAS="${WORLDVLA_EXTRAS:-libero,serve,lerobot,dev}"
+EXTRAS="${WORLDVLA_EXTRAS:-libero,serve,lerobot,deepspeed,dev}"
 if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" ]]; then
   if [[ ! -x "$ROOT/.venv/bin/python" ]]; then
     echo "[setup] creating $ROOT/.venv"

@@ -1,6 +1,9 @@
 """Continuous action head (RynnVLA-002): official names, padding invariance, targets, learning."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from worldvla.model.action_head import (
@@ -84,3 +87,75 @@ def test_l1_loss_falls_and_skips_world_samples():
     assert loss.item() < 0.3 * first
     world_ids = torch.tensor([[5] * 5 + tok.encode_block(np.zeros(7)) + [8710]])  # one action block only
     assert action_head_loss(head, torch.randn(1, world_ids.shape[1], 32), world_ids, world_ids).item() == 0.0
+
+
+def _padded_direct(head, hidden, lens):
+    """The official training computation written out: [prompt ; K*7 queries] per row, right-padded with
+    zero vectors, projected, then a fresh `torch.nn.TransformerEncoder` (official constructor arguments,
+    the head's weights) called with NO mask; the query outputs go through the MLP-ResNet."""
+    cfg = head.cfg
+    n_q = cfg.chunk_size * cfg.action_dim
+    queries = head.action_token_embeddings.weight.view(n_q, cfg.hidden_size)
+    rows = [torch.cat([hidden[i, :n], queries]) for i, n in enumerate(lens)]
+    width = max(r.shape[0] for r in rows)
+    padded = torch.stack([torch.cat([r, torch.zeros(width - r.shape[0], cfg.hidden_size)]) for r in rows])
+    layer = torch.nn.TransformerEncoderLayer(d_model=cfg.proj_dim, nhead=cfg.num_heads, dim_feedforward=cfg.ffn_dim,
+                                             batch_first=True, dropout=cfg.dropout)
+    encoder = torch.nn.TransformerEncoder(encoder_layer=layer, num_layers=cfg.num_layers,
+                                          norm=torch.nn.LayerNorm(cfg.proj_dim))
+    encoder.load_state_dict(head.transformer_encoder.state_dict())
+    encoder.train()
+    out = encoder(head.hidden_projection(padded))
+    picked = torch.stack([out[i, n: n + n_q] for i, n in enumerate(lens)])
+    return head.output_projection(picked.reshape(len(lens), cfg.chunk_size, -1))
+
+
+def test_training_forward_attends_the_padding_like_the_official_encoder():
+    torch.manual_seed(0)
+    head = ActionHead(CFG).train()  # dropout 0: deterministic training forward
+    hidden = torch.randn(3, 12, 32)
+    lens = [12, 7, 4]
+    got = head(hidden, torch.tensor(lens))
+    want = _padded_direct(head, hidden, lens)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    masked = ActionHead(dataclasses.replace(CFG, mask_padding=True))
+    masked.load_state_dict(head.state_dict())
+    masked.train()
+    other = masked(hidden, torch.tensor(lens))
+    torch.testing.assert_close(other[0], got[0], atol=1e-6, rtol=1e-6)  # the longest row has no padding
+    assert (other[1:] - got[1:]).abs().max() > 1e-3  # the padded rows differ with the mask
+    one = [head(hidden[i: i + 1, :n], torch.tensor([n])) for i, n in enumerate(lens)]
+    torch.testing.assert_close(masked(hidden, torch.tensor(lens)), torch.cat(one), atol=1e-5, rtol=1e-5)
+
+
+def test_eval_is_batch_invariant_with_either_setting_and_agrees_at_batch_one():
+    torch.manual_seed(1)
+    hidden = torch.randn(3, 10, 32)
+    lens = [10, 6, 3]
+    heads = {}
+    for mask in (False, True):
+        head = ActionHead(dataclasses.replace(CFG, mask_padding=mask))
+        if heads:
+            head.load_state_dict(heads[False].state_dict())
+        heads[mask] = head.eval()
+    for head in heads.values():
+        batched = head(hidden, torch.tensor(lens))
+        one = torch.cat([head(hidden[i: i + 1, :n], torch.tensor([n])) for i, n in enumerate(lens)])
+        torch.testing.assert_close(batched, one, atol=1e-5, rtol=1e-5)
+    x = hidden[1:2, :6]
+    assert torch.equal(heads[False](x, torch.tensor([6])), heads[True](x, torch.tensor([6])))  # batch 1: identical
+    heads[False].train()
+    assert torch.equal(heads[False](x, torch.tensor([6])), heads[True](x, torch.tensor([6])))  # no padding: no mask
+
+
+def test_mask_padding_is_a_train_config_field_recorded_with_the_head():
+    from worldvla.config import ConfigError, parse_cli
+    from worldvla.train.config import TrainConfig
+    from worldvla.train.continuous import head_config
+
+    assert TrainConfig().model.action_head_mask_padding is False  # official default
+    cfg = parse_cli(TrainConfig, ["model.action_head_mask_padding=true"])
+    hc = head_config({}, 32, 3, 10.0, cfg.model.action_head_mask_padding)
+    assert hc.mask_padding is True and dataclasses.asdict(hc)["mask_padding"] is True  # -> worldvla.json action_head
+    with pytest.raises(ConfigError, match="model.action_head_mask_padding"):
+        head_config({"mask_padding": True}, 32, 3, 10.0)

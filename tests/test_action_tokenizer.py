@@ -91,3 +91,48 @@ def test_state_tokenizer_ids():
     block = tok.encode_block(np.array(RYNNVLA_STATE_STATS.min))
     assert block == [15504] + [15506] * 8 + [16004]
     assert tok.encode(np.array(RYNNVLA_STATE_STATS.max) + 1).tolist() == [15761] * 8
+
+
+def _official_env_actions(token_ids, min_values, max_values):
+    """The official eval written out (WorldVLA eval_solver_libero_256.py / RynnVLA-002
+    eval_solver_libero_*_w_state.py): bin centres in torch fp32 from the generated ids, moved to numpy
+    with `.cpu().float().numpy()`, then `unnorm_min_max` against fp64 `np.array` constants."""
+    import torch
+
+    dis_action = torch.as_tensor(token_ids)
+    bins = torch.linspace(-1, 1, 256, device=dis_action.device)
+    bin_centers = (bins[:-1] + bins[1:]) / 2.0
+    discretized = dis_action - 1 - 10004
+    discretized = torch.clamp(discretized - 1, min=0, max=bin_centers.shape[0] - 1).long()
+    action = bin_centers[discretized].cpu().float().detach().numpy()
+    min_values, max_values = np.array(min_values), np.array(max_values)
+    return (action + 1) / 2 * (max_values - min_values + 1e-8) + min_values
+
+
+@pytest.mark.parametrize("preset", ["worldvla", "rynnvla_action"])
+def test_executed_actions_equal_the_official_fp32_formula_bit_for_bit(preset):
+    from worldvla.eval.interface import check_chunk
+
+    stats = load_stats(preset)
+    tok = ActionTokenizer(stats)
+    ids = np.arange(10000, 10270).reshape(-1, 1).repeat(7, 1)  # every bin, the extra edge bin, out-of-range ids
+    ids[:, 3] = ids[::-1, 3]
+    want = np.stack([_official_env_actions(row, stats.min, stats.max) for row in ids])
+    got = check_chunk(tok.decode(ids))  # what the rollout hands to env.step
+    assert got.dtype == want.dtype == np.float64
+    assert np.array_equal(got, want)  # bit for bit, not close
+    assert [list(map(float, r)) for r in got] == [r.tolist() for r in want]  # and as the lists env.step receives
+    fp64 = (np.linspace(-1, 1, 256)[:-1] + np.linspace(-1, 1, 256)[1:]) / 2  # the old fp64 centres
+    old = (fp64[np.clip(ids - 10006, 0, 254)] + 1) / 2 * tok._range + tok._min
+    assert not np.array_equal(old, want)  # the test can tell the two apart
+
+
+def test_continuous_output_unnormalises_like_the_official_eval():
+    """The head's fp32 output goes through `(a + 1) / 2` in fp32, then fp64, as in the official eval."""
+    rng = np.random.default_rng(3)
+    norm = rng.uniform(-1, 1, size=(10, 7)).astype(np.float32)
+    stats = load_stats("rynnvla_action")
+    lo, hi = np.array(stats.min), np.array(stats.max)
+    want = (norm + 1) / 2 * (hi - lo + 1e-8) + lo
+    assert np.array_equal(ActionTokenizer(stats).unnormalize(norm), want)
+    assert not np.array_equal(ActionTokenizer(stats).unnormalize(norm.astype(np.float64)), want)

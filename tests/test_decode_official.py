@@ -214,6 +214,7 @@ def test_auto_is_official_for_an_official_folder_and_parallel_for_ours(tiny_asse
         shutil.copy(ckpt / name, official)
     with one_torch_thread():
         assert policy_info(load_policy(str(ckpt)))["decode_mode"] == "parallel"
-        pol = load_policy(str(official), tokenizer=str(ckpt / "tokenizer"), settings={"chunk_size": 5})
+        settings = {"chunk_size": 5, "resolution": 256, "action_stats": "worldvla"}
+        pol = load_policy(str(official), tokenizer=str(ckpt / "tokenizer"), settings=settings)
         assert policy_info(pol)["decode_mode"] == "official"
         assert load_policy(str(ckpt), decode="sequential").decode_mode == "sequential"

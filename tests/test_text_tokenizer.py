@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -56,3 +57,35 @@ def test_image_code_mapping_from_names(text_tokenizer):
         tid = int(vocab.code_to_id[code])
         assert vocab.id_to_code[tid] == code
         assert text_tokenizer.token_to_id(V.image_name_from_code(code)) == tid
+
+
+def _retarget(tiny_assets, tmp_path, name, new_id):
+    """A copy of the fixture tokenizer where `name` sits at `new_id` (model.vocab and added_tokens)."""
+    data = json.loads(tiny_assets.tokenizer_json.read_text())
+    data["model"]["vocab"][name] = new_id
+    for tok in data["added_tokens"]:
+        if tok["content"] == name:
+            tok["id"] = new_id
+    path = tmp_path / "off" / "text_tokenizer.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(V.OFFICIAL_NAMES))
+def test_every_special_id_is_checked_by_name_in_the_loaded_file(tiny_assets, tmp_path, name):
+    """BOS, 8710, boi/eoi, the row break, the size tokens and the action/state block ids: a file where
+    one of them is off by one is refused at load, naming the file and the token."""
+    assert V.OFFICIAL_NAMES["<s>"] == V.BOS_ID == 0 and V.OFFICIAL_NAMES["<reserved08808>"] == 8812
+    bad = _retarget(tiny_assets, tmp_path, name, V.OFFICIAL_NAMES[name] + 1)
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + r".*" + re.escape(repr(name))):
+        TextTokenizer(bad)
+
+
+def test_size_token_of_the_resolution_is_checked(tiny_assets, tmp_path):
+    from worldvla.tokenizers.image import ImageTokenizer
+
+    vocab = Vocab.from_tokenizer_file(_retarget(tiny_assets, tmp_path, "<reserved08812>", 9999))  # 384 px: 12 grids
+    ImageTokenizer.from_files(tiny_assets.vqgan_yaml, tiny_assets.vqgan_ckpt, vocab, 256)
+    with pytest.raises(ValueError, match=r"off/text_tokenizer.json: size token '<reserved08812>'.*384 px"):
+        ImageTokenizer.from_files(tiny_assets.vqgan_yaml, tiny_assets.vqgan_ckpt, vocab, 384)

@@ -60,7 +60,7 @@ def test_rynnvla002_preset_script_runs_two_steps(rynn_data, tmp_path):
     assert settings["state_stats"]["max"][2] == pytest.approx(1.47277813)
     assert settings["action_head"] == {"hidden_size": 64, "chunk_size": 5, "action_dim": 7, "proj_dim": 32,
                                        "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "dropout": 0.0,
-                                       "mlp_blocks": 2, "loss_weight": 10.0}
+                                       "mlp_blocks": 2, "loss_weight": 10.0, "mask_padding": False}
     from worldvla.model.action_head import ActionHead, ActionHeadConfig
     from worldvla.model.loading import load_checkpoint
 

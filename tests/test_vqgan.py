@@ -109,3 +109,21 @@ def test_batch_invariant(image_tokenizer, rng):
     assert np.array_equal(codes[1], image_tokenizer.encode(imgs[1:2])[0])
     pixels = image_tokenizer.decode(codes)
     assert np.array_equal(pixels[2], image_tokenizer.decode(codes[2])[0])
+
+
+def test_vq_input_arithmetic_is_the_official_fp64_then_fp32(image_tokenizer, rng):
+    """Official `img_tokens_from_pil`: `np.array(img) / 255.0`, `* 2 - 1` in numpy fp64, then
+    `torch.from_numpy(...).to(conv_in.weight)` (fp32). Every uint8 value is checked bit for bit."""
+    from PIL import Image
+
+    img = rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    img.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)  # all 256 pixel values occur
+    np_img = np.array(Image.fromarray(img)) / 255.0
+    np_img = np_img * 2 - 1
+    want = torch.from_numpy(np_img).permute(2, 0, 1).to(torch.float32)[None]
+    got = image_tokenizer.preprocess([img])
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    fp32 = torch.from_numpy(img).float() / 255.0 * 2.0 - 1.0  # the same steps in fp32 differ for some values
+    assert not torch.equal(fp32.permute(2, 0, 1)[None], want)
+    assert np.array_equal(image_tokenizer.encode([img]),
+                          image_tokenizer.vqgan.encode(want.to(image_tokenizer.device)).cpu().numpy())

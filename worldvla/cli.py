@@ -1,6 +1,8 @@
 """`worldvla <command> ...`: one console script that forwards to each stage's own CLI module.
 
-Every stage is also runnable as `python -m <module>`; this only saves typing.
+Every command is a module of the package with a `main(argv) -> exit code` (a package: its
+`__main__`), also runnable as `python -m <module>`; this only saves typing. Nothing here may name a
+module outside the package: a wheel installs `worldvla/` only (tests/test_front_door.py checks it).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import sys
 
 COMMANDS = {
     "demo": ("worldvla.demo", "end-to-end CPU demo on the embedded default"),
-    "record-demos": ("libero_util.record_scripted_demos", "scripted expert -> raw LIBERO demo HDF5"),
+    "record-demos": ("worldvla.data.record_scripted", "scripted expert -> raw LIBERO demo HDF5"),
     "regenerate": ("worldvla.data.regenerate", "replay raw demos at 256/512 px with the no-op filter"),
     "conversations": ("worldvla.data.conversations", "regenerated HDF5 -> conversation JSON splits"),
     "pretokenize": ("worldvla.data.pretokenize", "conversation JSON -> token shards"),
@@ -19,7 +21,7 @@ COMMANDS = {
     "eval": ("worldvla.eval.libero", "LIBERO rollout evaluation"),
     "imagine": ("worldvla.eval.imagine", "world-model imagination and video metrics"),
     "metrics": ("worldvla.eval.video_metrics", "PSNR / SSIM / LPIPS / FVD of rollout videos"),
-    "serve": ("worldvla.serve.server", "websocket policy server"),
+    "serve": ("worldvla.serve", "websocket policy server"),
 }
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = module.main
     sys.argv = [f"worldvla {name}", *rest]
     result = entry(rest)
-    return int(result or 0)
+    return result if isinstance(result, int) else 0  # some stages return what they wrote
 
 
 if __name__ == "__main__":

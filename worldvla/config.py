@@ -1,14 +1,24 @@
 """Typed run configs: dataclasses as the schema, YAML as a partial instance, dotted CLI overrides.
 
-Precedence: dataclass defaults < YAML file < `key.sub=value` overrides. Unknown keys are errors
-that name the file (or the override) and list the valid keys, so a typo never silently trains the
-wrong recipe. Each stage defines its own dataclass and calls `parse_cli(MyConfig, argv)`.
+Precedence: dataclass defaults < YAML file (and its `base:` chain) < overrides. Unknown keys, and a
+scalar or list where a section belongs (`train: 5`), are errors that name the file (or the override)
+and the field, so a typo never silently trains the wrong recipe. Each stage defines its own
+dataclass and calls `parse_cli(MyConfig, argv)`.
+
+The one override grammar of every CLI: `key.sub=value`, `--key.sub=value` and `--key.sub value`;
+dashes and underscores in keys are the same (`--train.max-steps 3`); `--config FILE` (alias
+`--config_path`). A value is read as the type the field declares: `train.lr=1e-5` is a float,
+`true`/`false` a bool, a `str` field takes the text as it is, lists and sections are YAML/JSON
+(`data.kinds=[world]`, `policy_settings={chunk_size: 10}`), and `null` clears an optional field.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import re
+import shlex
 import sys
 import types
 import typing
@@ -22,6 +32,32 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: `1e-5` and `5e-6` are numbers, not strings
+    (YAML 1.1, which PyYAML implements, needs a dot: `1.0e-5`)."""
+
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    """YAML text -> Python values (safe, YAML 1.2 floats). Every config file and override goes through it."""
+    return yaml.load(text, Loader=ConfigLoader)  # ConfigLoader is a SafeLoader: no arbitrary objects
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -113,32 +149,138 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_yaml_dict(path: str | Path) -> dict:
+def _section_type(tp):
+    """The dataclass a field holds (`Section` or `Section | None`), else None."""
+    if _is_dataclass_type(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if _is_dataclass_type(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def check_sections(cls, data: dict, where: str, prefix: str = "") -> None:
+    """Check one YAML file's own keys against the schema before it is merged with its `base:` chain
+    (after the merge a scalar in one file can be hidden by a mapping in another): unknown keys and a
+    scalar or list where a section belongs are errors naming `where` (the file) and the dotted field."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        section = f"section {prefix[:-1]} ({cls.__name__})" if prefix else cls.__name__
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in {section}; valid: {sorted(types_)}")
+    for key, value in data.items():
+        section = _section_type(types_[key])
+        if section is None or isinstance(value, section) or (value is None and section is not types_[key]):
+            continue
+        if not isinstance(value, dict):
+            kind = ("nothing (null)" if value is None else "a list" if isinstance(value, (list, tuple))
+                    else f"the {type(value).__name__} {value!r}")
+            example = next(iter(_field_types(section)))
+            raise ConfigError(f"{where}: {prefix}{key} is a section ({section.__name__}), got {kind}; "
+                              f"write it as a mapping, e.g. `{key}: {{{example}: ...}}`")
+        check_sections(section, value, where, f"{prefix}{key}.")
+
+
+def load_yaml_dict(path: str | Path, schema: type | None = None) -> dict:
+    """A YAML preset with its `base:` chain merged in (bases first). With `schema` (a config
+    dataclass), every file of the chain is checked on its own by `check_sections`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("base", None)  # `base: other.yaml` inherits another preset (relative path)
+    if schema is not None:
+        check_sections(schema, data, str(path))
     if base:
-        data = merge(load_yaml_dict(path.parent / base), data)
+        data = merge(load_yaml_dict(path.parent / base, schema), data)
     return data
 
 
-def parse_override(text: str) -> dict:
-    """`a.b.c=value` -> {"a": {"b": {"c": parsed value}}} (value parsed as YAML)."""
+_NULLS = ("null", "none", "~")
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _from_text(raw: str, tp):
+    """Read one CLI value as the declared type. Raises ValueError (caller names key and value)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)) and raw.strip().lower() in _NULLS:
+            return None
+        for arg in args:
+            try:
+                return _from_text(raw, arg)
+            except (ValueError, ConfigError):
+                continue
+        raise ValueError
+    if tp in (str, Path) and len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        try:  # a quoted YAML string: `key=''` is the empty string
+            raw = yaml_load(raw)
+        except yaml.YAMLError:
+            pass  # not one quoted scalar (e.g. 'a'b'): the text as it is
+    if tp is str:
+        return raw
+    if tp is Path:
+        return Path(raw)
+    if tp is bool:
+        if raw.strip().lower() not in _BOOLS:
+            raise ValueError
+        return _BOOLS[raw.strip().lower()]
+    if tp is int:
+        return int(raw.strip())
+    if tp is float:
+        text = raw.strip().lower()
+        return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+    try:  # lists, tuples, mappings, sections, Any: YAML (JSON is YAML), then the usual type check
+        value = yaml_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        raise ValueError from None
+    return _coerce(value, tp, "value")
+
+
+def _resolve_key(cls, key: str) -> tuple[list[str], Any]:
+    """`train.max-steps` -> (["train", "max_steps"], int). Dashes match underscores. Below a plain
+    dict (or an unknown key, which `from_dict` reports with the valid names) the rest is kept as typed."""
+    parts, tp = [], cls
+    for i, part in enumerate(key.split(".")):
+        section = _section_type(tp)
+        if section is None:
+            return parts + key.split(".")[i:], Any
+        fields_ = _field_types(section)
+        name = part if part in fields_ else part.replace("-", "_")
+        if name not in fields_:
+            return parts + key.split(".")[i:], Any
+        parts.append(name)
+        tp = fields_[name]
+    return parts, tp
+
+
+def parse_override(text: str, cls: type | None = None) -> dict:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}, the value read as the type `cls` declares for
+    `a.b.c` (without `cls`: as YAML). An unreadable value is one ConfigError naming key, value and type."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    key = key.lstrip("-")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    key = key.lstrip("-").strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key (write key.sub=value)")
+    parts, tp = _resolve_key(cls, key) if cls is not None else (key.split("."), Any)
+    try:
+        value = _from_text(raw, tp)
+    except (ValueError, ConfigError):
+        raise ConfigError(f"override {key}={raw}: cannot read {raw!r} as {_type_name(tp)} "
+                          f"(the type of {'.'.join(parts)})") from None
     out: dict = {}
     node = out
-    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
@@ -149,13 +291,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict = to_dict(cls())
     where = cls.__name__
     if path is not None:
-        data = merge(data, load_yaml_dict(path))
+        data = merge(data, load_yaml_dict(path, cls))
         where = str(path)
     for ov in overrides:
-        try:
-            data = merge(data, parse_override(ov))
-        except ConfigError:
-            raise
+        data = merge(data, parse_override(ov, cls))
     try:
         return from_dict(cls, data, where)
     except ConfigError as err:
@@ -184,48 +323,117 @@ def describe(cls, prefix: str = "", values=None) -> list[str]:
     return lines
 
 
-def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
-    """`--config file.yaml key.sub=value --key.sub value ...` -> an instance of `cls`."""
+CONFIG_FLAGS = ("--config", "--config_path", "--config-path")
+
+
+def split_cli(argv: list[str], positional: str | None = None, many: bool = False,
+              is_flag=lambda key: False) -> tuple[str | None, list[str], bool]:
+    """The one CLI grammar: argv -> (config file or None, `key=value` overrides, whether help was asked).
+
+    `key=value`, `--key=value` and `--key value` are the same override; `--config FILE`,
+    `--config=FILE` (alias `--config_path`) name the preset; `-h` / `--help` asks for help; a bool
+    field (`is_flag(key)`) given as a bare `--key` is `key=true` (it takes a next word only when that
+    is true/false/yes/no/on/off/1/0). A CLI whose config has one main input may name it as
+    `positional`: bare words then become `positional=...` (with `many`, for a list field: a JSON
+    list of them)."""
+    config, overrides, want_help, bare, i = None, [], False, [], 0
+    while i < len(argv):
+        tok = argv[i]
+        flag, eq, value = tok.partition("=")
+        if tok in ("-h", "--help"):
+            want_help = True
+        elif flag in CONFIG_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{flag} needs a YAML file")
+                i, value = i + 1, argv[i + 1]
+            config = value
+        elif eq and flag.lstrip("-"):
+            overrides.append(f"{flag.lstrip('-')}={value}")
+        elif tok.startswith("--") and is_flag(tok[2:]) and (i + 1 >= len(argv) or argv[i + 1].lower() not in _BOOLS):
+            overrides.append(f"{tok[2:]}=true")
+        elif tok.startswith("--") and len(tok) > 2:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{tok} needs a value (write {tok} VALUE or {tok[2:]}=VALUE)")
+            i += 1
+            overrides.append(f"{tok[2:]}={argv[i]}")
+        elif positional and not tok.startswith("-") and (many or not bare):
+            bare.append(tok)
+        else:
+            raise ConfigError(f"unexpected argument {tok!r} (write key=value, --key value or --config FILE)")
+        i += 1
+    if bare:
+        overrides.insert(0, f"{positional}={json.dumps(bare) if many else bare[0]}")
+    return config, overrides, want_help
+
+
+def cli_overrides(cls, argv: list[str], positional: str | None = None) -> tuple[str | None, list[str], bool]:
+    """`split_cli` for the config `cls`: its bool fields are flags, a list `positional` takes many words."""
+    many = positional is not None and typing.get_origin(_field_types(cls)[positional]) in (list, tuple)
+    return split_cli(argv, positional, many, lambda key: _resolve_key(cls, key)[1] is bool)
+
+
+def _leaves(cls, values, prefix: str = ""):
+    """(dotted key, declared type, value) of every leaf field, in declaration order."""
+    for f in dataclasses.fields(cls):
+        val = getattr(values, f.name)
+        if dataclasses.is_dataclass(val):
+            yield from _leaves(type(val), val, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", _field_types(cls)[f.name], val
+
+
+def cli_examples(cls, values=None) -> list[str]:
+    """Overrides of this config's own fields in the three CLI forms, e.g. `train.lr=5e-06` and
+    `--train.max-steps 3` (what --help shows; tests parse them back)."""
+    leaves = list(_leaves(cls, cls() if values is None else values))
+    examples = []
+    for want, form in ((float, "{key}={val!r}"), (int, "--{dashed} {val!r}")):
+        for key, tp, val in leaves:
+            if tp is want and type(val) is want:
+                examples.append(form.format(key=key, dashed=key.replace("_", "-"), val=val))
+                break
+    if not examples and leaves:
+        key, _, val = leaves[0]
+        text = str(val) if isinstance(val, (str, Path)) else json.dumps(val, default=str)
+        examples.append(shlex.quote(f"--{key}={text}"))
+    return examples
+
+
+def _help_epilog(cls, values=None, note: str = "") -> str:
+    return (f"overrides: key.sub=value, --key.sub=value or --key.sub value, for any field below; dashes and\n"
+            f"underscores in keys are the same; values are read as the field's type (lists: YAML/JSON).\n"
+            f"  e.g. {' '.join(cli_examples(cls, values))}\n"
+            f"fields{note}:\n" + "\n".join(describe(cls, values=values)))
+
+
+def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = "", prog: str | None = None,
+              positional: str | None = None) -> T:
+    """`--config file.yaml key.sub=value --key.sub value ...` -> an instance of `cls` (grammar: `split_cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    many = positional is not None and typing.get_origin(_field_types(cls)[positional]) in (list, tuple)
     parser = argparse.ArgumentParser(
+        prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="overrides (key=value, any field):\n" + "\n".join(describe(cls)),
+        epilog=_help_epilog(cls),
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML preset (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 or --train.lr 1e-5")
-    config, overrides, i, want_help = None, [], 0, False
-    while i < len(argv):  # accept `key=v`, `--key=v` and `--key v`
-        tok = argv[i]
-        if tok in ("-h", "--help"):
-            want_help, i = True, i + 1
-            continue
-        if tok == "--config" or tok.startswith("--config="):
-            if "=" in tok:
-                config, i = tok.split("=", 1)[1], i + 1
-            elif i + 1 < len(argv):
-                config, i = argv[i + 1], i + 2
-            else:
-                parser.error("--config needs a file")
-            continue
-        if "=" in tok:
-            overrides.append(tok.lstrip("-"))
-            i += 1
-        elif tok.startswith("--") and i + 1 < len(argv):
-            overrides.append(f"{tok[2:]}={argv[i + 1]}")
-            i += 2
-        else:
-            parser.error(f"unexpected argument {tok!r} (use key=value)")
-    args = argparse.Namespace(config=config)
+    parser.add_argument("--config", "--config_path", type=Path, default=None, help="YAML preset (configs/*.yaml)")
+    if positional:
+        parser.add_argument(positional, nargs="*" if many else "?", help=f"the same as {positional}=...")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, --key.sub=value or --key.sub value (see below)")
+    try:
+        config, overrides, want_help = cli_overrides(cls, argv, positional)
+    except ConfigError as err:
+        parser.exit(2, f"error: {err}\n")
     if want_help:  # show the values the preset and overrides give, not only the dataclass defaults
         try:
-            parser.epilog = "overrides (key=value, any field; values as loaded):\n" + "\n".join(
-                describe(cls, values=load_config(cls, args.config, overrides)))
+            parser.epilog = _help_epilog(cls, load_config(cls, config, overrides), " (values as loaded)")
         except ConfigError as err:
-            parser.epilog += f"\n\n(could not load {args.config}: {err})"
+            parser.epilog += f"\n\n(could not load {config}: {err})"
         parser.print_help()
         parser.exit(0)
     try:
-        return load_config(cls, args.config, overrides)
+        return load_config(cls, config, overrides)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")

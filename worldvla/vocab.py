@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # --- official special ids (official_format.md §0) ---------------------------------------------
-BOS_ID = 0  # "<s>", prepended once to every sample (UNCONFIRMED name; checked against the file)
+BOS_ID = 0  # "<s>" (the tokenizer's bos_token), prepended once to every sample; checked against the file
 PAD_ID = 0  # the trainer's collate pads input ids with 0 and labels with IGNORE_INDEX
 IGNORE_INDEX = -100  # label value of positions that carry no loss
 END_OF_TURN_ID = 8710  # "<reserved08706>": closes every conversation turn; generation EOS
@@ -30,8 +30,9 @@ STATE_END_ID = 16004  # "<reserved16000>" (RynnVLA-002)
 NUM_IMAGE_CODES = 8192  # VQ-GAN codebook size
 IMAGE_CODE_LOSS_SLICE = (3, 8195)  # official CE class-weight slice w[3:8195] (off by one, kept)
 
-# name -> official id, asserted against the tokenizer file
+# name -> official id, asserted against the tokenizer file that is loaded (Vocab, TextTokenizer)
 OFFICIAL_NAMES: dict[str, int] = {
+    "<s>": BOS_ID,
     "<reserved08706>": END_OF_TURN_ID,
     "<racm3:break>": BOI_ID,
     "<eoss>": EOI_ID,
@@ -40,6 +41,8 @@ OFFICIAL_NAMES: dict[str, int] = {
     "<reserved15000>": ACTION_END_ID,
     "<reserved15500>": STATE_START_ID,
     "<reserved16000>": STATE_END_ID,
+    "<reserved08808>": SIZE_TOKEN_BASE + 8,  # size token of a 256 px side (8 grids)
+    "<reserved08816>": SIZE_TOKEN_BASE + 16,  # size token of a 512 px side (16 grids)
 }
 IMAGE_TOKEN_PREFIX = "IMGIMG"
 
@@ -118,6 +121,15 @@ class Vocab:
         if not names:
             raise ValueError(f"{path}: no 'model.vocab' or 'added_tokens' entries")
         return cls(names, source=str(path))
+
+    def check_size_token(self, n_grids: int) -> int:
+        """The size token of `n_grids` x 32 px, asserted by name (any resolution, not only 256/512)."""
+        want = size_token_id(n_grids)
+        got = self.name_to_id.get(reserved_name(want))
+        if got != want:
+            raise ValueError(f"{self.source}: size token {reserved_name(want)!r} has id {got}, the official "
+                             f"format needs {want} ({n_grids * 32} px images)")
+        return want
 
     def image_ids(self) -> np.ndarray:
         """Sorted ids of all image-code tokens."""

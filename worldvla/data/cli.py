@@ -1,8 +1,10 @@
 """Entry points of the data pipeline: `python -m worldvla.data.cli <stage> [--config f.yaml] key=value ...`.
 
 Stages: record (raw test demos in the simulator), regenerate, export, conversations, pretokenize,
-concat. Each parses its typed config with worldvla.config.parse_cli (defaults < YAML < overrides),
-logs what it wrote where, and is also reachable through the thin scripts in libero_util/ and data/.
+concat. Each stage module owns its CLI (`cli(argv)` returns the result, `main(argv)` the exit code,
+so `python -m worldvla.data.<stage>` and `worldvla <stage>` work); this module only dispatches to
+them, lazily (some import torch), and is what the thin scripts in libero_util/ and data/ call.
+Each parses its typed config with worldvla.config.parse_cli (defaults < YAML < overrides).
 """
 
 from __future__ import annotations
@@ -12,13 +14,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worldvla.config import parse_cli, save_config
+from worldvla.config import parse_cli
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger("worldvla.data")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
 
 
 @dataclass
@@ -47,64 +46,38 @@ def record_main(argv=None) -> list[Path]:
 
 
 def regenerate_main(argv=None) -> Path:
-    """Replay raw LIBERO demos at 256/512 px, drop no-ops and failed demos, write per-task HDF5 (+ PNG/npy export)."""
-    from worldvla.data.regenerate import RegenerateConfig, regenerate
+    """worldvla.data.regenerate.cli: raw demos -> regenerated HDF5 (+ export)."""
+    from worldvla.data.regenerate import cli
 
-    cfg = parse_cli(RegenerateConfig, argv, description=regenerate_main.__doc__)
-    setup_logging()
-    out = regenerate(cfg)
-    save_config(cfg, out / "regenerate_config.yaml")
-    return out
+    return cli(argv)
 
 
 def export_main(argv=None) -> Path:
-    """Regenerated HDF5 files -> official folder layout (<task>/trj_<i>/action/, imgs/, imgs_wrist/, ...)."""
-    from worldvla.data.export import ExportConfig, export
+    """worldvla.data.export.cli: regenerated HDF5 -> official per-frame folders."""
+    from worldvla.data.export import cli
 
-    cfg = parse_cli(ExportConfig, argv, description=export_main.__doc__)
-    setup_logging()
-    return export(cfg)
+    return cli(argv)
 
 
 def conversations_main(argv=None):
-    """Exported trajectories -> action/world conversation JSONs, split into train / val_ind / val_ood."""
-    from worldvla.data.conversations import ConversationsConfig, generate
+    """worldvla.data.conversations.cli: exported trajectories -> conversation JSONs."""
+    from worldvla.data.conversations import cli
 
-    cfg = parse_cli(ConversationsConfig, argv, description=conversations_main.__doc__)
-    setup_logging()
-    return generate(cfg)
+    return cli(argv)
 
 
 def pretokenize_main(argv=None) -> dict:
-    """Conversation JSONs -> memory-mappable token shards + manifest (parallel, resumable)."""
-    from worldvla.data.pretokenize import PretokenizeConfig, pretokenize
+    """worldvla.data.pretokenize.cli: conversation JSONs -> token shards + manifest."""
+    from worldvla.data.pretokenize import cli
 
-    cfg = parse_cli(PretokenizeConfig, argv, description=pretokenize_main.__doc__)
-    setup_logging()
-    return pretokenize(cfg)
+    return cli(argv)
 
 
 def concat_main(argv=None) -> dict:
-    """Concatenate pretokenized sets (world first, then action, as official) into one index JSON."""
-    from worldvla.data.concat import ConcatConfig, concatenate
+    """worldvla.data.concat.cli: pretokenized sets -> one training index."""
+    from worldvla.data.concat import cli
 
-    cfg = parse_cli(ConcatConfig, argv, description=concat_main.__doc__)
-    setup_logging()
-    return concatenate(cfg)
-
-
-def run(fn, argv=None):
-    """Call a stage; expected failures (bad input, missing file) print one `error:` line and exit 1.
-    Set WORLDVLA_TRACEBACK=1 to see the traceback."""
-    import os
-
-    try:
-        return fn(argv)
-    except (FileNotFoundError, FileExistsError, ValueError, IndexError, KeyError) as err:
-        if os.environ.get("WORLDVLA_TRACEBACK"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    return cli(argv)
 
 
 STAGES = {"record": record_main, "regenerate": regenerate_main, "export": export_main,

@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla.config import parse_cli
 from worldvla.data.datasets import CONCAT_FORMAT, PretokenizedDataset
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +52,20 @@ def concatenate(cfg: ConcatConfig) -> dict:
     tmp.replace(out)
     log.info("concatenated %d sources (%d samples, %d tokens) -> %s", len(sources), index["n_samples"], index["n_tokens"], out)
     return index
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """Concatenate pretokenized sets (world first, then action, as official) into one index JSON."""
+    cfg = parse_cli(ConcatConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return concatenate(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla concat` / `python -m worldvla.data.concat [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,10 +21,13 @@ import math
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla.config import parse_cli
 from worldvla.data.sequence import action_conversation, world_conversation
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +267,20 @@ def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
                 "splits": {s: [f"{t}/{j}" for t, j in v] for s, v in assignment.items()}}
     _write_json(out_dir / f"libero_{cfg.task_name}_{cfg.resolution}_conversations_manifest.json", manifest)
     return written
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """Exported trajectories -> action/world conversation JSONs, split into train / val_ind / val_ood."""
+    cfg = parse_cli(ConversationsConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return generate(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla conversations` / `python -m worldvla.data.conversations [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

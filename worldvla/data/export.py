@@ -24,12 +24,15 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from worldvla.config import parse_cli
 from worldvla.data.raw_demos import DEMO_RE, RawDemo, RawDemoError, RawDemoFile
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +159,20 @@ def export(cfg: ExportConfig) -> Path:
     shutil.rmtree(tmp_root, ignore_errors=True)
     log.info("exported %d trajectories of %d tasks (layout %s) -> %s", len(jobs), len(files), cfg.layout, save_dir)
     return save_dir
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    """Regenerated HDF5 files -> official folder layout (<task>/trj_<i>/action/, imgs/, imgs_wrist/, ...)."""
+    cfg = parse_cli(ExportConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return export(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worldvla.data.export [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

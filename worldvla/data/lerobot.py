@@ -1,11 +1,20 @@
-"""LeRobot v2.x datasets -> one HDF5 file per episode (RynnVLA-002 `data_lerobot` layout) + min/max stats.
+"""LeRobot datasets (v2.0, v2.1, v3.0) -> one HDF5 file per episode (RynnVLA-002 `data_lerobot` layout) + min/max stats.
 
-Input (LeRobot codebase v2.0 / v2.1, read with pyarrow + the ffmpeg of imageio-ffmpeg, no `lerobot`):
+Input, read with pyarrow + the ffmpeg of imageio-ffmpeg (no `lerobot`); path templates from meta/info.json:
+  v2.0 / v2.1 (one file per episode):
     meta/info.json, meta/episodes.jsonl, meta/tasks.jsonl,
-    data/chunk-XXX/episode_XXXXXX.parquet      (path template `data_path` of info.json)
+    data/chunk-XXX/episode_XXXXXX.parquet      (template `data_path`)
     videos/chunk-XXX/<key>/episode_XXXXXX.mp4  (template `video_path`; camera features of dtype "video")
+  v3.0 (many episodes per file, as LeRobot >= 0.4 writes):
+    meta/info.json, meta/tasks.parquet, meta/stats.json,
+    meta/episodes/chunk-XXX/file-XXX.parquet   (one row per episode: length, data chunk/file index, and per camera
+                                                the video chunk/file index and from/to timestamps)
+    data/chunk-XXX/file-XXX.parquet            (rows of several episodes, column episode_index)
+    videos/<key>/chunk-XXX/file-XXX.mp4        (several episodes back to back; an episode is the time slice
+                                                [from_timestamp, to_timestamp) of its episodes row)
 Camera features of dtype "image" are read from the parquet file itself (`struct<bytes, path>`, PNG/JPEG).
-Video frames are matched to rows by timestamp (frame k of the episode's video is at k / video fps).
+Video frames are matched to rows by timestamp (frame k of the episode is at from_timestamp + k / video fps;
+from_timestamp is 0 for v2.x).
 
 Output (official_format.md §10.4), `<out>/episode_XXXXXX.hdf5`:
     obs/front_image (T, H, W, 3) uint8, obs/wrist_image (T, H, W, 3) uint8,
@@ -33,6 +42,12 @@ log = logging.getLogger("worldvla.data.lerobot")
 INFO_JSON = "meta/info.json"
 EPISODES_JSONL = "meta/episodes.jsonl"
 TASKS_JSONL = "meta/tasks.jsonl"
+TASKS_PARQUET = "meta/tasks.parquet"  # v3.0
+EPISODES_DIR = "meta/episodes"  # v3.0: chunk-XXX/file-XXX.parquet
+STATS_JSON = "meta/stats.json"  # v3.0 (v2.1 has per-episode meta/episodes_stats.jsonl)
+DEFAULT_DATA_PATH_V3 = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+DEFAULT_VIDEO_PATH_V3 = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 DEFAULT_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 DEFAULT_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 DEFAULT_CHUNKS_SIZE = 1000
@@ -52,10 +67,26 @@ class LeRobotError(ValueError):
 
 
 @dataclass(frozen=True)
+class VideoSlice:
+    """v3.0: where one episode of one camera lies in a shared mp4 file."""
+
+    chunk: int
+    file: int
+    from_s: float
+    to_s: float
+
+
+@dataclass(frozen=True)
 class EpisodeMeta:
     index: int
-    length: int | None  # from meta/episodes.jsonl (None when the file is absent)
+    length: int | None  # from meta/episodes.jsonl / meta/episodes/*.parquet (None when v2.x has no episodes.jsonl)
     tasks: tuple[str, ...] = ()
+    # v3.0 only: the data file holding the episode, its global row range [from_index, to_index), its video slices
+    data_chunk: int | None = None
+    data_file: int | None = None
+    from_index: int | None = None
+    to_index: int | None = None
+    videos: dict[str, VideoSlice] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -92,7 +123,7 @@ def _format_columns(names: Iterable[str]) -> str:
 
 
 class LeRobotDataset:
-    """Read-only view of a local LeRobot v2.x dataset folder (meta files + per-episode parquet / mp4)."""
+    """Read-only view of a local LeRobot dataset folder: v2.x (per-episode parquet / mp4) or v3.0 (shared files)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -104,19 +135,33 @@ class LeRobotDataset:
         except json.JSONDecodeError as err:
             raise LeRobotError(f"{info_path}: invalid JSON ({err})") from None
         self.version = str(self.info.get("codebase_version", ""))
-        if self.version.startswith("v3") or "{file_index" in str(self.info.get("data_path", "")):
-            raise LeRobotError(
-                f"{info_path}: codebase_version {self.version or '?'} (several episodes per file) is not supported; "
-                "this importer reads LeRobot v2.0 / v2.1 (one parquet file per episode)")
+        self.v3 = self.version.startswith("v3") or "{file_index" in str(self.info.get("data_path", ""))
+        if self.version and self.version not in SUPPORTED_VERSIONS:
+            raise LeRobotError(f"{info_path}: codebase_version {self.version} is not supported; "
+                               f"this importer reads LeRobot {', '.join(SUPPORTED_VERSIONS)}")
         if not self.version:
-            log.warning("%s has no codebase_version; reading it as LeRobot v2.x", info_path)
+            log.warning("%s has no codebase_version; reading it as LeRobot %s", info_path, "v3.0" if self.v3 else "v2.x")
         self.features: dict[str, dict] = self.info.get("features") or {}
         self.fps = float(self.info.get("fps") or 0) or None
         self.chunks_size = int(self.info.get("chunks_size") or DEFAULT_CHUNKS_SIZE)
-        self.data_path = self.info.get("data_path") or DEFAULT_DATA_PATH
-        self.video_path = self.info.get("video_path") or DEFAULT_VIDEO_PATH
-        self.tasks = self._read_tasks()
-        self.episodes = self._read_episodes()
+        default_data, default_video = ((DEFAULT_DATA_PATH_V3, DEFAULT_VIDEO_PATH_V3) if self.v3
+                                       else (DEFAULT_DATA_PATH, DEFAULT_VIDEO_PATH))
+        self.data_path = self.info.get("data_path") or default_data
+        self.video_path = self.info.get("video_path") or default_video
+        self.tasks = self._read_tasks_v3() if self.v3 else self._read_tasks()
+        self.episodes = self._read_episodes_v3() if self.v3 else self._read_episodes()
+        self._table_cache: tuple[Path, object] | None = None  # v3.0: the last data file read (episodes share it)
+
+    @property
+    def stats(self) -> dict[str, dict]:
+        """LeRobot's own dataset statistics (v3.0 meta/stats.json: per feature min/max/mean/std/count/q..)."""
+        path = self.root / STATS_JSON
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise LeRobotError(f"{path}: invalid JSON ({err})") from None
 
     # -- meta ---------------------------------------------------------------------------------
     def _read_tasks(self) -> dict[int, str]:
@@ -152,6 +197,55 @@ class LeRobotDataset:
         log.warning("%s not found; using the %d episode parquet files found", path, len(found))
         return dict(sorted(found.items()))
 
+    def _read_tasks_v3(self) -> dict[int, str]:
+        path = self.root / TASKS_PARQUET
+        if not path.is_file():
+            log.warning("%s not found; task names come from the episodes' 'tasks' column", path)
+            return {}
+        table = _read_parquet(path)
+        # LeRobot writes it from pandas with the task string as the index; pyarrow gives it back as a column
+        missing = [c for c in ("task_index", "task") if c not in table.column_names]
+        if missing:
+            raise LeRobotError(f"{path}: missing column(s) {missing}; available columns: "
+                               f"{_format_columns(table.column_names)}")
+        index = _numeric_column(table, "task_index", path).reshape(-1)
+        return {int(i): str(t) for i, t in zip(index, table.column("task").to_pylist())}
+
+    def _read_episodes_v3(self) -> dict[int, EpisodeMeta]:
+        folder = self.root / EPISODES_DIR
+        files = sorted(folder.glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise LeRobotError(f"{folder}: no chunk-XXX/file-XXX.parquet episode files (LeRobot v3.0 keeps the "
+                               "per-episode rows there)")
+        video_keys = [k for k in self.image_keys if self._feature_dtype(k) == "video"]
+        out: dict[int, EpisodeMeta] = {}
+        for path in files:
+            table = _read_parquet(path)
+            need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+            for key in video_keys:
+                need += [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+            missing = [c for c in need if c not in table.column_names]
+            if missing:
+                raise LeRobotError(f"{path}: missing column(s) {missing}; available columns: "
+                                   f"{_format_columns(c for c in table.column_names if not c.startswith('stats/'))}")
+            cols = {c: _numeric_column(table, c, path).reshape(-1) for c in need}
+            has_range = "dataset_from_index" in table.column_names and "dataset_to_index" in table.column_names
+            if has_range:
+                lo = _numeric_column(table, "dataset_from_index", path).reshape(-1)
+                hi = _numeric_column(table, "dataset_to_index", path).reshape(-1)
+            tasks = table.column("tasks").to_pylist() if "tasks" in table.column_names else [None] * table.num_rows
+            for r in range(table.num_rows):
+                idx = int(cols["episode_index"][r])
+                if idx in out:
+                    raise LeRobotError(f"{path}: episode {idx} is listed twice in {folder}")
+                videos = {k: VideoSlice(int(cols[f"videos/{k}/chunk_index"][r]), int(cols[f"videos/{k}/file_index"][r]),
+                                        float(cols[f"videos/{k}/from_timestamp"][r]),
+                                        float(cols[f"videos/{k}/to_timestamp"][r])) for k in video_keys}
+                out[idx] = EpisodeMeta(idx, int(cols["length"][r]), tuple(tasks[r] or ()),
+                                       int(cols["data/chunk_index"][r]), int(cols["data/file_index"][r]),
+                                       int(lo[r]) if has_range else None, int(hi[r]) if has_range else None, videos)
+        return dict(sorted(out.items()))
+
     @property
     def episode_indices(self) -> list[int]:
         return list(self.episodes)
@@ -161,11 +255,24 @@ class LeRobotDataset:
         return [k for k, f in self.features.items() if isinstance(f, dict) and f.get("dtype") in IMAGE_DTYPES]
 
     def data_file(self, episode: int) -> Path:
+        if self.v3:
+            meta = self.episodes[episode]
+            return self.root / self.data_path.format(chunk_index=meta.data_chunk, file_index=meta.data_file)
         return self.root / self.data_path.format(episode_chunk=episode // self.chunks_size, episode_index=episode)
 
     def video_file(self, episode: int, key: str) -> Path:
+        if self.v3:
+            sl = self._video_slice(episode, key)
+            return self.root / self.video_path.format(video_key=key, chunk_index=sl.chunk, file_index=sl.file)
         return self.root / self.video_path.format(
             episode_chunk=episode // self.chunks_size, episode_index=episode, video_key=key)
+
+    def _video_slice(self, episode: int, key: str) -> VideoSlice:
+        sl = self.episodes[episode].videos.get(key)
+        if sl is None:
+            raise LeRobotError(f"{self.root / EPISODES_DIR}: episode {episode} has no video slice for camera {key!r} "
+                               f"(video features: {_format_columns(self.episodes[episode].videos)})")
+        return sl
 
     def describe_range(self) -> str:
         idx = self.episode_indices
@@ -177,16 +284,29 @@ class LeRobotDataset:
 
     # -- data ---------------------------------------------------------------------------------
     def read_table(self, episode: int):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """The parquet rows of one episode (v3.0: its rows out of the shared data file)."""
+        import pyarrow.compute as pc
 
         path = self.data_file(episode)
         if not path.is_file():
             raise LeRobotError(f"episode {episode}: data file {path} not found")
-        try:
-            return pq.read_table(path)
-        except (OSError, ValueError, pa.ArrowException) as err:
-            raise LeRobotError(f"episode {episode}: cannot read {path} ({err})") from None
+        if not self.v3:
+            return _read_parquet(path, f"episode {episode}: ")
+        if self._table_cache is None or self._table_cache[0] != path:
+            self._table_cache = (path, _read_parquet(path, f"episode {episode}: "))
+        table = self._table_cache[1]
+        if "episode_index" not in table.column_names:
+            raise LeRobotError(f"{path}: no 'episode_index' column; a v3.0 data file holds several episodes and "
+                               f"needs it (columns: {_format_columns(table.column_names)})")
+        rows = table.filter(pc.equal(table.column("episode_index"), episode))
+        meta = self.episodes[episode]
+        if meta.from_index is not None and "index" in rows.column_names and rows.num_rows:
+            index = _numeric_column(rows, "index", path).reshape(-1)
+            if index.min() != meta.from_index or index.max() != meta.to_index - 1:
+                raise LeRobotError(
+                    f"{path}: episode {episode} has rows with index {int(index.min())}..{int(index.max())}, "
+                    f"{EPISODES_DIR} gives dataset_from_index {meta.from_index} / dataset_to_index {meta.to_index}")
+        return rows
 
     def read_episode(self, episode: int, image_keys: Sequence[str], state_key: str | None = "observation.state",
                      action_key: str | None = "action", tolerance_s: float = 1e-4,
@@ -211,7 +331,8 @@ class LeRobotDataset:
             raise LeRobotError(f"{path}: episode {episode} has no rows")
         expected = self.episodes[episode].length
         if expected is not None and expected != n:
-            raise LeRobotError(f"{path}: {n} rows but {EPISODES_JSONL} gives length {expected} for episode {episode}")
+            raise LeRobotError(f"{path}: {n} rows but {EPISODES_DIR if self.v3 else EPISODES_JSONL} gives length "
+                               f"{expected} for episode {episode}")
         if "episode_index" in columns:
             ep_col = _numeric_column(table, "episode_index", path)
             if not np.all(ep_col == episode):
@@ -256,17 +377,36 @@ class LeRobotDataset:
         path = self.video_file(episode, key)
         if not path.is_file():
             raise LeRobotError(f"episode {episode}: video {path} for camera {key!r} not found")
-        frames, video_fps = decode_video(path)
         feat = self.features[key]
+        vinfo = feat.get("info") or feat.get("video_info") or {}
+        codec = vinfo.get("video.codec")
         # exact rate from the metadata first (ffmpeg reports a rounded one, e.g. 29.97)
-        fps = float((feat.get("info") or feat.get("video_info") or {}).get("video.fps") or 0) or self.fps or video_fps
+        fps = float(vinfo.get("video.fps") or 0) or self.fps
+        if self.v3:
+            sl = self._video_slice(episode, key)
+            if not fps:
+                raise LeRobotError(f"{path}: unknown frame rate (no video.fps / fps in {INFO_JSON})")
+            n_slice = round((sl.to_s - sl.from_s) * fps)
+            if strict_frame_count and n_slice != len(timestamp):
+                raise LeRobotError(
+                    f"frame-count mismatch for episode {episode}, camera {key!r}: its slice "
+                    f"{sl.from_s:g}..{sl.to_s:g} s of {path} holds {n_slice} frames, {data_path} has "
+                    f"{len(timestamp)} rows")
+            frames, video_fps = decode_video(path, start_s=sl.from_s, n_frames=n_slice, fps=fps, codec=codec)
+            if len(frames) < n_slice:
+                raise LeRobotError(
+                    f"frame-count mismatch for episode {episode}, camera {key!r}: {path} ends {len(frames)} frames "
+                    f"after {sl.from_s:g} s, the slice {sl.from_s:g}..{sl.to_s:g} s needs {n_slice}")
+        else:
+            frames, video_fps = decode_video(path, codec=codec)
+            fps = fps or video_fps
         if not fps:
             raise LeRobotError(f"{path}: unknown frame rate (no fps in the video or in {INFO_JSON})")
         if video_fps and abs(video_fps - fps) > 0.01 * fps:
             log.warning("%s: ffmpeg reports %g fps, %s gives %g; frames are matched at %g fps",
                         path, video_fps, INFO_JSON, fps, fps)
         n_rows, n_video = len(timestamp), len(frames)
-        if strict_frame_count and n_video != n_rows:
+        if strict_frame_count and n_video != n_rows and not self.v3:
             raise LeRobotError(
                 f"frame-count mismatch for episode {episode}, camera {key!r}: video {path} has {n_video} frames, "
                 f"{data_path} has {n_rows} rows (strict_frame_count=false accepts longer videos)")
@@ -350,26 +490,66 @@ def _inline_images(table, key: str, path: Path, root: Path) -> np.ndarray:
     return np.stack(out)
 
 
-def decode_video(path: str | Path) -> tuple[np.ndarray, float | None]:
-    """All frames of a video file as (N, H, W, 3) uint8 RGB, in decoding order, and its frame rate.
+def _read_parquet(path: Path, prefix: str = ""):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    Uses the ffmpeg binary of imageio-ffmpeg (h264, hevc, vp9 and AV1 via libdav1d), frames passed
-    through without frame-rate conversion.
+    try:
+        return pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise LeRobotError(f"{prefix}cannot read {path} ({err})") from None
+
+
+def _ffmpeg_decoders(exe: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run([exe, "-hide_banner", "-decoders"], capture_output=True, text=True, timeout=30,
+                              check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def decode_video(path: str | Path, start_s: float = 0.0, n_frames: int | None = None, fps: float | None = None,
+                 codec: str | None = None) -> tuple[np.ndarray, float | None]:
+    """Frames of a video file as (N, H, W, 3) uint8 RGB, in decoding order, and its frame rate.
+
+    All frames by default; with `start_s` (and `fps`) the frames from the one at `start_s` on, at most
+    `n_frames` of them (a v3.0 episode slice). Uses the ffmpeg binary of imageio-ffmpeg (h264, hevc, vp9 and
+    AV1 via libdav1d), frames passed through without frame-rate conversion. `codec` (from meta/info.json)
+    only makes the error clearer when this ffmpeg cannot decode the file.
     """
     import imageio_ffmpeg
 
     path = Path(path)
+    input_params = []
+    if start_s > 0:
+        if not fps:
+            raise LeRobotError(f"{path}: decoding from {start_s} s needs the frame rate")
+        # seek half a frame early: ffmpeg keeps the frames at or after the seek point (accurate seek),
+        # so the first frame returned is the one at start_s even when its stored time is rounded down
+        input_params = ["-ss", f"{max(0.0, start_s - 0.5 / fps):.6f}"]
+    output_params = ["-fps_mode", "passthrough"]
+    if n_frames is not None:
+        output_params += ["-frames:v", str(int(n_frames))]
     try:
-        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=["-fps_mode", "passthrough"])
+        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=input_params,
+                                         output_params=output_params)
         meta = next(gen)
         w, h = meta["size"]
         frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in gen]
     except (OSError, RuntimeError, StopIteration) as err:
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+        if codec and f"(codec {codec})" not in _ffmpeg_decoders(exe):
+            raise LeRobotError(
+                f"{path}: the ffmpeg at {exe} has no {codec} decoder; install a build that has one, e.g. "
+                "`pip install -U imageio-ffmpeg` (from 0.8 its bundled ffmpeg decodes AV1 with libdav1d; installed by "
+                "`pip install -e .[lerobot]`), or point IMAGEIO_FFMPEG_EXE at an ffmpeg with libdav1d") from None
         raise LeRobotError(f"{path}: cannot decode video ({err})") from None
     if not frames:
-        raise LeRobotError(f"{path}: video has no frames")
-    fps = meta.get("fps")
-    return np.stack(frames), (float(fps) if fps else None)
+        raise LeRobotError(f"{path}: video has no frames" + (f" after {start_s} s" if start_s else ""))
+    fps_read = meta.get("fps")
+    return np.stack(frames), (float(fps_read) if fps_read else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,6 +637,9 @@ class LeRobotImportConfig:
     stats: bool = True  # write action_stats.json / state_stats.json over all episode files in `out`
     tolerance_s: float = 1e-4  # allowed distance between a row timestamp and its video frame
     strict_frame_count: bool = True  # video frame count must equal the parquet row count
+    export_dir: Path | None = None  # also write the per-frame folders data/conversations.py reads (lerobot_export.py)
+    export_layout: str = "both"  # worldvla (imgs) | rynnvla (third view + wrist + state) | both
+    rotate180: bool = False  # rotate exported frames 180 degrees (raw LIBERO renders; LeRobot LIBERO data is rotated)
 
 
 @dataclass
@@ -465,6 +648,7 @@ class ImportResult:
     written: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     stats: dict[str, Path] = field(default_factory=dict)
+    exported: dict[str, list[Path]] = field(default_factory=dict)  # task folder -> trajectory folders (export_dir)
 
 
 def episode_path(out_dir: str | Path, episode: int) -> Path:
@@ -595,6 +779,10 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
              len(result.skipped), out)
     if cfg.stats:
         result.stats = write_stats(out)
+    if cfg.export_dir is not None:
+        from worldvla.data.lerobot_export import export_lerobot_hdf5
+
+        result.exported = export_lerobot_hdf5(out, cfg.export_dir, cfg.export_layout, cfg.rotate180, cfg.overwrite)
     return result
 
 
@@ -692,7 +880,7 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> ImportResult:
-    """LeRobot v2.x dataset -> one HDF5 per episode (obs/front_image, obs/wrist_image, obs/state, action, timestamp)."""
+    """LeRobot v2.x / v3.0 dataset -> one HDF5 per episode (obs/front_image, obs/wrist_image, obs/state, action, timestamp)."""
     import sys
 
     from worldvla.config import parse_cli, save_config

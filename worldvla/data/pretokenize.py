@@ -26,15 +26,18 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from worldvla.config import parse_cli
 from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
 from worldvla.data.shards import SAMPLE_KINDS, shard_name, write_shard
+from worldvla.data.stage_cli import run, setup_logging
 from worldvla.data.tokenization import (
     SampleTokenizer,
     TokenizerConfig,
@@ -319,3 +322,20 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
     log.info("pretokenized %d samples (%d tokens, %d skipped) in %d shards -> %s",
              totals["n_samples"], totals["n_tokens"], len(skipped), n_shards, out_dir)
     return manifest
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """Conversation JSONs -> memory-mappable token shards + manifest (parallel, resumable)."""
+    cfg = parse_cli(PretokenizeConfig, argv, description=cli.__doc__)
+    setup_logging()
+    return pretokenize(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla pretokenize` / `python -m worldvla.data.pretokenize [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from worldvla.config import parse_cli, save_config
 from worldvla.data.raw_demos import (
     ACTION_DIM,
     DEMO_RE,
@@ -41,6 +43,7 @@ from worldvla.data.raw_demos import (
     robot_state_vector,
     stack_obs,
 )
+from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -361,3 +364,22 @@ def regenerate(cfg: RegenerateConfig, env_factory=None) -> Path:
 def clean_parts(out_dir: Path) -> None:
     """Remove the per-demo intermediate results (after a run is complete and checked)."""
     shutil.rmtree(Path(out_dir) / PARTS_DIR, ignore_errors=True)
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    """Replay raw LIBERO demos at 256/512 px, drop no-ops and failed demos, write per-task HDF5 (+ PNG/npy export)."""
+    cfg = parse_cli(RegenerateConfig, argv, description=cli.__doc__)
+    setup_logging()
+    out = regenerate(cfg)
+    save_config(cfg, out / "regenerate_config.yaml")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`worldvla regenerate` / `python -m worldvla.data.regenerate [--config f.yaml] key=value ...`; --help lists every key."""
+    run(cli, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,10 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.envs.libero_pro import perturbed_instruction, protocol_max_steps
+
 log = logging.getLogger(__name__)
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+MAX_STEPS.update(protocol_max_steps(MAX_STEPS))  # LIBERO-PRO's perturbed suites: their base suite's budget
 NUM_WAIT_STEPS = 10  # dummy steps while objects settle; not part of the policy's budget
 DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # -1 = gripper open
 
@@ -148,6 +151,7 @@ class LiberoEnv:
         self.init_states = self.suite.get_task_init_states(task_id)
         bddl = Path(get_libero_path("bddl_files")) / self.task.problem_folder / self.task.bddl_file
         self.env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=resolution, camera_widths=resolution)
+        self.language = perturbed_instruction(suite, self.language, self.env)  # LIBERO-PRO instruction/task
         self.env.seed(env_seed)
         self.resolution = resolution
         self.max_steps = MAX_STEPS.get(suite, 400)

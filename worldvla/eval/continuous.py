@@ -104,5 +104,6 @@ def predict_normalised(model, head: ActionHead, prompts: list[list[int]]) -> lis
         hidden = hidden.to(next(head.parameters()).dtype)
         lens = prefix_lengths(ids)
         for j, i in enumerate(rows):  # the head one row at a time: its encoder's kernels vary with batch size
-            out[i] = head(hidden[j: j + 1], lens[j: j + 1])[0].float().cpu().numpy().astype(np.float64)
+            # fp32, as the official `.cpu().float().numpy()`: un-normalisation then matches it bit for bit
+            out[i] = head(hidden[j: j + 1], lens[j: j + 1])[0].float().cpu().numpy()
     return out

@@ -103,15 +103,18 @@ def import_object(spec: str):
 
 def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, tokenizer: str | None = None,
                 settings: dict | None = None, decode: str = "auto"):
-    """Checkpoint directory, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
+    """Checkpoint directory or hub id, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
 
     `action_mode` (discrete | continuous) selects how a checkpoint produces actions; None keeps the
     checkpoint's own setting. A server or factory policy has a fixed mode: asking for another is an error.
     `tokenizer` and `settings` (worldvla.json values: chunk_size, resolution, action_stats, ...) are for
-    checkpoint folders that lack them, such as the official release; they only apply to a checkpoint.
+    checkpoint folders that lack them, such as the official release; they only apply to a checkpoint. A
+    released checkpoint (worldvla.eval.official_checkpoints) brings its own settings, `settings` override
+    them; any other folder without worldvla.json is refused unless `settings` give chunk_size, resolution
+    and action_stats.
     `decode` (auto | parallel | sequential | official) is how a checkpoint decodes action chunks; a
     server or factory policy decodes its own way: a mode other than auto must match its `decode_mode`."""
-    if (tokenizer or settings) and not Path(spec).is_dir():
+    if (tokenizer or settings) and not (Path(spec).is_dir() or is_hub_id(spec)):
         raise ValueError(f"tokenizer= and policy_settings= apply to a checkpoint directory, not to {spec!r}")
     if not spec:
         raise ValueError("no policy given: policy=CKPT_DIR, policy=ws://127.0.0.1:8000 or policy=module:factory")
@@ -120,7 +123,7 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
 
         return _check_decode(_check_mode(RemotePolicy(spec), action_mode, spec), decode, spec)
     path = Path(spec)
-    if path.is_dir():
+    if path.is_dir() or is_hub_id(spec):  # a hub id is downloaded by the loader (worldvla.model.loading)
         try:
             from worldvla.eval.policy import WorldVLAPolicy
         except ImportError as err:
@@ -133,6 +136,15 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
         is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)
         return _check_decode(_check_mode(factory if is_instance else factory(), action_mode, spec), decode, spec)
     raise FileNotFoundError(f"policy {spec!r} is not a checkpoint directory, a ws:// URL or module:factory")
+
+
+def is_hub_id(spec: str) -> bool:
+    """`owner/name[/sub/folder]` that is not a local path, a URL or module:factory: a model-hub checkpoint."""
+    text = str(spec)
+    if not text or ":" in text or text.startswith((".", "/", "~", "\\")) or Path(text).exists():
+        return False
+    parts = text.split("/")
+    return len(parts) >= 2 and all(parts) and not Path(parts[0]).exists()  # else: a mistyped local path
 
 
 def _check_mode(policy, action_mode: str | None, spec: str):

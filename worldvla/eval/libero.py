@@ -12,24 +12,31 @@ summary.md (per task and suite, Wilson 95 % intervals), eval.log, videos/<suite>
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 
 from worldvla.config import ConfigError, parse_cli
 
 from .config import EvalConfig
 
 
+@dataclass
+class MergeConfig:
+    dirs: list[str] = field(default_factory=list, metadata={
+        "help": "output directories of the shards (or one shared directory); also the bare words"})
+    out: str | None = field(default=None, metadata={"help": "where to write the merged summary (default: the first dir)"})
+
+
 def _merge_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worldvla.eval.libero merge",
-                                     description="merge shard outputs of one evaluation into one summary")
-    parser.add_argument("dirs", nargs="+", help="output directories of the shards (or one shared directory)")
-    parser.add_argument("--out", default=None, help="where to write the merged summary (default: the first dir)")
-    args = parser.parse_args(argv)
+    cfg = parse_cli(MergeConfig, argv, description="merge shard outputs of one evaluation into one summary",
+                    prog="python -m worldvla.eval.libero merge", positional="dirs")
+    if not cfg.dirs:
+        print("error: name the shard output directories (merge DIR [DIR ...] [--out DIR])", file=sys.stderr)
+        return 2
     from .merge import merge_runs
 
-    summary = merge_runs(args.dirs, args.out)
+    summary = merge_runs(cfg.dirs, cfg.out)
     _print_summary(summary)
     return 0
 

@@ -60,7 +60,7 @@ class PolicySettings:
     with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
     with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
     action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
-    family: str = "worldvla"  # worldvla | rynnvla002: the official eval loop whose parsing decode=official uses
+    family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule decode=official uses
     action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
     step: int | None = None
@@ -126,24 +126,39 @@ class WorldVLAPolicy:
                         tokenizer: str | Path | None = None, decode: str = "auto", compile_step: bool = False,
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
-        with `tokenizer=<dir>` and the settings as keyword arguments (chunk_size, history, resolution,
-        action_stats, action_mode, ...). dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
+        with `tokenizer=<dir>`. An official folder listed in worldvla.eval.official_checkpoints (by hub id
+        or folder name) gets its released settings from that table; any other folder without worldvla.json
+        must be given chunk_size, resolution and action_stats as keyword arguments, or it is refused.
+        Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
+        dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
         decode `auto`: parallel for our checkpoints, official for an official folder (resolve_decode)."""
         from worldvla.model.loading import resolve_source
 
-        folder = resolve_source(ckpt_dir)
-        path = folder / SETTINGS_NAME
-        base = PolicySettings.from_file(path) if path.is_file() else PolicySettings()
+        from .official_checkpoints import FAMILIES, REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
+
         unknown = set(settings) - set(PolicySettings.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(PolicySettings.__dataclass_fields__)}")
-        for k, v in settings.items():
-            if v is not None:
-                setattr(base, k, v)
-        if not path.is_file():  # official release: wrong K / resolution / stats would fail silently, so say it
-            log.warning("%s has no %s: assuming %s (pass chunk_size=, resolution=, action_stats=, ... for "
-                        "another setup, e.g. chunk_size=10 for libero_10, resolution=512)", folder, SETTINGS_NAME, base)
+        folder = resolve_source(ckpt_dir)
+        path = folder / SETTINGS_NAME
         tok_dir = find_tokenizer_dir(folder, tokenizer)
+        given = {k: v for k, v in settings.items() if v is not None}
+        official = None if path.is_file() else (find_official(ckpt_dir) or find_official(folder))
+        if path.is_file():
+            base = PolicySettings.from_file(path)
+        elif official is not None:  # a released checkpoint: its settings are known, not guessed
+            base = PolicySettings(**official.settings)
+            base.extra["official_checkpoint"] = official.hub_id
+            log.info("%s: released checkpoint %s, settings %s%s", folder, official.hub_id, official.settings,
+                     f" overridden by {given}" if given else "")
+        elif all(k in given for k in REQUIRED_FOR_UNKNOWN):
+            base = PolicySettings()
+        else:
+            raise unknown_folder_error(folder, given)
+        for k, v in given.items():
+            setattr(base, k, v)
+        if base.family not in FAMILIES:
+            raise ValueError(f"{folder}: family={base.family!r}; valid: {FAMILIES}")
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
             raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "

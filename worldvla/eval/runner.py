@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.config import to_dict
+from worldvla.envs.libero_pro import check_resources, perturbation_record
 
 from .config import EvalConfig, parse_shard
 from .interface import ActionChunk, decode_infos, load_policy, policy_info
@@ -126,6 +127,9 @@ class Evaluation:
         if cfg.history is not None and cfg.history < 1:
             raise ValueError(f"history must be >= 1, got {cfg.history}")
         factory = make_env_factory(cfg) if cfg.env_factory else None
+        if factory is None:  # a LIBERO-PRO suite the package has no files for: refused before any episode
+            for suite in cfg.suites:
+                check_resources(suite)
         num_tasks = getattr(factory, "num_tasks", None) or suite_num_tasks
         self.num_tasks = {s: num_tasks(s) for s in cfg.suites}
         self.keys = shard_episodes(all_episodes(cfg, lambda s: self.num_tasks[s]), cfg.shard)
@@ -136,6 +140,7 @@ class Evaluation:
             "protocol": protocol_record(cfg, self.info),
             "deviations": deviations(cfg, self.info, lambda s: self.num_tasks[s]),
             "num_tasks": self.num_tasks, "shard": cfg.shard, "episodes_in_shard": len(self.keys),
+            "perturbations": perturbation_record(cfg.suites),  # LIBERO-PRO suites: which perturbation
         }
         self.progress_enabled = progress
         self.stats = {"policy_calls": 0, "policy_queries": 0, "policy_seconds": 0.0}

@@ -1,10 +1,17 @@
 """RynnVLA-002's continuous action head ("action transformer"), official parameter names.
 
 Reads the backbone's final hidden states (after the last RMSNorm) of the prompt positions, appends
-K*7 learned queries, projects to 1024, runs a 2-layer bidirectional post-norm TransformerEncoder
-(key-padding mask only), and regresses the K x 7 normalised actions from the query outputs with
+K*7 learned queries, projects to 1024, runs a 2-layer bidirectional post-norm TransformerEncoder,
+and regresses the K x 7 normalised actions from the query outputs with
 an MLP-ResNet (official_format.md §10.2). Trained with L1 against the **bin centres** of the
 ground-truth action tokens (not the raw floats), weight `loss_ct_weights` = 10.
+
+Padding: rows of a batch are right-padded with zero vectors to one length. The official trainer
+calls the encoder with no key-padding mask, so in training the real positions also attend the
+(projected) zero padding of shorter prompts; that is the default here (`mask_padding=False`), and
+`mask_padding=True` masks it instead. In eval mode padding is always masked, so a row's prediction
+does not depend on the batch; at batch 1 there is no padding and both agree exactly (no mask is
+passed when no row is padded).
 
 Parameter names (prefix `action_head.` in checkpoints): `action_token_embeddings.weight`,
 `hidden_projection.*`, `transformer_encoder.layers.{i}.*`, `transformer_encoder.norm.*`,
@@ -15,11 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from worldvla import vocab as V
+from worldvla.tokenizers.action import official_bin_centres
 
 N_BIN_EDGES = 256
 
@@ -36,6 +43,7 @@ class ActionHeadConfig:
     dropout: float = 0.1
     mlp_blocks: int = 2
     loss_weight: float = 10.0  # official --loss_ct_weights
+    mask_padding: bool = False  # training: mask the batch's zero padding (official: not masked); eval always masks
 
 
 class MLPResNetBlock(nn.Module):
@@ -104,7 +112,8 @@ class ActionHead(nn.Module):
             seq[i, :n] = hidden[i, :n]
             seq[i, n : n + n_q] = queries
             pad[i, : n + n_q] = False
-        x = self.transformer_encoder(self.hidden_projection(seq), src_key_padding_mask=pad)  # (B, T, P)
+        masked = (cfg.mask_padding or not self.training) and bool(pad.any())
+        x = self.transformer_encoder(self.hidden_projection(seq), src_key_padding_mask=pad if masked else None)
         index = torch.tensor(lens, device=hidden.device)[:, None] + torch.arange(n_q, device=hidden.device)
         out = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K*7, P)
         out = out.reshape(b, cfg.chunk_size, cfg.action_dim * cfg.proj_dim)  # (B, K, 7*P)
@@ -125,8 +134,7 @@ def selectable_rows(input_ids: torch.Tensor) -> torch.Tensor:
 
 def bin_centre_targets(labels: torch.Tensor, chunk_size: int, action_dim: int = 7) -> torch.Tensor:
     """(B, L) labels -> (B, K, 7) bin centres (normalised space) of the supervised action blocks."""
-    edges = np.linspace(-1.0, 1.0, N_BIN_EDGES)
-    centres = torch.tensor((edges[:-1] + edges[1:]) / 2.0, dtype=torch.float32, device=labels.device)
+    centres = torch.from_numpy(official_bin_centres()).to(labels.device)  # fp32, as the official trainer's targets
     out = []
     for row in labels:
         starts = (row == V.ACTION_START_ID).nonzero().flatten()[:chunk_size]

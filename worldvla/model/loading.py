@@ -28,7 +28,9 @@ SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 DEFAULT_MAX_SHARD_BYTES = 10 * 2**30  # official save_pretrained(max_shard_size="10GB")
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.bin", "tokenizer/*", "*.yaml", "*.ckpt")
-TOKENIZER_DIRS = ("tokenizer", "chameleon/tokenizer", "ckpts/chameleon/tokenizer", "../tokenizer")
+# ../../chameleon/tokenizer: a full download of the WorldVLA hub repo keeps it next to model_<px>/<suite>
+TOKENIZER_DIRS = ("tokenizer", "chameleon/tokenizer", "ckpts/chameleon/tokenizer", "../tokenizer",
+                  "../../chameleon/tokenizer")
 
 
 def resolve_source(source: str | Path) -> Path:

@@ -5,6 +5,10 @@ Formulas from the official item processors (official_format.md §2, §10.1):
     d     = numpy.digitize(norm, linspace(-1, 1, 256))          # 1..256 (256 only at norm == 1)
     token = d + start_id + 1                                     # actions: 10006..10261
     decode: index = clip(token - start_id - 1 - 1, 0, 254) -> bin centre -> un-normalise
+Precision as the official code, so that executed actions are bit-identical to its eval: encoding
+bins with numpy fp64 edges (its item processor), decoding reads bin centres computed in torch fp32
+(its `decode_token_ids_to_actions`), and un-normalisation runs `(v + 1) / 2` in the centres' fp32
+and the rest in fp64 against the fp64 min/max arrays, numpy's promotion in its `unnorm_min_max`.
 The statistics are data (a JSON file next to a checkpoint); the official hard-coded sets are
 provided as named presets so the released checkpoints and data keep working.
 """
@@ -86,6 +90,15 @@ STATS_PRESETS = {
 }
 
 
+def official_bin_centres() -> np.ndarray:
+    """(255,) float32 bin centres exactly as the official decode computes them: torch fp32
+    `linspace(-1, 1, 256)`, then `(edges[:-1] + edges[1:]) / 2` in fp32 (not fp64 rounded to fp32)."""
+    import torch
+
+    edges = torch.linspace(-1.0, 1.0, N_BIN_EDGES, dtype=torch.float32)
+    return ((edges[:-1] + edges[1:]) / 2.0).numpy()
+
+
 def load_stats(spec: str | Path) -> NormStats:
     """A preset name (`worldvla`, `rynnvla_action`, `rynnvla_state`) or a JSON file path."""
     if str(spec) in STATS_PRESETS:
@@ -103,8 +116,8 @@ class BinTokenizer:
         self.name = name
         self._min = np.asarray(stats.min, dtype=np.float64)
         self._range = np.asarray(stats.max, dtype=np.float64) - self._min + NORM_EPS
-        self.edges = np.linspace(-1.0, 1.0, N_BIN_EDGES)
-        self.centers = (self.edges[:-1] + self.edges[1:]) / 2.0  # (255,)
+        self.edges = np.linspace(-1.0, 1.0, N_BIN_EDGES)  # fp64, as the official encoder (np.digitize)
+        self.centers = official_bin_centres()  # (255,) fp32, as the official decoder
         self.num_clipped = 0  # running count of values outside [min, max]
 
     @property
@@ -142,7 +155,13 @@ class BinTokenizer:
         return np.clip(norm, -1.0, 1.0)
 
     def unnormalize(self, norm: np.ndarray) -> np.ndarray:
-        return (np.asarray(norm, dtype=np.float64) + 1.0) / 2.0 * self._range + self._min
+        """[-1, 1] -> raw units (float64). fp32 input (bin centres, the action head's output) keeps
+        fp32 for `(v + 1) / 2`, as numpy does in the official eval; anything else runs in fp64."""
+        norm = np.asarray(norm)
+        if norm.dtype != np.float32:
+            norm = norm.astype(np.float64)
+        half = (norm + norm.dtype.type(1.0)) / norm.dtype.type(2.0)
+        return half.astype(np.float64) * self._range + self._min
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """(..., D) raw values -> (..., D) int64 token ids."""

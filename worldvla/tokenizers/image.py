@@ -113,6 +113,7 @@ class ImageTokenizer:
         if resolution % PATCH:
             raise ValueError(f"resolution must be a multiple of {PATCH}, got {resolution}")
         self.vqgan = vqgan.float().eval()
+        vocab.check_size_token(resolution // PATCH)  # the size token this resolution writes, by name
         self.vocab = vocab
         self.resolution = resolution
         self.resize = resize  # False: a frame of another size is an error (LIBERO renders at size)
@@ -130,7 +131,10 @@ class ImageTokenizer:
         return image_token_count(self.resolution)
 
     def preprocess(self, images) -> torch.Tensor:
-        """Images -> (B, 3, R, R) fp32 in [-1, 1] (x / 255 * 2 - 1), on the VQ-GAN's device."""
+        """Images -> (B, 3, R, R) fp32 in [-1, 1], on the VQ-GAN's device.
+
+        The arithmetic is the official one: `x / 255 * 2 - 1` in numpy fp64, then cast to the VQ-GAN's
+        fp32 (the same steps in fp32 round differently for some pixel values, and so can change codes)."""
         batch = images if isinstance(images, (list, tuple)) else [images]
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = list(images)
@@ -145,8 +149,8 @@ class ImageTokenizer:
                     )
                 arr = np.asarray(var_center_crop(Image.fromarray(arr), self.resolution))
             arrays.append(arr)
-        x = torch.from_numpy(np.stack(arrays)).to(self.device, torch.float32)  # (B, H, W, 3)
-        return (x / 255.0 * 2.0 - 1.0).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+        x = np.stack(arrays) / 255.0 * 2 - 1  # (B, H, W, 3) fp64
+        return torch.from_numpy(x).to(self.device, torch.float32).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
 
     def encode(self, images) -> np.ndarray:
         """Images -> (B, h, w) int64 VQ codes.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from worldvla.vocab import Vocab
+from worldvla.vocab import OFFICIAL_NAMES, Vocab
 
 TOKENIZER_FILENAME = "text_tokenizer.json"
 # Where the file sits inside the official releases (Chameleon `tokenizer/`, WorldVLA ckpts).
@@ -59,7 +59,11 @@ class TextTokenizer:
         if not self.path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {self.path}")
         self._tok = Tokenizer.from_file(str(self.path))
-        self.vocab = Vocab.from_tokenizer_file(self.path)
+        self.vocab = Vocab.from_tokenizer_file(self.path)  # asserts every official id by name
+        for name, want in OFFICIAL_NAMES.items():  # and the encoder itself agrees (added_tokens vs model.vocab)
+            got = self._tok.token_to_id(name)
+            if got != want:
+                raise ValueError(f"{self.path}: the tokenizer maps {name!r} to {got}, the official format needs {want}")
 
     @classmethod
     def from_pretrained(cls, source: str | Path) -> "TextTokenizer":

@@ -32,6 +32,9 @@ class ModelOptions:
     activation_checkpointing: bool = True  # per decoder layer, non-reentrant (official --checkpointing)
     action_head: bool = False  # RynnVLA-002 continuous action head trained jointly (L1, train.action_head_weight)
     action_head_config: dict = field(default_factory=dict)  # ActionHeadConfig overrides (official sizes by default)
+    # The head's encoder in training: false = official (attends the zero padding of shorter prompts in a batch),
+    # true = mask that padding. Recorded in worldvla.json action_head.mask_padding; evaluation always masks.
+    action_head_mask_padding: bool = False
 
 
 @dataclass

@@ -37,19 +37,22 @@ class HeadOutput:
     idle: torch.Tensor | None = None  # no row qualified: 0 x the head's output on a dummy input (see forward)
 
 
-def head_config(overrides: dict, hidden_size: int, chunk_size: int, loss_weight: float) -> ActionHeadConfig:
+def head_config(overrides: dict, hidden_size: int, chunk_size: int, loss_weight: float,
+                mask_padding: bool = False) -> ActionHeadConfig:
     """ActionHeadConfig of a run: official sizes, `overrides` (model.action_head_config) on top; the backbone
-    width, the chunk K and the L1 weight always come from the model, data.chunk_size and train.action_head_weight."""
+    width, the chunk K, the L1 weight and the padding mask always come from the model, data.chunk_size,
+    train.action_head_weight and model.action_head_mask_padding."""
     from worldvla.config import ConfigError
 
-    names = {f.name for f in dataclasses.fields(ActionHeadConfig)} - {"hidden_size", "chunk_size", "loss_weight"}
+    fixed = {"hidden_size", "chunk_size", "loss_weight", "mask_padding"}
+    names = {f.name for f in dataclasses.fields(ActionHeadConfig)} - fixed
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"model.action_head_config: unknown field(s) {unknown}; valid: {sorted(names)} "
                           "(hidden_size and chunk_size follow the model and data.chunk_size; the loss weight is "
-                          "train.action_head_weight)")
+                          "train.action_head_weight; the padding mask is model.action_head_mask_padding)")
     return ActionHeadConfig(**{**overrides, "hidden_size": hidden_size, "chunk_size": chunk_size,
-                               "loss_weight": loss_weight})
+                               "loss_weight": loss_weight, "mask_padding": mask_padding})
 
 
 class WithActionHead(nn.Module):

@@ -48,14 +48,23 @@ def make_accelerator(cfg):
     check_deepspeed()
     t = cfg.train
     # accelerate's multi-process launcher does not tell the processes about `use_cpu`; without a GPU
-    # they must be told here, or each would run alone (gloo process group on CPU).
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if t.precision == "bf16" else "no",
+    # they must be told here, or each would run alone (gloo process group on CPU). Not under DeepSpeed:
+    # cpu=True makes accelerate drop the DeepSpeed plugin and train plainly; DeepSpeed has its own CPU
+    # accelerator, so a DeepSpeed config without a GPU runs DeepSpeed on CPU.
+    wants_ds = deepspeed_requested()
+    acc = Accelerator(cpu=not torch.cuda.is_available() and not wants_ds,
+                      mixed_precision="bf16" if t.precision == "bf16" else "no",
                       gradient_accumulation_steps=t.grad_accum, step_scheduler_with_optimizer=False)
+    if wants_ds and not is_deepspeed(acc):
+        raise LaunchError(f"the accelerate config selects DeepSpeed but accelerate set up {acc.distributed_type}; "
+                          "refusing to train without DeepSpeed (check use_cpu / distributed_type in the config)")
     _fsdp_on_cpu(acc)
     if is_fsdp(acc):
         _configure_fsdp(acc, t.precision)
     if is_deepspeed(acc):
         fill_deepspeed_config(acc.state.deepspeed_plugin.deepspeed_config, t)
+        log.info("DeepSpeed ZeRO stage %s on %s (%d process(es))",
+                 acc.state.deepspeed_plugin.zero_stage, acc.device, acc.num_processes)
     return acc
 
 

@@ -73,6 +73,8 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     set_wrap_classes(acc, block)
     optimizer = build_optimizer(model.parameters(), t.lr, t.weight_decay, t.betas, t.eps)
     model, optimizer = acc.prepare(model, optimizer)
+    if acc.is_main_process:  # which engine really trains (e.g. deepspeed.runtime.engine.DeepSpeedEngine)
+        log.info("model engine: %s.%s", type(model).__module__, type(model).__qualname__)
 
     ckpt = CheckpointManager(out_dir / "checkpoints", acc, t.keep_last)
     ckpt.clean_partial()

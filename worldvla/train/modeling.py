@@ -56,7 +56,8 @@ def build_model(cfg):
     from worldvla.model.action_head import ActionHead
     from worldvla.train.continuous import WithActionHead, head_config, load_head_weights
 
-    head = ActionHead(head_config(m.action_head_config, mcfg.dim, cfg.data.chunk_size, cfg.train.action_head_weight))
+    head = ActionHead(head_config(m.action_head_config, mcfg.dim, cfg.data.chunk_size, cfg.train.action_head_weight,
+                                  m.action_head_mask_padding))
     if m.init_from and load_head_weights(head, extras, m.init_from):
         log.info("action head loaded from %s", m.init_from)
     return WithActionHead(model, head), mcfg

@@ -6,7 +6,7 @@ tiny tokenizer assets (`worldvla.testing.fixtures.make_tiny_assets`). Actions ar
 curves, so the action loss of a model that learns falls well below chance; frames are flat colours
 that change with time, so frames (and their VQ codes) repeat along and across trajectories.
 
-    python -m worldvla.train.tiny_data [out_dir] [resolution] [--rynnvla002]
+    python -m worldvla.train.tiny_data [out_dir] [resolution=64] [--rynnvla002]
         (default data/processed/tiny, 64 px; --rynnvla002: wrist view + state, data/processed/tiny_rynnvla002)
 """
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from worldvla.config import parse_cli
 
 # RynnVLA-002's pretokenize path: action samples with its own min/max, world samples with WorldVLA's (configs/rynnvla002.yaml)
 RYNNVLA002_STATS = {"action_stats": "rynnvla_action", "world_action_stats": "worldvla"}
@@ -105,19 +107,24 @@ def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_t
     return TinyData(root, tok_dir, train, out["action"], out["world"])
 
 
-def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return
+@dataclass
+class TinyDataConfig:
+    out_dir: str = field(default="", metadata={
+        "help": "default data/processed/tiny, or data/processed/tiny_rynnvla002 (also the first bare word)"})
+    resolution: int = 64
+    rynnvla002: bool = field(default=False, metadata={"help": "wrist view + state, RynnVLA-002 statistics"})
+
+
+def main(argv=None) -> int:
+    cfg = parse_cli(TinyDataConfig, argv, description=__doc__, positional="out_dir")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
-    rynn = "--rynnvla002" in argv
-    args = [a for a in argv if a != "--rynnvla002"]
-    default = "data/processed/tiny_rynnvla002" if rynn else "data/processed/tiny"
-    data = make_tiny_data(args[0] if args else default, int(args[1]) if len(args) > 1 else 64,
-                          with_wrist=rynn, with_state=rynn, **RYNNVLA002_STATS if rynn else {})
+    default = "data/processed/tiny_rynnvla002" if cfg.rynnvla002 else "data/processed/tiny"
+    rynn = cfg.rynnvla002
+    data = make_tiny_data(cfg.out_dir or default, cfg.resolution, with_wrist=rynn, with_state=rynn,
+                          **RYNNVLA002_STATS if rynn else {})
     print(f"tiny training set: data.train=[{data.train}] data.tokenizer={data.tokenizer}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

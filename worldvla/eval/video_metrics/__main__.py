@@ -1,16 +1,19 @@
 """Evaluate a folder of official-format world-model MP4s and write the report.
 
-    python -m worldvla.eval.video_metrics ROLLOUT_DIR --suite libero_goal_val_ind --out-dir OUT \
-        [--metrics-dir ckpts/metrics] [--i3d PATH] [--lpips-lin PATH] [--vgg16 PATH] \
-        [--kinds gt_recons inf] [--fvd-horizons 10 20 30] [--min-frames 10] [--device cpu]
+    python -m worldvla.eval.video_metrics ROLLOUT_DIR suite=libero_goal_val_ind out_dir=OUT \
+        [metrics_dir=ckpts/metrics] [i3d=PATH] [lpips_lin=PATH] [vgg16=PATH] \
+        [kinds=[gt_recons,inf]] [fvd_horizons=[10,20,30]] [min_frames=10] [device=cpu]
+    (or: worldvla metrics ...; `--out-dir OUT` is the same as `out_dir=OUT`)
 
 Files are paired by their "--episode=..." suffix, "--success=gt--" against "--success=<kind>--".
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
+
+from worldvla.config import ConfigError, parse_cli
 
 from .evaluate import METRICS, MIN_FRAMES, LazyVideos, evaluate_sets, find_official_videos
 from .fvd import load_i3d
@@ -18,33 +21,49 @@ from .lpips import load_lpips
 from .report import write_metrics_report
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m worldvla.eval.video_metrics", description=__doc__.splitlines()[0])
-    p.add_argument("folder")
-    p.add_argument("--suite", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--metrics-dir", default=None, help="folder with vgg.pth, vgg16-397923af.pth, i3d_torchscript.pt")
-    p.add_argument("--i3d", default=None)
-    p.add_argument("--lpips-lin", default=None)
-    p.add_argument("--vgg16", default=None)
-    p.add_argument("--kinds", nargs="+", default=["gt_recons", "inf"])
-    p.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
-    p.add_argument("--fvd-horizons", nargs="*", type=int, default=[])
-    p.add_argument("--min-frames", type=int, default=MIN_FRAMES)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+@dataclass
+class VideoMetricsConfig:
+    folder: str = field(default="", metadata={"help": "folder of official rollout MP4s (also the first bare word)"})
+    suite: str = field(default="", metadata={"help": "name of the report, e.g. libero_goal_val_ind"})
+    out_dir: str = ""
+    metrics_dir: str | None = field(default=None, metadata={
+        "help": "folder with vgg.pth, vgg16-397923af.pth, i3d_torchscript.pt"})
+    i3d: str | None = None
+    lpips_lin: str | None = None
+    vgg16: str | None = None
+    kinds: list[str] = field(default_factory=lambda: ["gt_recons", "inf"])
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    fvd_horizons: list[int] = field(default_factory=list)
+    min_frames: int = MIN_FRAMES
+    size: int = 256
+    device: str = "cpu"
 
-    names, gts, gens = find_official_videos(args.folder, args.kinds)
+    def validate(self) -> None:
+        missing = [name for name in ("folder", "suite", "out_dir") if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"set {', '.join(f'{m}=...' for m in missing)} (see --help)")
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown:
+            raise ConfigError(f"metrics: unknown {unknown}; choose from {list(METRICS)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli(VideoMetricsConfig, argv, description=__doc__, positional="folder")
+    try:
+        cfg.validate()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names, gts, gens = find_official_videos(cfg.folder, cfg.kinds)
     if not names:
-        print(f"no paired '--success=gt--' videos found in {args.folder}", file=sys.stderr)
+        print(f"no paired '--success=gt--' videos found in {cfg.folder}", file=sys.stderr)
         return 1
-    lpips = load_lpips(args.lpips_lin, args.vgg16, args.metrics_dir, args.device) if "lpips" in args.metrics else None
-    i3d = load_i3d(args.i3d, args.metrics_dir, args.device) if "fvd" in args.metrics else None
-    results = evaluate_sets(LazyVideos(gts), {k: LazyVideos(v) for k, v in gens.items()}, metrics=args.metrics,
-                            lpips=lpips, i3d=i3d, size=args.size, min_frames=args.min_frames,
-                            fvd_horizons=args.fvd_horizons, device=args.device, clip_names=names)
-    paths = write_metrics_report(results, args.out_dir, args.suite)
+    lpips = load_lpips(cfg.lpips_lin, cfg.vgg16, cfg.metrics_dir, cfg.device) if "lpips" in cfg.metrics else None
+    i3d = load_i3d(cfg.i3d, cfg.metrics_dir, cfg.device) if "fvd" in cfg.metrics else None
+    results = evaluate_sets(LazyVideos(gts), {k: LazyVideos(v) for k, v in gens.items()}, metrics=cfg.metrics,
+                            lpips=lpips, i3d=i3d, size=cfg.size, min_frames=cfg.min_frames,
+                            fvd_horizons=cfg.fvd_horizons, device=cfg.device, clip_names=names)
+    paths = write_metrics_report(results, cfg.out_dir, cfg.suite)
     print(paths["markdown"].read_text())
     return 0
 
