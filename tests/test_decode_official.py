@@ -218,3 +218,16 @@ def test_auto_is_official_for_an_official_folder_and_parallel_for_ours(tiny_asse
         pol = load_policy(str(official), tokenizer=str(ckpt / "tokenizer"), settings=settings)
         assert policy_info(pol)["decode_mode"] == "official"
         assert load_policy(str(ckpt), decode="sequential").decode_mode == "sequential"
+
+
+@pytest.mark.parametrize("folder, family", [("VLA_model_256/libero_goal", "rynnvla002"),
+                                            ("model_256/libero_10", "worldvla")])
+def test_released_folders_pick_their_parsing_rule(folder, family):
+    """decode=official on a released folder parses with its family's rule (the table sets it)."""
+    from worldvla.eval.official_checkpoints import find_official
+
+    assert find_official(f"ckpts/{folder}").settings.get("family", "worldvla") == family
+    ids = block(*range(10010, 10017)) + block(10020, 10021) + [EOT]  # a short second block
+    parsed = G.parse_official(ids, family)
+    assert parsed.blocks == [list(range(10010, 10017))]
+    assert (parsed.failure is None) == (family == "rynnvla002")
