@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.testing.tiny_model import make_tiny_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SECTIONS = ("chunks", "masks", "cache", "flex")
+SECTIONS = ("chunks", "masks", "cache", "flex", "fastpath", "world")
 RUN = {"compile_step": False, "exact": True}  # set from the command line in main()
 
 
@@ -98,19 +99,36 @@ def same_tokens(a, b, what: str) -> float:
     return frac
 
 
-def best_of(fns: dict, repeats: int) -> dict:
-    """Run each `fn(stats)` `repeats` times, interleaved (load drift hits all alike). Per name: stats with
-    the minimum prefill and the minimum decode time over the runs, and the output (identical each run)."""
-    best: dict = {}
+def best_of(fns: dict, repeats: int, warmup: bool = False) -> dict:
+    """Run each `fn(stats)` `repeats` times, interleaved (load drift hits all alike). Per name: stats whose
+    prefill_s / decode_s are the medians over the runs (`.runs`: every run's (prefill_s, decode_s)), and the
+    output (identical each run). `warmup`: one untimed run of each first (compilation, graph capture)."""
+    if warmup:
+        for fn in fns.values():
+            fn(G.DecodeStats())
+    runs: dict = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             stats = G.DecodeStats()
             result = fn(stats)
-            if name in best:
-                stats.prefill_s = min(stats.prefill_s, best[name][0].prefill_s)
-                stats.decode_s = min(stats.decode_s, best[name][0].decode_s)
-            best[name] = (stats, result)
-    return best
+            runs[name].append((stats, result))
+    out = {}
+    for name, rs in runs.items():
+        stats = rs[-1][0]
+        stats.runs = [(st.prefill_s, st.decode_s) for st, _ in rs]
+        stats.prefill_s = statistics.median(p for p, _ in stats.runs)
+        stats.decode_s = statistics.median(d for _, d in stats.runs)
+        out[name] = (stats, rs[-1][1])
+    return out
+
+
+def spread(values) -> dict:
+    """median and [min, max] of per-run values (times in ms or per-run ratios)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(sp: dict, f: str = ".1f") -> str:
+    return f"{sp['median']:{f}} [{sp['min']:{f}}-{sp['max']:{f}}]"
 
 
 def bench_chunks(model, repeats: int) -> list[dict]:
@@ -122,12 +140,17 @@ def bench_chunks(model, repeats: int) -> list[dict]:
             for mode in ("parallel", "sequential")}, repeats)
         equal = same_tokens(res["parallel"][1], res["sequential"][1], f"K={K} parallel vs sequential")
         par, seq = res["parallel"][0], res["sequential"][0]
-        rows.append({"K": K, "prompt_tokens": len(prompt), "prefill_ms": 1e3 * min(par.prefill_s, seq.prefill_s),
+        paired = list(zip(par.runs, seq.runs))  # the two modes of one repeat ran back to back
+        rows.append({"K": K, "prompt_tokens": len(prompt), "prefill_ms": 1e3 * statistics.median(p for p, _ in par.runs + seq.runs),
                      "parallel_steps": par.forward_steps, "sequential_steps": seq.forward_steps,
                      "step_ratio": seq.forward_steps / par.forward_steps,
                      "parallel_decode_ms": 1e3 * par.decode_s, "sequential_decode_ms": 1e3 * seq.decode_s,
                      "decode_speedup": seq.decode_s / par.decode_s,
                      "end_to_end_speedup": (seq.prefill_s + seq.decode_s) / (par.prefill_s + par.decode_s),
+                     "decode_speedup_spread": spread([s[1] / p[1] for p, s in paired]),
+                     "end_to_end_speedup_spread": spread([sum(s) / sum(p) for p, s in paired]),
+                     "parallel_decode_ms_spread": spread([1e3 * p[1] for p, _ in paired]),
+                     "sequential_decode_ms_spread": spread([1e3 * s[1] for _, s in paired]),
                      "equal_tokens": equal})
     return rows
 
@@ -172,7 +195,7 @@ def mask_work_per_step(prompt: list[int], steps: int, repeats: int, chunk: int =
     positions = torch.arange(len(prompt), S)[None]
     masker = RowMasker([ActionLayout.from_ids(prompt, open_until=S)], S)
     ids = prompt + [10102] * steps
-    best = lambda fn: min(_timed(fn) for _ in range(repeats))
+    best = lambda fn: statistics.median([_timed(fn) for _ in range(repeats)])
     return {
         "planned": best(lambda: G.to_additive(RowMasker(layouts, S)(positions))) / (G.BLOCK_LEN * chunk - 1),
         "incremental": best(lambda: G.to_additive(masker(torch.tensor([[S - 1]])))),
@@ -257,6 +280,86 @@ def bench_flex(model, repeats: int, batch: int, backward: bool, out: dict) -> di
     return out
 
 
+def world_prompt(resolution: int, seed: int) -> list[int]:
+    """The world model's prompt shape: [BOS] text, the current frame, its action block, E."""
+    g = torch.Generator().manual_seed(seed)
+    action = [V.ACTION_START_ID] + torch.randint(G.FIRST_BIN_ID, G.LAST_BIN_ID + 1, (7,), generator=g).tolist()
+    return action_prompt(1, resolution, seed)[:-1] + action + [V.ACTION_END_ID, V.END_OF_TURN_ID]
+
+
+def step_variants(graph: bool) -> dict:
+    """eager (the reference), static (the static-shape step, no capture) and, with `graph`, compile_step=True
+    (CUDA graphs on CUDA, compiled layers on CPU)."""
+    out = {"eager": {"static": False}, "static": {"static": True}}
+    if graph:
+        out["graph"] = {"compile_step": True}
+    return out
+
+
+def bench_fastpath(model, repeats: int, batches: list[int], graph: bool, Ks=(5, 10)) -> list[dict]:
+    """Parallel K-action chunks at several batch sizes (prompts of different lengths), per step variant:
+    chunk ms (prefill + 7 decode steps), decode ms per step, chunks/s, tokens equal to eager's."""
+    rows = []
+    for K in Ks:
+        for B in batches:
+            full = [action_prompt(2, 256, seed=10 + b) for b in range(B)]
+            prompts = [ids[:1] + ids[1 + b % 4:] for b, ids in enumerate(full)]  # text 20..17 tokens: lengths differ
+            res = best_of({name: lambda st, kw=kw, prompts=prompts, K=K: G.decode_action_chunks(
+                model, prompts, K, "parallel", stats=st, **kw) for name, kw in step_variants(graph).items()},
+                repeats, warmup=True)
+            row = {"K": K, "batch": B, "prompt_tokens": [len(p) for p in prompts][:4]}
+            for name, (st, out) in res.items():
+                chunk = [1e3 * (p + d) for p, d in st.runs]
+                row[name] = {"chunk_ms": spread(chunk), "prefill_ms": spread([1e3 * p for p, _ in st.runs]),
+                             "decode_ms": spread([1e3 * d for _, d in st.runs]),
+                             "step_ms": 1e3 * st.decode_s / st.forward_steps,
+                             "chunks_per_s": B / (st.prefill_s + st.decode_s),
+                             "equal_tokens_vs_eager": same_tokens(out, res["eager"][1], f"K={K} B={B} {name} vs eager")}
+            if graph:
+                row["graph"]["equal_tokens_vs_static"] = same_tokens(res["graph"][1], res["static"][1],
+                                                                     f"K={K} B={B} graph vs static")
+                paired = zip(res["eager"][0].runs, res["graph"][0].runs)
+                row["graph_speedup"] = spread([sum(e) / sum(g) for e, g in paired])
+            rows.append(row)
+            print_fastpath([row], header=len(rows) == 1)
+    return rows
+
+
+def bench_world(model, repeats: int, resolution: int, graph: bool) -> dict:
+    """The world model's next frame (constrained image generation, resolution px), per step variant."""
+    side = resolution // 16
+    prompt = world_prompt(resolution, seed=5)
+    image_ids = torch.arange(4, 4 + V.NUM_IMAGE_CODES)
+    out = {"resolution": resolution, "prompt_tokens": len(prompt), "generated_tokens": len(G.image_span_plan(side, side))}
+    results = {}
+    for name, kw in step_variants(graph).items():
+        G.generate_image(model, [prompt], side, side, image_ids, **kw)  # warm-up / capture
+        times = [_timed(lambda kw=kw, name=name: results.__setitem__(
+            name, G.generate_image(model, [prompt], side, side, image_ids, **kw)), model.device) for _ in range(repeats)]
+        out[name] = {"frame_ms": spread(times),
+                     "equal_tokens_vs_eager": same_tokens(results[name], results["eager"], f"world {name} vs eager")}
+    return out
+
+
+def print_fastpath(rows, header: bool = True):
+    if header:
+        print("\n5. parallel chunks per step variant: chunk ms = prefill + 7 steps, median [min-max]; equal = tokens "
+              "as eager")
+    for r in rows:
+        parts = [f"{name} {fmt(r[name]['chunk_ms'])} ms ({r[name]['step_ms']:.2f} ms/step, "
+                 f"{r[name]['chunks_per_s']:.1f} chunks/s, equal {r[name]['equal_tokens_vs_eager']:.3f})"
+                 for name in ("eager", "static", "graph") if name in r]
+        extra = f"; graph {fmt(r['graph_speedup'], '.2f')}x eager" if "graph_speedup" in r else ""
+        print(f"   K={r['K']:<2} batch {r['batch']:>2}: " + "; ".join(parts) + extra, flush=True)
+
+
+def print_world(w):
+    print(f"\n6. world model next frame at {w['resolution']} px ({w['generated_tokens']} tokens after a "
+          f"{w['prompt_tokens']}-token prompt): " + "; ".join(
+              f"{name} {fmt(w[name]['frame_ms'], '.0f')} ms (equal {w[name]['equal_tokens_vs_eager']:.3f})"
+              for name in ("eager", "static", "graph") if name in w))
+
+
 def describe(args, model) -> str:
     cfg = model.cfg
     if args.device == "cuda":
@@ -265,7 +368,8 @@ def describe(args, model) -> str:
         where = f"CPU {platform.processor() or platform.machine()}, {args.threads} thread(s)"
     return (f"{args.model} model: {cfg.n_layers} layers, width {cfg.dim}, {cfg.n_heads} heads, FFN "
             f"{cfg.intermediate_size}, vocab {cfg.vocab_size}, {args.dtype}; {where}, torch {torch.__version__}, "
-            f"best of {args.repeats}{', compiled decode step' if args.compile else ', eager'}, {args.clock} clock")
+            f"median of {args.repeats} interleaved runs{', compiled decode step' if args.compile else ', eager'}, "
+            f"{args.clock} clock")
 
 
 def print_chunks(chunks):
@@ -277,6 +381,9 @@ def print_chunks(chunks):
               f"{r['step_ratio']:>6.1f} {r['prefill_ms']:>10.1f} {r['parallel_decode_ms']:>7.1f} "
               f"{r['sequential_decode_ms']:>7.1f} {r['decode_speedup']:>9.1f} {r['end_to_end_speedup']:>14.1f} "
               f"{r['equal_tokens']:>6.3f}")
+        print(f"    per repeat: decode speed-up {fmt(r['decode_speedup_spread'], '.2f')}x, with prefill "
+              f"{fmt(r['end_to_end_speedup_spread'], '.2f')}x; parallel {fmt(r['parallel_decode_ms_spread'])} ms, "
+              f"sequential {fmt(r['sequential_decode_ms_spread'])} ms")
 
 
 def print_masks(masks):
@@ -335,6 +442,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--sections", default="chunks,masks,cache,flex",
                     help="comma-separated subset of chunks,masks,cache,flex (flex also needs CUDA or --flex)")
     ap.add_argument("--json", default=None, help="also write the results here (rewritten after each section)")
+    ap.add_argument("--batches", default=None, help="fastpath: batch sizes (default 1,4,16 on CUDA, 1,3 on CPU)")
+    ap.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                    help="fastpath/world: also compile_step=True (default: on for CUDA, where it captures CUDA graphs)")
+    ap.add_argument("--world-resolution", type=int, default=256)
+    ap.add_argument("--world-repeats", type=int, default=None, help="world: timed frames per variant (default --repeats)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if sections - set(SECTIONS):
@@ -343,6 +455,8 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     args.repeats = args.repeats or (3 if args.device.startswith("cuda") else 5)
     args.flex = args.device.startswith("cuda") if args.flex is None else args.flex
+    args.graph = args.device.startswith("cuda") if args.graph is None else args.graph
+    args.batches = [int(b) for b in (args.batches or ("1,4,16" if args.device.startswith("cuda") else "1,3")).split(",")]
     if args.compile and args.repeats < 2:
         raise SystemExit("--compile needs --repeats >= 2: the first run of each shape compiles (times are minima)")
     torch.set_num_threads(args.threads)
@@ -394,6 +508,11 @@ def run(args, sections: set[str]) -> dict:
         section("masks", lambda: bench_masks(model, args.repeats), print_masks)
     if "cache" in sections:
         section("cache", lambda: bench_cache(model, args.repeats), print_cache)
+    if "fastpath" in sections:
+        section("fastpath", lambda: bench_fastpath(model, args.repeats, args.batches, args.graph), lambda rows: None)
+    if "world" in sections:
+        section("world", lambda: bench_world(model, args.world_repeats or args.repeats, args.world_resolution,
+                                             args.graph), print_world)
     if args.flex and "flex" in sections:
         # FlexAttention has no CPU backward; on CPU it runs eager (unfused): a correctness check only
         backward = not args.no_backward and model.device.type == "cuda"

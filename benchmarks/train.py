@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -218,6 +219,11 @@ def run_stack(args) -> list[dict]:
     return rows
 
 
+def spread(values, fmt: str = ".0f") -> str:
+    """median [min-max]"""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
 def run_tiny_variants(args) -> None:
     import torch
 
@@ -231,12 +237,29 @@ def run_tiny_variants(args) -> None:
         "length_grouped, no checkpointing": ["data.batching=length_grouped", "model.activation_checkpointing=false"],
     }
     print(f"tiny model ({ROOT / 'configs/tiny.yaml'}), batch 8, fp32, CPU threads {torch.get_num_threads()}, "
-          f"{args.steps} steps each")
-    print(f"{'variant':<34} {'tokens/s':>9} {'step ms':>8} {'padding':>8} {'peak RSS GB':>12}")
-    for name, ov in variants.items():
-        r = run_tiny(data, args.out / name.replace(" ", "_").replace(",", ""), args.steps, ov)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # Linux: KiB; process-wide peak so far
-        print(f"{name:<34} {r['tokens_per_s']:>9.0f} {r['step_ms']:>8.1f} {r['padding']:>8.1%} {rss:>12.2f}")
+          f"{args.steps} steps each, {args.repeats} interleaved repeat(s); median [min-max] over the repeats")
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for rep in range(args.repeats):  # interleaved: load drift from other jobs hits every variant alike
+        for name, ov in variants.items():
+            out = args.out / f"{name.replace(' ', '_').replace(',', '')}_r{rep}"
+            r = run_tiny(data, out, args.steps, ov)
+            r["load_avg"] = os.getloadavg()[0]
+            runs[name].append(r)
+            print(f"  repeat {rep} {name}: {r['tokens_per_s']:.0f} tokens/s (load {r['load_avg']:.1f})", flush=True)
+    print(f"{'variant':<34} {'tokens/s':>22} {'step ms':>22} {'padding':>8}")
+    for name, rs in runs.items():
+        print(f"{name:<34} {spread([r['tokens_per_s'] for r in rs]):>22} {spread([r['step_ms'] for r in rs]):>22} "
+              f"{statistics.mean(r['padding'] for r in rs):>8.1%}")
+    base = runs["random order, checkpointing"]
+    for name, rs in runs.items():  # per-repeat ratios against the official order (same load)
+        ratios = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in zip(rs, base)]
+        print(f"  {name}: {spread(ratios, '.2f')}x the tokens/s of random order (per repeat)")
+    loads = [r["load_avg"] for rs in runs.values() for r in rs]
+    print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f}; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB:.2f} GB")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(runs, indent=1))
     print(f"\n7B ({seven_b_params() / 1e9:.2f} B parameters), FSDP full shard, bf16, activation checkpointing, "
           "batch 8 / GPU (computed, GB per GPU):")
     print(memory_table())
@@ -259,7 +282,8 @@ def main() -> None:
                         help="7b: autocast = fp32 weights + bf16 compute (official); bf16 = bf16 weights and states")
     parser.add_argument("--warmup", type=int, default=2, help="7b: untimed steps first")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="7b: device peak for MFU (0: from the GPU name)")
-    parser.add_argument("--json", type=Path, default=None, help="7b: also write the results to this JSON file")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--repeats", type=int, default=1, help="tiny: interleaved repeats of the variants")
     args = parser.parse_args()
     import logging
 

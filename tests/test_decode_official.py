@@ -231,3 +231,46 @@ def test_released_folders_pick_their_parsing_rule(folder, family):
     parsed = G.parse_official(ids, family)
     assert parsed.blocks == [list(range(10010, 10017))]
     assert (parsed.failure is None) == (family == "rynnvla002")
+
+
+def test_grammar_head_flags_where_the_free_argmax_leaves_the_range():
+    from worldvla.model.static_step import GRAMMAR_FLAG, greedy_ids
+    from worldvla.testing.tiny_model import make_tiny_model
+
+    model = make_tiny_model(seed=30)
+    hidden = torch.randn(4, 50, model.lm_head.weight.shape[1], generator=torch.Generator().manual_seed(0))
+    lo, hi = 0, model.lm_head.weight.shape[0] // 2  # a wide range, so both cases occur
+    got = greedy_ids(model, hidden, ("grammar", lo, hi))
+    free = model.logits(hidden).argmax(-1)
+    outside = (free < lo) | (free > hi)
+    assert 0 < int(outside.sum()) < outside.numel()
+    assert torch.equal(got >= GRAMMAR_FLAG, outside)
+    assert torch.equal(got % GRAMMAR_FLAG, greedy_ids(model, hidden, (lo, hi)))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_grammar_check_static_step_equals_eager_and_a_full_forward(mode):
+    import sys
+    from pathlib import Path
+
+    from worldvla.model.masks import reference_mask
+    from worldvla.testing.tiny_model import make_tiny_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_model_decode import random_prompt
+
+    model, K = make_tiny_model(seed=31), 3
+    prompts = [random_prompt(s) for s in range(3)]
+    eager, static = [], []
+    out = G.decode_action_chunks(model, prompts, K, mode, grammar=eager)
+    assert torch.equal(G.decode_action_chunks(model, prompts, K, mode, grammar=static, static=True), out)
+    assert torch.equal(G.decode_action_chunks(model, prompts, K, mode), out)  # the check changes no token
+    ref = []
+    for b, p in enumerate(prompts):  # the free argmax at the prompt end and at every bin, by a full forward
+        ids = p + out[b].flatten().tolist()
+        with torch.no_grad():
+            free = model(torch.tensor([ids]), mask=reference_mask(ids)[None, None])[0].argmax(-1)
+        n = len(p)
+        bins = free[[n + 9 * i + t for i in range(K) for t in range(7)]]
+        ref.append(bool(free[n - 1] != S) or bool(((bins < G.FIRST_BIN_ID) | (bins > G.LAST_BIN_ID)).any()))
+    assert eager == static == ref

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla.atomic import atomic_write_json
 from worldvla.config import parse_cli
 from worldvla.data.datasets import CONCAT_FORMAT, PretokenizedDataset
 from worldvla.data.stage_cli import run, setup_logging
@@ -47,9 +48,7 @@ def concatenate(cfg: ConcatConfig) -> dict:
     sources = [_entry(Path(p), out.parent) for p in cfg.inputs]
     index = {"format": CONCAT_FORMAT, "sources": sources,
              "n_samples": sum(s["n_samples"] for s in sources), "n_tokens": sum(s["n_tokens"] for s in sources)}
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(out)
+    atomic_write_json(out, index)
     log.info("concatenated %d sources (%d samples, %d tokens) -> %s", len(sources), index["n_samples"], index["n_tokens"], out)
     return index
 

@@ -15,7 +15,6 @@ Media paths in the JSON are `base_dir/...` exactly as `base_dir` was given (offi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -226,9 +225,9 @@ def output_names(cfg: ConversationsConfig, split: str) -> dict[str, str]:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from worldvla.atomic import atomic_write_json
+
+    atomic_write_json(path, data)
 
 
 def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:

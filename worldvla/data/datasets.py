@@ -60,6 +60,10 @@ class PretokenizedDir:
         shard, j = self._locate(i)
         return shard.kind(j)
 
+    def check_ids(self, vocab_size: int) -> None:
+        for shard in self.shards:
+            shard.check_ids(vocab_size)
+
     @property
     def lengths(self) -> np.ndarray:
         return np.concatenate([s.lengths for s in self.shards]) if self.shards else np.zeros(0, np.int64)
@@ -117,6 +121,13 @@ class _Indexed(torch.utils.data.Dataset):
     def kind(self, i: int) -> str:
         src, j = self._locate(int(i))
         return src.kind(j)
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Token ids of the memory-mapped sources below `vocab_size` (official pickles and on-the-fly
+        conversations are checked by the model's embedding when used)."""
+        for src in self.sources:
+            if hasattr(src, "check_ids"):
+                src.check_ids(vocab_size)
 
 
 class PretokenizedDataset(_Indexed):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import fsync_tree
 from worldvla.config import parse_cli
 from worldvla.data.raw_demos import DEMO_RE, RawDemo, RawDemoError, RawDemoFile
 from worldvla.data.stage_cli import run, setup_logging
@@ -115,6 +116,7 @@ def _export_one(args: tuple[str, str, str, str, str]) -> str:
         demo = f.demo(demo_name, load_obs=True)
     try:
         write_trajectory(demo, tmp, layout, f"{hdf5}:{demo_name}")
+        fsync_tree(tmp)  # a rerun skips any trj_<i> folder: it must be whole on disk
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -6,7 +6,8 @@
 
 A key is the image path plus its size and modification time, so a re-exported frame is encoded
 again. Codes (not token ids) are stored: they do not depend on the text tokenizer. Several
-pretokenize runs (world and action sets) may share one cache folder, one run at a time.
+pretokenize runs (world and action sets) may share one cache folder, one run at a time: pretokenize
+holds the folder's lock file (worldvla/lockfile.py) while it runs, so a second concurrent run is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from worldvla.atomic import atomic_write
 
 
 def frame_key(path: str | Path) -> str:
@@ -38,9 +41,7 @@ class FrameCache:
                 raise FileExistsError(f"{self.folder}: frame cache of another VQ-GAN or resolution ({old.get('resolution')} px); "
                                       "use another frame_cache folder or delete this one")
         else:
-            tmp = meta.with_name(f"cache.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(fingerprint, indent=1))
-            tmp.replace(meta)
+            atomic_write(meta, json.dumps(fingerprint, indent=1))
         self.where: dict[str, tuple[int, int]] = {}
         self._chunks: dict[int, np.ndarray] = {}
         self.refresh()
@@ -79,10 +80,10 @@ class FrameCache:
         tmp = self.folder / f"chunk_{k:05d}.npy.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
             np.save(f, codes.astype(np.uint16), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())  # durable before the key list makes the chunk visible
         tmp.replace(self.folder / f"chunk_{k:05d}.npy")
-        tmp = self.folder / f"chunk_{k:05d}.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(keys))
-        tmp.replace(self.folder / f"chunk_{k:05d}.json")
+        atomic_write(self.folder / f"chunk_{k:05d}.json", json.dumps(keys))
         for row, key in enumerate(keys):
             self.where.setdefault(key, (k, row))
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import atomic_write_json
 from worldvla.config import parse_cli
 from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
@@ -254,31 +255,80 @@ def _check_existing(out_dir: Path, fp: str, overwrite: bool) -> None:
             shutil.rmtree(stale)
 
 
+class FinishedSetError(FileExistsError):
+    """out_dir holds a finished data set of another configuration; nothing was changed."""
+
+
+def manifest_differences(old: dict, cfg: PretokenizeConfig, inputs: list[dict], tok_fp: dict) -> list[str]:
+    """What makes a finished set's manifest differ from this run (field: old -> new), for the error message."""
+    diffs = []
+    old_inputs = old.get("inputs") or []
+    if [i.get("path") for i in old_inputs] != [i["path"] for i in inputs]:
+        diffs.append(f"inputs: {[i.get('path') for i in old_inputs]} -> {[i['path'] for i in inputs]}")
+    for a, b in zip(old_inputs, inputs):
+        if a.get("sha256") != b["sha256"]:
+            diffs.append(f"inputs[{b['path']}].sha256: {str(a.get('sha256'))[:12]} -> {b['sha256'][:12]} "
+                         f"(content changed; {a.get('n_records')} -> {b['n_records']} records)")
+    for key in sorted(set(old.get("tokenizer") or {}) | set(tok_fp)):
+        a, b = (old.get("tokenizer") or {}).get(key), tok_fp.get(key)
+        if a != b:
+            show = (lambda v: str(v)[:12]) if key.endswith("sha256") else repr
+            diffs.append(f"tokenizer.{key}: {show(a)} -> {show(b)}")
+    old_cfg = old.get("config") or {}
+    for key, new in (("shard_size", cfg.shard_size), ("base_dir", str(cfg.base_dir) if cfg.base_dir else None)):
+        if old_cfg.get(key) != new:
+            diffs.append(f"{key}: {old_cfg.get(key)!r} -> {new!r}")
+    return diffs or ["fingerprint (no single field identified)"]
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        from worldvla.errors import InputFileError
+
+        raise InputFileError(path, f"not valid JSON ({err}); a finished set's manifest is damaged: restore it, "
+                                   "or pass overwrite=true to rebuild the set") from None
+    return data if isinstance(data, dict) else None
+
+
 def pretokenize(cfg: PretokenizeConfig) -> dict:
-    """Run (or finish) the job; returns the manifest."""
-    from worldvla.config import to_dict
+    """Run (or finish) the job; returns the manifest. One run at a time per out_dir and per frame cache
+    (lock files, worldvla/lockfile.py)."""
+    from worldvla.lockfile import FolderLock
 
     if not cfg.inputs:
         raise ValueError("pretokenize: no inputs (pass inputs=[a.json,b.json])")
     if cfg.shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    t0 = time.time()
     out_dir = Path(cfg.out_dir)
+    frames_dir = Path(cfg.frame_cache) if cfg.frame_cache else out_dir / "frames"
+    with FolderLock(out_dir, "pretokenize run"), FolderLock(frames_dir, "pretokenize run (frame cache)"):
+        return _pretokenize(cfg, out_dir, frames_dir)
+
+
+def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dict:
+    from worldvla.config import to_dict
+
+    t0 = time.time()
     records, inputs = load_records(cfg.inputs)
     tok_fp = tokenizer_fingerprint(cfg.tokenizer)
     fp = fingerprint(cfg, inputs, tok_fp)
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file() and not cfg.overwrite:
-        old = json.loads(manifest_path.read_text())
+        old = _read_manifest(manifest_path) or {}
         if old.get("fingerprint") == fp:
             log.info("%s is complete (same fingerprint); nothing to do", out_dir)
             return old
-    if manifest_path.is_file():
-        manifest_path.unlink()
+        raise FinishedSetError(
+            f"{manifest_path}: {out_dir} holds a finished data set made with another configuration, tokenizer or "
+            f"input; it differs in: {'; '.join(manifest_differences(old, cfg, inputs, tok_fp))}. Nothing was "
+            "changed: use a new out_dir, or pass overwrite=true to replace that set")
     _check_existing(out_dir, fp, cfg.overwrite)
+    if manifest_path.is_file():  # overwrite=true: the old set is being replaced
+        manifest_path.unlink()
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
 
-    frames_dir = Path(cfg.frame_cache) if cfg.frame_cache else out_dir / "frames"
     vq_fp = vqgan_fingerprint(cfg.tokenizer)
     n_shards = (len(records) + cfg.shard_size - 1) // cfg.shard_size
     jobs = []
@@ -316,9 +366,7 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
                    "frames_encoded_this_run": n_new,
                    "workers": cfg.workers, "torch_threads": cfg.torch_threads},
     }
-    tmp = manifest_path.with_name(MANIFEST + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(manifest_path)
+    atomic_write_json(manifest_path, manifest)
     log.info("pretokenized %d samples (%d tokens, %d skipped) in %d shards -> %s",
              totals["n_samples"], totals["n_tokens"], len(skipped), n_shards, out_dir)
     return manifest

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import fsync_dir, fsync_file
+
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states")
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 ACTION_DIM = 7
@@ -236,7 +238,9 @@ class RawDemoWriter:
         self.grp.attrs["num_demos"] = len(self.names)
         self.grp.attrs["total"] = self.total
         self._f.close()
+        fsync_file(self.tmp)
         self.tmp.replace(self.path)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:

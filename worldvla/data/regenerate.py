@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
@@ -224,9 +223,9 @@ def _env_for(task_id: int):
 
 
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from worldvla.atomic import atomic_write_json
+
+    atomic_write_json(path, data)
 
 
 def _run_job(job: Job) -> dict:
@@ -348,6 +347,9 @@ def regenerate(cfg: RegenerateConfig, env_factory=None) -> Path:
                     cfg.resolution)
     out_dir = cfg.resolved_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    from worldvla.atomic import clean_stale_tmp
+
+    clean_stale_tmp(out_dir, recursive=True)  # `<file>.tmp<pid>` of a killed run (task files, .parts/)
     t0 = time.time()
     jobs, tasks = plan_jobs(cfg, out_dir)
     run_jobs(cfg, jobs, env_factory)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import fsync_dir, fsync_tree
 from worldvla.data.sequence import Sample, Span
 
 SPAN_KINDS = ("image", "action", "state")
@@ -64,9 +65,11 @@ def write_shard(folder: Path, samples: list[Sample], kinds: list[str], record_id
             "n_supervised": int((labels != -100).sum()), "max_len": int(lens.max()) if len(lens) else 0,
             "kinds": {k: int(kinds.count(k)) for k in SAMPLE_KINDS}}
     (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    fsync_tree(tmp)  # a rerun trusts any shard_<k> folder: its files must be on disk before the rename
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+    fsync_dir(folder.parent)
     return info
 
 
@@ -108,3 +111,19 @@ class ShardReader:
 
     def kind(self, i: int) -> str:
         return SAMPLE_KINDS[int(self.arrays["kinds"][i])]
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Every token id is below `vocab_size` (the model's embedding rows); else an error naming the file,
+        the sample, its record and the position, instead of an IndexError many steps into training."""
+        ids = self.arrays["input_ids"]
+        if not len(ids) or int(ids.max()) < vocab_size:
+            return
+        from worldvla.errors import InputFileError
+
+        pos = int(np.argmax(np.asarray(ids) >= vocab_size))
+        i = int(np.searchsorted(self.offsets, pos, side="right")) - 1
+        rec = int(self.arrays["record_ids"][i])
+        raise InputFileError(self.folder / "input_ids.npy",
+                             f"token id {int(ids[pos])} at position {pos} (sample {i}, record {rec}, token "
+                             f"{pos - int(self.offsets[i])}) is outside the model's vocabulary of {vocab_size} ids; "
+                             "the data was tokenised with another tokenizer or vocabulary", "input_ids")

@@ -26,11 +26,23 @@ class DecodeConfig:
     """Decoding of the policy (shared by eval and serve)."""
 
     mode: str = field(default="auto", metadata={"help": "auto | parallel | sequential | official"})
-    compile: bool | None = field(default=None, metadata={"help": "static-shape compiled / CUDA-graph decode step (None = on for CUDA)"})
+    compile: bool | None = field(default=None, metadata={"help": "static-shape decode step, CUDA graphs on CUDA (None = COMPILE_ON_CUDA: off until proven on a GPU)"})
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:
             raise ValueError(f"decode.mode must be one of {DECODE_MODES}, got {self.mode!r}")
+
+
+# What decode.compile=None means on CUDA. Off until benchmarks/gpu.sh has shown on a GPU that the CUDA-graph
+# step gives the eager step's tokens (benchmarks/README.md, "GPU fast path"); on CPU None is always off.
+COMPILE_ON_CUDA = False
+
+
+def compile_step_for(decode: DecodeConfig, device: str) -> bool:
+    """decode.compile resolved for a policy on `device` (None: COMPILE_ON_CUDA on CUDA, off elsewhere)."""
+    if decode.compile is not None:
+        return bool(decode.compile)
+    return COMPILE_ON_CUDA and str(device).startswith("cuda")
 
 
 @dataclass
@@ -60,6 +72,7 @@ class EvalConfig:
     # execution
     num_workers: int = field(default=1, metadata={"help": "simulator processes (0 = in the main process)"})
     batch_timeout_s: float = field(default=0.05, metadata={"help": "how long a batch waits for the other workers' requests"})
+    max_batch: int = field(default=0, metadata={"help": "most queries per policy call (0 = every waiting worker)"})
     shard: str = field(default="0/1", metadata={"help": "i/n: run only every n-th episode starting at i"})
     policy_threads: int = field(default=0, metadata={"help": "torch threads of the policy (0 = torch default)"})
     env_factory: str = field(default="", metadata={"help": "module:callable replacing LiberoEnv (tests only)"})
@@ -79,6 +92,8 @@ class EvalConfig:
             raise ValueError("suites is empty; e.g. suites=[libero_goal]")
         if self.num_trials < 1 or self.num_workers < 0 or self.wait_steps < 0:
             raise ValueError("num_trials >= 1, num_workers >= 0 and wait_steps >= 0 are required")
+        if self.max_batch < 0:
+            raise ValueError(f"max_batch must be >= 0 (0 = no limit), got {self.max_batch}")
         parse_shard(self.shard)
 
 

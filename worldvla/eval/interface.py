@@ -102,7 +102,7 @@ def import_object(spec: str):
 
 
 def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, tokenizer: str | None = None,
-                settings: dict | None = None, decode: str = "auto"):
+                settings: dict | None = None, compile_step: bool = False, decode: str = "auto"):
     """Checkpoint directory or hub id, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
 
     `action_mode` (discrete | continuous) selects how a checkpoint produces actions; None keeps the
@@ -111,9 +111,10 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     checkpoint folders that lack them, such as the official release; they only apply to a checkpoint. A
     released checkpoint (worldvla.eval.official_checkpoints) brings its own settings, `settings` override
     them; any other folder without worldvla.json is refused unless `settings` give chunk_size, resolution
-    and action_stats.
-    `decode` (auto | parallel | sequential | official) is how a checkpoint decodes action chunks; a
-    server or factory policy decodes its own way: a mode other than auto must match its `decode_mode`."""
+    and action_stats. `compile_step` (decode.compile) selects a checkpoint's static-shape / CUDA-graph
+    decode step; a server or factory policy decodes as it was set up. `decode` (auto | parallel |
+    sequential | official) is how a checkpoint decodes action chunks; for a server or factory policy a
+    mode other than auto must match its `decode_mode`."""
     if (tokenizer or settings) and not (Path(spec).is_dir() or is_hub_id(spec)):
         raise ValueError(f"tokenizer= and policy_settings= apply to a checkpoint directory, not to {spec!r}")
     if not spec:
@@ -130,7 +131,7 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
             raise ImportError(f"cannot load checkpoint {path}: worldvla.eval.policy unavailable ({err})") from err
         log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")
         return WorldVLAPolicy.from_pretrained(path, device=device, action_mode=action_mode, tokenizer=tokenizer,
-                                              decode=decode, **(settings or {}))
+                                              compile_step=compile_step, decode=decode, **(settings or {}))
     if ":" in spec and not path.exists():
         factory = import_object(spec)
         is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)

@@ -2,16 +2,16 @@
 
 Prompt (official_format.md §9): "What action should the robot take to {instruction}?" + one image
 placeholder per history frame (the first query of an episode has one frame), human turn only, ending
-with 8710; images are tokenised by the bundled VQ-GAN one at a time (so batching never changes
-codes). The K action blocks are decoded greedily under the action mask — in parallel by default,
-sequentially, or `official`: free generation and the official parsing rule of the checkpoint's
-`family` (worldvla.model.generate; a chunk may then hold another number of actions than K, or end the
-episode as a failure) — and de-normalised with the checkpoint's statistics. After each
-`predict_batch`, `last_decode_info` holds per query the failure of an official parse (or None) and,
-in the constrained modes, whether the unconstrained argmax would have left the action grammar.
-With `action_mode="continuous"` (RynnVLA-002) the actions come instead from the checkpoint's action
-head reading the backbone's prompt states (worldvla.eval.continuous), de-normalised with the same
-statistics. `imagine(image, action)` runs the world model: the official
+with 8710; the frames of a batch are tokenised by the bundled VQ-GAN in one batched call whose codes
+equal encoding each alone (ImageTokenizer.encode). The K action blocks are decoded greedily under the
+action mask — in parallel by default, sequentially, or `official`: free generation and the official
+parsing rule of the checkpoint's `family` (worldvla.model.generate; a chunk may then hold another
+number of actions than K, or end the episode as a failure) — and de-normalised with the checkpoint's
+statistics. After each `predict_batch`, `last_decode_info` holds per query the failure of an official
+parse (or None) and, in the constrained modes, whether the unconstrained argmax would have left the
+action grammar. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from the
+checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
+de-normalised with the same statistics. `imagine(image, action)` runs the world model: the official
 world prompt and constrained image-token generation, decoded to pixels by the VQ-GAN; with
 `wrist=` the bi-view world model (RynnVLA-002) returns the next third-person and wrist frames.
 """
@@ -63,14 +63,56 @@ class PolicySettings:
     family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule decode=official uses
     action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
+    tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
     step: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # not read from worldvla.json (an unknown key there is an error)
 
     @classmethod
     def from_file(cls, path: Path) -> PolicySettings:
-        data = json.loads(path.read_text())
-        known = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__ and k != "extra"}
-        return cls(**known, extra=data)
+        """worldvla.json, validated: unknown keys, wrong types and bad statistics are errors naming the key."""
+        from worldvla.errors import InputFileError
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputFileError(path, f"not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise InputFileError(path, f"expected a JSON object, got {type(data).__name__}")
+        valid = sorted(k for k in cls.__dataclass_fields__ if k != "extra")
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise InputFileError(path, f"unknown key(s) {unknown}; valid: {valid}", unknown[0])
+        for key in ("chunk_size", "history", "resolution"):
+            if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1):
+                raise InputFileError(path, f"expected a positive integer, got {data[key]!r}", key)
+        for key in ("with_state", "with_wrist"):
+            if key in data and not isinstance(data[key], bool):
+                raise InputFileError(path, f"expected true/false, got {data[key]!r}", key)
+        for key in ("action_stats", "world_action_stats", "state_stats"):
+            if data.get(key) is not None:
+                try:
+                    _stats(data[key])
+                except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+                    raise InputFileError(path, str(err), key) from None
+        if not isinstance(data.get("tokenizer_sha256", {}), dict):
+            raise InputFileError(path, "expected {file name: sha256}", "tokenizer_sha256")
+        return cls(**data)
+
+    def verify_tokenizer(self, tok_dir: Path, settings_path: Path) -> None:
+        """The tokenizer files are the ones recorded when the checkpoint was written (sha256)."""
+        from worldvla.data.tokenization import sha256_file
+        from worldvla.errors import InputFileError
+
+        for name, want in self.tokenizer_sha256.items():
+            f = Path(tok_dir) / name
+            if not f.is_file():
+                raise InputFileError(f, f"missing; {settings_path} records it (tokenizer_sha256.{name})")
+            got = sha256_file(f)
+            if got != want:
+                raise InputFileError(f, f"sha256 {got[:12]} differs from {want[:12]} recorded in {settings_path} "
+                                        f"(tokenizer_sha256.{name}): the file changed after the checkpoint was "
+                                        "written; restore the original or use the tokenizer it was trained with")
 
 
 @dataclass
@@ -89,6 +131,8 @@ def _bins(blocks: list[list[int]]) -> np.ndarray:
 
 def _stats(spec) -> NormStats:
     if isinstance(spec, dict):
+        if "min" not in spec or "max" not in spec:
+            raise ValueError(f"expected {{'min': [...], 'max': [...]}}, got keys {sorted(spec)}")
         return NormStats(tuple(map(float, spec["min"])), tuple(map(float, spec["max"])))
     return load_stats(spec)
 
@@ -111,13 +155,15 @@ class WorldVLAPolicy:
         self.action_head = action_head
         self.model, self.text, self.images, self.settings = model, text, images, settings
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
-        self.compile_step = compile_step  # torch.compile the one-token step (gpt-fast style; first call compiles)
+        self.compile_step = compile_step  # static-shape step: CUDA graphs on CUDA, compiled layers on CPU
+        self.static: bool | None = None  # True: the static-shape step without capture/compile (None: = compile_step)
         self.last_decode_info: list[dict] = []
         self.action_tok = ActionTokenizer(_stats(settings.action_stats))
         world = settings.world_action_stats or settings.action_stats
         state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
-        self.builder = SequenceBuilder(text, images.image_to_tokens, self.action_tok, state_tok)
-        self.world_builder = SequenceBuilder(text, images.image_to_tokens, ActionTokenizer(_stats(world)))
+        self.builder = SequenceBuilder(text, self._image_tokens, self.action_tok, state_tok)
+        self.world_builder = SequenceBuilder(text, self._image_tokens, ActionTokenizer(_stats(world)))
+        self._encoded: dict[int, list[int]] = {}  # id(frame) -> tokens, pre-encoded in one batch per call
         self.image_ids = torch.as_tensor(text.vocab.image_ids(), dtype=torch.long)
 
     # -- construction -----------------------------------------------------------------------------
@@ -159,6 +205,7 @@ class WorldVLAPolicy:
             setattr(base, k, v)
         if base.family not in FAMILIES:
             raise ValueError(f"{folder}: family={base.family!r}; valid: {FAMILIES}")
+        base.verify_tokenizer(tok_dir, path)
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
             raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "
@@ -206,6 +253,11 @@ class WorldVLAPolicy:
         return self.decode
 
     # -- prompts -----------------------------------------------------------------------------------
+    def _image_tokens(self, image) -> list[int]:
+        """A frame's tokens: pre-encoded with the rest of the batch (predict_batch), else encoded now."""
+        found = self._encoded.get(id(image))
+        return found if found is not None else self.images.image_to_tokens(image)
+
     def prompt_ids(self, instruction: str, images: Sequence[np.ndarray], wrist: Sequence[np.ndarray] | None = None,
                    state: np.ndarray | None = None) -> list[int]:
         frames = list(images)[-self.history:]
@@ -234,7 +286,7 @@ class WorldVLAPolicy:
         """One `DecodedChunk` per prompt, decoded in `self.decode` mode."""
         if self.decode in ("official", "unconstrained"):
             outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
-                                     compile_step=self.compile_step)
+                                     compile_step=self.compile_step, static=self.static)
             result = []
             for b, ids in enumerate(outs):
                 if self.decode == "official":
@@ -250,7 +302,7 @@ class WorldVLAPolicy:
         grammar: list[bool] = []
         blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
                                         action_mask=self.action_mask, compile_step=self.compile_step,
-                                        grammar=grammar)  # (B, K, 9)
+                                        static=self.static, grammar=grammar)  # (B, K, 9)
         bins = blocks[..., 1:-1].cpu().numpy()
         return [DecodedChunk(bins[b], None, grammar[b]) for b in range(len(prompts))]
 
@@ -263,9 +315,16 @@ class WorldVLAPolicy:
         none); `last_decode_info[i]["failure"]` then says whether the episode fails after them."""
         if len(instructions) != len(images_per_episode):
             raise ValueError(f"{len(instructions)} instructions but {len(images_per_episode)} image lists")
-        prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
-                                   None if states is None else states[i])
-                   for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        frames = [f for imgs in images_per_episode for f in list(imgs)[-self.history:]]
+        if self.uses_wrist and wrists is not None:
+            frames += [f for w in wrists for f in list(w)[-self.history:]]
+        self._encoded = {id(f): t for f, t in zip(frames, self.images.images_to_tokens(frames))}  # one batched call
+        try:
+            prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
+                                       None if states is None else states[i])
+                       for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
+        finally:
+            self._encoded = {}
         if self.action_mode == "continuous":
             self.last_decode_info = [{"failure": None, "grammar_violation": None} for _ in prompts]
             return [self.action_tok.unnormalize(a) for a in predict_normalised(self.model, self.action_head, prompts)]
@@ -307,7 +366,7 @@ class WorldVLAPolicy:
         views = 1 if wrist is None else 2
         latent = self.resolution // 16  # VQ-GAN downsampling
         span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
-                                self.compile_step, n_images=views)[0]
+                                self.compile_step, n_images=views, static=self.static)[0]
         span = span.cpu().tolist()
         if wrist is None:
             picture = self.images.tokens_to_image(span)

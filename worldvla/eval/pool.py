@@ -2,8 +2,9 @@
 
 Messages from workers arrive on one queue as (kind, worker id, payload): "next" (asks for a block of
 episodes), "start" / "done" (an episode began / its record), "query" (a `Query` waiting for actions),
-"exit". After draining the queue, the pending queries are answered with one `predict` call once every
-live worker waits or `batch_timeout_s` has passed since the first one. A worker that dies is
+"exit". After draining the queue, the pending queries are answered once every live worker waits or
+`batch_timeout_s` has passed since the first one: one `predict` call for up to `max_batch` of them (0 =
+all), in arrival order, so N waiting workers cost one batched prefill and decode, not N. A worker that dies is
 replaced; its running episode is recorded as an error and the rest of its block is handed out again.
 """
 
@@ -108,7 +109,14 @@ class WorkerPool:
             self.procs[wid].join(timeout=30)
 
     def _answer(self) -> None:
-        wids = sorted(self.pending)
+        """Answer every pending query, `max_batch` (0 = all) per predict call, oldest first."""
+        order = list(self.pending)  # insertion order = arrival order
+        size = self.cfg.max_batch or len(order)
+        for i in range(0, len(order), size):
+            self._answer_batch(order[i : i + size])
+        self.pending = {}
+
+    def _answer_batch(self, wids: list[int]) -> None:
         try:
             chunks = self.predict([self.pending[w] for w in wids])
             replies = [("chunk", c) for c in chunks]
@@ -117,7 +125,6 @@ class WorkerPool:
             replies = [("error", f"policy error: {type(err).__name__}: {err}")] * len(wids)
         for w, reply in zip(wids, replies):
             self.inboxes[w].put(reply)
-        self.pending = {}
 
     def _replace_dead(self) -> None:
         for wid in [w for w in self.live if self.procs[w].exitcode is not None]:

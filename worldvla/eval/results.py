@@ -48,11 +48,9 @@ def key_of(rec: dict) -> EpisodeKey:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from worldvla.atomic import atomic_write
+
+    atomic_write(path, text)  # fsync + rename (+ fsync of the folder)
 
 
 def atomic_write_json(path: Path, data) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from worldvla.config import to_dict
 from worldvla.envs.libero_pro import check_resources, perturbation_record
 
-from .config import EvalConfig, parse_shard
+from .config import EvalConfig, compile_step_for, parse_shard
 from .interface import ActionChunk, decode_infos, load_policy, policy_info
 from .pool import WorkerPool
 from .protocol import (
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resume (they do not change any episode's result).
 RESUMABLE_FIELDS = ("num_workers", "batch_timeout_s", "policy_threads", "videos", "video_fps", "video_wrist",
-                    "retry_errors", "output_dir", "device")
+                    "retry_errors", "output_dir", "device", "max_batch")
 
 
 class ResumeMismatch(RuntimeError):
@@ -52,6 +52,20 @@ def _remove_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass  # absent or not empty (a worker's partial video of an interrupted episode)
+
+
+def clean_partial_videos(folder: Path) -> None:
+    """Remove the half-written `<tag>_<pid>.mp4` of episodes a killed run was recording (their process is gone)."""
+    if not folder.is_dir():
+        return
+    from worldvla.atomic import pid_alive
+
+    stale = [f for f in folder.glob("*.mp4")
+             if not ((pid := f.stem.rsplit("_", 1)[-1]).isdigit() and pid_alive(int(pid)))]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d partial video(s) of an interrupted run from %s", len(stale), folder)
 
 
 def shard_suffix(shard: str) -> str:
@@ -80,6 +94,29 @@ def run_identity(run: dict) -> dict:
     cfg = {k: v for k, v in run["config"].items() if k not in RESUMABLE_FIELDS}
     return {"config": cfg, "policy": {k: v for k, v in run["policy"].items() if k != "spec"},
             "protocol": run["protocol"], "deviations": run["deviations"]}
+
+
+def _weights(cfg: EvalConfig) -> dict | None:
+    """Fingerprint of the policy checkpoint's files (eval/weights_hash.py); None for a server or a factory."""
+    if not cfg.policy or not Path(cfg.policy).is_dir():
+        return None
+    from .weights_hash import weights_fingerprint
+
+    return weights_fingerprint(Path(cfg.policy), cfg.tokenizer)
+
+
+def check_same_weights(path: Path, old: dict, new: dict) -> None:
+    """Refuse to resume the run of `path` (run.json) with a policy whose files changed since it started."""
+    a, b = old.get("weights"), new.get("weights")
+    if a is None and b is not None:
+        log.warning("%s records no weights fingerprint (written by an older worldvla): cannot check that the "
+                    "policy is unchanged", path)
+        return
+    if a != b:
+        raise ResumeMismatch(
+            f"{path}: weights: the policy's files differ from those this run started with (sha256 "
+            f"{str((a or {}).get('sha256'))[:12]} -> {str((b or {}).get('sha256'))[:12]}); its episodes would mix two "
+            "models. Use another output_dir for the new weights, or restore the old ones to finish this run")
 
 
 class Progress:
@@ -120,7 +157,7 @@ class Evaluation:
             torch.set_num_threads(cfg.policy_threads)
         if policy is None:
             policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                                 decode=cfg.decode.mode)
+                                 compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
         self.policy = policy
         self.info = policy_info(self.policy)
         check_policy_inputs(cfg, self.info)
@@ -142,6 +179,7 @@ class Evaluation:
             "num_tasks": self.num_tasks, "shard": cfg.shard, "episodes_in_shard": len(self.keys),
             "perturbations": perturbation_record(cfg.suites),  # LIBERO-PRO suites: which perturbation
         }
+        self.run["weights"] = _weights(cfg)  # checked on resume: a swapped checkpoint must not join this run
         self.progress_enabled = progress
         self.stats = {"policy_calls": 0, "policy_queries": 0, "policy_seconds": 0.0}
 
@@ -150,6 +188,7 @@ class Evaluation:
         path = self.out_dir / f"run{self.suffix}.json"
         if path.exists():
             old = json.loads(path.read_text())
+            check_same_weights(path, old, self.run)
             if run_identity(old) != run_identity(self.run):
                 a, b = run_identity(old), run_identity(self.run)
                 diff = sorted(k for k in set(a["config"]) | set(b["config"]) if a["config"].get(k) != b["config"].get(k))
@@ -161,6 +200,7 @@ class Evaluation:
     def execute(self) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_resume()
+        clean_partial_videos(self.out_dir / "videos" / ".tmp")
         self._add_file_log()
         if self.run["deviations"]:
             log.warning("not protocol-exact: %s", "; ".join(self.run["deviations"]))

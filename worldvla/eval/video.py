@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import fsync_file
+
 from .protocol import EpisodeKey
 
 
@@ -46,6 +48,7 @@ class EpisodeVideo:
         if keep and final_path is not None and self.tmp_path.exists():
             final_path = Path(final_path)
             final_path.parent.mkdir(parents=True, exist_ok=True)
+            fsync_file(self.tmp_path)
             os.replace(self.tmp_path, final_path)
             return final_path
         self.tmp_path.unlink(missing_ok=True)

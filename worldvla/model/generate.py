@@ -17,6 +17,14 @@ steps after prefill instead of 9K - 1, and the same tokens as sequential decodin
 
 Prompts of different lengths are right-padded (pad slots are masked: they are later positions of the
 row's own action blocks, overwritten before they become visible). Cache slot = position throughout.
+
+Two step implementations run the same decode loops (`decode_session` yields either):
+- eager (the reference): caches sized to the call and freed after it, one forward per step;
+- static (`static=True`, implied by `compile_step=True`): worldvla.model.static_step: batch padded to a
+  bucket, cache length rounded up to CACHE_BUCKET, caches kept across calls, inputs copied into
+  preallocated tensors, the greedy choice inside the step. `compile_step=True` captures each step shape
+  as a CUDA graph on CUDA, and on CPU runs every decoder layer through one torch.compile'd function.
+Prefill stays eager in both (its shape changes with every prompt length).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch
 
 from worldvla import vocab as V
 from worldvla.model.masks import ActionLayout, RowMasker, reference_mask, to_additive
+from worldvla.model.static_step import GRAMMAR_FLAG, batch_bucket, greedy_ids, static_decoder
 from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
 
 ACTION_DIM = 7  # tokens between the block's start and end
@@ -85,54 +94,94 @@ def greedy_among(model: Transformer, hidden: torch.Tensor, allowed: torch.Tensor
     return allowed[model.logits(hidden, allowed).argmax(-1)]
 
 
-def cache_length(model: Transformer, needed: int, compile_step: bool) -> int:
+def cache_length(model: Transformer, needed: int, static: bool) -> int:
     if needed > model.cfg.max_seq_len:
         raise ValueError(f"prompt + generation needs {needed} positions > max_seq_len {model.cfg.max_seq_len}")
-    if not compile_step:
+    if not static:
         return needed
     return min(-(-needed // CACHE_BUCKET) * CACHE_BUCKET, model.cfg.max_seq_len)
+
+
+def pad_batch(prompts: list[list[int]], static: bool) -> list[list[int]]:
+    """Static steps run whole batch buckets: pad with copies of the last prompt (their rows are dropped)."""
+    if not static:
+        return list(prompts)
+    return list(prompts) + [prompts[-1]] * (batch_bucket(len(prompts)) - len(prompts))
 
 
 def _run_layer(layer, x, cos, sin, mask, input_pos):
     return layer(x, cos, sin, mask, input_pos)
 
 
-def compiled_step(model: Transformer):
-    """The one-step function with every layer run by one compiled `_run_layer` (see kv_session)."""
-    import torch._dynamo
+def compiled_layer_runner(model: Transformer):
+    """One `torch.compile`d function that runs any decoder layer (regional compilation: compiled once per
+    shape, not once per layer, so a 32-layer 7B compiles about as fast as a 2-layer model)."""
+    run_layer = getattr(model, "_compiled_run_layer", None)
+    if run_layer is None:
+        import torch._dynamo
 
-    # one graph per (batch, query rows, cache bucket): more than dynamo's default 8 in a long eval
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    setattr(cfg, name, max(getattr(cfg, name), COMPILED_SHAPES))
-    run_layer = torch.compile(_run_layer, dynamic=False)
-
-    def step(tokens, input_pos=None, mask=None):
-        return model.forward_hidden(tokens, input_pos, mask, run_layer=run_layer)
-
-    return step
+        # one graph per (batch, query rows, cache bucket): more than dynamo's default 8 in a long eval
+        cfg = torch._dynamo.config
+        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, name, max(getattr(cfg, name), COMPILED_SHAPES))
+        run_layer = model._compiled_run_layer = torch.compile(_run_layer, dynamic=False)
+    return run_layer
 
 
 @contextmanager
-def kv_session(model: Transformer, batch: int, length: int, compile_step: bool = False):
-    """Static KV caches for one decode call; yields the one-token step function.
-
-    compile_step=True (gpt-fast style): each decoder layer of the step runs through one `torch.compile`d
-    function shared by all layers (regional compilation: compiled once per shape, not once per layer,
-    so a 32-layer 7B compiles about as fast as a 2-layer model); the caches are kept between calls
-    (re-allocating them would re-trigger compilation); otherwise they are freed. Prefill stays eager
-    (its shape changes with every prompt length)."""
+def kv_session(model: Transformer, batch: int, length: int):
+    """Eager static KV caches for one decode call (freed after it); yields the one-token step function."""
     model.setup_caches(batch, length)
-    step = model.forward_hidden
-    if compile_step:
-        step = getattr(model, "_compiled_step", None)
-        if step is None:
-            step = model._compiled_step = compiled_step(model)
     try:
-        yield step
+        yield model.forward_hidden
     finally:
-        if not compile_step:
-            model.clear_caches()
+        model.clear_caches()
+
+
+class EagerStepper:
+    """Reference step: a forward over the call's caches, then the greedy choice among `head`'s ids."""
+
+    def __init__(self, model: Transformer, forward):
+        self.model, self.forward = model, forward
+
+    def __call__(self, tokens, pos, mask, head) -> torch.Tensor:
+        return greedy_ids(self.model, self.forward(tokens, input_pos=pos, mask=mask), head)
+
+
+class StaticStepper:
+    """Static step of one cache bucket (worldvla.model.static_step); same call signature as EagerStepper."""
+
+    def __init__(self, decoder, bucket):
+        self.decoder, self.bucket = decoder, bucket
+
+    def __call__(self, tokens, pos, mask, head) -> torch.Tensor:
+        return self.decoder.step(self.bucket, tokens.shape[1], head)(tokens, pos, mask)
+
+    def constant(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.constant(ids)
+
+
+@contextmanager
+def decode_session(model: Transformer, batch: int, length: int, compile_step: bool = False, static: bool = False):
+    """Yields `step(tokens (B, Lq), pos (B, Lq), additive mask (B, 1, Lq, S), head) -> greedy ids (B, Lq)`.
+
+    static=False: the eager reference (caches freed afterwards; compile_step must be False). static=True:
+    the static-shape step (`batch` and `length` already bucketed), captured as CUDA graphs when
+    compile_step on CUDA, with compiled layers when compile_step on CPU; its caches are kept."""
+    if not static:
+        if compile_step:
+            raise ValueError("compile_step=True needs the static-shape step (static=True)")
+        with kv_session(model, batch, length) as forward:
+            yield EagerStepper(model, forward)
+        return
+    capture = compile_step and model.device.type == "cuda"
+    run_layer = compiled_layer_runner(model) if compile_step and not capture else None
+    decoder = static_decoder(model, capture, run_layer)
+    yield StaticStepper(decoder, decoder.bucket(batch, length))
+
+
+def _static(compile_step: bool, static: bool | None) -> bool:
+    return compile_step if static is None else bool(static) or compile_step
 
 
 @torch.no_grad()
@@ -152,16 +201,17 @@ def prefill(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor, mas
 def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_size: int, mode: str = "parallel",
                          action_mask: bool = True, use_cache: bool = True, dense_official_mask: bool = False,
                          compile_step: bool = False, stats: DecodeStats | None = None,
-                         grammar: list | None = None) -> torch.Tensor:
+                         static: bool | None = None, grammar: list | None = None) -> torch.Tensor:
     """Constrained greedy decoding of K action blocks per prompt -> (B, K, 9) token ids.
 
     Block structure is forced (start, 7 ids in 10006..10261, end); `mode` is `parallel` or `sequential`.
-    Benchmark baselines (sequential only, same tokens): `use_cache=False` re-runs the whole sequence
-    every step; `dense_official_mask=True` rebuilds each step's mask row the official way.
+    `static` (default: `compile_step`) runs the static-shape step (see the module docstring).
+    Benchmark baselines (sequential only, eager, same tokens): `use_cache=False` re-runs the whole
+    sequence every step; `dense_official_mask=True` rebuilds each step's mask row the official way.
     `grammar` (a list, filled with one bool per prompt): whether the unconstrained argmax over the whole
     vocabulary, at the steps both modes compute (the first block's start after the prompt, every bin),
     would have left the action grammar, i.e. whether free (official) decoding could differ. It costs
-    one full LM-head row per decoded token.
+    one full LM-head row per decoded token (inside the step: static_step.GRAMMAR_FLAG).
     """
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
@@ -169,12 +219,24 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
         raise ValueError("dense_official_mask is a sequential-decoding baseline")
     if mode == "parallel" and not action_mask:
         raise ValueError("parallel chunk decoding is exact only under the action mask; use mode=sequential")
+    static = _static(compile_step, static)
+    if static and (dense_official_mask or not use_cache):
+        raise ValueError("use_cache=False and dense_official_mask=True are eager baselines (static=False)")
     stats = stats if stats is not None else DecodeStats()
+    n_prompts = len(prompts)
+    prompts = pad_batch(prompts, static)
     device, K, B = model.device, chunk_size, len(prompts)
     tokens, lengths = pad_right(prompts, device)
-    total = cache_length(model, int(lengths.max()) + BLOCK_LEN * K, compile_step)
+    total = cache_length(model, int(lengths.max()) + BLOCK_LEN * K, static)
     block = [V.ACTION_START_ID] + [FIRST_BIN_ID] * ACTION_DIM + [V.ACTION_END_ID]
-    masker = RowMasker(planned_layouts(prompts, block * K, total), total, action_mask, device)
+    layouts = planned_layouts(prompts, block * K, total)
+    if mode == "parallel":
+        for b, lay in enumerate(layouts):  # e.g. an unclosed image or action block in the prompt
+            if len(lay.blocks) < K or lay.isolated()[-K:] != list(range(len(lay.blocks) - K, len(lay.blocks))):
+                raise ValueError(f"prompt {b}: under its mask the generated action blocks see each other "
+                                 "(an unclosed image/action span?); parallel decoding would not be exact: "
+                                 "use mode=sequential")
+    masker = RowMasker(layouts, total, action_mask, device)
     out = torch.full((B, K, BLOCK_LEN), V.ACTION_START_ID, dtype=torch.long, device=device)
     out[..., -1] = V.ACTION_END_ID
     bins = (FIRST_BIN_ID, LAST_BIN_ID)
@@ -185,7 +247,8 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
         return _sequential_nocache(model, tokens, lengths, out, masker, stats)
     check = grammar is not None
     left = torch.zeros(B, dtype=torch.bool, device=device)  # per prompt: argmax left the grammar somewhere
-    with kv_session(model, B, total, compile_step) as step:
+    head = ("grammar", *bins) if check else bins  # the bins' greedy choice, flagged where the free one is no bin
+    with decode_session(model, B, total, compile_step, static) as step:
         t0 = clock(device)
         last = prefill(model, tokens, lengths, masker)
         if check:
@@ -196,11 +259,10 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
         rows = to_additive(masker(positions.reshape(B, -1)), model.dtype).view(B, 1, K, BLOCK_LEN, total)
         if mode == "parallel":
             for t in range(ACTION_DIM):  # feed token t of all K blocks, predict token t + 1
-                pos = starts + t  # (B, K)
-                hidden = step(out[..., t], input_pos=pos, mask=rows[..., t, :])  # (B, K, dim)
-                out[..., t + 1] = greedy_among(model, hidden, bins)
+                nxt = step(out[..., t], starts + t, rows[..., t, :], head)  # (B, K)
                 if check:
-                    left |= _outside_bins(model, hidden).flatten(1).any(1)
+                    left |= (nxt >= GRAMMAR_FLAG).any(1)
+                out[..., t + 1] = nxt % GRAMMAR_FLAG
                 stats.forward_steps += 1
                 stats.tokens_fed += B * K
         else:
@@ -213,24 +275,18 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
                         mask = _official_rows(running, total, action_mask, model.dtype, device)
                     else:
                         mask = rows[:, :, i, t : t + 1]  # (B, 1, 1, S)
-                    hidden = step(out[:, i, t : t + 1], input_pos=pos, mask=mask)
+                    nxt = step(out[:, i, t : t + 1], pos, mask, head)  # (B, 1)
                     if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
-                        out[:, i, t + 1] = greedy_among(model, hidden[:, 0], bins)
+                        out[:, i, t + 1] = nxt[:, 0] % GRAMMAR_FLAG
                         if check:
-                            left |= _outside_bins(model, hidden[:, 0])
+                            left |= nxt[:, 0] >= GRAMMAR_FLAG
                     stats.forward_steps += 1
                     stats.tokens_fed += B
         stats.prefill_s += t1 - t0
         stats.decode_s += clock(device) - t1
     if check:
-        grammar[:] = left.tolist()
-    return out
-
-
-def _outside_bins(model: Transformer, hidden: torch.Tensor) -> torch.Tensor:
-    """Whether the full-vocabulary greedy id of each hidden state is not an action bin."""
-    ids = model.logits(hidden).argmax(-1)
-    return (ids < FIRST_BIN_ID) | (ids > LAST_BIN_ID)
+        grammar[:] = left[:n_prompts].tolist()
+    return out[:n_prompts]
 
 
 def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Tensor:
@@ -339,47 +395,54 @@ def parse_official(ids: list[int], family: str) -> ParsedActions:
 @torch.no_grad()
 def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
                     eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, dense_official_mask: bool = False,
-                    compile_step: bool = False, stats: DecodeStats | None = None) -> list[list[int]]:
+                    compile_step: bool = False, stats: DecodeStats | None = None,
+                    static: bool | None = None) -> list[list[int]]:
     """Unconstrained greedy generation until `eos_id` (kept) or `max_new_tokens`, as the official eval.
 
     Every step's mask row is the official rule's last row for all ids so far; the block layout behind it
     is re-derived only when an image/action start or end token was emitted (`ActionLayout.from_ids`).
     `dense_official_mask=True` rebuilds it the official way (full L x L mask, additive, last row): the
-    benchmark's baseline; the result is the same.
+    benchmark's baseline; the result is the same. The stop test reads each step's ids on the host (one
+    sync per step, also with the static step).
     """
+    static = _static(compile_step, static)
+    if static and dense_official_mask:
+        raise ValueError("dense_official_mask=True is an eager baseline (static=False)")
     stats = stats if stats is not None else DecodeStats()
+    n_prompts = len(prompts)
+    prompts = pad_batch(prompts, static)
     device, B = model.device, len(prompts)
     tokens, lengths = pad_right(prompts, device)
-    total = cache_length(model, int(lengths.max()) + max_new_tokens, compile_step)
+    total = cache_length(model, int(lengths.max()) + max_new_tokens, static)
     seqs = [list(p) for p in prompts]
-    done = [False] * B
-    with kv_session(model, B, total, compile_step) as forward_step:
+    done = [False] * n_prompts + [True] * (B - n_prompts)  # padding rows never count
+    with decode_session(model, B, total, compile_step, static) as step:
         t0 = clock(device)
         masker = RowMasker(planned_layouts(prompts, [], total), total, action_mask, device)
-        logits = model.logits(prefill(model, tokens, lengths, masker))
+        nxt = greedy_ids(model, prefill(model, tokens, lengths, masker), None)  # (B,)
         t1 = clock(device)
-        for step in range(max_new_tokens):
-            nxt = logits.argmax(-1)  # (B,)
+        for i in range(max_new_tokens):
+            new = nxt.tolist()
             for b in range(B):
                 if not done[b]:
-                    seqs[b].append(int(nxt[b]))
+                    seqs[b].append(int(new[b]))
                     done[b] = seqs[b][-1] == eos_id
-            if all(done) or step == max_new_tokens - 1:
+            if all(done) or i == max_new_tokens - 1:
                 break
-            pos = (lengths + step)[:, None]  # (B, 1)
+            pos = (lengths + i)[:, None]  # (B, 1)
             if dense_official_mask:
                 mask = _official_rows(seqs, total, action_mask, model.dtype, device)
             else:
-                if step == 0 or any(int(t) in STRUCTURAL_IDS for t in nxt.tolist()):  # layout changed
+                if i == 0 or any(t in STRUCTURAL_IDS for t in new):  # layout changed
                     masker = RowMasker([ActionLayout.from_ids(s, open_until=total) for s in seqs], total,
                                        action_mask, device)
                 mask = to_additive(masker(pos), model.dtype)
-            logits = model.logits(forward_step(nxt[:, None], input_pos=pos, mask=mask)[:, 0])
+            nxt = step(nxt[:, None], pos, mask, None)[:, 0]
             stats.forward_steps += 1
             stats.tokens_fed += B
         stats.prefill_s += t1 - t0
         stats.decode_s += clock(device) - t1
-    return [s[len(p):] for s, p in zip(seqs, prompts)]
+    return [s[len(p):] for s, p in zip(seqs[:n_prompts], prompts)]
 
 
 def _official_rows(seqs: list[list[int]], num_keys: int, action_mask: bool, dtype, device) -> torch.Tensor:
@@ -401,34 +464,41 @@ def image_span_plan(h_latent: int, w_latent: int, n_images: int = 1) -> list[int
 @torch.no_grad()
 def generate_image(model: Transformer, prompts: list[list[int]], h_latent: int, w_latent: int,
                    image_ids: torch.Tensor, action_mask: bool = True, compile_step: bool = False,
-                   n_images: int = 1) -> torch.Tensor:
+                   n_images: int = 1, static: bool | None = None) -> torch.Tensor:
     """Constrained greedy image generation: per image boi, size, size, rows of codes + row break, eoi.
 
     Codes are chosen among `image_ids` only (the official FlexAR constraint: inside an image span only
     image tokens); structural tokens are forced. `n_images` > 1 generates consecutive spans with
     nothing between them, as the bi-view world model's answer `<|image|><|image|>` (third-person,
-    then wrist; official_format.md section 10.1). Returns (B, n_images * (4 + h (w + 1))) ids.
+    then wrist; official_format.md section 10.1). `static` (default: `compile_step`) runs the
+    static-shape step. Returns (B, n_images * (4 + h (w + 1))) ids.
     """
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
+    static = _static(compile_step, static)
     plan = image_span_plan(h_latent, w_latent, n_images)
+    n_prompts = len(prompts)
+    prompts = pad_batch(prompts, static)
     device, B = model.device, len(prompts)
     image_ids = image_ids.to(device)
     tokens, lengths = pad_right(prompts, device)
-    total = cache_length(model, int(lengths.max()) + len(plan), compile_step)
+    total = cache_length(model, int(lengths.max()) + len(plan), static)
     placeholder = [t if t is not None else int(image_ids[0]) for t in plan]
     masker = RowMasker(planned_layouts(prompts, placeholder, total), total, action_mask, device)
     out = torch.tensor(placeholder, device=device).repeat(B, 1)  # (B, n)
-    with kv_session(model, B, total, compile_step) as step:
-        hidden = prefill(model, tokens, lengths, masker)
-        last_code = max(i for i, p in enumerate(plan) if p is None)
-        for t in range(last_code + 1):  # later tokens (row break, eoi) are forced
-            if t > 0:
-                pos = (lengths + t - 1)[:, None]  # feed token t - 1, predict token t
-                hidden = step(out[:, t - 1 : t], input_pos=pos, mask=to_additive(masker(pos), model.dtype))[:, 0]
+    last_code = max(i for i, p in enumerate(plan) if p is None)
+    with decode_session(model, B, total, compile_step, static) as step:
+        if static:
+            image_ids = step.constant(image_ids)  # one id tensor per content: graphs are keyed by it
+        prefill(model, tokens, lengths, masker)  # the first token (boi) is forced
+        # mask rows of every fed position at once (the plan fixes the layout): (B, 1, last_code, S)
+        fed = lengths[:, None] + torch.arange(last_code, device=device)  # token t - 1 sits at lengths + t - 1
+        rows = to_additive(masker(fed), model.dtype)
+        for t in range(1, last_code + 1):  # feed token t - 1, predict token t; later tokens are forced
+            nxt = step(out[:, t - 1 : t], fed[:, t - 1 : t], rows[:, :, t - 1 : t], image_ids)
             if plan[t] is None:
-                out[:, t] = greedy_among(model, hidden, image_ids)
-    return out
+                out[:, t] = nxt[:, 0]
+    return out[:n_prompts]
 
 
 def split_image_spans(span, n_images: int) -> list:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from worldvla.errors import InputFileError
 from worldvla.model import convert
 from worldvla.model.transformer import ModelConfig, Transformer
 
@@ -61,7 +62,9 @@ def weight_files(folder: Path) -> list[Path]:
     """The weight files of a folder, in the order of the formats listed in the module docstring."""
     for single, index in ((SAFE_SINGLE, SAFE_INDEX), (BIN_SINGLE, BIN_INDEX)):
         if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            weight_map = _read_json(folder / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise InputFileError(folder / index, "expected a mapping of tensor name -> shard file", "weight_map")
             files = [folder / name for name in sorted(set(weight_map.values()))]
             absent = [f.name for f in files if not f.is_file()]
             if absent:
@@ -82,9 +85,16 @@ def read_state_dict(folder: str | Path, dtype: torch.dtype | None = None) -> dic
         if f.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            part = load_file(str(f), device="cpu")
+            try:
+                part = load_file(str(f), device="cpu")
+            except Exception as err:  # noqa: BLE001 - SafetensorError, OSError for a truncated / corrupt file
+                raise InputFileError(f, f"corrupt or truncated safetensors file ({err})") from None
         else:
-            part = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                part = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:  # noqa: BLE001 - refused global, truncated zip, bad pickle
+                line = next((ln for ln in str(err).splitlines() if "WeightsUnpickler" in ln), str(err)[:300])
+                raise InputFileError(f, f"cannot be read as plain tensors, refused or corrupt ({line.strip()})") from None
         for k, t in part.items():
             state[k] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     return state
@@ -94,7 +104,22 @@ def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a checkpoint folder needs the HF Chameleon config.json")
-    return ModelConfig.from_hf_config(json.loads(path.read_text()))
+    data = _read_json(path)
+    try:
+        return ModelConfig.from_hf_config(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputFileError(path, f"not a Chameleon config ({type(err).__name__}: {err})") from None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`, or an InputFileError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputFileError(path, f"not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputFileError(path, f"expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 @dataclass

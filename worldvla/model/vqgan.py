@@ -10,6 +10,7 @@ Parity of the encoder with transformers is tested in tests/test_vqgan.py.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,12 @@ class VQGANConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VQ-GAN config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            from worldvla.errors import InputFileError
+
+            raise InputFileError(path, f"invalid YAML ({str(err).splitlines()[0]})") from None
         try:
             params = data["model"]["params"]
             dd = dict(params["ddconfig"])
@@ -216,11 +222,14 @@ class Quantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, h, w) nearest-code indices (squared L2, raster order)."""
-        b, c, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
+        b, _, h, w = z.shape
+        return self.distances(z).argmin(1).reshape(b, h, w)
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents -> (B*h*w, n_embed) squared L2 distances to every code (raster order)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*h*w, C)
         emb = self.embedding.weight
-        dist = flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()
-        return dist.argmin(1).reshape(b, h, w)
+        return flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) indices -> (B, C, h, w) codebook vectors."""
@@ -250,19 +259,16 @@ class VQGAN(nn.Module):
 
 
 def load_vqgan(config_path: str | Path, ckpt_path: str | Path, device: str | torch.device = "cpu") -> VQGAN:
-    """Load the official `vqgan.yaml` + `vqgan.ckpt` (top-level `state_dict`, loss keys ignored)."""
+    """Load the official `vqgan.yaml` + Lightning-style `vqgan.ckpt` (top-level `state_dict`, loss keys
+    ignored), or the same weights as safetensors (`convert` below). The checkpoint is read without running
+    code from it (model/safe_ckpt.py): a file that needs more than tensors and Lightning metadata is refused."""
+    from worldvla.model.safe_ckpt import load_state_dict
+
     cfg = VQGANConfig.from_yaml(config_path)
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"VQ-GAN weights not found: {ckpt_path} (see ckpts/README.md)")
-    try:
-        blob = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - Lightning checkpoints may pickle extra objects
-        log.warning("%s is not a plain-tensor checkpoint; loading it with full unpickling", ckpt_path)
-        blob = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{ckpt_path}: expected a dict with a 'state_dict' entry")
+    state = load_state_dict(ckpt_path)
     model = VQGAN(cfg)
     wanted = model.state_dict()
     state = {k: v for k, v in state.items() if k in wanted}  # drops `loss.*` (discriminator, LPIPS)
@@ -274,3 +280,48 @@ def load_vqgan(config_path: str | Path, ckpt_path: str | Path, device: str | tor
             raise ValueError(f"{ckpt_path}: {k} has shape {tuple(v.shape)}, config gives {tuple(wanted[k].shape)}")
     model.load_state_dict(state)
     return model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+
+
+def convert(src: str | Path, dst: str | Path, allow: tuple[str, ...] = ()) -> Path:
+    """`vqgan.ckpt` -> safetensors holding only the VQ-GAN's `state_dict` tensors. `allow`: extra global
+    names the file's metadata uses, read as inert placeholders and dropped (never imported or called)."""
+    from safetensors.torch import save_file
+
+    from worldvla.atomic import fsync_file
+    from worldvla.model.safe_ckpt import load_state_dict
+
+    state = load_state_dict(src, tuple(allow))
+    state = {k: v.contiguous() for k, v in state.items() if not k.startswith("loss.")}
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"format": "pt", "source": Path(src).name})
+    fsync_file(tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worldvla.model.vqgan convert IN.ckpt OUT.safetensors [--allow NAME ...]`."""
+    import argparse
+    import sys
+
+    from worldvla.errors import InputFileError
+
+    parser = argparse.ArgumentParser(prog="python -m worldvla.model.vqgan", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="a vqgan.ckpt -> safetensors (weights only; no code from the file runs)")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--allow", nargs="*", default=[], help="global names (module.Class) of metadata to drop")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.src, args.dst, tuple(args.allow))
+    except (InputFileError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ from worldvla.config import ConfigError, parse_cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    from worldvla.eval.config import compile_step_for
     from worldvla.eval.interface import load_policy
     from worldvla.eval.rollout import seed_everything
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.seed)
     try:
         policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                             decode=cfg.decode.mode)
+                             compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -42,6 +42,11 @@ class NormStats:
     def __post_init__(self) -> None:
         if len(self.min) != len(self.max):
             raise ValueError(f"min has {len(self.min)} entries, max has {len(self.max)}")
+        for i, (lo, hi) in enumerate(zip(self.min, self.max)):
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError(f"min[{i}]={lo}, max[{i}]={hi}: statistics must be finite numbers")
+            if lo > hi:
+                raise ValueError(f"min[{i}]={lo} > max[{i}]={hi}: every min must be <= its max")
 
     @property
     def dim(self) -> int:
@@ -66,8 +71,10 @@ class NormStats:
             return cls(tuple(map(float, data["min"])), tuple(map(float, data["max"])))
         except FileNotFoundError:
             raise FileNotFoundError(f"normalisation stats not found: {path}") from None
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError) as err:
             raise ValueError(f"{path}: expected {{'min': [...], 'max': [...]}} ({err})") from None
+        except ValueError as err:  # invalid JSON, or min > max / NaN from __post_init__
+            raise ValueError(f"{path}: {err}") from None
 
 
 # Official hard-coded statistics (official_format.md §2.1 and §10.1).

@@ -5,7 +5,7 @@
         train_config.yaml                                           the resolved run config
         trainer_state.json                                          step, epoch, position in the epoch, schedule, ...
         train_state/dcp/                                            model + AdamW state (fp32), torch.distributed.checkpoint
-        train_state/rng_rank00000.pt ...                            python / numpy / torch (/ cuda) RNG of every process
+        train_state/rng_rank00000.json ...                          python / numpy / torch (/ cuda) RNG of every process
 
 Every process writes into `.tmp-step_XXXXXXXX/` and the main process renames it when all are done,
 so a folder named `step_*` is always whole; a kill mid-save leaves only a `.tmp-*` folder, removed
@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldvla.atomic import atomic_write_json, fsync_dir, fsync_tree
+
 log = logging.getLogger("worldvla.train")
 
 PREFIX = "step_"
@@ -50,6 +52,48 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+RNG_SUFFIX = ".json"  # rng_rank00000.json; older checkpoints have rng_rank00000.pt (a torch pickle)
+
+
+def rng_to_json(state: dict) -> dict:
+    """The RNG state as plain JSON (no pickle): python's tuple, numpy's legacy tuple, torch byte tensors."""
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    out = {"python": {"version": version, "state": list(internal), "gauss": gauss},
+           "numpy": {"name": name, "keys": np.asarray(keys, dtype=np.uint32).tolist(), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+           "torch": state["torch"].tolist()}
+    if "cuda" in state:
+        out["cuda"] = [t.tolist() for t in state["cuda"]]
+    return out
+
+
+def rng_from_json(data: dict) -> dict:
+    p, n = data["python"], data["numpy"]
+    state = {"python": (int(p["version"]), tuple(int(x) for x in p["state"]), p["gauss"]),
+             "numpy": (str(n["name"]), np.asarray(n["keys"], dtype=np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                       float(n["cached_gaussian"])),
+             "torch": torch.tensor(data["torch"], dtype=torch.uint8)}
+    if "cuda" in data:
+        state["cuda"] = [torch.tensor(t, dtype=torch.uint8) for t in data["cuda"]]
+    return state
+
+
+def read_rng_file(path: Path) -> dict:
+    """An RNG file of any of our versions; never runs code from it (the old .pt with weights_only=True)."""
+    try:
+        if path.suffix == RNG_SUFFIX:
+            return rng_from_json(json.loads(path.read_text()))
+        numpy_array = [np.ndarray, np.dtype, np.dtypes.UInt32DType,
+                       (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                       (np._core.multiarray._reconstruct, "numpy._core.multiarray._reconstruct")]
+        with torch.serialization.safe_globals(numpy_array):
+            return torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt JSON, truncated zip, refused global, missing key
+        first = next((ln for ln in str(err).splitlines() if "WeightsUnpickler error" in ln), str(err).split("\n")[0])
+        raise CheckpointError(f"{path}: unreadable or unsafe RNG state ({type(err).__name__}: {first[:300]})") from None
 
 
 def set_rng_state(state: dict) -> None:
@@ -131,12 +175,13 @@ class CheckpointManager:
         full = full_state_dict(model, self.acc)
         if self.acc.is_main_process:
             export(full, tmp)
-            (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step,
-                                                         "world_size": self.acc.num_processes}, indent=1))
+            atomic_write_json(tmp / TRAINER_STATE, {**trainer_state, "step": step, "world_size": self.acc.num_processes})
         del full
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
+            fsync_tree(tmp)  # resume trusts any step_* folder: every file must be on disk before the rename
             os.replace(tmp, final)
+            fsync_dir(self.root)
             self._prune()
             log.info("saved %s in %.1f s", final, time.time() - t0)
         self.acc.wait_for_everyone()
@@ -152,7 +197,7 @@ class CheckpointManager:
             msd, osd = get_state_dict(model, inner_optimizer(optimizer))
             with _quiet_single_process():
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(folder / "dcp"))
-        torch.save(rng_state(), folder / f"rng_rank{self.acc.process_index:05d}.pt")
+        atomic_write_json(folder / f"rng_rank{self.acc.process_index:05d}{RNG_SUFFIX}", rng_to_json(rng_state()), None)
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -161,31 +206,106 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     # -- load -------------------------------------------------------------------------------------
-    def load(self, path: str | Path, model, optimizer) -> dict:
-        """Restore model, optimizer and this process's RNG from `path`; returns trainer_state.json."""
+    def _rng_file(self, path: Path) -> Path:
+        rng_file = path / STATE_DIR / f"rng_rank{self.acc.process_index:05d}{RNG_SUFFIX}"
+        if not rng_file.is_file() and rng_file.with_suffix(".pt").is_file():  # written before the JSON format
+            rng_file = rng_file.with_suffix(".pt")
+        return rng_file
+
+    def verify(self, path: str | Path) -> dict:
+        """Check that checkpoint `path` is whole (readable trainer_state.json, DCP metadata whose shard files
+        hold every byte it lists, a readable RNG file) without loading it; returns trainer_state.json.
+        Raises CheckpointError naming the damaged file. Every process reaches the same verdict."""
         path = Path(path)
         state_file = path / TRAINER_STATE
         if not state_file.is_file() or not (path / STATE_DIR).is_dir():
             raise CheckpointError(f"{path} is not a training checkpoint (no {TRAINER_STATE} / {STATE_DIR}/); "
                                   "to start from inference weights use model.init_from instead of train.resume")
-        trainer_state = json.loads(state_file.read_text())
+        trainer_state = read_trainer_state(state_file)
+        if not _is_deepspeed(self.acc):
+            check_dcp_folder(path / STATE_DIR / "dcp")
+        for rng_file in sorted((path / STATE_DIR).glob("rng_rank*")):  # every rank's, so all processes agree
+            read_rng_file(rng_file)
+        return trainer_state
+
+    def latest_intact(self) -> Path | None:
+        """The newest checkpoint that `verify` accepts; damaged newer ones are reported and skipped."""
+        for path in reversed(self.checkpoints()):
+            try:
+                self.verify(path)
+            except CheckpointError as err:
+                log.warning("not resuming from %s, it is damaged: %s; falling back to the previous checkpoint",
+                            path.name, err)
+                continue
+            return path
+        return None
+
+    def load(self, path: str | Path, model, optimizer) -> dict:
+        """Restore model, optimizer and this process's RNG from `path`; returns trainer_state.json."""
+        path = Path(path)
+        trainer_state = self.verify(path)
         folder = path / STATE_DIR
+        rng_file = self._rng_file(path)
+        rng = read_rng_file(rng_file) if rng_file.is_file() else None
         if _is_deepspeed(self.acc):
+            log.warning("%s: DeepSpeed resume goes through DeepSpeed's own loader, which unpickles its files: "
+                        "resume only DeepSpeed folders you trust", path)
             self.acc.load_state(str(folder / "accelerate"))
         else:
             import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.api import CheckpointException
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            from worldvla.train.safe_dcp import SafePlanner, SafeReader, failure_reason
 
             opt = inner_optimizer(optimizer)
             msd, osd = get_state_dict(model, opt)
             state = {"model": msd, "optim": osd}
-            with _quiet_single_process():
-                dcp.load(state, checkpoint_id=str(folder / "dcp"))
+            try:
+                with _quiet_single_process():
+                    dcp.load(state, storage_reader=SafeReader(str(folder / "dcp")), planner=SafePlanner())
+            except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP's wrapper is a BaseException
+                raise CheckpointError(f"{folder / 'dcp'}: cannot read the model/optimizer state "
+                                      f"({failure_reason(err)})") from None
             set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        rng_file = folder / f"rng_rank{self.acc.process_index:05d}.pt"
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))  # our own file (python RNG state is a tuple)
+        if rng is not None:
+            set_rng_state(rng)
         else:
             log.warning("%s missing (saved with %s processes, now %d): RNG not restored, the curve will differ",
                         rng_file.name, trainer_state.get("world_size"), self.acc.num_processes)
         return trainer_state
+
+
+def read_trainer_state(path: Path) -> dict:
+    """trainer_state.json with the fields resume needs, or a CheckpointError naming the file and field."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); the checkpoint is damaged") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    step = data.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: step: expected a non-negative integer, got {step!r}")
+    return data
+
+
+def check_dcp_folder(folder: Path) -> None:
+    """A torch.distributed.checkpoint folder is whole: `.metadata` reads and every byte range it lists exists."""
+    from worldvla.train.safe_dcp import SafeReader
+
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(f"{folder / '.metadata'}: missing; the model/optimizer state is incomplete")
+    try:
+        meta = SafeReader(str(folder)).read_metadata()
+    except Exception as err:  # noqa: BLE001 - a truncated metadata pickle raises EOFError, UnpicklingError, ...
+        raise CheckpointError(f"{folder / '.metadata'}: unreadable ({type(err).__name__}: {err})") from None
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for rel, end in sorted(need.items()):
+        f = folder / rel
+        size = f.stat().st_size if f.is_file() else -1
+        if size < end:
+            what = "missing" if size < 0 else f"truncated ({size} of {end} bytes)"
+            raise CheckpointError(f"{f}: {what}; the model/optimizer state is damaged")

@@ -71,6 +71,12 @@ class TrainSet(torch.utils.data.Dataset):
         part, item = self.index[int(i)]
         return self.parts[int(part)][int(item)]
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids of every pretokenized source fit the model's vocabulary (data/shards.py check_ids)."""
+        for i, ds in enumerate(self.parts):
+            if hasattr(ds, "check_ids"):
+                ds.check_ids(vocab_size)
+
     def manifests(self) -> list[dict]:
         """The pretokenize manifests of every source (official record lists and conversation files have none)."""
         out = []

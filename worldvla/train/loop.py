@@ -67,6 +67,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
 
     torch.manual_seed(t.seed)  # same initial weights on every process
     model, model_cfg = modeling.build_model(cfg)
+    dataset.check_vocab(model_cfg.vocab_size)  # a bad id fails here, naming the shard, not as an IndexError later
     block = modeling.block_class(model)
     if cfg.model.activation_checkpointing:
         apply_activation_checkpointing(model, block)
@@ -91,7 +92,7 @@ def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: B
     t = cfg.train
     path = None
     if t.resume == "auto":
-        path = ckpt.latest()
+        path = ckpt.latest_intact()  # a damaged newest checkpoint (killed disk, truncated copy) is skipped, logged
     elif t.resume not in ("", "none"):
         path = Path(t.resume)
         if not path.is_dir():
@@ -296,6 +297,8 @@ def train(cfg: TrainConfig) -> dict:
     run.logger = logger = RunLogger(run.out_dir, cfg, acc.is_main_process, run.total_steps, resume_step=step)
     val = TrainSet(cfg.data.val, cfg.data.kinds, cfg.data.max_seq_len, "data.val", data=cfg.data) if cfg.data.val \
         else None
+    if val is not None:
+        val.check_vocab(run.model_cfg.vocab_size)
     if acc.is_main_process:
         logger.info("%d samples (%s), %d steps per epoch x global batch %d, %d steps in all, %d processes (%s)",
                     len(run.dataset), ", ".join(cfg.data.kinds), run.plan.steps_per_epoch, run.plan.global_batch,
@@ -330,6 +333,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> dict:
+    from worldvla.errors import exit_on_input_errors
+    from worldvla.train.checkpoint import CheckpointError
+
+    return exit_on_input_errors(_main, CheckpointError)(argv)
+
+
+def _main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
     cfg = parse_cli(TrainConfig, argv, description=__doc__)
     return train(cfg)

@@ -7,7 +7,6 @@ nothing of Chameleon's layout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -134,11 +133,11 @@ def forward_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask, loss_cfg,
 
 
 # -- export -------------------------------------------------------------------------------------
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # same file system: no copy of the (large) VQ-GAN weights
-    except OSError:
-        shutil.copy2(src, dst)
+def _copy(src: Path, dst: Path) -> None:
+    """A real copy, never a hard link: replacing the source later must not change this checkpoint."""
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _stats_json(spec: str) -> dict:
@@ -152,6 +151,7 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
     """Write the inference files of docs/interfaces.md into `folder` (main process). `state_dict` holds the
     backbone under the official names and, with the continuous head, its `action_head.*` tensors, which
     save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json."""
+    from worldvla.atomic import atomic_write_json
     from worldvla.data.tokenization import sha256_file, tokenizer_files
     from worldvla.model.loading import save_state_dict
     from worldvla.tokenizers import load_stats
@@ -162,7 +162,7 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
     files = tokenizer_files(d.tokenizer)
     (folder / "tokenizer").mkdir(exist_ok=True)
     for name, src in files.items():
-        _link_or_copy(src, folder / "tokenizer" / name)
+        _copy(src, folder / "tokenizer" / name)
     stats = load_stats(d.action_stats)
     settings = {
         "chunk_size": d.chunk_size, "history": d.history, "resolution": d.resolution,
@@ -170,6 +170,7 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
         "world_action_stats": _stats_json(d.world_action_stats) if d.world_action_stats else None,
         "with_state": d.with_state, "with_wrist": d.with_wrist,
         "text_tokenizer_sha256": sha256_file(files["text_tokenizer.json"]),
+        "tokenizer_sha256": {name: sha256_file(folder / "tokenizer" / name) for name in files},  # checked on load
         "step": step,
     }
     if d.with_state:
@@ -177,4 +178,4 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
         settings["state_stats"] = {"min": list(s.min), "max": list(s.max)}
     if head is not None:  # RynnVLA-002 continuous head: its weights are the action_head.* tensors
         settings["action_head"] = head
-    (folder / "worldvla.json").write_text(json.dumps(settings, indent=1))
+    atomic_write_json(folder / "worldvla.json", settings)

@@ -77,9 +77,9 @@ class RunLogger:
                     keep.append(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-        tmp.replace(self.path)
+        from worldvla.atomic import atomic_write
+
+        atomic_write(self.path, "".join(f"{line}\n" for line in keep))
 
     def _init_wandb(self, cfg):
         try:
