@@ -1,6 +1,13 @@
 """Greedy decoding with a static KV cache: action chunks (parallel or sequential), official
 generate-then-parse, and constrained image generation for the world model.
 
+Modes of action decoding (`MODES`): `parallel` and `sequential` force K well-formed blocks (bins
+among 10006..10261); `official` is the official eval: free greedy generation (300 new tokens, stop at
+8710) and the official parsing rule of the checkpoint's family (`parse_official`): WorldVLA executes
+every block (longer ones cut to 7, a short one fails the episode when its turn comes), RynnVLA-002
+executes the blocks up to the first one that is not 7 long. `unconstrained` is the older lenient
+parse (every complete 7-token block, malformed ones skipped), kept for comparison.
+
 Parallel chunk decoding. Under the action mask (worldvla.model.masks) action block i sees the prompt
 and its own tokens only, and every block is 9 tokens: [10004, 7 bins, 15004]. So after the prompt
 (P tokens, ending with 8710) the K blocks are decoded together: step t feeds the t-th token of every
@@ -30,14 +37,15 @@ import torch
 
 from worldvla import vocab as V
 from worldvla.model.masks import ActionLayout, RowMasker, reference_mask, to_additive
-from worldvla.model.static_step import batch_bucket, greedy_ids, static_decoder
+from worldvla.model.static_step import GRAMMAR_FLAG, batch_bucket, greedy_ids, static_decoder
 from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
 
 ACTION_DIM = 7  # tokens between the block's start and end
 BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]
 FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_START_ID + 2, V.ACTION_START_ID + 257  # 10006..10261 (official_format §2.2)
 OFFICIAL_MAX_NEW_TOKENS = 300  # official eval: action_steps (25) * 12
-MODES = ("parallel", "sequential", "unconstrained")
+MODES = ("parallel", "sequential", "official", "unconstrained")
+OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")  # which official eval loop `official` reproduces
 STRUCTURAL_IDS = frozenset((V.BOI_ID, V.EOI_ID, V.ACTION_START_ID, V.ACTION_END_ID))  # the mask changes only at these
 CACHE_BUCKET = 256  # compiled steps: cache lengths rounded up to this, so shapes (and graphs) repeat
 COMPILED_SHAPES = 64  # dynamo graphs kept per compiled step
@@ -193,13 +201,17 @@ def prefill(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor, mas
 def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_size: int, mode: str = "parallel",
                          action_mask: bool = True, use_cache: bool = True, dense_official_mask: bool = False,
                          compile_step: bool = False, stats: DecodeStats | None = None,
-                         static: bool | None = None) -> torch.Tensor:
+                         static: bool | None = None, grammar: list | None = None) -> torch.Tensor:
     """Constrained greedy decoding of K action blocks per prompt -> (B, K, 9) token ids.
 
     Block structure is forced (start, 7 ids in 10006..10261, end); `mode` is `parallel` or `sequential`.
     `static` (default: `compile_step`) runs the static-shape step (see the module docstring).
     Benchmark baselines (sequential only, eager, same tokens): `use_cache=False` re-runs the whole
     sequence every step; `dense_official_mask=True` rebuilds each step's mask row the official way.
+    `grammar` (a list, filled with one bool per prompt): whether the unconstrained argmax over the whole
+    vocabulary, at the steps both modes compute (the first block's start after the prompt, every bin),
+    would have left the action grammar, i.e. whether free (official) decoding could differ. It costs
+    one full LM-head row per decoded token (inside the step: static_step.GRAMMAR_FLAG).
     """
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
@@ -230,19 +242,27 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     bins = (FIRST_BIN_ID, LAST_BIN_ID)
     starts = lengths[:, None] + BLOCK_LEN * torch.arange(K, device=device)  # (B, K) block start positions
     if not use_cache:
-        if mode != "sequential":
-            raise ValueError("use_cache=False is supported for mode=sequential only")
+        if mode != "sequential" or grammar is not None:
+            raise ValueError("use_cache=False is supported for mode=sequential without the grammar check only")
         return _sequential_nocache(model, tokens, lengths, out, masker, stats)
+    check = grammar is not None
+    left = torch.zeros(B, dtype=torch.bool, device=device)  # per prompt: argmax left the grammar somewhere
+    head = ("grammar", *bins) if check else bins  # the bins' greedy choice, flagged where the free one is no bin
     with decode_session(model, B, total, compile_step, static) as step:
         t0 = clock(device)
-        prefill(model, tokens, lengths, masker)
+        last = prefill(model, tokens, lengths, masker)
+        if check:
+            left |= model.logits(last).argmax(-1) != V.ACTION_START_ID
         t1 = clock(device)
         # every decode row at once: the layout is planned, so no per-step mask work (B, 1, K, 9, S)
         positions = starts[..., None] + torch.arange(BLOCK_LEN, device=device)  # (B, K, 9)
         rows = to_additive(masker(positions.reshape(B, -1)), model.dtype).view(B, 1, K, BLOCK_LEN, total)
         if mode == "parallel":
             for t in range(ACTION_DIM):  # feed token t of all K blocks, predict token t + 1
-                out[..., t + 1] = step(out[..., t], starts + t, rows[..., t, :], bins)  # (B, K)
+                nxt = step(out[..., t], starts + t, rows[..., t, :], head)  # (B, K)
+                if check:
+                    left |= (nxt >= GRAMMAR_FLAG).any(1)
+                out[..., t + 1] = nxt % GRAMMAR_FLAG
                 stats.forward_steps += 1
                 stats.tokens_fed += B * K
         else:
@@ -255,13 +275,17 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
                         mask = _official_rows(running, total, action_mask, model.dtype, device)
                     else:
                         mask = rows[:, :, i, t : t + 1]  # (B, 1, 1, S)
-                    nxt = step(out[:, i, t : t + 1], pos, mask, bins)  # (B, 1)
+                    nxt = step(out[:, i, t : t + 1], pos, mask, head)  # (B, 1)
                     if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
-                        out[:, i, t + 1] = nxt[:, 0]
+                        out[:, i, t + 1] = nxt[:, 0] % GRAMMAR_FLAG
+                        if check:
+                            left |= nxt[:, 0] >= GRAMMAR_FLAG
                     stats.forward_steps += 1
                     stats.tokens_fed += B
         stats.prefill_s += t1 - t0
         stats.decode_s += clock(device) - t1
+    if check:
+        grammar[:] = left[:n_prompts].tolist()
     return out[:n_prompts]
 
 
@@ -297,6 +321,75 @@ def parse_action_blocks(ids: list[int]) -> list[list[int]]:
             blocks.append(list(ids[start + 1 : i]))
             start = None
     return blocks
+
+
+@dataclass
+class ParsedActions:
+    """What the official eval loop executes from one generation: `blocks` (7 ids each) in order, then,
+    if `failure` is set, the exception that ends the episode as a failure (the official loop catches
+    any exception of a step, stops the episode and counts it as not successful)."""
+
+    blocks: list[list[int]]
+    failure: str | None = None
+
+
+def _official_blocks(ids: list[int]) -> tuple[list[list[int]], str | None]:
+    """The official parser (both repositories): `parse_action_blocks`, except that an end token before
+    any start token raises there (its start index is never initialised)."""
+    ids = [int(t) for t in ids]
+    starts = [i for i, t in enumerate(ids) if t == V.ACTION_START_ID]
+    ends = [i for i, t in enumerate(ids) if t == V.ACTION_END_ID]
+    if ends and (not starts or ends[0] < starts[0]):
+        return [], f"the official parser raises: end token {V.ACTION_END_ID} before any start token {V.ACTION_START_ID}"
+    return parse_action_blocks(ids), None
+
+
+def parse_official_worldvla(ids: list[int]) -> ParsedActions:
+    """WorldVLA's eval loop: every parsed block is executed in order. A block longer than 7 is cut to
+    its first 7 ids; one id is broadcast to all 7 dimensions (numpy broadcasting in the official
+    un-normalisation); any other short block raises when its turn comes, after the earlier blocks ran.
+    No block at all: the loop pops from an empty list and fails."""
+    raw, failure = _official_blocks(ids)
+    blocks: list[list[int]] = []
+    if failure is None:
+        for i, blk in enumerate(raw):
+            if len(blk) >= ACTION_DIM:
+                blocks.append(blk[:ACTION_DIM])
+            elif len(blk) == 1:
+                blocks.append(blk * ACTION_DIM)
+            else:
+                failure = (f"action block {i} has {len(blk)} ids: the official un-normalisation of a ({len(blk)},) "
+                           f"action against ({ACTION_DIM},) statistics raises (WorldVLA rule)")
+                break
+    if failure is None and not blocks:
+        failure = "no action block was generated: the official loop pops from an empty action list"
+    return ParsedActions(blocks, failure)
+
+
+def parse_official_rynnvla002(ids: list[int]) -> ParsedActions:
+    """RynnVLA-002's eval loop: blocks are taken in order up to the first one that is not exactly 7 ids
+    long (it and all later ones are dropped). No 7-id block first: the loop pops from an empty list
+    and fails."""
+    raw, failure = _official_blocks(ids)
+    blocks: list[list[int]] = []
+    if failure is None:
+        for blk in raw:
+            if len(blk) != ACTION_DIM:
+                break
+            blocks.append(blk)
+    if failure is None and not blocks:
+        failure = (f"no {ACTION_DIM}-id action block before the first malformed one: the official loop pops from "
+                   "an empty action list (RynnVLA-002 rule)")
+    return ParsedActions(blocks, failure)
+
+
+def parse_official(ids: list[int], family: str) -> ParsedActions:
+    """The official parsing rule of a checkpoint family (OFFICIAL_FAMILIES)."""
+    if family == "worldvla":
+        return parse_official_worldvla(ids)
+    if family == "rynnvla002":
+        return parse_official_rynnvla002(ids)
+    raise ValueError(f"family must be one of {OFFICIAL_FAMILIES}, got {family!r}")
 
 
 @torch.no_grad()
