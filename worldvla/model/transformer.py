@@ -17,7 +17,7 @@ transformers' `ChameleonForConditionalGeneration`, which the parity tests compar
   repeat-interleaved over heads at run time, as in the Lumina-mGPT code the checkpoints were trained
   with (transformers >= 4.45 stores them expanded to (n_heads, head_dim); convert.py handles both);
 - a static KV cache (`setup_caches`) and arbitrary masks: a (B|1, 1|H, L, S) boolean/additive tensor for
-  SDPA or a FlexAttention `BlockMask` (worldvla.model.masks builds both).
+  SDPA (worldvla.model.masks builds them) or a FlexAttention `BlockMask` (benchmarks/flex_masks.py).
 Cache semantics: cache slot = position. The cache is used iff caches are set up and `input_pos` is given;
 queries then attend to slots [0, S) where S is the mask's last dimension (the full cache if mask=None;
 L with mask=CAUSAL_PREFILL, a causal prefill from slot 0 without a mask tensor).
@@ -238,7 +238,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, dim) -> (B, L, dim), SwiGLU at intermediate_size
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -361,7 +361,7 @@ class Transformer(nn.Module):
         if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # additive once, not once per layer
             mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
                 ~mask, torch.finfo(self.dtype).min)
-        x = self.model.embed_tokens(tokens)
+        x = self.model.embed_tokens(tokens)  # (B, L, dim)
         if self._rope is None or self._rope.device != x.device:
             self._rope = rope_table(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device)
         pos = positions if positions.ndim == 2 else positions[None]  # (B|1, L)
