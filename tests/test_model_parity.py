@@ -257,7 +257,8 @@ def test_official_layout_checkpoint_predicts_like_transformers(tiny_assets, tmp_
     (folder / "config.json").write_text(json.dumps(cfg))
 
     policy = WorldVLAPolicy.from_pretrained(folder, tokenizer=tiny_assets.tokenizer_json.parent, chunk_size=3,
-                                            resolution=128, history=2, action_stats="worldvla")
+                                            resolution=128, history=2, action_stats="worldvla",
+                                            decode="parallel")  # the constrained decode the reference runs
     assert policy.model.cfg.dropout == 0.05 and not policy.model.training
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
