@@ -104,7 +104,7 @@ def test_record_rollout_in_simulator(tmp_path):
     assert len(demo) == 6 and demo.states.shape[0] == 6 and demo.obs["agentview_rgb"].shape == (6, 64, 64, 3)
     np.testing.assert_array_equal(demo.init_state, demo.states[0])
     assert "<mujoco" in demo.model_xml
-    # robot_states = gripper(2) + eef_pos(3) + eef_quat(4); ee_ori is the w>=0 axis-angle of that quaternion
+    # robot_states = gripper(2) + eef_pos(3) + eef_quat(4); ee_ori is robosuite's axis-angle of that quaternion
     np.testing.assert_allclose(demo.robot_states[:, 2:5], demo.obs["ee_pos"])
     np.testing.assert_allclose(demo.obs["ee_ori"][0], quat2axisangle(demo.robot_states[0, 5:9]))
     path = write_raw_demo_file(tmp_path / raw_demo_filename(meta["task_name"]), meta, [demo])

@@ -11,7 +11,7 @@ from worldvla.data.regenerate import RegenerateConfig, is_noop, noop_keep_mask, 
 from worldvla.envs.libero import quat2axisangle
 
 RES = 8
-QUAT = np.array([0.1, -0.7, 0.2, -0.68])  # w < 0: the protocol flips the sign before axis-angle
+QUAT = np.array([0.1, -0.7, 0.2, -0.68])  # w < 0: axis-angle angle above pi (no sign normalisation)
 QUAT = QUAT / np.linalg.norm(QUAT)
 
 
@@ -211,3 +211,50 @@ def test_export_errors_name_file_and_demo(tmp_path):
     (h5 / "some_task_demo.hdf5").write_bytes(data[: len(data) // 3])
     with pytest.raises(RawDemoError, match=r"some_task_demo\.hdf5: cannot open as HDF5 \(truncated"):
         export(ExportConfig(hdf5_dir=h5, save_dir=tmp_path / "exp"))
+
+
+def test_regenerate_then_export_keeps_ee_states_exactly(tmp_path, task_names):
+    """The exported state files are the regenerated obs/ee_states + obs/gripper_states bit for bit, and
+    the orientation is robosuite's own quat2axisangle of the (w < 0) quaternion, not a sign-flipped one."""
+    import robosuite.utils.transform_utils as T
+
+    raw, out, exp = tmp_path / "raw", tmp_path / "out", tmp_path / "exp"
+    _write_raw(raw, task_names[:1])
+    regenerate(RegenerateConfig(suite="libero_goal", raw_dir=raw, out_dir=out, resolution=RES, tasks=[0],
+                                export_dir=exp), env_factory=fake_factory)
+    _, demos = read_raw_demo_file(out / f"{task_names[0]}_demo.hdf5")
+    official_ori = T.quat2axisangle(QUAT.copy())
+    assert np.linalg.norm(official_ori) > np.pi  # angle 2 acos(w) > pi for w < 0; a w >= 0 flip gives < pi
+    for demo in demos:
+        trj = exp / task_names[0] / f"trj_{int(demo.name.split('_')[1])}"
+        for j in range(len(demo)):
+            ee = np.load(trj / "ee_state" / f"ee_state_{j}.npy")
+            assert ee.dtype == demo.obs["ee_states"].dtype
+            np.testing.assert_array_equal(ee, demo.obs["ee_states"][j])
+            np.testing.assert_array_equal(np.load(trj / "gripper_state" / f"gripper_state_{j}.npy"),
+                                          demo.obs["gripper_states"][j])
+            np.testing.assert_array_equal(ee[3:], official_ori)
+
+
+def test_export_of_an_official_file_reads_the_stored_obs_states(tmp_path):
+    """An officially regenerated file: obs/ee_states is copied, even where robot_states says otherwise
+    (the official script takes frame 0's robot_states from the source file)."""
+    from worldvla.data.export import ExportConfig, export
+
+    rng = np.random.default_rng(0)
+    n = 3
+    demo = raw_demo(CRAFTED[:n])
+    img = rng.integers(0, 255, (n, RES, RES, 3), dtype=np.uint8)
+    ee = rng.normal(size=(n, 6)) * 2
+    grip = rng.normal(size=(n, 2))
+    demo.obs = {"agentview_rgb": img, "eye_in_hand_rgb": img, "ee_pos": ee[:, :3], "ee_ori": ee[:, 3:],
+                "ee_states": ee, "gripper_states": grip, "joint_states": np.zeros((n, 7))}
+    demo.robot_states = rng.normal(size=(n, 9))  # not consistent with ee_states: must not be used
+    write_raw_demo_file(tmp_path / "h5" / "t_demo.hdf5", {"language_instruction": "x"}, [demo])
+    export(ExportConfig(hdf5_dir=tmp_path / "h5", save_dir=tmp_path / "exp", layout="rynnvla"))
+    trj = tmp_path / "exp" / "t" / "trj_0"
+    for j in range(n):
+        np.testing.assert_array_equal(np.load(trj / "ee_state" / f"ee_state_{j}.npy"), ee[j])
+        np.testing.assert_array_equal(np.load(trj / "eef_gripper_state" / f"eef_gripper_state_{j}.npy"),
+                                      np.concatenate([ee[j], grip[j]]))
+        np.testing.assert_array_equal(np.load(trj / "robot_state" / f"robot_state_{j}.npy"), demo.robot_states[j])

@@ -41,10 +41,10 @@ def rollout(env, actions, max_steps, **opts):
 
 
 def reference_state(obs) -> np.ndarray:
-    """eef pos + rotation vector of the eef quaternion (scipy, angle in [0, pi]) + finger qpos."""
-    from scipy.spatial.transform import Rotation
+    """eef pos + robosuite's own quat2axisangle of the eef quaternion (unflipped, as the official eval) + finger qpos."""
+    import robosuite.utils.transform_utils as T
 
-    rotvec = Rotation.from_quat(obs["robot0_eef_quat"]).as_rotvec()  # (x, y, z, w), as robosuite
+    rotvec = T.quat2axisangle(np.array(obs["robot0_eef_quat"], dtype=np.float64))
     return np.concatenate([obs["robot0_eef_pos"], rotvec, obs["robot0_gripper_qpos"]])
 
 
@@ -79,8 +79,8 @@ def test_rollout_equals_stepping_the_env_by_hand(env):
         np.testing.assert_array_equal(q["wrists"][-1], seen[now]["robot0_eye_in_hand_image"][::-1, ::-1])
         np.testing.assert_array_equal(q["images"][0], seen[prev]["agentview_image"][::-1, ::-1])
         np.testing.assert_array_equal(q["wrists"][0], seen[prev]["robot0_eye_in_hand_image"][::-1, ::-1])
-        assert q["state"].dtype == np.float32 and q["state"].shape == (8,)
-        np.testing.assert_allclose(q["state"], reference_state(seen[now]), rtol=0, atol=1e-5)
+        assert q["state"].dtype == np.float64 and q["state"].shape == (8,)
+        np.testing.assert_array_equal(q["state"], reference_state(seen[now]))
 
 
 def test_frames_are_rotated_180_degrees(env):

@@ -32,9 +32,11 @@ def official_layout(tmp_path_factory, tiny_assets):
 def test_settings_and_tokenizer_from_the_command_line(official_layout):
     ckpt, tok = official_layout
     cfg = parse_cli(EvalConfig, [f"policy={ckpt}", f"tokenizer={tok}",
-                                 "policy_settings={chunk_size: 10, resolution: 256, action_stats: worldvla}"])
+                                 "policy_settings={chunk_size: 10, resolution: 256, action_stats: worldvla}",
+                                 "decode.mode=parallel"])  # K constrained blocks (auto: official for this folder)
     with one_torch_thread():
-        policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings)
+        policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                             decode=cfg.decode.mode)
         frame = np.zeros((256, 256, 3), np.uint8)
         actions = policy.predict("pick up the bowl", [frame, frame])
     assert policy.chunk_size == 10 and actions.shape == (10, 7)

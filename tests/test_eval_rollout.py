@@ -197,18 +197,22 @@ def test_work_blocks_cover_all_episodes_in_trial_order():
     assert [b[0].trial for b in work_blocks(keys, 8)][:4] == [0, 0, 0, 0]  # first runs of every task first
 
 
-@pytest.mark.parametrize("rotvec", [[0.3, -1.2, 2.0], [0.0, 0.0, 3.1], [2.2, 0.4, -1.9]])
-def test_state_is_eef_pos_rotvec_gripper_whatever_the_quaternion_sign(rotvec):
-    """Protocol state: the antipodal quaternion -q (w < 0) must give the same axis-angle as q."""
-    from scipy.spatial.transform import Rotation
+@pytest.mark.parametrize("quat", [[0.1, -0.7, 0.2, -0.68], [0.3, 0.1, -0.2, -0.93], [-0.2, 0.5, 0.1, 0.84]])
+def test_state_is_robosuites_quat2axisangle_unflipped(quat):
+    """Official state: eef pos + robosuite's own quat2axisangle of the quaternion as given (w < 0 is not
+    flipped: the angle exceeds pi, as in the official training data) + gripper qpos, in float64."""
+    import robosuite.utils.transform_utils as T
 
     from worldvla.eval.rollout import observe
 
-    q = Rotation.from_rotvec(rotvec).as_quat()  # (x, y, z, w) with w >= 0
+    q = np.asarray(quat) / np.linalg.norm(quat)
     img = np.zeros((8, 8, 3), np.uint8)
-    for quat in (q, -q):
-        raw = {"agentview_image": img, "robot0_eye_in_hand_image": img, "robot0_eef_pos": np.array([0.1, -0.2, 1.0]),
-               "robot0_eef_quat": quat, "robot0_gripper_qpos": np.array([0.03, -0.03])}
-        state = observe(raw, RolloutOptions(max_steps=1)).state
-        assert state.dtype == np.float32 and state.shape == (8,)
-        np.testing.assert_allclose(state, [0.1, -0.2, 1.0, *rotvec, 0.03, -0.03], rtol=0, atol=1e-5)
+    raw = {"agentview_image": img, "robot0_eye_in_hand_image": img, "robot0_eef_pos": np.array([0.1, -0.2, 1.0]),
+           "robot0_eef_quat": q.copy(), "robot0_gripper_qpos": np.array([0.03, -0.03])}
+    state = observe(raw, RolloutOptions(max_steps=1)).state
+    expect = np.concatenate([raw["robot0_eef_pos"], T.quat2axisangle(q.copy()), raw["robot0_gripper_qpos"]])
+    assert state.dtype == np.float64 and state.shape == (8,)
+    np.testing.assert_array_equal(state, expect)
+    np.testing.assert_array_equal(raw["robot0_eef_quat"], q)  # the observation is not modified
+    if q[3] < 0:
+        assert np.linalg.norm(state[3:6]) > np.pi

@@ -143,7 +143,7 @@ def test_official_checkpoint_without_settings(ckpt, tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         WorldVLAPolicy.from_pretrained(official)
     pol = WorldVLAPolicy.from_pretrained(official, tokenizer=ckpt / "tokenizer", chunk_size=3, resolution=256,
-                                         action_stats="rynnvla_action")
+                                         action_stats="rynnvla_action", decode="parallel")  # auto: official
     assert pol.chunk_size == 3 and pol.predict(INSTRUCTION, frames(6)).shape == (3, 7)
     with pytest.raises(TypeError, match="unknown policy setting"):
         WorldVLAPolicy.from_pretrained(official, tokenizer=ckpt / "tokenizer", chunks=3)

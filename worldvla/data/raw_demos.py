@@ -15,8 +15,9 @@ Layout (the one LIBERO's released `<task.name>_demo.hdf5` files and the regenera
 
 Conventions: images are stored as the simulator renders them (upside down); the 180-degree
 rotation happens when they are read for training (PNG export, conversations). `ee_ori` is computed
-with the protocol's quaternion -> axis-angle (sign normalised to w >= 0), so
-`ee_states + gripper_states` is exactly the 8-D proprio state of libero_protocol.md.
+with robosuite's quaternion -> axis-angle formula, unchanged (no sign normalisation), as the
+official regenerate script, so `ee_states + gripper_states` is exactly the 8-D proprio state of
+docs/libero_protocol.md.
 """
 
 from __future__ import annotations

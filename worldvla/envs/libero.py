@@ -5,13 +5,16 @@ Only the standard `libero.libero` API is touched (`benchmark.get_benchmark_dict`
 work. `configure_libero()` writes the config file the original package would ask for on stdin, and
 picks a MuJoCo GL backend (egl, else osmesa) before anything imports mujoco.
 Conventions (docs/libero_protocol.md): camera images are rotated 180 degrees (both axes
-flipped); the proprio state is eef_pos(3) + axis-angle(eef_quat with w >= 0)(3) + gripper_qpos(2).
+flipped); the proprio state is eef_pos(3) + axis-angle(eef_quat)(3) + gripper_qpos(2), with robosuite's
+quaternion -> axis-angle formula unchanged (no sign normalisation: the official eval, regenerate and
+save scripts use it as is, and the released state statistics hold its values above pi).
 """
 
 from __future__ import annotations
 
 import ctypes.util
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -93,15 +96,17 @@ def get_suite(name: str):
 
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
-    """(x, y, z, w) quaternion -> axis-angle (3,), sign normalised to w >= 0 first."""
-    q = np.asarray(quat, dtype=np.float64).copy()
-    if q[3] < 0:  # antipodal quaternions give the same rotation; fix the sign (protocol)
-        q = -q
-    q[3] = min(q[3], 1.0)
-    den = np.sqrt(1.0 - q[3] * q[3])
-    if np.isclose(den, 0.0):
+    """(x, y, z, w) quaternion -> axis-angle (3,), robosuite's `transform_utils.quat2axisangle` formula.
+
+    No sign normalisation: q and -q give different vectors (angle 2 acos(w) lies in [0, 2 pi]), exactly
+    as the official code computes its states (docs/libero_protocol.md). Unlike robosuite's function
+    the input is not modified in place."""
+    q = np.array(quat, dtype=np.float64)
+    w = min(max(float(q[3]), -1.0), 1.0)
+    den = np.sqrt(1.0 - w * w)
+    if math.isclose(den, 0.0):  # zero rotation (math.isclose: only an exact 0, as robosuite)
         return np.zeros(3)
-    return q[:3] * 2.0 * np.arccos(q[3]) / den
+    return (q[:3] * 2.0 * math.acos(w)) / den
 
 
 def rotate180(image: np.ndarray) -> np.ndarray:
@@ -110,17 +115,18 @@ def rotate180(image: np.ndarray) -> np.ndarray:
 
 
 def proprio_state(obs: dict) -> np.ndarray:
-    """8-D state: eef_pos(3) + axis-angle(eef_quat)(3) + gripper_qpos(2)."""
+    """8-D state: eef_pos(3) + axis-angle(eef_quat)(3) + gripper_qpos(2), float64 as the official eval
+    (a float32 cast would move values that sit on a state-bin edge into the next bin)."""
     return np.concatenate(
         [obs["robot0_eef_pos"], quat2axisangle(obs["robot0_eef_quat"]), obs["robot0_gripper_qpos"]]
-    ).astype(np.float32)
+    ).astype(np.float64)
 
 
 @dataclass
 class Observation:
     agentview: np.ndarray  # (R, R, 3) uint8, rotated 180 degrees
     wrist: np.ndarray  # (R, R, 3) uint8, rotated 180 degrees
-    state: np.ndarray  # (8,) float32
+    state: np.ndarray  # (8,) float64
 
 
 def format_obs(obs: dict) -> Observation:

@@ -2,7 +2,10 @@
 
 A policy is anything with `predict_batch(instructions, images_per_episode, wrists=None, states=None)
 -> list[(K, 7) de-normalised actions]` and the attributes `chunk_size`, `history`, `resolution`
-(optional: `uses_wrist`, `uses_state`, `action_mode`, `name`). `WorldVLAPolicy` (worldvla.eval.policy), the
+(optional: `uses_wrist`, `uses_state`, `action_mode`, `decode_mode`, `name`, and `last_decode_info`: per
+query of the last call, {"failure": reason or None, "grammar_violation": bool or None}; a failure ends
+the episode as a failure after the chunk's actions, as the official loop's exception does; a chunk
+may then hold fewer or more actions than K, or none). `WorldVLAPolicy` (worldvla.eval.policy), the
 websocket client (worldvla.serve.client) and the scripted test policies (worldvla.eval.scripted)
 all qualify. Batching must not change an episode's result: policies decode greedily.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -48,7 +52,37 @@ def policy_info(policy) -> dict:
         "uses_wrist": bool(getattr(policy, "uses_wrist", False)),
         "uses_state": bool(getattr(policy, "uses_state", False)),
         "action_mode": str(getattr(policy, "action_mode", "discrete")),
+        "decode_mode": getattr(policy, "decode_mode", None),  # resolved mode (None: not a decoding policy)
     }
+
+
+@dataclass
+class ActionChunk:
+    """A policy's answer to one query as the rollout executes it: the actions, then optionally the
+    failure that ends the episode (official decoding), and whether the constrained decode's free
+    argmax would have left the action grammar (None = not reported)."""
+
+    actions: np.ndarray  # (n, 7) float64; n = 0 only with a failure
+    failure: str | None = None
+    grammar_violation: bool | None = None
+
+
+def decode_infos(policy, n: int) -> list[dict]:
+    """The policy's `last_decode_info` for its last call of n queries (empty dicts if it has none)."""
+    info = getattr(policy, "last_decode_info", None)
+    if not isinstance(info, (list, tuple)) or len(info) != n:
+        return [{} for _ in range(n)]
+    return [dict(i) if isinstance(i, dict) else {} for i in info]
+
+
+def as_chunk(reply, expected_dim: int = 7) -> ActionChunk:
+    """A policy's reply (an array, or an ActionChunk) as a validated ActionChunk."""
+    if isinstance(reply, ActionChunk):
+        if reply.failure is not None and np.asarray(reply.actions).size == 0:
+            return ActionChunk(np.zeros((0, expected_dim)), str(reply.failure), reply.grammar_violation)
+        failure = None if reply.failure is None else str(reply.failure)
+        return ActionChunk(check_chunk(reply.actions, expected_dim), failure, reply.grammar_violation)
+    return ActionChunk(check_chunk(reply, expected_dim))
 
 
 def import_object(spec: str):
@@ -68,7 +102,7 @@ def import_object(spec: str):
 
 
 def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, tokenizer: str | None = None,
-                settings: dict | None = None, compile_step: bool = False):
+                settings: dict | None = None, compile_step: bool = False, decode: str = "auto"):
     """Checkpoint directory or hub id, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
 
     `action_mode` (discrete | continuous) selects how a checkpoint produces actions; None keeps the
@@ -78,7 +112,9 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     released checkpoint (worldvla.eval.official_checkpoints) brings its own settings, `settings` override
     them; any other folder without worldvla.json is refused unless `settings` give chunk_size, resolution
     and action_stats. `compile_step` (decode.compile) selects a checkpoint's static-shape / CUDA-graph
-    decode step; a server or factory policy decodes as it was set up."""
+    decode step; a server or factory policy decodes as it was set up. `decode` (auto | parallel |
+    sequential | official) is how a checkpoint decodes action chunks; for a server or factory policy a
+    mode other than auto must match its `decode_mode`."""
     if (tokenizer or settings) and not (Path(spec).is_dir() or is_hub_id(spec)):
         raise ValueError(f"tokenizer= and policy_settings= apply to a checkpoint directory, not to {spec!r}")
     if not spec:
@@ -86,7 +122,7 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     if spec.startswith(("ws://", "wss://")):
         from worldvla.serve.client import RemotePolicy
 
-        return _check_mode(RemotePolicy(spec), action_mode, spec)
+        return _check_decode(_check_mode(RemotePolicy(spec), action_mode, spec), decode, spec)
     path = Path(spec)
     if path.is_dir() or is_hub_id(spec):  # a hub id is downloaded by the loader (worldvla.model.loading)
         try:
@@ -95,11 +131,11 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
             raise ImportError(f"cannot load checkpoint {path}: worldvla.eval.policy unavailable ({err})") from err
         log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")
         return WorldVLAPolicy.from_pretrained(path, device=device, action_mode=action_mode, tokenizer=tokenizer,
-                                              compile_step=compile_step, **(settings or {}))
+                                              compile_step=compile_step, decode=decode, **(settings or {}))
     if ":" in spec and not path.exists():
         factory = import_object(spec)
         is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)
-        return _check_mode(factory if is_instance else factory(), action_mode, spec)
+        return _check_decode(_check_mode(factory if is_instance else factory(), action_mode, spec), decode, spec)
     raise FileNotFoundError(f"policy {spec!r} is not a checkpoint directory, a ws:// URL or module:factory")
 
 
@@ -117,6 +153,14 @@ def _check_mode(policy, action_mode: str | None, spec: str):
     if action_mode is not None and action_mode != have:
         raise ValueError(f"policy {spec} runs action_mode={have}; action_mode={action_mode} was asked for "
                          "(a server's mode is set when it starts: python -m worldvla.serve action_mode=...)")
+    return policy
+
+
+def _check_decode(policy, decode: str, spec: str):
+    have = getattr(policy, "decode_mode", None)
+    if decode != "auto" and decode != have:
+        raise ValueError(f"policy {spec} decodes with mode {have}; decode.mode={decode} was asked for "
+                         "(a server's mode is set when it starts: python -m worldvla.serve decode.mode=...)")
     return policy
 
 

@@ -3,10 +3,14 @@
 Prompt (official_format.md §9): "What action should the robot take to {instruction}?" + one image
 placeholder per history frame (the first query of an episode has one frame), human turn only, ending
 with 8710; the frames of a batch are tokenised by the bundled VQ-GAN in one batched call whose codes
-equal encoding each alone (ImageTokenizer.encode). The K action blocks are decoded greedily under the action mask — in parallel by default,
-sequentially, or with the official unconstrained generate-then-parse — and de-normalised with the
-checkpoint's statistics. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from
-the checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
+equal encoding each alone (ImageTokenizer.encode). The K action blocks are decoded greedily under the
+action mask — in parallel by default, sequentially, or `official`: free generation and the official
+parsing rule of the checkpoint's `family` (worldvla.model.generate; a chunk may then hold another
+number of actions than K, or end the episode as a failure) — and de-normalised with the checkpoint's
+statistics. After each `predict_batch`, `last_decode_info` holds per query the failure of an official
+parse (or None) and, in the constrained modes, whether the unconstrained argmax would have left the
+action grammar. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from the
+checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
 de-normalised with the same statistics. `imagine(image, action)` runs the world model: the official
 world prompt and constrained image-token generation, decoded to pixels by the VQ-GAN; with
 `wrist=` the bi-view world model (RynnVLA-002) returns the next third-person and wrist frames.
@@ -36,6 +40,13 @@ SETTINGS_NAME = "worldvla.json"
 DECODE_MODES = G.MODES
 
 
+def resolve_decode(mode: str, is_worldvla_checkpoint: bool) -> str:
+    """`auto`: parallel for a worldvla checkpoint (has worldvla.json), official for an official folder."""
+    if mode == "auto":
+        return "parallel" if is_worldvla_checkpoint else "official"
+    return mode
+
+
 @dataclass
 class PolicySettings:
     """Inference settings (worldvla.json); defaults are the released WorldVLA LIBERO setup."""
@@ -49,7 +60,7 @@ class PolicySettings:
     with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
     with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
     action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
-    family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule the checkpoint follows
+    family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule decode=official uses
     action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
     tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
@@ -104,6 +115,20 @@ class PolicySettings:
                                         "written; restore the original or use the tokenizer it was trained with")
 
 
+@dataclass
+class DecodedChunk:
+    """Action-bin ids of one prompt, (n, 7); `failure`: the official parse ends the episode after them;
+    `grammar_violation`: constrained modes only, whether the free argmax left the action grammar."""
+
+    bins: np.ndarray
+    failure: str | None = None
+    grammar_violation: bool | None = None
+
+
+def _bins(blocks: list[list[int]]) -> np.ndarray:
+    return np.asarray(blocks, dtype=np.int64).reshape(-1, G.ACTION_DIM)
+
+
 def _stats(spec) -> NormStats:
     if isinstance(spec, dict):
         if "min" not in spec or "max" not in spec:
@@ -117,7 +142,9 @@ class WorldVLAPolicy:
                  decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
                  action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
         if decode not in DECODE_MODES:
-            raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES}")
+            raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES} (auto is resolved by from_pretrained)")
+        if settings.family not in G.OFFICIAL_FAMILIES:
+            raise ValueError(f"family={settings.family!r}; valid: {G.OFFICIAL_FAMILIES}")
         check_action_mode(settings.action_mode)
         if settings.action_mode == "continuous":
             if action_head is None:
@@ -130,6 +157,7 @@ class WorldVLAPolicy:
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
         self.compile_step = compile_step  # static-shape step: CUDA graphs on CUDA, compiled layers on CPU
         self.static: bool | None = None  # True: the static-shape step without capture/compile (None: = compile_step)
+        self.last_decode_info: list[dict] = []
         self.action_tok = ActionTokenizer(_stats(settings.action_stats))
         world = settings.world_action_stats or settings.action_stats
         state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
@@ -141,14 +169,15 @@ class WorldVLAPolicy:
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                        tokenizer: str | Path | None = None, decode: str = "parallel", compile_step: bool = False,
+                        tokenizer: str | Path | None = None, decode: str = "auto", compile_step: bool = False,
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
         with `tokenizer=<dir>`. An official folder listed in worldvla.eval.official_checkpoints (by hub id
         or folder name) gets its released settings from that table; any other folder without worldvla.json
         must be given chunk_size, resolution and action_stats as keyword arguments, or it is refused.
         Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
-        dtype None: fp32 on CPU, bf16 on GPU (the official eval precision)."""
+        dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
+        decode `auto`: parallel for our checkpoints, official for an official folder (resolve_decode)."""
         from worldvla.model.loading import resolve_source
 
         from .official_checkpoints import FAMILIES, REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
@@ -190,7 +219,8 @@ class WorldVLAPolicy:
         head = None
         if base.action_mode == "continuous":
             head = build_action_head(loaded.extras, base.action_head, str(folder), device, dtype)
-        return cls(loaded.model, text, images, base, decode=decode, name=folder.name, compile_step=compile_step,
+        mode = resolve_decode(decode, (folder / SETTINGS_NAME).is_file())
+        return cls(loaded.model, text, images, base, decode=mode, name=folder.name, compile_step=compile_step,
                    action_head=head)
 
     # -- attributes used by the evaluation ---------------------------------------------------------
@@ -217,6 +247,10 @@ class WorldVLAPolicy:
     @property
     def action_mode(self) -> str:
         return self.settings.action_mode
+
+    @property
+    def decode_mode(self) -> str:
+        return self.decode
 
     # -- prompts -----------------------------------------------------------------------------------
     def _image_tokens(self, image) -> list[int]:
@@ -245,27 +279,40 @@ class WorldVLAPolicy:
 
     # -- inference ---------------------------------------------------------------------------------
     def predict_tokens(self, prompts: list[list[int]]) -> list[np.ndarray]:
-        """Action-bin ids per prompt: (K, 7) arrays (K may differ in unconstrained mode)."""
-        if self.decode == "unconstrained":
+        """Action-bin ids per prompt: (K, 7) arrays (another number of rows in official mode)."""
+        return [d.bins for d in self.decode_tokens(prompts)]
+
+    def decode_tokens(self, prompts: list[list[int]]) -> list[DecodedChunk]:
+        """One `DecodedChunk` per prompt, decoded in `self.decode` mode."""
+        if self.decode in ("official", "unconstrained"):
             outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
                                      compile_step=self.compile_step, static=self.static)
             result = []
             for b, ids in enumerate(outs):
+                if self.decode == "official":
+                    parsed = G.parse_official(ids, self.settings.family)
+                    result.append(DecodedChunk(_bins(parsed.blocks), parsed.failure))
+                    continue
                 blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
                 if not blocks:
                     raise RuntimeError(f"prompt {b}: unconstrained decoding produced no complete action block "
                                        f"(generated {ids[:20]}...)")
-                result.append(np.asarray(blocks, dtype=np.int64))
+                result.append(DecodedChunk(_bins(blocks)))
             return result
+        grammar: list[bool] = []
         blocks = G.decode_action_chunks(self.model, prompts, self.chunk_size, mode=self.decode,
                                         action_mask=self.action_mask, compile_step=self.compile_step,
-                                        static=self.static)  # (B, K, 9)
-        return list(blocks[..., 1:-1].cpu().numpy())
+                                        static=self.static, grammar=grammar)  # (B, K, 9)
+        bins = blocks[..., 1:-1].cpu().numpy()
+        return [DecodedChunk(bins[b], None, grammar[b]) for b in range(len(prompts))]
 
     def predict_batch(self, instructions: Sequence[str], images_per_episode: Sequence[Sequence[np.ndarray]],
                       wrists: Sequence[Sequence[np.ndarray]] | None = None,
                       states: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
-        """One (K, 7) de-normalised action chunk per episode; batching does not change results."""
+        """One (K, 7) de-normalised action chunk per episode; batching does not change results.
+
+        In official mode a chunk holds every action the official loop would execute (possibly not K, or
+        none); `last_decode_info[i]["failure"]` then says whether the episode fails after them."""
         if len(instructions) != len(images_per_episode):
             raise ValueError(f"{len(instructions)} instructions but {len(images_per_episode)} image lists")
         frames = [f for imgs in images_per_episode for f in list(imgs)[-self.history:]]
@@ -279,8 +326,11 @@ class WorldVLAPolicy:
         finally:
             self._encoded = {}
         if self.action_mode == "continuous":
+            self.last_decode_info = [{"failure": None, "grammar_violation": None} for _ in prompts]
             return [self.action_tok.unnormalize(a) for a in predict_normalised(self.model, self.action_head, prompts)]
-        return [self.action_tok.decode(tokens) for tokens in self.predict_tokens(prompts)]
+        decoded = self.decode_tokens(prompts)
+        self.last_decode_info = [{"failure": d.failure, "grammar_violation": d.grammar_violation} for d in decoded]
+        return [self.action_tok.decode(d.bins) for d in decoded]
 
     def predict(self, instruction: str, images: Sequence[np.ndarray], wrist=None, state=None) -> np.ndarray:
         return self.predict_batch([instruction], [images], None if wrist is None else [wrist],

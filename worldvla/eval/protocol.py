@@ -137,6 +137,8 @@ def protocol_record(cfg: EvalConfig, info: dict) -> dict:
         "history": cfg.history or info["history"],
         "first_query_frames": 1,
         "chunk_size": info["chunk_size"],
+        "decode_mode": info.get("decode_mode"),
+        "state": "eef_pos + robosuite quat2axisangle(eef_quat), unflipped + gripper_qpos (float64)",
         "execute_steps": min(cfg.execute_steps or info["chunk_size"], info["chunk_size"]),
         "gripper": "-1 open, +1 close" + (" (inverted before env.step)" if cfg.invert_gripper else ", no inversion"),
         "instruction": "task.language",

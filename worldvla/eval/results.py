@@ -120,6 +120,7 @@ def _rate_block(recs: list[dict], expected: int) -> dict:
     errs = sum(1 for r in recs if r.get("status") == "error")
     lo, hi = wilson_interval(succ, n)
     ok_steps = [r["steps"] for r in recs if r.get("status") == "success" and r.get("steps") is not None]
+    checked = [r for r in recs if r.get("grammar_violations") is not None]
     return {
         "episodes": n, "expected": expected, "missing": max(0, expected - n),
         "successes": succ, "failures": n - succ - errs, "errors": errs,
@@ -127,6 +128,12 @@ def _rate_block(recs: list[dict], expected: int) -> dict:
         "success_rate_excluding_errors": succ / (n - errs) if n - errs else None,
         "ci95": [lo, hi],
         "mean_steps_successes": sum(ok_steps) / len(ok_steps) if ok_steps else None,
+        # official decoding: failures the official loop's exception would cause (counted as failures)
+        "decode_failures": sum(1 for r in recs if r.get("failure_reason")),
+        # constrained decoding: chunks whose free argmax would have left the action grammar
+        "grammar_violation_chunks": sum(r["grammar_violations"] for r in checked) if checked else None,
+        "grammar_checked_chunks": sum(r.get("queries") or 0 for r in checked) if checked else None,
+        "episodes_with_grammar_violations": sum(1 for r in checked if r["grammar_violations"]) if checked else None,
     }
 
 
@@ -208,6 +215,8 @@ def summary_markdown(summary: dict) -> str:
         lines += ["**Not protocol-exact.** Deviations:", ""] + [f"- {d}" for d in summary["deviations"]] + [""]
     else:
         lines += ["Protocol-exact (libero_protocol.md).", ""]
+    proto = summary.get("protocol") or {}
+    lines += [f"Decoding: `{pol.get('decode_mode') or proto.get('decode_mode') or 'n/a'}`.", ""]
     if summary["warnings"]:
         lines += ["Warnings:", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     lines += ["| suite | episodes | successes | success | 95 % CI | errors | multiple of 0.2 % |",
@@ -218,6 +227,7 @@ def summary_markdown(summary: dict) -> str:
                      f"{_pct(b['ci95'][0])} - {_pct(b['ci95'][1])} | {b['errors']} | {check} |")
     if summary["headline_mean_4_suites"] is not None:
         lines += ["", f"Mean of spatial/object/goal/10: **{_pct(summary['headline_mean_4_suites'])}**"]
+    lines += _decode_lines(summary["suites"])
     for s, b in summary["suites"].items():
         lines += ["", f"## {s}", "", "| task | instruction | successes | success | 95 % CI | errors | mean steps (successes) |",
                   "|---|---|---|---|---|---|---|"]
@@ -227,6 +237,22 @@ def summary_markdown(summary: dict) -> str:
                          f"{_pct(tb['success_rate'])} | {_pct(tb['ci95'][0])} - {_pct(tb['ci95'][1])} | "
                          f"{tb['errors']} | {steps} |")
     return "\n".join(lines) + "\n"
+
+
+def _decode_lines(suites: dict) -> list[str]:
+    """What the decoding did: official-rule failures, and whether constrained decoding ever overrode
+    the model's free argmax (if never, official decoding would have produced the same tokens)."""
+    lines = []
+    for s, b in suites.items():
+        if b.get("decode_failures"):
+            lines.append(f"- {s}: {b['decode_failures']} episode(s) failed by the official parsing rule "
+                         "(reason in episodes.jsonl `failure_reason`)")
+        if b.get("grammar_checked_chunks"):
+            lines.append(f"- {s}: grammar violations of the free argmax in {b['grammar_violation_chunks']} of "
+                         f"{b['grammar_checked_chunks']} chunks ({b['episodes_with_grammar_violations']} of "
+                         f"{b['episodes']} episodes); 0: the free argmax kept to the grammar at every checked step, so "
+                         "official decoding would very likely give the same actions")
+    return ["", "Decoding:", ""] + lines if lines else []
 
 
 def write_summary(out_dir: Path, summary: dict, suffix: str = "") -> tuple[Path, Path]:

@@ -5,8 +5,11 @@ so the same loop runs in-process (`run_episode`) and in a simulator worker that 
 policy in another process (worldvla.eval.worker). Protocol (libero_protocol.md, official_format.md §9):
 reset + init state + `wait_steps` dummy actions (not counted), then up to `max_steps` policy steps;
 images rotated 180 degrees; a query carries the last M frames of the per-env-step history (only the
-current frame at the first query); every action of a chunk is executed open loop; the gripper sign is
-passed through unchanged; success = `done` from env.step.
+current frame at the first query); every action of a chunk is executed open loop (a chunk may hold
+another number of actions than K: official decoding executes every parsed block); the gripper sign is
+passed through unchanged; success = `done` from env.step. A chunk that carries a failure (official
+decoding: the official loop's exception) ends the episode as a failure, with its reason, once its
+actions have run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from worldvla.envs.libero import Observation, format_obs, proprio_state
 
-from .interface import check_chunk
+from .interface import as_chunk
 from .protocol import EpisodeKey, suite_max_steps
 
 
@@ -34,7 +37,7 @@ class Query:
     instruction: str
     images: list[np.ndarray]  # M x (R, R, 3) uint8
     wrists: list[np.ndarray] | None = None  # same length as images, when the policy uses the wrist view
-    state: np.ndarray | None = None  # (8,) float32, when the policy uses the proprio state
+    state: np.ndarray | None = None  # (8,) float64, when the policy uses the proprio state
 
 
 @dataclass
@@ -69,6 +72,9 @@ class Outcome:
     reset_seconds: float  # reset, init state and wait steps
     fingerprint: str  # sha1 of the executed actions and the final state: equal runs give equal hashes
     actions: list[list[float]] = field(default_factory=list, repr=False)
+    failure_reason: str | None = None  # the policy's chunk ended the episode (official decoding)
+    grammar_violations: int | None = None  # chunks whose free argmax left the action grammar (None: not reported)
+    grammar_checked: int = 0  # chunks for which the policy reported it
 
 
 def seed_everything(seed: int) -> None:
@@ -111,14 +117,19 @@ def episode(env, key: EpisodeKey, opts: RolloutOptions, recorder=None) -> Genera
     if recorder is not None:
         recorder.add(o.agentview, o.wrist)
     executed: list[np.ndarray] = []
-    steps = queries = 0
+    steps = queries = violations = checked = 0
     success = False
-    while steps < opts.max_steps and not success:
+    failure = None
+    while steps < opts.max_steps and not success and failure is None:
         m = max(1, opts.history)
         query = Query(env.language, frames[-m:], wrists[-m:] if opts.send_wrist else None,
                       o.state if opts.send_state else None)
-        chunk = check_chunk((yield query))
+        reply = as_chunk((yield query))
+        chunk = reply.actions
         queries += 1
+        if reply.grammar_violation is not None:
+            checked += 1
+            violations += bool(reply.grammar_violation)
         n_exec = len(chunk) if opts.execute_steps is None else min(opts.execute_steps, len(chunk))
         for action in chunk[:n_exec]:
             action = action.copy()
@@ -140,9 +151,12 @@ def episode(env, key: EpisodeKey, opts: RolloutOptions, recorder=None) -> Genera
                 break
             if steps >= opts.max_steps:
                 break
+        if reply.failure is not None and not success and steps < opts.max_steps and n_exec == len(chunk):
+            failure = reply.failure  # reached: the official loop raises here and ends the episode
     acts = np.asarray(executed, dtype=np.float64).reshape(-1, 7)
     digest = hashlib.sha1(acts.tobytes() + np.asarray(o.state, dtype=np.float32).tobytes()).hexdigest()
-    return Outcome(success, steps, queries, sim, reset_s, digest, acts.tolist())
+    return Outcome(success, steps, queries, sim, reset_s, digest, acts.tolist(), failure,
+                   violations if checked else None, checked)
 
 
 def run_episode(env, key: EpisodeKey, opts: RolloutOptions, predict: Callable[[Query], np.ndarray],
@@ -163,7 +177,8 @@ def run_episode(env, key: EpisodeKey, opts: RolloutOptions, predict: Callable[[Q
         return episode_record(key, env_language(env), out.success, out.steps, time.perf_counter() - t_start,
                               sim_seconds=out.sim_seconds, reset_seconds=out.reset_seconds,
                               policy_seconds=policy_s, queries=out.queries,
-                              fingerprint=out.fingerprint)
+                              fingerprint=out.fingerprint, failure_reason=out.failure_reason,
+                              grammar_violations=out.grammar_violations)
     except Exception as err:  # noqa: BLE001 - one broken episode must not stop the run
         gen.close()
         return episode_record(key, env_language(env), False, None, time.perf_counter() - t_start,

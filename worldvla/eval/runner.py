@@ -21,7 +21,7 @@ from worldvla.config import to_dict
 from worldvla.envs.libero_pro import check_resources, perturbation_record
 
 from .config import EvalConfig, compile_step_for, parse_shard
-from .interface import load_policy, policy_info
+from .interface import ActionChunk, decode_infos, load_policy, policy_info
 from .pool import WorkerPool
 from .protocol import (
     EpisodeKey,
@@ -157,7 +157,7 @@ class Evaluation:
             torch.set_num_threads(cfg.policy_threads)
         if policy is None:
             policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                                 compile_step=compile_step_for(cfg.decode, cfg.device))
+                                 compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
         self.policy = policy
         self.info = policy_info(self.policy)
         check_policy_inputs(cfg, self.info)
@@ -252,7 +252,7 @@ class Evaluation:
             log.debug("%s %s in %s steps (%.1f s)", name, rec["status"], rec["steps"], rec["seconds"])
 
     # -- policy --------------------------------------------------------------------------------
-    def predict(self, queries: list[Query]) -> list[np.ndarray]:
+    def predict(self, queries: list[Query]) -> list[ActionChunk]:
         wrists = [q.wrists for q in queries] if any(q.wrists is not None for q in queries) else None
         states = [q.state for q in queries] if any(q.state is not None for q in queries) else None
         t0 = time.perf_counter()
@@ -263,7 +263,8 @@ class Evaluation:
         self.stats["policy_seconds"] += time.perf_counter() - t0
         if len(chunks) != len(queries):
             raise ValueError(f"predict_batch returned {len(chunks)} chunks for {len(queries)} queries")
-        return [np.asarray(c) for c in chunks]
+        infos = decode_infos(self.policy, len(chunks))  # official-decode failures, grammar checks
+        return [ActionChunk(np.asarray(c), d.get("failure"), d.get("grammar_violation")) for c, d in zip(chunks, infos)]
 
     # -- execution -----------------------------------------------------------------------------
     def _run_inline(self, todo: list[EpisodeKey], emit) -> None:

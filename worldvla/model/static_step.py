@@ -47,12 +47,22 @@ def batch_bucket(batch: int) -> int:
     return -(-batch // top) * top
 
 
+GRAMMAR_FLAG = 1 << 40  # ("grammar", lo, hi) heads add this to an id whose free argmax is outside lo..hi
+
+
 def greedy_ids(model: Transformer, hidden: torch.Tensor, head) -> torch.Tensor:
     """Greedy ids from hidden states (..., dim), computing only the head's logits (ties: lowest position).
 
-    The eager reference path and the static step share this function, so both choose alike."""
+    The eager reference path and the static step share this function, so both choose alike. A head
+    ("grammar", lo, hi) chooses like (lo, hi) and also runs the full head: + GRAMMAR_FLAG where the
+    unconstrained argmax is outside lo..hi (one output, so the static step keeps its shape)."""
     if head is None:
         return model.logits(hidden).argmax(-1)
+    if isinstance(head, tuple) and len(head) == 3 and head[0] == "grammar":
+        _, lo, hi = head
+        ids = model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
+        free = model.logits(hidden).argmax(-1)
+        return ids + GRAMMAR_FLAG * ((free < lo) | (free > hi)).long()
     if isinstance(head, tuple):
         lo, hi = head
         return model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
@@ -62,6 +72,8 @@ def greedy_ids(model: Transformer, hidden: torch.Tensor, head) -> torch.Tensor:
 def _head_key(head) -> tuple:
     if head is None:
         return ("full",)
+    if isinstance(head, tuple) and len(head) == 3:
+        return ("grammar", int(head[1]), int(head[2]))
     if isinstance(head, tuple):
         return ("range", int(head[0]), int(head[1]))
     return ("ids", head.data_ptr(), head.numel())  # the same id tensor object is passed at every step

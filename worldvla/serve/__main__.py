@@ -1,5 +1,5 @@
 """python -m worldvla.serve policy=CKPT_DIR [protocol=worldvla|openpi|vla-eval] [resize=true] [host=127.0.0.1]
-[port=8000] [device=cuda] [action_mode=continuous]: see server.py and docs/serving.md."""
+[port=8000] [device=cuda] [action_mode=continuous] [decode.mode=official]: see server.py and docs/serving.md."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
         return 2
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                         compile_step=compile_step_for(cfg.decode, cfg.device))
+    try:
+        policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                             compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     seed_everything(cfg.seed)  # again: torch is imported by now
     server = PolicyServer.from_config(policy, cfg)
     try:

@@ -61,6 +61,8 @@ class RemotePolicy:
         self.uses_wrist = bool(info.get("uses_wrist", False))
         self.uses_state = bool(info.get("uses_state", False))
         self.action_mode = str(info.get("action_mode", "discrete"))
+        self.decode_mode = info.get("decode_mode")
+        self.last_decode_info: list[dict] = []
 
     def _call(self, message: dict) -> dict:
         msg_id = next(self._ids)
@@ -84,14 +86,24 @@ class RemotePolicy:
     def predict_batch(self, instructions, images_per_episode, wrists=None, states=None) -> list[np.ndarray]:
         cap = int(self.max_episodes_per_request or len(instructions) or 1)
         if len(instructions) > cap:  # the server refuses larger requests: send them in parts
-            return [c for s in range(0, len(instructions), cap) for c in self.predict_batch(
-                instructions[s: s + cap], images_per_episode[s: s + cap],
-                None if wrists is None else wrists[s: s + cap], None if states is None else states[s: s + cap])]
+            chunks, infos = [], []
+            for s in range(0, len(instructions), cap):
+                chunks += self.predict_batch(
+                    instructions[s: s + cap], images_per_episode[s: s + cap],
+                    None if wrists is None else wrists[s: s + cap], None if states is None else states[s: s + cap])
+                infos += self.last_decode_info
+            self.last_decode_info = infos
+            return chunks
         msg = {"type": "predict_batch", "instructions": list(instructions),
                "images": [[np.asarray(im, dtype=np.uint8) for im in ims] for ims in images_per_episode],
                "wrists": None if wrists is None else [[np.asarray(w, dtype=np.uint8) for w in ws] for ws in wrists],
-               "states": None if states is None else [np.asarray(s, dtype=np.float32) for s in states]}
-        return [np.array(a) for a in self._call(msg)["actions"]]
+               "states": None if states is None else [np.asarray(s, dtype=np.float64) for s in states]}
+        reply = self._call(msg)
+        actions = [np.array(a) for a in reply["actions"]]
+        infos = reply.get("decode_info")
+        self.last_decode_info = list(infos) if isinstance(infos, list) and len(infos) == len(actions) else \
+            [{} for _ in actions]
+        return actions
 
     def predict(self, instruction, images, wrist=None, state=None) -> np.ndarray:
         return self.predict_batch([instruction], [images], None if wrist is None else [wrist],

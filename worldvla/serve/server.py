@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worldvla.eval.config import DecodeConfig
-from worldvla.eval.interface import check_chunk, policy_info
+from worldvla.eval.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
 from .protocols import PROTOCOLS, session_class
 
@@ -76,10 +76,11 @@ class _Work:
     future: asyncio.Future
 
 
-def _as_sent(chunk) -> np.ndarray:
-    """Validated (K, 7) actions in the policy's own float dtype (no float32 rounding on the way)."""
+def _as_sent(chunk, info: dict | None = None) -> np.ndarray:
+    """Validated (K, 7) actions in the policy's own float dtype (no float32 rounding on the way); no
+    actions at all only with an official-decode failure in `info`."""
     arr = np.asarray(chunk)
-    check_chunk(arr)
+    as_chunk(ActionChunk(arr, (info or {}).get("failure")))
     return arr.reshape(-1, 7).astype(arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64)
 
 
@@ -170,6 +171,12 @@ class PolicyServer:
     # -- scheduling and batching -------------------------------------------------------------
     async def predict(self, conn_id: int, texts, images, wrists=None, states=None) -> list[np.ndarray]:
         """Queue one request of `conn_id` (in slices of max_batch episodes) and await its chunks."""
+        chunks, _ = await self.predict_with_info(conn_id, texts, images, wrists, states)
+        return chunks
+
+    async def predict_with_info(self, conn_id: int, texts, images, wrists=None, states=None
+                                ) -> tuple[list[np.ndarray], list[dict]]:
+        """`predict`, plus the policy's decode info per episode ({"failure", "grammar_violation"})."""
         n = len(texts)
         if n > self.max_episodes_per_request:
             raise RequestError(f"{n} episodes in one request; this server takes at most "
@@ -185,7 +192,8 @@ class PolicyServer:
         if conn_id not in self._turns:
             self._turns.append(conn_id)
         self._wake.set()
-        return [c for part in await asyncio.gather(*futures) for c in part]
+        parts = await asyncio.gather(*futures)
+        return [c for chunks, _ in parts for c in chunks], [d for _, infos in parts for d in infos]
 
     def pending_episodes(self) -> int:
         return sum(len(w.texts) for q in self._queues.values() for w in q)
@@ -208,7 +216,7 @@ class PolicyServer:
                 del self._queues[conn_id]
         return batch
 
-    def _predict(self, batch: list[_Work]) -> list[list[np.ndarray]]:
+    def _predict(self, batch: list[_Work]) -> list[tuple[list[np.ndarray], list[dict]]]:
         texts = [t for r in batch for t in r.texts]
         images = [im for r in batch for im in r.images]
         has_w = any(r.wrists is not None for r in batch)
@@ -218,10 +226,12 @@ class PolicyServer:
         chunks = self.policy.predict_batch(texts, images, wrists=wrists, states=states)
         if len(chunks) != len(texts):
             raise ValueError(f"policy returned {len(chunks)} chunks for {len(texts)} queries")
-        chunks = [_as_sent(c) for c in chunks]
+        infos = [{"failure": d.get("failure"), "grammar_violation": d.get("grammar_violation")}
+                 for d in decode_infos(self.policy, len(chunks))]
+        chunks = [_as_sent(c, d) for c, d in zip(chunks, infos)]
         out, i = [], 0
         for r in batch:
-            out.append(chunks[i: i + len(r.texts)])
+            out.append((chunks[i: i + len(r.texts)], infos[i: i + len(r.texts)]))
             i += len(r.texts)
         return out
 
@@ -262,9 +272,9 @@ class PolicyServer:
             self.port = server.sockets[0].getsockname()[1]
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("serving on %s without authentication: only on a trusted network", self.host)
-            log.info("policy %s (chunk %d, history %d, %d px, %s actions) at ws://%s:%d, protocol %s",
+            log.info("policy %s (chunk %d, history %d, %d px, %s actions, decode %s) at ws://%s:%d, protocol %s",
                      self.info["name"], self.info["chunk_size"], self.info["history"], self.info["resolution"],
-                     self.info["action_mode"], self.host, self.port, self.protocol)
+                     self.info["action_mode"], self.info["decode_mode"], self.host, self.port, self.protocol)
             self._ready.set()
             await self._stop.wait()
         batcher.cancel()

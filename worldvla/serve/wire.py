@@ -4,7 +4,9 @@ Messages (one websocket binary frame each; `id` is echoed back):
   server -> client on connect: {"type": "hello", "version": 1, "policy": {chunk_size, history, resolution, ...},
                                 "max_episodes_per_request", "max_batch", "resize"}
   {"type": "predict_batch", "id", "instructions": [str], "images": [[uint8 (R,R,3)]], "wrists": ..., "states": ...}
-      -> {"type": "actions", "id", "actions": [float32 (K,7)]}
+      -> {"type": "actions", "id", "actions": [float (K,7)],
+          "decode_info": [{"failure": str | None, "grammar_violation": bool | None}]}  (K may differ from the
+          chunk size, and be 0 with a failure, under decode.mode=official)
   {"type": "info"} -> hello;  {"type": "ping"} -> {"type": "pong"}
   anything malformed -> {"type": "error", "id": ..., "message": "one line"} (the connection stays open)
   frames must be the policy's resolution (or the server runs with resize=true)

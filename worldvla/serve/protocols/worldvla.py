@@ -33,8 +33,8 @@ class Session:
             texts, images, wrists, states = wire.parse_predict(msg)
             images = self._fit(images, "images")
             wrists = None if wrists is None else self._fit(wrists, "wrists")
-            actions = await self.server.predict(self.conn_id, texts, images, wrists, states)
-            return [wire.pack({"type": "actions", "id": msg_id, "actions": actions})]
+            actions, infos = await self.server.predict_with_info(self.conn_id, texts, images, wrists, states)
+            return [wire.pack({"type": "actions", "id": msg_id, "actions": actions, "decode_info": infos})]
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
             if not isinstance(err, (wire.WireError, FrameError)) and not self.server.is_request_error(err):
                 log.exception("request failed")
