@@ -61,15 +61,22 @@ def pack(message: dict) -> bytes:
     return msgpack.packb(message, default=_default, use_bin_type=True)
 
 
-def unpack(data) -> dict:
+def unpack_binary(data, object_hook, error: type[Exception], show_reason: bool = False):
+    """msgpack-decode a binary websocket frame; text frames and garbage raise `error` in one line (shared
+    by every protocol: each passes its own array hook and error class)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError("expected a binary frame with a msgpack map, got text")
+        raise error("expected a binary frame with a msgpack map, got text")
     try:
-        msg = msgpack.unpackb(bytes(data), object_hook=_object_hook, raw=False, strict_map_key=True)
-    except WireError:
+        return msgpack.unpackb(bytes(data), object_hook=object_hook, raw=False, strict_map_key=True)
+    except error:
         raise
     except Exception as err:  # noqa: BLE001 - msgpack raises many types on garbage
-        raise WireError(f"not a msgpack message ({type(err).__name__}: {err})") from None
+        reason = f"{type(err).__name__}: {err}" if show_reason else type(err).__name__
+        raise error(f"not a msgpack message ({reason})") from None
+
+
+def unpack(data) -> dict:
+    msg = unpack_binary(data, _object_hook, WireError, show_reason=True)
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise WireError("a message must be a map with a string 'type'")
     return msg

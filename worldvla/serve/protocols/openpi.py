@@ -59,14 +59,7 @@ def _object_hook(d: dict):
 
 
 def unpack(data) -> dict:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise OpenpiError("expected a binary frame with a msgpack map, got text")
-    try:
-        msg = msgpack.unpackb(bytes(data), object_hook=_object_hook, raw=False, strict_map_key=True)
-    except OpenpiError:
-        raise
-    except Exception as err:  # noqa: BLE001 - msgpack raises many types on garbage
-        raise OpenpiError(f"not a msgpack message ({type(err).__name__})") from None
+    msg = wire.unpack_binary(data, _object_hook, OpenpiError)
     if not isinstance(msg, dict):
         raise OpenpiError("an observation must be a msgpack map")
     return msg

@@ -20,7 +20,6 @@ import logging
 import time
 from collections import deque
 
-import msgpack
 import numpy as np
 
 from .. import wire
@@ -73,14 +72,7 @@ def _object_hook(d: dict):
 
 
 def unpack(data) -> dict:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise VlaEvalError("expected a binary frame with a msgpack map, got text")
-    try:
-        msg = msgpack.unpackb(bytes(data), object_hook=_object_hook, raw=False, strict_map_key=True)
-    except VlaEvalError:
-        raise
-    except Exception as err:  # noqa: BLE001 - msgpack raises many types on garbage
-        raise VlaEvalError(f"not a msgpack message ({type(err).__name__})") from None
+    msg = wire.unpack_binary(data, _object_hook, VlaEvalError)
     if not isinstance(msg, dict):
         raise VlaEvalError("a message must be a msgpack map")
     missing = [k for k in ("type", "payload", "seq", "timestamp") if k not in msg]
