@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import atomic_write
+
 log = logging.getLogger("worldvla.open_loop")
 
 GRIPPER = 6  # index of the gripper dimension of a LIBERO action
@@ -325,9 +327,7 @@ def plot_l1_vs_position(curves: dict[str, dict], path: str | os.PathLike, title:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(payload, indent=1, allow_nan=False))  # fsync + rename: a rerun trusts it
 
 
 def markdown_row(label: str, res: dict) -> str:
