@@ -7,7 +7,7 @@ import pytest
 
 from worldvla.config import load_config
 from worldvla.eval.config import EvalConfig
-from worldvla.eval.interface import policy_info
+from worldvla.policy.interface import policy_info
 from worldvla.eval.protocol import deviations
 from worldvla.eval.scripted import HashPolicy
 

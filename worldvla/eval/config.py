@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VIDEO_MODES = ("none", "failures", "all")
-ACTION_MODES = ("discrete", "continuous")  # worldvla.eval.continuous (kept torch-free here)
+ACTION_MODES = ("discrete", "continuous")  # worldvla.policy.continuous (kept torch-free here)
 # How action chunks are decoded (docs/official_format.md, the official eval loop):
 #   parallel   - K constrained blocks decoded at once under the action mask (worldvla's fast path)
 #   sequential - the same constrained blocks token by token (reference for parallel)

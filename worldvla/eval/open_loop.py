@@ -206,7 +206,7 @@ def _spread(items: list, n: int) -> list:
 def policy_for_model(model, data, action_mask: bool, device: str = "cpu"):
     """A WorldVLAPolicy around an in-memory model, with the tokenizers and statistics of a training run's
     data section (`worldvla.train.config.DataOptions`): what the trainer decodes `data.val` with."""
-    from worldvla.eval.policy import PolicySettings, WorldVLAPolicy
+    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
     from worldvla.tokenizers import ImageTokenizer, TextTokenizer
 
     tok = Path(data.tokenizer)
@@ -347,7 +347,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 # -- main ---------------------------------------------------------------------------------------------
 def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
     """Score every split / input; returns {name: result} and writes the JSON, markdown and plots."""
-    from worldvla.eval.policy import DECODE_MODES, WorldVLAPolicy
+    from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
 
     if not cfg.manifest and not cfg.inputs:
         raise ValueError("pass manifest=<conversations manifest> (with splits=) or inputs=[files]")

@@ -26,7 +26,7 @@ import numpy as np
 
 from worldvla.envs.libero import Observation, format_obs, proprio_state
 
-from .interface import as_chunk
+from worldvla.policy.interface import as_chunk
 from .protocol import EpisodeKey, suite_max_steps
 
 

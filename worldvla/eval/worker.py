@@ -21,7 +21,7 @@ import numpy as np
 from worldvla.envs.libero import load_compiler_before_gl
 
 from .config import EvalConfig
-from .interface import import_object
+from worldvla.policy.interface import import_object
 from .protocol import EpisodeKey
 from .rng_chain import ChainedEnv, ResetRngChain
 from .rollout import Query, RolloutOptions, run_episode, seed_everything

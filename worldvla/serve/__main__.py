@@ -12,7 +12,7 @@ from worldvla.config import ConfigError, parse_cli
 
 def main(argv: list[str] | None = None) -> int:
     from worldvla.eval.config import compile_step_for
-    from worldvla.eval.interface import load_policy
+    from worldvla.policy.interface import load_policy
     from worldvla.eval.rollout import seed_everything
 
     from .server import PolicyServer, ServeConfig

@@ -10,7 +10,7 @@ number of actions than K, or end the episode as a failure) — and de-normalised
 statistics. After each `predict_batch`, `last_decode_info` holds per query the failure of an official
 parse (or None) and, in the constrained modes, whether the unconstrained argmax would have left the
 action grammar. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from the
-checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
+checkpoint's action head reading the backbone's prompt states (worldvla.policy.continuous),
 de-normalised with the same statistics. `imagine(image, action)` runs the world model: the official
 world prompt and constrained image-token generation, decoded to pixels by the VQ-GAN; with
 `wrist=` the bi-view world model (RynnVLA-002) returns the next third-person and wrist frames.
@@ -172,7 +172,7 @@ class WorldVLAPolicy:
                         tokenizer: str | Path | None = None, decode: str = "auto", compile_step: bool = False,
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
-        with `tokenizer=<dir>`. An official folder listed in worldvla.eval.official_checkpoints (by hub id
+        with `tokenizer=<dir>`. An official folder listed in worldvla.policy.official_checkpoints (by hub id
         or folder name) gets its released settings from that table; any other folder without worldvla.json
         must be given chunk_size, resolution and action_stats as keyword arguments, or it is refused.
         Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
