@@ -109,9 +109,9 @@ def test_served_official_policy_keeps_failures_and_grammar_flags(tmp_path):
 
 def test_rollout_failure_only_when_reached():
     from worldvla.eval.fake_env import FakeEnv
-    from worldvla.policy.interface import ActionChunk
     from worldvla.eval.protocol import EpisodeKey
     from worldvla.eval.rollout import RolloutOptions, run_episode
+    from worldvla.policy.interface import ActionChunk
 
     key = EpisodeKey("libero_goal", 0, 0)
     env = FakeEnv("libero_goal", 0, resolution=32)

@@ -128,8 +128,8 @@ def test_continuous_needs_a_head_and_a_matching_chunk(tmp_path, tiny_assets):
 
 
 def test_head_sizes_are_read_from_its_tensors():
-    from worldvla.policy.continuous import head_config_from_tensors
     from worldvla.model.action_head import ActionHead, ActionHeadConfig
+    from worldvla.policy.continuous import head_config_from_tensors
 
     cfg = ActionHeadConfig(hidden_size=24, chunk_size=4, proj_dim=16, num_layers=3, num_heads=2, ffn_dim=40,
                            mlp_blocks=1, dropout=0.0)

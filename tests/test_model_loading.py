@@ -169,8 +169,8 @@ def test_unreachable_sources_fail_clearly(tmp_path):
 
 
 def test_unconstrained_policy_mode_parses_blocks(ckpt, monkeypatch):
-    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.model import generate as G
+    from worldvla.policy.policy import WorldVLAPolicy
 
     pol = WorldVLAPolicy.from_pretrained(ckpt, decode="unconstrained")
     pol.max_new_tokens = 4  # a random model emits no complete [10004 ... 15004] block this soon

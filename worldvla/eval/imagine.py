@@ -197,8 +197,8 @@ def save_gif(gt: np.ndarray, gen: np.ndarray, path: Path, fps: int) -> None:
 def run(cfg: ImagineConfig, policy=None, imagine=None) -> dict:
     """`imagine(start_views (B, V, R, R, 3), actions (B, H, 7)) -> (B, H, V, R, R, 3)` defaults to the
     policy's world model (`imagine_views`); tests pass toy world models here."""
-    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.eval.video_metrics import evaluate_sets, write_metrics_report
+    from worldvla.policy.policy import WorldVLAPolicy
 
     if imagine is None:
         if policy is None:

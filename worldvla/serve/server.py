@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldvla.eval.config import DecodeConfig
+from worldvla.policy.decode import DecodeConfig
 from worldvla.policy.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
 from .protocols import PROTOCOLS, session_class

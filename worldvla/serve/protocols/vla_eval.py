@@ -24,6 +24,7 @@ import msgpack
 import numpy as np
 
 from worldvla.policy import wire
+
 from ..frames import FrameBuffer, FrameError, fit_frame, short_error
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from worldvla.policy import wire
+
 from ..frames import FrameError, fit_frame, short_error
 
 log = logging.getLogger(__name__)
