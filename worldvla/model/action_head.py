@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from worldvla import vocab as V
-from worldvla.tokenizers.action import official_bin_centres
+from worldvla.bins import official_bin_centres
 
 N_BIN_EDGES = 256
 
