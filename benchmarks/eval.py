@@ -1,7 +1,7 @@
 """Evaluation throughput: episodes/s with 1 vs N simulator workers and a batched policy, and where a
 policy step's time goes (simulator vs policy), on real LIBERO episodes with a short horizon.
 
-The policy is the tiny random WorldVLA checkpoint when worldvla.eval.policy exists (CPU, 1 thread),
+The policy is the tiny random WorldVLA checkpoint when worldvla.policy.policy exists (CPU, 1 thread),
 else the hash policy with --policy-ms of simulated compute per call. `--policy tiny-rynnvla` uses a
 tiny RynnVLA-002 checkpoint (wrist view + state in the prompt) in `--action-mode` discrete or continuous. Each setting runs in a fresh
 output directory (no resume, no RNG cache), so env creation and worker start-up are included.
@@ -28,7 +28,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 def make_policy(kind: str, policy_ms: float, workdir: Path, action_mode: str = "discrete"):
     if kind == "tiny-rynnvla":
-        from worldvla.eval.policy import WorldVLAPolicy
+        from worldvla.policy.policy import WorldVLAPolicy
         from worldvla.testing.fixtures import make_tiny_assets
         from worldvla.testing.tiny_rynnvla import write_tiny_rynnvla_checkpoint
 
@@ -38,7 +38,7 @@ def make_policy(kind: str, policy_ms: float, workdir: Path, action_mode: str = "
                 f"tiny RynnVLA-002 checkpoint (wrist + state, {action_mode} actions, CPU)")
     if kind in ("auto", "tiny"):
         try:
-            from worldvla.eval.policy import WorldVLAPolicy
+            from worldvla.policy.policy import WorldVLAPolicy
             from worldvla.testing.fixtures import make_tiny_assets
             from worldvla.testing.tiny_model import write_tiny_checkpoint
 

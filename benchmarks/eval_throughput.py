@@ -51,8 +51,8 @@ def build_policy(args, work: Path):
     """(policy, description, timers): a WorldVLAPolicy whose VQ-GAN encode and decode calls are timed."""
     import torch
 
-    from worldvla.eval.policy import PolicySettings, WorldVLAPolicy
     from worldvla.model import generate as G
+    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
     from worldvla.testing.fixtures import make_tiny_assets
 
     assets = make_tiny_assets(work / "assets")

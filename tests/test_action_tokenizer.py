@@ -111,7 +111,7 @@ def _official_env_actions(token_ids, min_values, max_values):
 
 @pytest.mark.parametrize("preset", ["worldvla", "rynnvla_action"])
 def test_executed_actions_equal_the_official_fp32_formula_bit_for_bit(preset):
-    from worldvla.eval.interface import check_chunk
+    from worldvla.policy.interface import check_chunk
 
     stats = load_stats(preset)
     tok = ActionTokenizer(stats)

@@ -149,9 +149,9 @@ def test_every_help_example_parses_back():
     from worldvla.config import cli_examples
     from worldvla.data.concat import ConcatConfig
     from worldvla.data.conversations import ConversationsConfig
+    from worldvla.data.recording import RecordScriptedConfig
     from worldvla.data.regenerate import RegenerateConfig
     from worldvla.demo import DemoConfig
-    from worldvla.envs.scripted_expert import RecordScriptedConfig
     from worldvla.eval.config import EvalConfig
     from worldvla.serve.server import ServeConfig
     from worldvla.train.config import TrainConfig

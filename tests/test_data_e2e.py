@@ -34,14 +34,8 @@ def test_pipeline_end_to_end(suite, res, wrist, tiny_assets, tmp_path):
     raw, h5, exp, convs, tok = (tmp_path / d for d in ("raw", "h5", "exp", "convs", "tok"))
     ref = None
     if wrist:  # record in-process at the target size, and keep the env for an independent reference frame
-        from worldvla.data.raw_demos import (
-            noisy_script,
-            raw_demo_filename,
-            record_rollout,
-            settle,
-            task_meta_from_env,
-            write_raw_demo_file,
-        )
+        from worldvla.data.raw_demos import raw_demo_filename, task_meta_from_env, write_raw_demo_file
+        from worldvla.data.recording import noisy_script, record_rollout, settle
         from worldvla.envs.libero import LiberoEnv, format_obs
 
         env = LiberoEnv(suite, 0, resolution=res)

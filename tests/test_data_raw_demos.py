@@ -8,11 +8,11 @@ from worldvla.data.raw_demos import (
     RawDemo,
     RawDemoError,
     RawDemoFile,
-    noisy_script,
     raw_demo_filename,
     read_raw_demo_file,
     write_raw_demo_file,
 )
+from worldvla.data.recording import noisy_script
 
 
 def synthetic_demo(n=6, res=16, seed=0, success=True) -> RawDemo:
@@ -92,7 +92,8 @@ def test_noisy_script_has_noops():
 
 @pytest.mark.sim
 def test_record_rollout_in_simulator(tmp_path):
-    from worldvla.data.raw_demos import record_rollout, task_meta_from_env
+    from worldvla.data.raw_demos import task_meta_from_env
+    from worldvla.data.recording import record_rollout
     from worldvla.envs.libero import LiberoEnv, quat2axisangle
 
     env = LiberoEnv("libero_goal", 0, resolution=64)

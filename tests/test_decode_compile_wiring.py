@@ -6,7 +6,7 @@ import pytest
 from worldvla.config import parse_cli
 from worldvla.eval import runner
 from worldvla.eval.config import COMPILE_ON_CUDA, DecodeConfig, EvalConfig, compile_step_for
-from worldvla.eval.interface import load_policy
+from worldvla.policy.interface import load_policy
 from worldvla.serve import __main__ as serve_main
 from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 
@@ -47,7 +47,7 @@ def test_serve_cli_passes_decode_compile_to_load_policy(monkeypatch):
         seen.update(kwargs)
         raise Loaded
 
-    monkeypatch.setattr("worldvla.eval.interface.load_policy", fake_load)
+    monkeypatch.setattr("worldvla.policy.interface.load_policy", fake_load)
     with pytest.raises(Loaded):
         serve_main.main(["policy=some/ckpt", "decode.compile=true"])
     assert seen["compile_step"] is True

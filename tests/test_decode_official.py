@@ -151,7 +151,7 @@ def policy_parts(text_tokenizer, image_tokenizer):
 
 
 def scripted_policy(parts, script, family="worldvla", decode="official", chunk_size=5):
-    from worldvla.eval.policy import PolicySettings, WorldVLAPolicy
+    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
 
     text, images = parts
     frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
@@ -195,7 +195,7 @@ def test_policy_constrained_mode_reports_grammar_violations(policy_parts):
 
 
 def test_auto_resolves_by_checkpoint_kind():
-    from worldvla.eval.policy import resolve_decode
+    from worldvla.policy.policy import resolve_decode
 
     assert resolve_decode("auto", True) == "parallel" and resolve_decode("auto", False) == "official"
     assert resolve_decode("sequential", False) == "sequential"
@@ -204,7 +204,7 @@ def test_auto_resolves_by_checkpoint_kind():
 def test_auto_is_official_for_an_official_folder_and_parallel_for_ours(tiny_assets, tmp_path):
     import shutil
 
-    from worldvla.eval.interface import load_policy, policy_info
+    from worldvla.policy.interface import load_policy, policy_info
     from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "ours", tiny_assets, chunk_size=5)
@@ -224,7 +224,7 @@ def test_auto_is_official_for_an_official_folder_and_parallel_for_ours(tiny_asse
                                             ("model_256/libero_10", "worldvla")])
 def test_released_folders_pick_their_parsing_rule(folder, family):
     """decode=official on a released folder parses with its family's rule (the table sets it)."""
-    from worldvla.eval.official_checkpoints import find_official
+    from worldvla.policy.official_checkpoints import find_official
 
     assert find_official(f"ckpts/{folder}").settings.get("family", "worldvla") == family
     ids = block(*range(10010, 10017)) + block(10020, 10021) + [EOT]  # a short second block

@@ -24,8 +24,8 @@ PLACEHOLDERS = re.compile(r"^(\.\.\.|key(\.sub)?=value|key\.sub=value\.\.\.)$")
 # module or script -> (config class "module:Class", bare-word field)
 TARGETS = {
     "worldvla.demo": ("worldvla.demo:DemoConfig", None),
-    "worldvla.data.record_scripted": ("worldvla.envs.scripted_expert:RecordScriptedConfig", None),
-    "libero_util/record_scripted_demos.py": ("worldvla.envs.scripted_expert:RecordScriptedConfig", None),
+    "worldvla.data.record_scripted": ("worldvla.data.recording:RecordScriptedConfig", None),
+    "libero_util/record_scripted_demos.py": ("worldvla.data.recording:RecordScriptedConfig", None),
     "libero_util/record_demos.py": ("worldvla.data.cli:RecordConfig", None),
     "worldvla.data.regenerate": ("worldvla.data.regenerate:RegenerateConfig", None),
     "libero_util/regenerate.py": ("worldvla.data.regenerate:RegenerateConfig", None),

@@ -7,9 +7,9 @@ import pytest
 
 from worldvla.config import load_config
 from worldvla.eval.config import EvalConfig
-from worldvla.eval.interface import policy_info
 from worldvla.eval.protocol import deviations
 from worldvla.eval.scripted import HashPolicy
+from worldvla.policy.interface import policy_info
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p for p in (ROOT / "configs" / "eval").glob("*.yaml") if not p.stem.endswith("base"))

@@ -73,7 +73,7 @@ def test_resume_refuses_another_decode_mode(tmp_path):
 
 
 def test_a_fixed_policy_refuses_another_decode_mode():
-    from worldvla.eval.interface import load_policy
+    from worldvla.policy.interface import load_policy
 
     with pytest.raises(ValueError, match="decode.mode=official"):
         load_policy("worldvla.eval.scripted:hash_policy", decode="official")
@@ -82,7 +82,7 @@ def test_a_fixed_policy_refuses_another_decode_mode():
 
 def test_served_official_policy_keeps_failures_and_grammar_flags(tmp_path):
     pytest.importorskip("websockets")
-    from worldvla.serve.client import RemotePolicy
+    from worldvla.policy.client import RemotePolicy
     from worldvla.serve.server import PolicyServer
 
     server = PolicyServer(OfficialLikePolicy(), port=0)
@@ -109,9 +109,9 @@ def test_served_official_policy_keeps_failures_and_grammar_flags(tmp_path):
 
 def test_rollout_failure_only_when_reached():
     from worldvla.eval.fake_env import FakeEnv
-    from worldvla.eval.interface import ActionChunk
     from worldvla.eval.protocol import EpisodeKey
     from worldvla.eval.rollout import RolloutOptions, run_episode
+    from worldvla.policy.interface import ActionChunk
 
     key = EpisodeKey("libero_goal", 0, 0)
     env = FakeEnv("libero_goal", 0, resolution=32)
@@ -123,6 +123,6 @@ def test_rollout_failure_only_when_reached():
     budget = run_episode(env, key, RolloutOptions(max_steps=2), two)  # the step budget ends first
     assert budget["failure_reason"] is None and budget["steps"] == 2
     with pytest.raises(ValueError, match="shape"):
-        from worldvla.eval.interface import as_chunk
+        from worldvla.policy.interface import as_chunk
 
         as_chunk(np.zeros((0, 7)))  # no actions without a failure is still a broken policy

@@ -84,9 +84,9 @@ def test_registered_suites_exist_and_env_suites_are_refused():
 def test_presets_and_scripts(base):
     from worldvla.config import load_config
     from worldvla.eval.config import EvalConfig
-    from worldvla.eval.interface import policy_info
     from worldvla.eval.protocol import deviations
     from worldvla.eval.scripted import HashPolicy
+    from worldvla.policy.interface import policy_info
 
     for res in (256, 512):
         preset = ROOT / "configs" / "eval" / "libero_pro" / f"{base}_{res}.yaml"

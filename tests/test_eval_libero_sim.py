@@ -111,8 +111,8 @@ def test_plus_one_closes_the_gripper(env, invert):
 @pytest.mark.parametrize("mode", ["discrete", "continuous"])
 def test_tiny_rynnvla_checkpoint_acts_in_both_modes(env, tmp_path, tiny_assets, mode):
     """Wrist view and state reach the policy from the real env, and each mode's actions reach env.step."""
-    from worldvla.eval.interface import policy_info
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.interface import policy_info
+    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.testing.tiny_model import one_torch_thread
     from worldvla.testing.tiny_rynnvla import write_tiny_rynnvla_checkpoint
 
@@ -148,7 +148,7 @@ CLI_ARGS = ["suites=[libero_goal,libero_spatial]", "tasks=[0]", "num_trials=1", 
 def cli_policy_args(tmp_path_factory) -> list[str]:
     """The tiny WorldVLA checkpoint when the policy module exists, else the hash policy."""
     try:
-        from worldvla.eval.policy import WorldVLAPolicy  # noqa: F401
+        from worldvla.policy.policy import WorldVLAPolicy  # noqa: F401
         from worldvla.testing.fixtures import make_tiny_assets
         from worldvla.testing.tiny_model import write_tiny_checkpoint
     except ImportError:
@@ -159,7 +159,7 @@ def cli_policy_args(tmp_path_factory) -> list[str]:
 
 
 def test_the_cli_test_uses_the_tiny_checkpoint_when_available(tmp_path_factory):
-    pytest.importorskip("worldvla.eval.policy")
+    pytest.importorskip("worldvla.policy.policy")
     assert cli_policy_args(tmp_path_factory)[0].endswith("ckpt")
 
 

@@ -1,6 +1,6 @@
 """An official-release checkpoint folder (config.json + shards, no worldvla.json, no tokenizer/) is
 evaluated with the settings of the released checkpoint it is (the table of
-worldvla.eval.official_checkpoints) or with the ones given on the eval / serve command line, never with
+worldvla.policy.official_checkpoints) or with the ones given on the eval / serve command line, never with
 silently assumed ones (a libero_10 model run at K=5 would just score lower): an unknown folder without
 them is refused."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from worldvla.config import parse_cli
 from worldvla.eval.config import EvalConfig
-from worldvla.eval.interface import load_policy
+from worldvla.policy.interface import load_policy
 from worldvla.serve.server import ServeConfig
 from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 from worldvla.tokenizers import load_stats
@@ -99,8 +99,8 @@ def _summary(entry):
 
 
 def test_every_released_checkpoint_resolves_by_hub_id_folder_and_cache_path(tmp_path):
-    from worldvla.eval.official_checkpoints import OFFICIAL_CHECKPOINTS, find_official
-    from worldvla.eval.policy import PolicySettings
+    from worldvla.policy.official_checkpoints import OFFICIAL_CHECKPOINTS, find_official
+    from worldvla.policy.policy import PolicySettings
 
     assert {c.hub_id for c in OFFICIAL_CHECKPOINTS} == set(EXPECTED)
     sha = "0123456789abcdef0123456789abcdef01234567"

@@ -5,10 +5,10 @@ import pytest
 
 from worldvla.eval.config import EvalConfig, parse_shard
 from worldvla.eval.fake_env import FakeEnv
-from worldvla.eval.interface import check_chunk, policy_info
 from worldvla.eval.protocol import EpisodeKey, all_episodes, deviations, shard_episodes
 from worldvla.eval.rollout import RolloutOptions, episode, run_episode
 from worldvla.eval.scripted import HashPolicy, SequencePolicy
+from worldvla.policy.interface import check_chunk, policy_info
 
 KEY = EpisodeKey("libero_goal", 1, 4)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worldvla import vocab as V
-from worldvla.eval.policy import WorldVLAPolicy
+from worldvla.policy.policy import WorldVLAPolicy
 from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 from worldvla.testing.tiny_rynnvla import write_tiny_rynnvla_checkpoint
 from worldvla.tokenizers.action import RYNNVLA_ACTION_STATS, RYNNVLA_STATE_STATS
@@ -128,8 +128,8 @@ def test_continuous_needs_a_head_and_a_matching_chunk(tmp_path, tiny_assets):
 
 
 def test_head_sizes_are_read_from_its_tensors():
-    from worldvla.eval.continuous import head_config_from_tensors
     from worldvla.model.action_head import ActionHead, ActionHeadConfig
+    from worldvla.policy.continuous import head_config_from_tensors
 
     cfg = ActionHeadConfig(hidden_size=24, chunk_size=4, proj_dim=16, num_layers=3, num_heads=2, ffn_dim=40,
                            mlp_blocks=1, dropout=0.0)
@@ -165,7 +165,7 @@ def test_cli_runs_both_modes_and_records_the_mode(ckpt, tmp_path, capsys):
 
 def test_server_round_trip_in_continuous_mode(ckpt, rng):
     pytest.importorskip("websockets")
-    from worldvla.eval.interface import load_policy
+    from worldvla.policy.interface import load_policy
     from worldvla.serve.server import PolicyServer
 
     with one_torch_thread():

@@ -61,7 +61,7 @@ def test_default_batch_is_one_on_cpu(tokenizers, frames, monkeypatch):
 
 
 def test_policy_encodes_a_batch_in_one_call(tmp_path, tiny_assets, monkeypatch):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.testing.tiny_model import write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt", tiny_assets, chunk_size=5, resolution=256)

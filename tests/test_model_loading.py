@@ -25,7 +25,7 @@ def ckpt(tiny_assets, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(ckpt):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     return WorldVLAPolicy.from_pretrained(ckpt, device="cpu")
 
@@ -75,7 +75,7 @@ def test_policy_batches_equal_one_at_a_time(policy):
 
 
 def test_policy_decode_modes_agree(ckpt):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     imgs = frames(4)
     par = WorldVLAPolicy.from_pretrained(ckpt, decode="parallel").predict(INSTRUCTION, imgs)
@@ -134,7 +134,7 @@ def test_load_options(ckpt):
 
 def test_official_checkpoint_without_settings(ckpt, tmp_path):
     """Released checkpoints have only config.json + weights: tokenizer and settings come as arguments."""
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     official = tmp_path / "official"
     official.mkdir()
@@ -150,7 +150,7 @@ def test_official_checkpoint_without_settings(ckpt, tmp_path):
 
 
 def test_tokenizer_hash_is_checked(ckpt, tmp_path):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     copy = tmp_path / "copy"
     shutil.copytree(ckpt, copy)
@@ -169,8 +169,8 @@ def test_unreachable_sources_fail_clearly(tmp_path):
 
 
 def test_unconstrained_policy_mode_parses_blocks(ckpt, monkeypatch):
-    from worldvla.eval.policy import WorldVLAPolicy
     from worldvla.model import generate as G
+    from worldvla.policy.policy import WorldVLAPolicy
 
     pol = WorldVLAPolicy.from_pretrained(ckpt, decode="unconstrained")
     pol.max_new_tokens = 4  # a random model emits no complete [10004 ... 15004] block this soon

@@ -245,7 +245,7 @@ def test_official_layout_checkpoint_predicts_like_transformers(tiny_assets, tmp_
     keys) loads through the real loader into the policy, whose actions equal transformers' decoding."""
     import numpy as np
 
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.tokenizers import ActionTokenizer
 
     hf, _ = hf_reference(tiny_assets.tokenizer_json, seed=13)

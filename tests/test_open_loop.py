@@ -118,7 +118,7 @@ def tiny(tmp_path_factory, tiny_assets):
 
 
 def test_conversation_prompts_equal_the_pretokenized_ones_and_modes_agree(tiny, tmp_path):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     data, ckpt = tiny
     convs = data.root / "convs" / "libero_tiny_his_2_train_img_only_ck_5_64.json"

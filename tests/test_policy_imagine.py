@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 @pytest.fixture(scope="module")
 def pol(tiny_assets, tmp_path_factory):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.testing.tiny_model import write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("policy_imagine"), tiny_assets, resolution=R, with_wrist=True)

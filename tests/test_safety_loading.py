@@ -88,7 +88,7 @@ def test_pickle_payload_in_vqgan_ckpt_is_refused(tiny_assets, tmp_path):
 
 
 def test_payload_in_a_checkpoints_bundled_vqgan_is_refused_by_the_policy(tiny_assets, tmp_path):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.testing.tiny_model import write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt", tiny_assets)
@@ -284,7 +284,7 @@ def _export(tmp_path, tiny_assets):
 
 def test_checkpoint_copies_and_hashes_its_tokenizer_files(tiny_assets, tmp_path):
     from worldvla.data.tokenization import sha256_file
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     src, ckpt = _export(tmp_path, tiny_assets)
     settings = json.loads((ckpt / "worldvla.json").read_text())
@@ -306,7 +306,7 @@ def test_checkpoint_copies_and_hashes_its_tokenizer_files(tiny_assets, tmp_path)
 
 # -- 5, 8: metadata files ----------------------------------------------------------------------------
 def test_worldvla_json_is_validated(tiny_assets, tmp_path):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.testing.tiny_model import write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt", tiny_assets)

@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from worldvla.data.recording import RecordScriptedConfig, parse_ids
 from worldvla.envs.scripted_expert import (
     ExpertConfig,
-    RecordScriptedConfig,
     _mat_to_axisangle,
     _minor_axis_yaw,
     _quat_xyzw_to_mat,
     _rot_z,
-    parse_ids,
 )
 
 
@@ -56,8 +55,8 @@ def test_expert_solves_libero_object_task_and_recording_resumes(tmp_path, monkey
     """One init state of 'pick up the alphabet soup and place it in the basket', recorded at 64 px.
     The run is interrupted after the attempt and before the task's file is written; the rerun must
     reuse the saved attempt (the expert may not run again), and a third run must skip the task."""
+    from worldvla.data import recording as se
     from worldvla.data.raw_demos import read_raw_demo_file
-    from worldvla.envs import scripted_expert as se
 
     cfg = RecordScriptedConfig(suite="libero_object", tasks="0", episodes="0", out=str(tmp_path), resolution=64)
 

@@ -16,8 +16,8 @@ from websockets.sync.client import connect
 
 from worldvla.config import parse_cli
 from worldvla.eval.scripted import HashPolicy
-from worldvla.serve import wire
-from worldvla.serve.client import RemotePolicy, RemotePolicyError, _open
+from worldvla.policy import wire
+from worldvla.policy.client import RemotePolicy, RemotePolicyError, _open
 from worldvla.serve.server import PolicyServer, ServeConfig
 
 

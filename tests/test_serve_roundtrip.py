@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("websockets")
 
 from worldvla.eval.scripted import HashPolicy
-from worldvla.serve import wire
-from worldvla.serve.client import RemotePolicy, RemotePolicyError
+from worldvla.policy import wire
+from worldvla.policy.client import RemotePolicy, RemotePolicyError
 from worldvla.serve.server import PolicyServer
 
 
@@ -41,7 +41,7 @@ def frames(rng, n=2, res=64):
 def raw_connection(url):
     from websockets.sync.client import connect
 
-    from worldvla.serve.client import _open
+    from worldvla.policy.client import _open
 
     ws = _open(connect, url)
     hello = wire.unpack(ws.recv(timeout=10))
@@ -162,7 +162,7 @@ def test_evaluation_through_the_server_equals_in_process(tmp_path):
 
 def test_tiny_worldvla_checkpoint_round_trip(tmp_path, rng):
     """The real policy behind the server answers exactly as in-process (greedy, de-normalised)."""
-    policy_mod = pytest.importorskip("worldvla.eval.policy")
+    policy_mod = pytest.importorskip("worldvla.policy.policy")
     from worldvla.testing.fixtures import make_tiny_assets
     from worldvla.testing.tiny_model import write_tiny_checkpoint
 

@@ -184,7 +184,7 @@ def test_vla_eval_libero_episode_through_its_cli(tmp_path, bench):
 
 def test_tiny_worldvla_checkpoint_behind_vla_eval(tmp_path):
     """The real policy: each action is a row of the chunk the in-process policy predicts from the same history."""
-    policy_mod = pytest.importorskip("worldvla.eval.policy")
+    policy_mod = pytest.importorskip("worldvla.policy.policy")
     from worldvla.testing.fixtures import make_tiny_assets
     from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 

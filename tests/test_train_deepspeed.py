@@ -75,7 +75,7 @@ def test_zero3_one_process_trains_checkpoints_and_resumes_exactly(tiny_data, tmp
     np.testing.assert_allclose([v for _, v in b], [v for _, v in a[3:]], rtol=1e-6, atol=0)
 
     # the exported weights load as a policy
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     policy = WorldVLAPolicy.from_pretrained(resumed / "checkpoints" / "step_00000006", device="cpu")
     img = np.full((64, 64, 3), 120, np.uint8)

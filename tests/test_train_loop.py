@@ -85,7 +85,7 @@ def test_action_loss_falls(trained):
 
 @pytest.mark.slow
 def test_checkpoint_folder_alone_serves_the_policy(trained, tmp_path):
-    from worldvla.eval.policy import WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
 
     src = trained / "checkpoints" / "step_00000208"
     ckpt = tmp_path / "released"

@@ -70,7 +70,7 @@ def test_rynnvla002_preset_script_runs_two_steps(rynn_data, tmp_path):
     assert "action_head.output_projection.model.mlp_resnet_blocks.1.ffn.1.weight" in expected
     assert any(r.get("action_l1") is not None for r in read_log(tmp_path / "train_log.jsonl"))
 
-    from worldvla.eval.policy import WorldVLAPolicy  # the folder alone serves the wrist + state prompt
+    from worldvla.policy.policy import WorldVLAPolicy  # the folder alone serves the wrist + state prompt
 
     policy = WorldVLAPolicy.from_pretrained(ckpt, device="cpu")
     assert policy.uses_wrist and policy.uses_state

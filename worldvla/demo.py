@@ -163,7 +163,7 @@ def held_out(manifest: Path) -> dict:
 
 
 def run(cfg: DemoConfig) -> Path:
-    from worldvla.envs.scripted_expert import parse_ids
+    from worldvla.data.recording import parse_ids
 
     out = Path(cfg.out).resolve()
     raw, h5, export, convs, tokens = (out / d for d in ("raw", "regenerated", "export", "convs", "tokens"))
@@ -371,7 +371,7 @@ def _claims(cfg: DemoConfig, out: Path, report: Path, manifest: Path) -> list[st
 def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: float, raw: Path | None = None,
                  manifest: Path | None = None) -> Path:
     """Collect the loss curve, rollout videos and imagined-frame GIFs into `report/` and write summary.md."""
-    from worldvla.envs.scripted_expert import machine_info
+    from worldvla.data.recording import machine_info
 
     report = out / "report"
     shutil.rmtree(report, ignore_errors=True)

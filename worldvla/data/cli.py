@@ -33,7 +33,7 @@ class RecordConfig:
 
 def record_main(argv=None) -> list[Path]:
     """Record short noisy rollouts as raw LIBERO demo files (test data; not expert demos)."""
-    from worldvla.data.raw_demos import RecordSpec, record_task_demos
+    from worldvla.data.recording import RecordSpec, record_task_demos
 
     cfg = parse_cli(RecordConfig, argv, description=record_main.__doc__)
     setup_logging()

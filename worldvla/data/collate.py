@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from worldvla import vocab as V
-from worldvla.data.sequence import Sample, Span
+from worldvla.data.sequence import Sample
+from worldvla.spans import Span
 
 
 @dataclass

@@ -14,7 +14,8 @@ import pickle
 from pathlib import Path
 
 from worldvla import vocab as V
-from worldvla.data.sequence import Sample, Span
+from worldvla.data.sequence import Sample
+from worldvla.spans import SpanError, spans_from_ids
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -39,28 +40,6 @@ def load_plain_pickle(path: str | Path) -> object:
     return PlainUnpickler(io.BytesIO(data), str(path)).load()
 
 
-# Span bounds per kind: (start id, end id) of the block, end inclusive (as in the model's mask code).
-_SPAN_IDS = {"image": (V.BOI_ID, V.EOI_ID), "action": (V.ACTION_START_ID, V.ACTION_END_ID),
-             "state": (V.STATE_START_ID, V.STATE_END_ID)}
-
-
-def spans_from_ids(ids: list[int]) -> list[Span]:
-    """Media spans of a token list, found from the begin/end ids (end exclusive), in position order.
-
-    For samples made by SequenceBuilder this returns the spans it recorded.
-    """
-    spans = []
-    for kind, (start_id, end_id) in _SPAN_IDS.items():
-        start = None
-        for pos, t in enumerate(ids):
-            if t == start_id and start is None:
-                start = pos
-            elif t == end_id and start is not None:
-                spans.append(Span(kind, start, pos + 1))
-                start = None
-    return sorted(spans, key=lambda s: s.start)
-
-
 def _item_sample(item: dict, where: str) -> Sample:
     try:
         tokens, labels = item["token"], item["label"]
@@ -69,7 +48,11 @@ def _item_sample(item: dict, where: str) -> Sample:
     if len(tokens) != len(labels):
         raise ValueError(f"{where}: {len(tokens)} tokens but {len(labels)} labels")
     tokens, labels = [int(t) for t in tokens], [int(t) for t in labels]
-    return Sample(tokens, labels, spans_from_ids(tokens))
+    try:
+        spans = spans_from_ids(tokens)
+    except SpanError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return Sample(tokens, labels, spans)
 
 
 class OfficialRecords:

@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 from worldvla.config import parse_cli
+from worldvla.data.recording import RecordScriptedConfig, record_scripted_demos
 from worldvla.data.stage_cli import run
-from worldvla.envs.scripted_expert import ExpertError, RecordScriptedConfig, record_scripted_demos
+from worldvla.envs.scripted_expert import ExpertError
 
 
 def record(argv: list[str] | None = None) -> dict:

@@ -92,7 +92,7 @@ class LiberoReplayEnv:
         self.inner = self.env.env
 
     def settle(self, init_state, wait_steps, seed=None):
-        from worldvla.data.raw_demos import settle
+        from worldvla.data.recording import settle
 
         return settle(self.env, init_state, wait_steps, seed)
 

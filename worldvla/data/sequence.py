@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worldvla import vocab as V
+from worldvla.spans import Span  # noqa: F401 (re-exported: Sample.spans holds them)
 from worldvla.tokenizers.action import ActionTokenizer, StateTokenizer
 from worldvla.tokenizers.text import TextTokenizer
 
@@ -26,13 +27,6 @@ IMAGE, ACTION, STATE = "<|image|>", "<|action|>", "<|state|>"
 PLACEHOLDERS = {IMAGE: "image", ACTION: "action", STATE: "state"}
 ACTION_PROMPT = "What action should the robot take to {instruction}?"
 WORLD_PROMPT = "Generate the next image based on the provided sequence of historical images and corresponding actions."
-
-
-@dataclass(frozen=True)
-class Span:
-    kind: str  # "image" | "action" | "state"
-    start: int  # first position (the block's begin token)
-    end: int  # one past the last position (the block's end token is end - 1)
 
 
 @dataclass

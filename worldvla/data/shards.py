@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.atomic import fsync_dir, fsync_tree
-from worldvla.data.sequence import Sample, Span
+from worldvla.data.sequence import Sample
+from worldvla.spans import Span
 
 SPAN_KINDS = ("image", "action", "state")
 SPAN_CODE = {k: i for i, k in enumerate(SPAN_KINDS)}

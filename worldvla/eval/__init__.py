@@ -2,7 +2,6 @@
 
 Rollout modules: config (EvalConfig), protocol (episodes, shards, deviations), rollout (one episode),
 rng_chain (simulator randomness per trial), worker / pool / runner (processes and batching), results
-(JSON lines, summaries), merge (shards), video, interface (what a policy must provide), scripted and
-fake_env (model-free policies and a toy env for tests). The policy itself: policy.WorldVLAPolicy,
-with continuous (RynnVLA-002 action head) actions in continuous.py.
+(JSON lines, summaries), merge (shards), video, scripted and fake_env (model-free policies and a toy env for tests).
+The policy itself, its interface and its remote client live one layer down, in worldvla.policy.
 """

@@ -11,40 +11,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worldvla.policy.decode import COMPILE_ON_CUDA, DECODE_MODES, DecodeConfig, compile_step_for  # noqa: F401 (re-exported)
+
 VIDEO_MODES = ("none", "failures", "all")
-ACTION_MODES = ("discrete", "continuous")  # worldvla.eval.continuous (kept torch-free here)
-# How action chunks are decoded (docs/official_format.md, the official eval loop):
-#   parallel   - K constrained blocks decoded at once under the action mask (worldvla's fast path)
-#   sequential - the same constrained blocks token by token (reference for parallel)
-#   official   - free greedy generation (300 new tokens, stop at 8710) and the official parsing rules
-#   auto       - parallel for worldvla checkpoints, official for official checkpoint folders
-DECODE_MODES = ("auto", "parallel", "sequential", "official")
-
-
-@dataclass
-class DecodeConfig:
-    """Decoding of the policy (shared by eval and serve)."""
-
-    mode: str = field(default="auto", metadata={"help": "auto | parallel | sequential | official"})
-    compile: bool | None = field(default=None, metadata={"help": "static-shape decode step, CUDA graphs on CUDA (None = COMPILE_ON_CUDA: off until proven on a GPU)"})
-
-    def __post_init__(self) -> None:
-        if self.mode not in DECODE_MODES:
-            raise ValueError(f"decode.mode must be one of {DECODE_MODES}, got {self.mode!r}")
-
-
-# What decode.compile=None means on CUDA. Off until benchmarks/gpu.sh has shown on a GPU that the CUDA-graph
-# step gives the eager step's tokens (benchmarks/README.md, "GPU fast path"); on CPU None is always off.
-COMPILE_ON_CUDA = False
-
-
-def compile_step_for(decode: DecodeConfig, device: str) -> bool:
-    """decode.compile resolved for a policy on `device` (None: COMPILE_ON_CUDA on CUDA, off elsewhere)."""
-    if decode.compile is not None:
-        return bool(decode.compile)
-    return COMPILE_ON_CUDA and str(device).startswith("cuda")
-
-
+ACTION_MODES = ("discrete", "continuous")  # worldvla.policy.continuous (kept torch-free here)
 @dataclass
 class EvalConfig:
     # what to evaluate

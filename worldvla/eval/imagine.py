@@ -36,9 +36,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from worldvla.data.sequence import IMAGE, world_conversation
-from worldvla.tokenizers.image import tokens_to_codes
-
 log = logging.getLogger("worldvla.imagine")
 RYNNVLA_EVAL_PROMPT = "Generate the image based on the current image and the action."  # official_format.md §10.3
 
@@ -73,21 +70,16 @@ class ImagineConfig:
 def world_prompt(policy, view_tokens: list[list[int]], action: np.ndarray, wording: str) -> list[int]:
     """Prompt ids for one step: [BOS] prompt I(t) [I_wrist(t)] A(t) SEP (a world-model sample's human turn);
     `view_tokens` holds the image tokens of each view of frame t."""
-    conv = world_conversation(1, views=len(view_tokens))
-    if wording == "rynnvla_eval":
-        conv[0] = {"from": "human", "value": RYNNVLA_EVAL_PROMPT + conv[0]["value"][conv[0]["value"].index(IMAGE):]}
-    elif wording != "train":
+    if wording not in ("train", "rynnvla_eval"):
         raise ValueError(f"prompt must be train or rynnvla_eval, got {wording!r}")
-    return policy.world_builder.prompt(conv, list(view_tokens), actions=[action]).input_ids
+    return policy.world_prompt_from_tokens(view_tokens, action, RYNNVLA_EVAL_PROMPT if wording == "rynnvla_eval" else None)
 
 
 def imagine_views(policy, start_views, actions: np.ndarray, feed_back: str = "pixels",
                   wording: str = "train") -> np.ndarray:
     """start_views (B, V, R, R, 3) uint8, V = 1 (third person) or 2 (third person, wrist); actions
     (B, H, 7) raw -> imagined frames (B, H, V, R, R, 3). Each step generates the V next images of
-    every row in one constrained decode (`generate_image(n_images=V)`)."""
-    from worldvla.model.generate import generate_image, split_image_spans
-
+    every row in one constrained decode (`WorldVLAPolicy.imagine_tokens`)."""
     if feed_back not in ("pixels", "tokens"):
         raise ValueError(f"feed_back must be pixels or tokens, got {feed_back!r}")
     start_views = np.asarray(start_views)
@@ -98,21 +90,16 @@ def imagine_views(policy, start_views, actions: np.ndarray, feed_back: str = "pi
     views, res = start_views.shape[1], policy.resolution
     if views not in (1, 2):
         raise ValueError(f"{views} views per frame; the world model takes 1 (third person) or 2 (+ wrist)")
-    latent = res // 16  # VQ-GAN downsampling
-    flat = policy.images.images_to_tokens(list(start_views.reshape(b * views, res, res, 3)))
+    flat = policy.frame_tokens(start_views.reshape(b * views, res, res, 3))
     tokens = [flat[i * views : (i + 1) * views] for i in range(b)]  # per row: one token list per view
     out = np.zeros((b, horizon, views, res, res, 3), dtype=np.uint8)
     for t in range(horizon):
         prompts = [world_prompt(policy, tokens[i], actions[i, t], wording) for i in range(b)]
-        spans = generate_image(policy.model, prompts, latent, latent, policy.image_ids, policy.action_mask,
-                               n_images=views).cpu().numpy()
-        per_view = [split_image_spans(s, views) for s in spans]  # (b, views) image spans
-        codes = np.stack([tokens_to_codes(v, policy.text.vocab) for row in per_view for v in row])
-        out[:, t] = policy.images.decode(codes).reshape(b, views, res, res, 3)
+        out[:, t], per_view = policy.imagine_tokens(prompts, views)
         if feed_back == "tokens":
-            tokens = [[v.tolist() for v in row] for row in per_view]
+            tokens = per_view
         else:
-            flat = policy.images.images_to_tokens(list(out[:, t].reshape(b * views, res, res, 3)))
+            flat = policy.frame_tokens(out[:, t].reshape(b * views, res, res, 3))
             tokens = [flat[i * views : (i + 1) * views] for i in range(b)]
     return out
 
@@ -197,8 +184,8 @@ def save_gif(gt: np.ndarray, gen: np.ndarray, path: Path, fps: int) -> None:
 def run(cfg: ImagineConfig, policy=None, imagine=None) -> dict:
     """`imagine(start_views (B, V, R, R, 3), actions (B, H, 7)) -> (B, H, V, R, R, 3)` defaults to the
     policy's world model (`imagine_views`); tests pass toy world models here."""
-    from worldvla.eval.policy import WorldVLAPolicy
     from worldvla.eval.video_metrics import evaluate_sets, write_metrics_report
+    from worldvla.policy.policy import WorldVLAPolicy
 
     if imagine is None:
         if policy is None:

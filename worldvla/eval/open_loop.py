@@ -34,12 +34,22 @@ from pathlib import Path
 
 import numpy as np
 
-from worldvla.atomic import atomic_write
+from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring is the policy layer's)
+    DIM_NAMES,
+    GRIPPER,
+    ActionSample,
+    _spread,
+    _write_json,
+    evaluate,
+    policy_for_model,
+    sample_from_tokens,
+    samples_from_dataset,
+    score,
+    trainer_metrics,
+)
 
 log = logging.getLogger("worldvla.open_loop")
 
-GRIPPER = 6  # index of the gripper dimension of a LIBERO action
-DIM_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 _INSTRUCTION = re.compile(r"^What action should the robot take to (.*)\?(?=<\|state\|>|<\|image\|>)", re.DOTALL)
 
 
@@ -57,77 +67,6 @@ class OpenLoopConfig:
     batch_size: int = 16  # prompts decoded together (batching does not change the tokens)
     out_dir: str = "outputs/open_loop"
     device: str = "cpu"
-
-
-@dataclass
-class ActionSample:
-    """One action sample: the generation prompt and the expert's chunk."""
-
-    prompt: list[int]
-    expert: np.ndarray  # (K, 7) env units
-    expert_tokens: np.ndarray  # (K, 7) action-bin ids of the expert chunk
-    name: str = ""
-
-
-# -- scoring --------------------------------------------------------------------------------------
-def score(pred: np.ndarray, expert: np.ndarray, pred_tokens: np.ndarray, expert_tokens: np.ndarray) -> dict:
-    """(N, K, 7) predicted / expert actions (env units) and their bin ids -> the open-loop metrics."""
-    pred, expert = np.asarray(pred, np.float64), np.asarray(expert, np.float64)
-    pred_tokens, expert_tokens = np.asarray(pred_tokens), np.asarray(expert_tokens)
-    if pred.shape != expert.shape or pred.ndim != 3 or pred.shape[-1] != len(DIM_NAMES):
-        raise ValueError(f"predicted {pred.shape} and expert {expert.shape} actions must both be (N, K, 7)")
-    if pred_tokens.shape != pred.shape or expert_tokens.shape != pred.shape:
-        raise ValueError(f"token arrays {pred_tokens.shape} / {expert_tokens.shape} must match {pred.shape}")
-    if len(pred) == 0:
-        raise ValueError("no action samples to score")
-    err = np.abs(pred - expert)  # (N, K, 7)
-    grip = (pred[..., GRIPPER] > 0) == (expert[..., GRIPPER] > 0)  # (N, K): same open/close command
-    hit = pred_tokens == expert_tokens  # (N, K, 7)
-    return {
-        "n_samples": len(pred), "chunk_size": int(pred.shape[1]), "dims": list(DIM_NAMES),
-        "l1": float(err.mean()),
-        "l1_by_position": err.mean(axis=(0, 2)).tolist(),  # mean over the 7 dimensions, k = 1..K
-        "l1_arm_by_position": err[..., :GRIPPER].mean(axis=(0, 2)).tolist(),  # the 6 arm dimensions only
-        "l1_by_dim": err.mean(axis=(0, 1)).tolist(),
-        "l1_by_position_dim": err.mean(axis=0).tolist(),  # (K, 7)
-        "gripper_agreement": float(grip.mean()),
-        "gripper_agreement_by_position": grip.mean(axis=0).tolist(),
-        "token_accuracy": float(hit.mean()),
-        "token_accuracy_by_position": hit.mean(axis=(0, 2)).tolist(),
-    }
-
-
-def evaluate(policy, samples: Sequence[ActionSample], batch_size: int = 16, progress: bool = False) -> dict:
-    """Decode every sample's prompt with `policy.predict_tokens` (its decode mode and mask) and score the
-    de-normalised chunks against the experts. `policy` needs `predict_tokens(prompts) -> [(K, 7) bins]`,
-    `action_tok` (the checkpoint's ActionTokenizer) and `chunk_size`."""
-    if not samples:
-        raise ValueError("no action samples to evaluate")
-    k = policy.chunk_size
-    for s in samples:
-        if s.expert.shape != (k, len(DIM_NAMES)):
-            raise ValueError(f"sample {s.name or '?'}: expert chunk {s.expert.shape}, the policy decodes ({k}, 7)")
-    tokens = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples), desc="open-loop", unit="sample")
-    for i in range(0, len(samples), max(1, batch_size)):
-        batch = samples[i: i + batch_size]
-        out = policy.predict_tokens([s.prompt for s in batch])
-        for s, t in zip(batch, out):
-            t = np.asarray(t, dtype=np.int64)
-            if t.shape != (k, len(DIM_NAMES)):
-                raise RuntimeError(f"sample {s.name or '?'}: decoded {t.shape} action bins, expected ({k}, 7)")
-            tokens.append(t)
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    pred_tokens = np.stack(tokens)
-    pred = policy.action_tok.decode(pred_tokens)
-    return score(pred, np.stack([s.expert for s in samples]), pred_tokens, np.stack([s.expert_tokens for s in samples]))
 
 
 # -- samples from conversation files ----------------------------------------------------------------
@@ -175,77 +114,6 @@ def samples_from_records(policy, records: Sequence[dict], source: str, base_dir:
 
 
 # -- samples from token data (what the trainer holds for data.val) ----------------------------------
-def sample_from_tokens(sample, action_tok, name: str = "") -> ActionSample:
-    """An action-model `Sample` (input_ids, labels, spans): the prompt is everything before the first
-    supervised position; the expert chunk is its labelled action blocks at their bin centres."""
-    from worldvla import vocab as V
-
-    first = next((j for j, lab in enumerate(sample.labels) if lab != V.IGNORE_INDEX), None)
-    if first is None:
-        raise ValueError(f"sample {name}: no supervised tokens")
-    blocks = [s for s in sample.spans if s.kind == "action" and s.start >= first]
-    if not blocks:
-        raise ValueError(f"sample {name}: not an action-model sample (no action block after the prompt)")
-    tokens = np.asarray([sample.input_ids[s.start + 1: s.end - 1] for s in blocks], dtype=np.int64)
-    return ActionSample(list(sample.input_ids[:first]), action_tok.decode(tokens), tokens, name)
-
-
-def samples_from_dataset(dataset, action_tok, max_samples: int = 0, where: str = "data") -> list[ActionSample]:
-    """Action samples of a `worldvla.train.data.TrainSet` (or anything with `index`, `parts` and items)."""
-    action = [i for i, (part, item) in enumerate(dataset.index) if dataset.parts[int(part)].kind(int(item)) == "action"]
-    chosen = _spread(action, max_samples)
-    return [sample_from_tokens(dataset[i], action_tok, f"{where} #{i}") for i in chosen]
-
-
-def _spread(items: list, n: int) -> list:
-    """n items evenly spaced over the list (all when n <= 0 or n >= len)."""
-    if n <= 0 or n >= len(items):
-        return list(items)
-    return [items[int(j)] for j in np.linspace(0, len(items) - 1, n).round().astype(int)]
-
-
-# -- the trainer's hook ---------------------------------------------------------------------------------
-def policy_for_model(model, data, action_mask: bool, device: str = "cpu"):
-    """A WorldVLAPolicy around an in-memory model, with the tokenizers and statistics of a training run's
-    data section (`worldvla.train.config.DataOptions`): what the trainer decodes `data.val` with."""
-    from worldvla.eval.policy import PolicySettings, WorldVLAPolicy
-    from worldvla.tokenizers import ImageTokenizer, TextTokenizer
-
-    tok = Path(data.tokenizer)
-    text = TextTokenizer(tok / "text_tokenizer.json")
-    images = ImageTokenizer.from_files(tok / "vqgan.yaml", tok / "vqgan.ckpt", text.vocab, data.resolution, device=device)
-    settings = PolicySettings(chunk_size=data.chunk_size, history=data.history, resolution=data.resolution,
-                              action_stats=data.action_stats, state_stats=data.state_stats,
-                              with_state=data.with_state, with_wrist=data.with_wrist)
-    return WorldVLAPolicy(model, text, images, settings, decode="parallel" if action_mask else "sequential",
-                          action_mask=action_mask)
-
-
-def trainer_metrics(model, data, action_mask: bool, dataset, max_samples: int, out_path: Path | None = None,
-                    device: str = "cpu") -> dict:
-    """Open-loop metrics of `model` on the action samples of a TrainSet (data.val), as flat log values
-    (`val_open_loop_l1`, `..._l1_k<k>`, gripper agreement, token accuracy); the full result goes to
-    `out_path` (JSON) when given. The model is put in eval mode and restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        policy = policy_for_model(model, data, action_mask, device)
-        samples = samples_from_dataset(dataset, policy.action_tok, max_samples, "data.val")
-        if not samples:
-            return {}
-        res = evaluate(policy, samples, batch_size=16)
-    finally:
-        model.train(was_training)
-    if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(out_path, {**res, "decode": policy.decode, "action_mask": action_mask,
-                               "expert": "bin centres of the recorded action tokens"})
-    flat = {"val_open_loop_l1": res["l1"], "val_open_loop_gripper_agreement": res["gripper_agreement"],
-            "val_open_loop_token_accuracy": res["token_accuracy"], "val_open_loop_samples": res["n_samples"]}
-    flat.update({f"val_open_loop_l1_k{k + 1}": v for k, v in enumerate(res["l1_by_position"])})
-    return flat
-
-
 # -- inputs -------------------------------------------------------------------------------------------
 def split_files(manifest: str | os.PathLike, splits: Sequence[str]) -> dict[str, Path]:
     """{split: action-sample JSON} from a conversations manifest; splits without action files are skipped."""
@@ -326,10 +194,6 @@ def plot_l1_vs_position(curves: dict[str, dict], path: str | os.PathLike, title:
     return path
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    atomic_write(path, json.dumps(payload, indent=1, allow_nan=False))  # fsync + rename: a rerun trusts it
-
-
 def markdown_row(label: str, res: dict) -> str:
     cells = " | ".join(f"{v:.4f}" for v in res["l1_by_position"])
     return (f"| {label} | {res['n_samples']} | {cells} | {res['gripper_agreement']:.3f} | "
@@ -347,7 +211,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 # -- main ---------------------------------------------------------------------------------------------
 def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
     """Score every split / input; returns {name: result} and writes the JSON, markdown and plots."""
-    from worldvla.eval.policy import DECODE_MODES, WorldVLAPolicy
+    from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
 
     if not cfg.manifest and not cfg.inputs:
         raise ValueError("pass manifest=<conversations manifest> (with splits=) or inputs=[files]")

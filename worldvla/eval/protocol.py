@@ -83,7 +83,7 @@ def suite_max_steps(cfg: EvalConfig, suite: str) -> int:
 def deviations(cfg: EvalConfig, info: dict, num_tasks=suite_num_tasks) -> list[str]:
     """Every setting that differs from the protocol, one readable flag each (empty = protocol-exact).
 
-    `info` is the policy description (`worldvla.eval.interface.policy_info`).
+    `info` is the policy description (`worldvla.policy.interface.policy_info`).
     """
     out = []
     for suite in cfg.suites:

@@ -15,8 +15,6 @@ actions have run.
 from __future__ import annotations
 
 import hashlib
-import random
-import sys
 import time
 import traceback
 from collections.abc import Callable, Generator
@@ -25,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worldvla.envs.libero import Observation, format_obs, proprio_state
+from worldvla.policy.interface import as_chunk
+from worldvla.policy.seeding import seed_everything  # re-exported for worker / runner
 
-from .interface import as_chunk
 from .protocol import EpisodeKey, suite_max_steps
 
 
@@ -75,14 +74,6 @@ class Outcome:
     failure_reason: str | None = None  # the policy's chunk ended the episode (official decoding)
     grammar_violations: int | None = None  # chunks whose free argmax left the action grammar (None: not reported)
     grammar_checked: int = 0  # chunks for which the policy reported it
-
-
-def seed_everything(seed: int) -> None:
-    """python, numpy and (if already imported) torch; simulator workers never import torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

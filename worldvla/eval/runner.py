@@ -19,9 +19,9 @@ import numpy as np
 
 from worldvla.config import to_dict
 from worldvla.envs.libero_pro import check_resources, perturbation_record
+from worldvla.policy.interface import ActionChunk, decode_infos, load_policy, policy_info
 
 from .config import EvalConfig, compile_step_for, parse_shard
-from .interface import ActionChunk, decode_infos, load_policy, policy_info
 from .pool import WorkerPool
 from .protocol import (
     EpisodeKey,

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.envs.libero import load_compiler_before_gl
+from worldvla.policy.interface import import_object
 
 from .config import EvalConfig
-from .interface import import_object
 from .protocol import EpisodeKey
 from .rng_chain import ChainedEnv, ResetRngChain
 from .rollout import Query, RolloutOptions, run_episode, seed_everything

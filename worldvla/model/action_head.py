@@ -26,9 +26,7 @@ import torch
 from torch import nn
 
 from worldvla import vocab as V
-from worldvla.tokenizers.action import official_bin_centres
-
-N_BIN_EDGES = 256
+from worldvla.bins import N_BIN_EDGES, official_bin_centres
 
 
 @dataclass
@@ -152,5 +150,12 @@ def action_head_loss(head: ActionHead, hidden: torch.Tensor, input_ids: torch.Te
     if not rows.any():
         return hidden.sum() * 0.0  # keeps the graph connected for distributed training
     pred = head(hidden[rows], prefix_lengths(input_ids[rows]))
-    target = bin_centre_targets(labels[rows], head.cfg.chunk_size, head.cfg.action_dim).to(pred.dtype)
-    return (pred - target).abs().mean()
+    return l1_to_bin_centres(pred, labels[rows], head.cfg.chunk_size)
+
+
+def l1_to_bin_centres(pred: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """The official L1 term: mean |pred - bin centres of the label action tokens|, in fp32.
+
+    pred (n, K, 7) normalised actions of the selected rows; labels (n, L) of the same rows."""
+    target = bin_centre_targets(labels, chunk_size, pred.shape[-1])  # (n, K, 7) fp32
+    return (pred.float() - target).abs().mean()

@@ -10,7 +10,7 @@ Official rule (`generate_att_mask_3`, official_format.md §5), per sequence of l
 
 The two forms the package uses (both checked in tests against a literal transcription of the official
 loops, tests/reference_masks.py):
-- `ActionLayout`: the blocks of one sequence, from token ids (`spans_from_ids`) or `Span` metadata;
+- `ActionLayout`: the blocks of one sequence, from token ids (`worldvla.spans.spans_from_ids`) or `Span` metadata;
 - `dense_mask` / `batch_mask`: full (L, L) / (B, 1, L, L) boolean masks, the SDPA path for training
   (causal fill + one row-slice update per isolated block: ~20 ms at L = 4096 on one CPU core);
 - `RowMasker` / `mask_rows(layouts, q_pos, S)`: (B, 1, Lq, S) rows for arbitrary query positions over
@@ -24,45 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from worldvla import vocab as V
-
-if TYPE_CHECKING:  # the data package pulls in the tokenizers (PIL, tokenizers): not needed to build masks
-    from worldvla.data.sequence import Span
-
-
-class MaskError(ValueError):
-    """Start/end tokens that the official pairing rule rejects."""
-
-
-def _pairs(ids: np.ndarray, start_id: int, end_id: int, what: str, open_end: int | None = None) -> list[tuple[int, int]]:
-    starts = np.flatnonzero(ids == start_id).tolist()
-    ends = np.flatnonzero(ids == end_id).tolist()
-    if len(starts) == len(ends) + 1:
-        ends.append(len(ids) - 1 if open_end is None else open_end)  # missing end -> last position
-    elif len(ends) == len(starts) + 1:
-        ends.pop()  # surplus end dropped
-    if len(starts) != len(ends):
-        raise MaskError(f"{len(starts)} {what} starts vs {len(ends)} ends: not pairable (official rule)")
-    return list(zip(starts, ends))
+from worldvla.spans import Span, spans_from_ids  # noqa: F401 (spans_from_ids: re-exported)
+from worldvla.spans import SpanError as MaskError  # noqa: F401 (re-exported)
+from worldvla.spans import pair_blocks as _pairs
 
 
 def _id_array(ids) -> np.ndarray:
     return np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
-
-
-def spans_from_ids(ids) -> list[Span]:
-    """Image and action spans (end exclusive) paired exactly as the official mask code pairs them."""
-    from worldvla.data.sequence import Span
-
-    arr = _id_array(ids)
-    spans = [Span("image", s, e + 1) for s, e in _pairs(arr, V.BOI_ID, V.EOI_ID, "image")]
-    spans += [Span("action", s, e + 1) for s, e in _pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action")]
-    return spans
 
 
 @dataclass(frozen=True)

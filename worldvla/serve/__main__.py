@@ -8,15 +8,14 @@ import logging
 import sys
 
 from worldvla.config import ConfigError, parse_cli
+from worldvla.policy import interface
+from worldvla.policy.decode import compile_step_for
+from worldvla.policy.seeding import seed_everything
+
+from .server import PolicyServer, ServeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldvla.eval.config import compile_step_for
-    from worldvla.eval.interface import load_policy
-    from worldvla.eval.rollout import seed_everything
-
-    from .server import PolicyServer, ServeConfig
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_cli(ServeConfig, argv, description=__doc__)
@@ -28,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seed_everything(cfg.seed)
     try:
-        policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+        policy = interface.load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
                              compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

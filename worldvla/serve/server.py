@@ -2,7 +2,7 @@
 
     python -m worldvla.serve policy=CKPT_DIR [protocol=worldvla|openpi|vla-eval] [host=127.0.0.1] [port=8000]
 
-It speaks one protocol (serve/protocols/): worldvla's own (serve/wire.py, the default), openpi's
+It speaks one protocol (serve/protocols/): worldvla's own (policy/wire.py, the default), openpi's
 (openpi-client's WebsocketClientPolicy) or vla-eval's (allenai's vla-evaluation-harness); `GET /health`
 answers 200 for all. Requests from all connections are queued per connection; one batcher takes them
 round robin (one request slice per connection in turn, up to `max_batch` episodes), makes one
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldvla.eval.config import DecodeConfig
-from worldvla.eval.interface import ActionChunk, as_chunk, decode_infos, policy_info
+from worldvla.policy.decode import DecodeConfig
+from worldvla.policy.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
 from .protocols import PROTOCOLS, session_class
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from worldvla import vocab
+from worldvla.bins import N_BIN_EDGES, official_bin_centres
 
 log = logging.getLogger(__name__)
 
-N_BIN_EDGES = 256  # official: np.linspace(-1, 1, 256)
 NORM_EPS = 1e-8  # official denominator epsilon
 ACTION_DIM = 7  # dx dy dz, drx dry drz (axis-angle), gripper (-1 open, +1 close)
 STATE_DIM = 8  # eef pos (3), eef axis-angle (3), gripper qpos (2)
@@ -95,15 +95,6 @@ STATS_PRESETS = {
     "rynnvla_action": RYNNVLA_ACTION_STATS,
     "rynnvla_state": RYNNVLA_STATE_STATS,
 }
-
-
-def official_bin_centres() -> np.ndarray:
-    """(255,) float32 bin centres exactly as the official decode computes them: torch fp32
-    `linspace(-1, 1, 256)`, then `(edges[:-1] + edges[1:]) / 2` in fp32 (not fp64 rounded to fp32)."""
-    import torch
-
-    edges = torch.linspace(-1.0, 1.0, N_BIN_EDGES, dtype=torch.float32)
-    return ((edges[:-1] + edges[1:]) / 2.0).numpy()
 
 
 def load_stats(spec: str | Path) -> NormStats:

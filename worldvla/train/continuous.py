@@ -22,12 +22,11 @@ from torch import nn
 from worldvla.model.action_head import (
     ActionHead,
     ActionHeadConfig,
-    bin_centre_targets,
+    l1_to_bin_centres,
     prefix_lengths,
     selectable_rows,
 )
-
-HEAD_PREFIX = "action_head."
+from worldvla.policy.continuous import head_tensors, load_head_tensors
 
 
 @dataclass
@@ -89,22 +88,16 @@ def head_l1(out: HeadOutput, labels: torch.Tensor, chunk_size: int) -> tuple[tor
     if out.pred is None:
         return out.idle, 0
     try:
-        target = bin_centre_targets(labels[out.rows], chunk_size, out.pred.shape[-1])  # (n, K, 7)
+        l1 = l1_to_bin_centres(out.pred, labels[out.rows], chunk_size)
     except ValueError as err:
         raise ValueError(f"action head: {err}; data.chunk_size must be the K the shards were made with") from None
-    return (out.pred.float() - target).abs().mean(), int(out.rows.sum())
+    return l1, int(out.rows.sum())
 
 
 def load_head_weights(head: ActionHead, extras: dict, source: str) -> bool:
     """Copy `action_head.*` tensors of an init checkpoint into `head`; False when it has none (random init)."""
-    state = {k[len(HEAD_PREFIX):]: v for k, v in extras.items() if k.startswith(HEAD_PREFIX)}
-    if not state:
+    tensors = head_tensors(extras)
+    if not tensors:
         return False
-    try:
-        missing, unexpected = head.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatch
-        raise KeyError(f"model.init_from={source}: its action_head.* tensors do not fit the head: {err}") from None
-    if missing or unexpected:
-        raise KeyError(f"model.init_from={source}: its action_head.* tensors do not fit model.action_head_config "
-                       f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+    load_head_tensors(head, tensors, f"model.init_from={source}", "model.action_head_config")
     return True

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from worldvla.config import parse_cli, save_config, to_dict
+from worldvla.policy.open_loop import trainer_metrics
 from worldvla.train import modeling
 from worldvla.train.checkpoint import CheckpointManager
 from worldvla.train.config import TrainConfig
@@ -276,8 +277,6 @@ def open_loop(run: Run, val: TrainSet, step: int) -> dict:
             log.warning("train.open_loop_samples: skipped with %d processes (decoding needs the whole model on "
                         "one process; run python -m worldvla.eval.open_loop on a checkpoint)", run.acc.num_processes)
         return {}
-    from worldvla.eval.open_loop import trainer_metrics
-
     return trainer_metrics(run.acc.unwrap_model(run.model), run.cfg.data, run.cfg.model.action_mask, val, n,
                            run.out_dir / "open_loop" / f"step_{step:08d}.json", str(run.acc.device))
 

@@ -21,7 +21,8 @@ import time
 import msgpack
 import numpy as np
 
-from .. import wire
+from worldvla.policy import wire
+
 from ..frames import FrameError, fit_frame, short_error
 
 log = logging.getLogger(__name__)

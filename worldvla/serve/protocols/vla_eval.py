@@ -22,7 +22,8 @@ from collections import deque
 
 import numpy as np
 
-from .. import wire
+from worldvla.policy import wire
+
 from ..frames import FrameBuffer, FrameError, fit_frame, short_error
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
-"""worldvla's own protocol (serve/wire.py): batched predict_batch requests; the client sends the history."""
+"""worldvla's own protocol (policy/wire.py): batched predict_batch requests; the client sends the history."""
 
 from __future__ import annotations
 
 import logging
 
-from .. import wire
+from worldvla.policy import wire
+
 from ..frames import FrameError, fit_frame, short_error
 
 log = logging.getLogger(__name__)

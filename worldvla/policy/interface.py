@@ -5,8 +5,8 @@ A policy is anything with `predict_batch(instructions, images_per_episode, wrist
 (optional: `uses_wrist`, `uses_state`, `action_mode`, `decode_mode`, `name`, and `last_decode_info`: per
 query of the last call, {"failure": reason or None, "grammar_violation": bool or None}; a failure ends
 the episode as a failure after the chunk's actions, as the official loop's exception does; a chunk
-may then hold fewer or more actions than K, or none). `WorldVLAPolicy` (worldvla.eval.policy), the
-websocket client (worldvla.serve.client) and the scripted test policies (worldvla.eval.scripted)
+may then hold fewer or more actions than K, or none). `WorldVLAPolicy` (worldvla.policy.policy), the
+websocket client (worldvla.policy.client) and the scripted test policies (worldvla.eval.scripted)
 all qualify. Batching must not change an episode's result: policies decode greedily.
 """
 
@@ -43,7 +43,7 @@ def policy_info(policy) -> dict:
     """The attributes the rollout uses, with defaults for the optional ones."""
     missing = [a for a in ("chunk_size", "history", "resolution", "predict_batch") if not hasattr(policy, a)]
     if missing:
-        raise TypeError(f"{type(policy).__name__} is not a policy: missing {missing} (see worldvla.eval.interface)")
+        raise TypeError(f"{type(policy).__name__} is not a policy: missing {missing} (see worldvla.policy.interface)")
     return {
         "name": str(getattr(policy, "name", type(policy).__name__)),
         "chunk_size": int(policy.chunk_size),
@@ -109,7 +109,7 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     checkpoint's own setting. A server or factory policy has a fixed mode: asking for another is an error.
     `tokenizer` and `settings` (worldvla.json values: chunk_size, resolution, action_stats, ...) are for
     checkpoint folders that lack them, such as the official release; they only apply to a checkpoint. A
-    released checkpoint (worldvla.eval.official_checkpoints) brings its own settings, `settings` override
+    released checkpoint (worldvla.policy.official_checkpoints) brings its own settings, `settings` override
     them; any other folder without worldvla.json is refused unless `settings` give chunk_size, resolution
     and action_stats. `compile_step` (decode.compile) selects a checkpoint's static-shape / CUDA-graph
     decode step; a server or factory policy decodes as it was set up. `decode` (auto | parallel |
@@ -120,15 +120,15 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     if not spec:
         raise ValueError("no policy given: policy=CKPT_DIR, policy=ws://127.0.0.1:8000 or policy=module:factory")
     if spec.startswith(("ws://", "wss://")):
-        from worldvla.serve.client import RemotePolicy
+        from worldvla.policy.client import RemotePolicy
 
         return _check_decode(_check_mode(RemotePolicy(spec), action_mode, spec), decode, spec)
     path = Path(spec)
     if path.is_dir() or is_hub_id(spec):  # a hub id is downloaded by the loader (worldvla.model.loading)
         try:
-            from worldvla.eval.policy import WorldVLAPolicy
+            from worldvla.policy.policy import WorldVLAPolicy
         except ImportError as err:
-            raise ImportError(f"cannot load checkpoint {path}: worldvla.eval.policy unavailable ({err})") from err
+            raise ImportError(f"cannot load checkpoint {path}: worldvla.policy.policy unavailable ({err})") from err
         log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")
         return WorldVLAPolicy.from_pretrained(path, device=device, action_mode=action_mode, tokenizer=tokenizer,
                                               compile_step=compile_step, decode=decode, **(settings or {}))

@@ -139,7 +139,7 @@ def unknown_folder_error(folder, given: dict) -> ValueError:
     example = ", ".join(f"{k}: ..." for k in missing)
     return ValueError(
         f"{folder} has no worldvla.json and is not a released checkpoint this project knows "
-        f"(worldvla.eval.official_checkpoints); its settings would be guesses. Pass {', '.join(missing)} "
+        f"(worldvla.policy.official_checkpoints); its settings would be guesses. Pass {', '.join(missing)} "
         f"(eval/serve: 'policy_settings={{{example}}}'; python: WorldVLAPolicy.from_pretrained(..., "
         f"{'=..., '.join(missing)}=...)); also with_wrist, with_state, history, family and action_mode if they differ "
         "from plain WorldVLA (no wrist, no state, history 2, discrete). Released folders: model_<256|512>/<suite>, "

@@ -71,19 +71,33 @@ def head_config_from_tensors(tensors: dict[str, torch.Tensor], settings: dict | 
     return cfg
 
 
+def head_tensors(extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The `action_head.*` tensors of a checkpoint, keys without the prefix (empty: it has no head)."""
+    return {k[len(PREFIX):]: t for k, t in extras.items() if k.startswith(PREFIX)}
+
+
+def load_head_tensors(head: ActionHead, tensors: dict[str, torch.Tensor], where: str, layout: str = "its layout") -> None:
+    """Load a checkpoint's head tensors into `head` (the one loader of inference and training init), or say
+    which tensors do not fit."""
+    try:
+        missing, unexpected = head.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # a shape mismatch
+        raise ValueError(f"{where}: action head tensors do not fit {layout}: {err}") from None
+    if missing or unexpected:
+        raise ValueError(f"{where}: action head tensors do not match {layout} "
+                         f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+
+
 def build_action_head(extras: dict[str, torch.Tensor], settings: dict | None, where: str,
                       device, dtype: torch.dtype) -> ActionHead:
     """The checkpoint's action head in eval mode, or a clear error if the checkpoint has none."""
-    tensors = {k[len(PREFIX):]: t for k, t in extras.items() if k.startswith(PREFIX)}
+    tensors = head_tensors(extras)
     if not tensors:
         raise ValueError(f"{where} has no {PREFIX}* tensors: it was trained without the continuous action head; "
                          "use action_mode=discrete")
     cfg = head_config_from_tensors(tensors, settings, where)
     head = ActionHead(cfg)
-    missing, unexpected = head.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{where}: action head tensors do not match its layout "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_head_tensors(head, tensors, where)
     log.info("%s: continuous action head, K=%d, %d layers, width %d, %d heads", where, cfg.chunk_size,
              cfg.num_layers, cfg.proj_dim, cfg.num_heads)
     return head.to(device=device, dtype=dtype).eval()

@@ -10,7 +10,7 @@ number of actions than K, or end the episode as a failure) — and de-normalised
 statistics. After each `predict_batch`, `last_decode_info` holds per query the failure of an official
 parse (or None) and, in the constrained modes, whether the unconstrained argmax would have left the
 action grammar. With `action_mode="continuous"` (RynnVLA-002) the actions come instead from the
-checkpoint's action head reading the backbone's prompt states (worldvla.eval.continuous),
+checkpoint's action head reading the backbone's prompt states (worldvla.policy.continuous),
 de-normalised with the same statistics. `imagine(image, action)` runs the world model: the official
 world prompt and constrained image-token generation, decoded to pixels by the VQ-GAN; with
 `wrist=` the bi-view world model (RynnVLA-002) returns the next third-person and wrist frames.
@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldvla.data.sequence import SequenceBuilder, action_conversation, world_conversation
+from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, world_conversation
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, NormStats, StateTokenizer, TextTokenizer, load_stats
+from worldvla.tokenizers.image import tokens_to_codes
 from worldvla.tokenizers.text import file_sha256
 
 from .continuous import build_action_head, check_action_mode, predict_normalised
@@ -172,7 +173,7 @@ class WorldVLAPolicy:
                         tokenizer: str | Path | None = None, decode: str = "auto", compile_step: bool = False,
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
-        with `tokenizer=<dir>`. An official folder listed in worldvla.eval.official_checkpoints (by hub id
+        with `tokenizer=<dir>`. An official folder listed in worldvla.policy.official_checkpoints (by hub id
         or folder name) gets its released settings from that table; any other folder without worldvla.json
         must be given chunk_size, resolution and action_stats as keyword arguments, or it is refused.
         Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
@@ -374,3 +375,31 @@ class WorldVLAPolicy:
         spans = tuple(G.split_image_spans(span, views))
         pictures = tuple(self.images.tokens_to_image(s) for s in spans)
         return (pictures, spans) if return_tokens else pictures
+
+    # -- batched world model (worldvla.eval.imagine rolls it out) ----------------------------------
+    def frame_tokens(self, frames) -> list[list[int]]:
+        """(R, R, 3) uint8 frames -> the image tokens of each, one batched VQ-GAN encode."""
+        return self.images.images_to_tokens(list(frames))
+
+    def world_prompt_from_tokens(self, view_tokens: list[list[int]], action, human_text: str | None = None) -> list[int]:
+        """One-step world prompt from ready image tokens: [BOS] prompt I(t) [I_wrist(t)] A(t) SEP.
+
+        `view_tokens` holds the image tokens of each view of frame t (1: third person, 2: + wrist);
+        `human_text` replaces the training prompt's text (e.g. RynnVLA-002's eval wording)."""
+        conv = world_conversation(1, views=len(view_tokens))
+        if human_text is not None:
+            turn = conv[0]["value"]
+            conv[0] = {"from": "human", "value": human_text + turn[turn.index(IMAGE):]}
+        return self.world_builder.prompt(conv, list(view_tokens), actions=[action]).input_ids
+
+    def imagine_tokens(self, prompts: list[list[int]], views: int = 1) -> tuple[np.ndarray, list[list[list[int]]]]:
+        """Batched world model on ready prompts: the `views` next images of every prompt, generated in one
+        constrained decode. Returns the frames (B, views, R, R, 3) uint8 and the image token span of
+        each (B lists of `views` token lists)."""
+        latent = self.resolution // 16  # VQ-GAN downsampling
+        spans = G.generate_image(self.model, prompts, latent, latent, self.image_ids, self.action_mask,
+                                 self.compile_step, n_images=views, static=self.static).cpu().numpy()
+        per_view = [[v.tolist() for v in G.split_image_spans(s, views)] for s in spans]
+        codes = np.stack([tokens_to_codes(v, self.text.vocab) for row in per_view for v in row])
+        res = self.resolution
+        return self.images.decode(codes).reshape(len(prompts), views, res, res, 3), per_view
