@@ -31,7 +31,7 @@ from worldvla.stats import (  # noqa: F401  (re-exported: the statistics live at
 
 log = logging.getLogger(__name__)
 
-N_BIN_EDGES = 256  # official: np.linspace(-1, 1, 256)
+N_BIN_EDGES = vocab.N_ACTION_BINS  # official: np.linspace(-1, 1, 256)
 NORM_EPS = 1e-8  # official denominator epsilon
 ACTION_DIM = 7  # dx dy dz, drx dry drz (axis-angle), gripper (-1 open, +1 close)
 STATE_DIM = 8  # eef pos (3), eef axis-angle (3), gripper qpos (2)
