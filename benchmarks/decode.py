@@ -32,9 +32,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below, also when loaded by path
+
+import baselines as BL
+from flex_masks import flex_block_mask
+
 from worldvla import vocab as V
 from worldvla.model import generate as G
-from worldvla.model.masks import ActionLayout, RowMasker, batch_mask, flex_block_mask
+from worldvla.model.masks import ActionLayout, RowMasker, batch_mask
 from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.testing.tiny_model import make_tiny_model
 
@@ -105,11 +110,11 @@ def best_of(fns: dict, repeats: int, warmup: bool = False) -> dict:
     output (identical each run). `warmup`: one untimed run of each first (compilation, graph capture)."""
     if warmup:
         for fn in fns.values():
-            fn(G.DecodeStats())
+            fn(BL.new_stats())
     runs: dict = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            stats = G.DecodeStats()
+            stats = BL.new_stats()
             result = fn(stats)
             runs[name].append((stats, result))
     out = {}
@@ -165,7 +170,7 @@ def bench_masks(model, repeats: int, steps: int = 32, batches=(1, 8)) -> dict:
     out = {"context_tokens": len(action_prompt(1, 512, seed=1))}
     for B in batches:
         prompts = [action_prompt(1, 512, seed=1 + b) for b in range(B)]
-        res = best_of({name: lambda st, prompts=prompts, dense=dense: G.decode_action_chunks(
+        res = best_of({name: lambda st, prompts=prompts, dense=dense: BL.decode_action_chunks(
             model, prompts, 4, "sequential", dense_official_mask=dense, stats=st, compile_step=RUN["compile_step"])
             for name, dense in (("rows", False), ("dense", True))}, repeats)
         equal = same_tokens(res["rows"][1], res["dense"][1], f"batch {B}: mask rows vs dense mask")
@@ -173,7 +178,7 @@ def bench_masks(model, repeats: int, steps: int = 32, batches=(1, 8)) -> dict:
         out[f"chunk_b{B}"] = {"rows_step_ms": ms["rows"], "dense_step_ms": ms["dense"],
                               "step_speedup": ms["dense"] / ms["rows"], "equal_tokens": equal}
     prompt = action_prompt(1, 512, seed=1) + [V.ACTION_START_ID]
-    res = best_of({name: lambda st, dense=dense: G.generate_greedy(
+    res = best_of({name: lambda st, dense=dense: BL.generate_greedy(
         model, [prompt], steps + 1, eos_id=-1, dense_official_mask=dense, stats=st, compile_step=RUN["compile_step"])
         for name, dense in (("rows", False), ("dense", True))}, repeats)
     equal = same_tokens(res["rows"][1], res["dense"][1], "unconstrained: mask rows vs dense mask")
@@ -199,20 +204,20 @@ def mask_work_per_step(prompt: list[int], steps: int, repeats: int, chunk: int =
     return {
         "planned": best(lambda: G.to_additive(RowMasker(layouts, S)(positions))) / (G.BLOCK_LEN * chunk - 1),
         "incremental": best(lambda: G.to_additive(masker(torch.tensor([[S - 1]])))),
-        "official": best(lambda: G._official_rows([ids], len(ids) + 1, True, torch.float32, "cpu")),
+        "official": best(lambda: BL.official_rows([ids], len(ids) + 1, True, torch.float32, "cpu")),
     }
 
 
 def _timed(fn, device="cpu") -> float:
-    t0 = G.clock(device)
+    t0 = BL.clock(device)
     fn()
-    return 1e3 * (G.clock(device) - t0)
+    return 1e3 * (BL.clock(device) - t0)
 
 
 def bench_cache(model, repeats: int) -> dict:
     prompt = action_prompt(2, 256, seed=2)
     res = best_of({"cache": lambda st: G.decode_action_chunks(model, [prompt], 5, "sequential", stats=st),
-                   "plain": lambda st: G.decode_action_chunks(model, [prompt], 5, "sequential", use_cache=False,
+                   "plain": lambda st: BL.decode_action_chunks(model, [prompt], 5, "sequential", use_cache=False,
                                                               stats=st)}, repeats)
     (cached, a), (plain, b) = res["cache"], res["plain"]
     equal = same_tokens(a, b, "cache vs no-cache decoding")
@@ -463,12 +468,12 @@ def main(argv=None) -> dict:
     args.clock = args.clock or ("cpu" if args.device == "cpu" and args.threads == 1 else "wall")
     if args.clock == "cpu" and args.device != "cpu":
         raise SystemExit("--clock cpu measures host CPU time: use it with --device cpu")
-    before = G.TIMER["now"]
-    G.TIMER["now"] = time.process_time if args.clock == "cpu" else time.perf_counter
+    before = BL.TIMER["now"]
+    BL.TIMER["now"] = time.process_time if args.clock == "cpu" else time.perf_counter
     try:
         return run(args, sections)
     finally:
-        G.TIMER["now"] = before  # main() may be called in-process (tests)
+        BL.TIMER["now"] = before  # main() may be called in-process (tests)
 
 
 def run(args, sections: set[str]) -> dict:

@@ -253,7 +253,8 @@ def test_grammar_check_static_step_equals_eager_and_a_full_forward(mode):
     import sys
     from pathlib import Path
 
-    from worldvla.model.masks import reference_mask
+    from reference_masks import reference_mask
+
     from worldvla.testing.tiny_model import make_tiny_model
 
     sys.path.insert(0, str(Path(__file__).parent))

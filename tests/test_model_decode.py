@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from reference_masks import reference_mask
 
+from benchmarks import baselines as BL
 from worldvla import vocab as V
 from worldvla.model import generate as G
-from worldvla.model.masks import reference_mask
 from worldvla.testing.tiny_model import make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -80,7 +81,7 @@ def test_no_cache_decoding_equals_cached():
     prompts = [random_prompt(50), random_prompt(51, n_images=1)]
     cached = G.decode_action_chunks(model, prompts, 5, "sequential")
     stats = G.DecodeStats()
-    plain = G.decode_action_chunks(model, prompts, 5, "sequential", use_cache=False, stats=stats)
+    plain = BL.decode_action_chunks(model, prompts, 5, "sequential", use_cache=False, stats=stats)
     assert torch.equal(cached, plain) and stats.forward_steps == 35
 
 
@@ -99,7 +100,7 @@ def test_unconstrained_greedy_matches_full_recompute():
     # a prompt that already opened action blocks, so the per-step mask rows matter
     prompts = [random_prompt(60) + [V.ACTION_START_ID, 10100, 10200], random_prompt(61, n_images=1)]
     fast = G.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1)
-    dense = G.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1, dense_official_mask=True)
+    dense = BL.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1, dense_official_mask=True)
     assert fast == dense
     for p, out in zip(prompts, fast):
         assert out == greedy_by_full_forward(model, p, 12)

@@ -5,7 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from reference_masks import reference_mask
 
+from benchmarks.flex_masks import flex_block_mask, flex_mask_mod, flex_tables
 from worldvla import vocab as V
 from worldvla.data.sequence import SequenceBuilder, Span, action_conversation, world_conversation
 from worldvla.model import masks as M
@@ -37,7 +39,7 @@ def test_hand_drawn_example():
     ids = [0, V.BOI_ID, 5, V.EOI_ID, A0, 7, A1, A0, 8, A1, V.END_OF_TURN_ID]
     want = np.tril(np.ones((11, 11), dtype=bool))
     want[7:10, 4:7] = False  # the second block does not see the first
-    assert np.array_equal(M.reference_mask(ids).numpy(), want)
+    assert np.array_equal(reference_mask(ids).numpy(), want)
     assert np.array_equal(M.dense_mask(ids).numpy(), want)
     assert np.array_equal(M.dense_mask(ids, action_mask=False).numpy(), np.tril(np.ones((11, 11), dtype=bool)))
     # an image after the actions: no block starts after the last image -> plain causal
@@ -55,7 +57,7 @@ def test_unpairable_tokens_raise():
     with pytest.raises(M.MaskError, match="action"):
         M.spans_from_ids([A0, A0, 5])
     with pytest.raises(M.MaskError, match="image"):
-        M.reference_mask([V.EOI_ID, V.EOI_ID, 1])
+        reference_mask([V.EOI_ID, V.EOI_ID, 1])
 
 
 def test_sdpa_rows_match_reference_on_random_layouts():
@@ -64,7 +66,7 @@ def test_sdpa_rows_match_reference_on_random_layouts():
     for _ in range(400):
         ids = random_layout(rng)
         try:
-            ref = M.reference_mask(ids)
+            ref = reference_mask(ids)
         except M.MaskError:
             continue
         L = len(ids)
@@ -96,7 +98,7 @@ def test_open_layout_rows_hold_until_the_next_start_or_end_token():
             for q in range(cut - 1, len(ids)):
                 if q >= cut and ids[q] in structural:
                     break  # the decoder rebuilds here
-                want = M.reference_mask(ids[: q + 1])[-1]
+                want = reference_mask(ids[: q + 1])[-1]
                 assert torch.equal(masker(torch.tensor([q]))[0, 0, 0, : q + 1], want), (ids, cut, q)
                 checked += 1
     assert checked > 1000
@@ -110,7 +112,7 @@ def test_batch_mask_and_additive_form():
     assert batch.shape == (4, 1, L, L)
     for b, ids in enumerate(rows):
         n = len(ids)
-        assert torch.equal(batch[b, 0, :n, :n], M.reference_mask(ids))
+        assert torch.equal(batch[b, 0, :n, :n], reference_mask(ids))
         assert torch.equal(batch[b, 0, n:], torch.tril(torch.ones(L, L, dtype=torch.bool))[n:])  # padding: causal
     add = M.to_additive(batch, torch.bfloat16)
     assert add.dtype == torch.bfloat16 and (add[batch] == 0).all() and (add[~batch] == torch.finfo(torch.bfloat16).min).all()
@@ -123,25 +125,25 @@ def test_flex_block_mask_matches_reference():
     rows = [random_layout(rng, allow_malformed=False) for _ in range(3)]
     L = max(map(len, rows))
     layouts = [M.ActionLayout(L, lay.blocks, lay.last_image_end) for lay in map(M.ActionLayout.from_ids, rows)]
-    dense = create_mask(M.flex_mask_mod(layouts, L), len(rows), 1, L, L, device="cpu")  # (B, 1, L, L)
+    dense = create_mask(flex_mask_mod(layouts, L), len(rows), 1, L, L, device="cpu")  # (B, 1, L, L)
     want = M.batch_mask(rows, L)
     assert torch.equal(dense, want)
-    block = M.flex_block_mask(rows, L, block_size=16)
+    block = flex_block_mask(rows, L, block_size=16)
     q, k, v = torch.randn(3, len(rows), 2, L, 8).unbind(0)
     with warnings.catch_warnings():  # eager flex on CPU warns (once per process) about the unfused path
         warnings.simplefilter("ignore", UserWarning)
         out = flex_attention(q, k, v, block_mask=block)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=want)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    causal = create_mask(M.flex_mask_mod(layouts, L, action_mask=False), 1, 1, L, L, device="cpu")
+    causal = create_mask(flex_mask_mod(layouts, L, action_mask=False), 1, 1, L, L, device="cpu")
     assert torch.equal(causal[0, 0], torch.tril(torch.ones(L, L, dtype=torch.bool)))
 
 
 def test_flex_refuses_overlapping_blocks():
     ids = [A0, 1, A0, 2, A1]  # starts 0, 2; ends 4, L-1 -> overlapping pairs (0, 4), (2, 4)
     with pytest.raises(M.MaskError, match="overlapping"):
-        M.flex_tables([M.ActionLayout.from_ids(ids)], len(ids))
-    assert torch.equal(M.dense_mask(ids), M.reference_mask(ids))  # the SDPA path handles them exactly
+        flex_tables([M.ActionLayout.from_ids(ids)], len(ids))
+    assert torch.equal(M.dense_mask(ids), reference_mask(ids))  # the SDPA path handles them exactly
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_spans_of_sequence_builder_samples_give_the_official_mask(builder, kind)
                   "image": [fake_image(rng) for _ in range(2)], "action": acts, "state": [rng.uniform(-1, 1, 8)]}
     sample = builder.build(record)
     L = len(sample)
-    ref = M.reference_mask(sample.input_ids)
+    ref = reference_mask(sample.input_ids)
     from_spans = M.dense_mask(sample.spans, L)
     assert torch.equal(from_spans, ref) and torch.equal(M.dense_mask(sample.input_ids), ref)
     ours = M.ActionLayout.from_spans(sample.spans, L)
@@ -179,7 +181,7 @@ def test_spans_of_sequence_builder_samples_give_the_official_mask(builder, kind)
         assert len(ours.isolated()) == 5 and not torch.equal(ref, torch.tril(torch.ones_like(ref)))
     # truncation: spans past L are clipped like an unmatched start
     cut = L - 4
-    assert torch.equal(M.dense_mask(sample.spans, cut), M.reference_mask(sample.input_ids[:cut]))
+    assert torch.equal(M.dense_mask(sample.spans, cut), reference_mask(sample.input_ids[:cut]))
 
 
 def test_span_metadata_with_state_blocks_is_ignored():

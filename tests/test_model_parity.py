@@ -11,10 +11,12 @@ import warnings
 
 import pytest
 import torch
+from reference_masks import reference_mask
 
 from worldvla import vocab as V
+from worldvla.model.convert import config_from_hf, config_to_hf
 from worldvla.model.loading import load_checkpoint, load_model
-from worldvla.model.masks import dense_mask, reference_mask, to_additive
+from worldvla.model.masks import dense_mask, to_additive
 from worldvla.model.transformer import ModelConfig, Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -180,14 +182,14 @@ def test_causal_prefill_without_a_mask_tensor():
 def test_config_round_trip_and_presets():
     for name in ("7b", "tiny"):
         cfg = ModelConfig.preset(name)
-        assert ModelConfig.from_hf_config(cfg.to_hf_config()) == cfg
+        assert config_from_hf(config_to_hf(cfg)) == cfg
     big = ModelConfig.preset("7b")
     assert (big.dim, big.n_layers, big.head_dim, big.intermediate_size, big.vocab_size) == (4096, 32, 128, 11008, 65536)
     hf_style = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "vocab_size": 100,
                 "intermediate_size": 32, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}
-    assert ModelConfig.from_hf_config(hf_style).rope_theta == 5e5
+    assert config_from_hf(hf_style).rope_theta == 5e5
     with pytest.raises(ValueError, match="RoPE scaling"):
-        ModelConfig.from_hf_config({**hf_style, "rope_scaling": {"type": "linear", "factor": 2.0}})
+        config_from_hf({**hf_style, "rope_scaling": {"type": "linear", "factor": 2.0}})
     with pytest.raises(ValueError, match="unknown model preset"):
         ModelConfig.preset("13b")
 
@@ -203,7 +205,8 @@ def test_image_logit_masking_switch():
 
 
 def test_flex_attention_block_mask_path_matches_sdpa():
-    from worldvla.model.masks import batch_mask, flex_block_mask
+    from benchmarks.flex_masks import flex_block_mask
+    from worldvla.model.masks import batch_mask
     from worldvla.testing.tiny_model import make_tiny_model
 
     model = make_tiny_model(seed=9)
@@ -254,7 +257,8 @@ def test_official_layout_checkpoint_predicts_like_transformers(tiny_assets, tmp_
     (folder / "config.json").write_text(json.dumps(cfg))
 
     policy = WorldVLAPolicy.from_pretrained(folder, tokenizer=tiny_assets.tokenizer_json.parent, chunk_size=3,
-                                            resolution=128, history=2, action_stats="worldvla")
+                                            resolution=128, history=2, action_stats="worldvla",
+                                            decode="parallel")  # the constrained decode the reference runs
     assert policy.model.cfg.dropout == 0.05 and not policy.model.training
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]

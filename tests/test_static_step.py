@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_model_decode import random_prompt, rynnvla_prompt
 
+from benchmarks import baselines as BL
 from worldvla import vocab as V
 from worldvla.model import generate as G
 from worldvla.model import static_step as S
@@ -131,9 +132,9 @@ def test_batch_buckets_and_errors(model):
     with pytest.raises(ValueError, match="CUDA"):
         S.StaticDecoder(model, capture=True)
     with pytest.raises(ValueError, match="eager baseline"):
-        G.decode_action_chunks(model, prompts_of(1, 3), 5, "sequential", use_cache=False, static=True)
+        BL.decode_action_chunks(model, prompts_of(1, 3), 5, "sequential", use_cache=False, static=True)
     with pytest.raises(ValueError, match="eager baseline"):
-        G.generate_greedy(model, prompts_of(1, 3), 4, dense_official_mask=True, static=True)
+        BL.generate_greedy(model, prompts_of(1, 3), 4, dense_official_mask=True, static=True)
 
 
 def test_parallel_refuses_prompts_whose_blocks_would_see_each_other(model):

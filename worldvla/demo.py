@@ -24,7 +24,7 @@ Held out: `train_ratio` of each task's demos train the models, the remaining who
 Resumable: a finished stage leaves `<out>/.stages/<stage>.json` (its arguments and time) and is
 skipped when rerun with the same arguments; an interrupted stage resumes through its own CLI.
 The tiny model is random-initialised and trained for minutes on a handful of demos (its VQ-GAN is
-fitted for about a minute, MSE only, so decoded frames are blurry but show the scene):
+fitted for 30 s, MSE only, so decoded frames are blurry but show the scene):
 the numbers show that every stage runs, not what WorldVLA reaches (README: from the demo to the real
 thing).
 """

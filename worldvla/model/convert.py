@@ -11,6 +11,8 @@ converting:
 - q/k-norm weight/bias come as (model_parallel_size, head_dim) in the Lumina-mGPT code the checkpoints
   were trained with, as (n_heads, head_dim) in transformers >= 4.45, or as (head_dim,): `qk_norm_rows`
   maps any of them to the model's row count (see `fit_qk_norm`).
+config.json (the HF Chameleon keys) <-> `ModelConfig`: `config_from_hf` / `config_to_hf`; keys the model
+does not use (e.g. the official `z_loss_weight`) travel in `ModelConfig.extra` and are written back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import re
 
 import torch
+
+from worldvla.model.transformer import ModelConfig
 
 # Official key templates ({i} = layer index); every backbone tensor must match exactly one.
 GLOBAL_KEYS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
@@ -144,3 +148,53 @@ def from_model_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if is_backbone_key(key) or not key.startswith("model."):
             out[key] = t
     return out
+
+
+# -- config.json (official HF Chameleon keys) <-> ModelConfig ------------------------------------
+HF_RENAMED = {  # config.json key -> ModelConfig field
+    "vocab_size": "vocab_size", "hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads", "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_seq_len", "rope_theta": "rope_theta",
+}
+HF_SAME_NAME = ("rms_norm_eps", "model_parallel_size", "swin_norm", "attention_bias", "mlp_bias",
+                "tie_word_embeddings", "dropout", "mask_image_logits", "initializer_range")
+HF_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")  # None is a valid value for these
+HF_REWRITTEN = ("architectures", "model_type", "attention_dropout")  # config_to_hf writes its own values
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """ModelConfig from a config.json dict; unknown keys are kept in `extra`. Refuses RoPE scaling and
+    activations other than silu (Chameleon has neither), rather than loading a model that differs."""
+    hf = dict(hf)
+    rope = hf.pop("rope_parameters", None) or {}  # transformers >= 5 spelling of rope_theta
+    scaling = hf.pop("rope_scaling", None)
+    if scaling or rope.get("rope_type", "default") != "default":
+        raise ValueError(f"RoPE scaling {scaling or rope} is not supported (Chameleon uses none)")
+    if hf.pop("hidden_act", "silu") != "silu":
+        raise ValueError("only hidden_act=silu is supported (Chameleon's SwiGLU)")
+    kwargs = {}
+    for key, name in list(HF_RENAMED.items()) + [(n, n) for n in HF_SAME_NAME]:
+        value = hf.pop(key, None)
+        if value is not None:
+            kwargs[name] = value
+    if "rope_theta" not in kwargs and "rope_theta" in rope:
+        kwargs["rope_theta"] = rope["rope_theta"]
+    kwargs.setdefault("n_kv_heads", kwargs.get("n_heads", ModelConfig.n_heads))  # no GQA unless stated
+    kwargs["rope_theta"] = float(kwargs.get("rope_theta", ModelConfig.rope_theta))
+    kwargs["dropout"] = float(kwargs.get("dropout", 0.0))
+    for key in HF_REWRITTEN:
+        hf.pop(key, None)
+    for key in HF_TOKEN_IDS:
+        if key in hf:
+            kwargs[key] = hf.pop(key)
+    return ModelConfig(**kwargs, extra=hf)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """config.json dict of `cfg` (the official XLLMX architecture name; `extra` keys written back)."""
+    out = {"architectures": ["ChameleonXLLMXForConditionalGeneration"], "model_type": "chameleon",
+           "hidden_act": "silu", "rope_scaling": None, "attention_dropout": 0.0}
+    out.update({key: getattr(cfg, name) for key, name in HF_RENAMED.items()})
+    out.update({name: getattr(cfg, name) for name in HF_SAME_NAME})
+    out.update({key: getattr(cfg, key) for key in HF_TOKEN_IDS})
+    return {**cfg.extra, **out}

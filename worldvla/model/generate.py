@@ -25,18 +25,22 @@ Two step implementations run the same decode loops (`decode_session` yields eith
   preallocated tensors, the greedy choice inside the step. `compile_step=True` captures each step shape
   as a CUDA graph on CUDA, and on CPU runs every decoder layer through one torch.compile'd function.
 Prefill stays eager in both (its shape changes with every prompt length).
+
+Benchmark baselines (decoding without the KV cache, the official per-step dense mask) live in
+benchmarks/baselines.py; this module holds only what eval, serve and imagine run.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from worldvla import vocab as V
-from worldvla.model.masks import ActionLayout, RowMasker, reference_mask, to_additive
+from worldvla.model.masks import ActionLayout, RowMasker, to_additive
 from worldvla.model.static_step import GRAMMAR_FLAG, batch_bucket, greedy_ids, static_decoder
 from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
 
@@ -53,22 +57,21 @@ COMPILED_SHAPES = 64  # dynamo graphs kept per compiled step
 
 @dataclass
 class DecodeStats:
-    """Accumulated over calls: model calls after prefill, tokens fed, seconds in prefill / decode steps."""
+    """Accumulated over calls: model calls after prefill, tokens fed, seconds in prefill / decode steps.
+    `now` is the clock the seconds are read from (benchmarks pass time.process_time: CPU seconds)."""
 
     forward_steps: int = 0
     tokens_fed: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    now: Callable[[], float] = field(default=time.perf_counter, repr=False, compare=False)
 
 
-TIMER = {"now": time.perf_counter}  # benchmarks may switch to time.process_time (CPU seconds, load-proof)
-
-
-def clock(device) -> float:
-    """TIMER's reading after the device's queued work is done (CUDA runs asynchronously)."""
+def clock(device, now: Callable[[], float] = time.perf_counter) -> float:
+    """`now()` after the device's queued work is done (CUDA runs asynchronously)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-    return TIMER["now"]()
+    return now()
 
 
 def pad_right(prompts: list[list[int]], device, pad_id: int = V.PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +87,6 @@ def planned_layouts(prompts: list[list[int]], suffix: list[int], length: int) ->
     """Layouts of prompt + suffix (the structure of what will be generated), over `length` slots."""
     return [ActionLayout(length, lay.blocks, lay.last_image_end)
             for lay in (ActionLayout.from_ids(list(p) + suffix) for p in prompts)]
-
-
-def greedy_among(model: Transformer, hidden: torch.Tensor, allowed: torch.Tensor | tuple[int, int]) -> torch.Tensor:
-    """Greedy id among `allowed` from hidden states, computing only those logits (ties: lowest position)."""
-    if isinstance(allowed, tuple):
-        lo, hi = allowed
-        return model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
-    return allowed[model.logits(hidden, allowed).argmax(-1)]
 
 
 def cache_length(model: Transformer, needed: int, static: bool) -> int:
@@ -199,15 +194,12 @@ def prefill(model: Transformer, tokens: torch.Tensor, lengths: torch.Tensor, mas
 
 @torch.no_grad()
 def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_size: int, mode: str = "parallel",
-                         action_mask: bool = True, use_cache: bool = True, dense_official_mask: bool = False,
-                         compile_step: bool = False, stats: DecodeStats | None = None,
+                         action_mask: bool = True, compile_step: bool = False, stats: DecodeStats | None = None,
                          static: bool | None = None, grammar: list | None = None) -> torch.Tensor:
     """Constrained greedy decoding of K action blocks per prompt -> (B, K, 9) token ids.
 
     Block structure is forced (start, 7 ids in 10006..10261, end); `mode` is `parallel` or `sequential`.
     `static` (default: `compile_step`) runs the static-shape step (see the module docstring).
-    Benchmark baselines (sequential only, eager, same tokens): `use_cache=False` re-runs the whole
-    sequence every step; `dense_official_mask=True` rebuilds each step's mask row the official way.
     `grammar` (a list, filled with one bool per prompt): whether the unconstrained argmax over the whole
     vocabulary, at the steps both modes compute (the first block's start after the prompt, every bin),
     would have left the action grammar, i.e. whether free (official) decoding could differ. It costs
@@ -215,13 +207,9 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     """
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
-    if mode == "parallel" and dense_official_mask:
-        raise ValueError("dense_official_mask is a sequential-decoding baseline")
     if mode == "parallel" and not action_mask:
         raise ValueError("parallel chunk decoding is exact only under the action mask; use mode=sequential")
     static = _static(compile_step, static)
-    if static and (dense_official_mask or not use_cache):
-        raise ValueError("use_cache=False and dense_official_mask=True are eager baselines (static=False)")
     stats = stats if stats is not None else DecodeStats()
     n_prompts = len(prompts)
     prompts = pad_batch(prompts, static)
@@ -241,19 +229,15 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     out[..., -1] = V.ACTION_END_ID
     bins = (FIRST_BIN_ID, LAST_BIN_ID)
     starts = lengths[:, None] + BLOCK_LEN * torch.arange(K, device=device)  # (B, K) block start positions
-    if not use_cache:
-        if mode != "sequential" or grammar is not None:
-            raise ValueError("use_cache=False is supported for mode=sequential without the grammar check only")
-        return _sequential_nocache(model, tokens, lengths, out, masker, stats)
     check = grammar is not None
     left = torch.zeros(B, dtype=torch.bool, device=device)  # per prompt: argmax left the grammar somewhere
     head = ("grammar", *bins) if check else bins  # the bins' greedy choice, flagged where the free one is no bin
     with decode_session(model, B, total, compile_step, static) as step:
-        t0 = clock(device)
+        t0 = clock(device, stats.now)
         last = prefill(model, tokens, lengths, masker)
         if check:
             left |= model.logits(last).argmax(-1) != V.ACTION_START_ID
-        t1 = clock(device)
+        t1 = clock(device, stats.now)
         # every decode row at once: the layout is planned, so no per-step mask work (B, 1, K, 9, S)
         positions = starts[..., None] + torch.arange(BLOCK_LEN, device=device)  # (B, K, 9)
         rows = to_additive(masker(positions.reshape(B, -1)), model.dtype).view(B, 1, K, BLOCK_LEN, total)
@@ -269,12 +253,7 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
             for i in range(K):
                 for t in range(BLOCK_LEN if i < K - 1 else BLOCK_LEN - 1):
                     pos = starts[:, i : i + 1] + t  # (B, 1)
-                    if dense_official_mask:
-                        running = [list(p) + out[b, :i].flatten().tolist() + out[b, i, : t + 1].tolist()
-                                   for b, p in enumerate(prompts)]
-                        mask = _official_rows(running, total, action_mask, model.dtype, device)
-                    else:
-                        mask = rows[:, :, i, t : t + 1]  # (B, 1, 1, S)
+                    mask = rows[:, :, i, t : t + 1]  # (B, 1, 1, S)
                     nxt = step(out[:, i, t : t + 1], pos, mask, head)  # (B, 1)
                     if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
                         out[:, i, t + 1] = nxt[:, 0] % GRAMMAR_FLAG
@@ -283,32 +262,10 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
                     stats.forward_steps += 1
                     stats.tokens_fed += B
         stats.prefill_s += t1 - t0
-        stats.decode_s += clock(device) - t1
+        stats.decode_s += clock(device, stats.now) - t1
     if check:
         grammar[:] = left[:n_prompts].tolist()
     return out[:n_prompts]
-
-
-def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Tensor:
-    """Sequential decoding that re-runs the full (growing) sequence each step: no KV cache."""
-    B, K = out.shape[:2]
-    t0 = clock(tokens.device)
-    rows = torch.arange(B, device=tokens.device)
-    seq = torch.cat([tokens, torch.zeros(B, BLOCK_LEN * K, dtype=torch.long, device=tokens.device)], 1)
-    for i in range(K):
-        base = lengths + BLOCK_LEN * i  # (B,) position of block i's start token
-        for t in range(ACTION_DIM):
-            seq[rows, base + t] = out[:, i, t]
-            L = int((base + t).max()) + 1
-            positions = torch.arange(L, device=tokens.device)
-            hidden = model.forward_hidden(seq[:, :L], mask=masker(positions)[..., :L])  # (B, L, dim)
-            out[:, i, t + 1] = greedy_among(model, hidden[rows, base + t], (FIRST_BIN_ID, LAST_BIN_ID))
-            stats.forward_steps += 1
-            stats.tokens_fed += B * L
-        for t in (ACTION_DIM, ACTION_DIM + 1):
-            seq[rows, base + t] = out[:, i, t]
-    stats.decode_s += clock(tokens.device) - t0
-    return out
 
 
 def parse_action_blocks(ids: list[int]) -> list[list[int]]:
@@ -394,20 +351,15 @@ def parse_official(ids: list[int], family: str) -> ParsedActions:
 
 @torch.no_grad()
 def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
-                    eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, dense_official_mask: bool = False,
-                    compile_step: bool = False, stats: DecodeStats | None = None,
+                    eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, compile_step: bool = False, stats: DecodeStats | None = None,
                     static: bool | None = None) -> list[list[int]]:
     """Unconstrained greedy generation until `eos_id` (kept) or `max_new_tokens`, as the official eval.
 
     Every step's mask row is the official rule's last row for all ids so far; the block layout behind it
     is re-derived only when an image/action start or end token was emitted (`ActionLayout.from_ids`).
-    `dense_official_mask=True` rebuilds it the official way (full L x L mask, additive, last row): the
-    benchmark's baseline; the result is the same. The stop test reads each step's ids on the host (one
-    sync per step, also with the static step).
+    The stop test reads each step's ids on the host (one sync per step, also with the static step).
     """
     static = _static(compile_step, static)
-    if static and dense_official_mask:
-        raise ValueError("dense_official_mask=True is an eager baseline (static=False)")
     stats = stats if stats is not None else DecodeStats()
     n_prompts = len(prompts)
     prompts = pad_batch(prompts, static)
@@ -417,10 +369,10 @@ def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens
     seqs = [list(p) for p in prompts]
     done = [False] * n_prompts + [True] * (B - n_prompts)  # padding rows never count
     with decode_session(model, B, total, compile_step, static) as step:
-        t0 = clock(device)
+        t0 = clock(device, stats.now)
         masker = RowMasker(planned_layouts(prompts, [], total), total, action_mask, device)
         nxt = greedy_ids(model, prefill(model, tokens, lengths, masker), None)  # (B,)
-        t1 = clock(device)
+        t1 = clock(device, stats.now)
         for i in range(max_new_tokens):
             new = nxt.tolist()
             for b in range(B):
@@ -430,29 +382,16 @@ def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens
             if all(done) or i == max_new_tokens - 1:
                 break
             pos = (lengths + i)[:, None]  # (B, 1)
-            if dense_official_mask:
-                mask = _official_rows(seqs, total, action_mask, model.dtype, device)
-            else:
-                if i == 0 or any(t in STRUCTURAL_IDS for t in new):  # layout changed
-                    masker = RowMasker([ActionLayout.from_ids(s, open_until=total) for s in seqs], total,
-                                       action_mask, device)
-                mask = to_additive(masker(pos), model.dtype)
+            if i == 0 or any(t in STRUCTURAL_IDS for t in new):  # layout changed
+                masker = RowMasker([ActionLayout.from_ids(s, open_until=total) for s in seqs], total,
+                                   action_mask, device)
+            mask = to_additive(masker(pos), model.dtype)  # (B, 1, 1, S)
             nxt = step(nxt[:, None], pos, mask, None)[:, 0]
             stats.forward_steps += 1
             stats.tokens_fed += B
         stats.prefill_s += t1 - t0
-        stats.decode_s += clock(device) - t1
+        stats.decode_s += clock(device, stats.now) - t1
     return [s[len(p):] for s, p in zip(seqs[:n_prompts], prompts)]
-
-
-def _official_rows(seqs: list[list[int]], num_keys: int, action_mask: bool, dtype, device) -> torch.Tensor:
-    """The official per-step mask: the full mask of the running ids, additive, last row only."""
-    rows = torch.zeros(len(seqs), 1, 1, num_keys, dtype=dtype, device=device)
-    rows.fill_(torch.finfo(dtype).min)
-    for b, s in enumerate(seqs):
-        full = reference_mask(s) if action_mask else torch.tril(torch.ones(len(s), len(s), dtype=torch.bool))
-        rows[b, 0, 0, : len(s)] = to_additive(full[-1].to(device), dtype)
-    return rows
 
 
 def image_span_plan(h_latent: int, w_latent: int, n_images: int = 1) -> list[int | None]:

@@ -106,7 +106,7 @@ def read_config(folder: str | Path) -> ModelConfig:
         raise FileNotFoundError(f"{path} not found: a checkpoint folder needs the HF Chameleon config.json")
     data = _read_json(path)
     try:
-        return ModelConfig.from_hf_config(data)
+        return convert.config_from_hf(data)
     except (KeyError, TypeError, ValueError) as err:
         raise InputFileError(path, f"not a Chameleon config ({type(err).__name__}: {err})") from None
 
@@ -193,7 +193,7 @@ def save_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, folder: st
     folder.mkdir(parents=True, exist_ok=True)
     out = {k: t.detach().to("cpu").contiguous().clone() for k, t in convert.from_model_state(state).items()}
     out.update({k: t.detach().to("cpu").contiguous().clone() for k, t in (extras or {}).items()})
-    hf = cfg.to_hf_config()
+    hf = convert.config_to_hf(cfg)
     dtypes = {t.dtype for t in out.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         hf["torch_dtype"] = str(dtypes.pop()).removeprefix("torch.")

@@ -8,15 +8,16 @@ Official rule (`generate_att_mask_3`, official_format.md §5), per sequence of l
 4. for each action block (s, e) with s > last_image_end and each action block (s', e') with e' < s:
    mask[s..e, s'..e'] = False (inclusive).
 
-Implementations (all checked against `reference_mask`, a literal transcription, in tests):
+The two forms the package uses (both checked in tests against a literal transcription of the official
+loops, tests/reference_masks.py):
 - `ActionLayout`: the blocks of one sequence, from token ids (`spans_from_ids`) or `Span` metadata;
 - `dense_mask` / `batch_mask`: full (L, L) / (B, 1, L, L) boolean masks, the SDPA path for training
   (causal fill + one row-slice update per isolated block: ~20 ms at L = 4096 on one CPU core);
 - `RowMasker` / `mask_rows(layouts, q_pos, S)`: (B, 1, Lq, S) rows for arbitrary query positions over
   S cache slots, built as causal & ~(Q R K) from block memberships: the cached-decoding path;
-- `flex_block_mask`: a FlexAttention `BlockMask` for the same rule (GPU training path);
 - `to_additive`: 0 / dtype-min float form of a boolean mask.
 `action_mask=False` everywhere gives the plain causal mask (the paper's no-action-mask ablation).
+A FlexAttention BlockMask of the same rule is benchmarked in benchmarks/flex_masks.py (training uses SDPA).
 """
 
 from __future__ import annotations
@@ -221,63 +222,3 @@ def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     """Boolean mask -> additive float mask (0 where allowed, finfo(dtype).min elsewhere)."""
     out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return out.masked_fill_(~mask, torch.finfo(dtype).min)
-
-
-def reference_mask(ids) -> torch.Tensor:
-    """Literal transcription of the official loops on one sequence: (L, L) bool. Slow; for tests/benchmarks."""
-    arr = _id_array(ids)
-    L = len(arr)
-    mask = torch.tril(torch.ones(L, L)).bool()
-    images = _pairs(arr, V.BOI_ID, V.EOI_ID, "image")
-    actions = _pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action")
-    last_image_end = images[-1][1] if images else -1
-    for s, e in actions:
-        if s > last_image_end:
-            for ps, pe in [(ps, pe) for ps, pe in actions if pe < s]:
-                mask[s:e + 1, ps:pe + 1] = False
-    return mask
-
-
-# -- FlexAttention (GPU training path) -------------------------------------------------------------
-def flex_tables(layouts: list[ActionLayout], length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position lookup tables for the mask_mod: (B, L) index of the isolated block holding each
-    query position (n_max = none) and (B, n_max + 1, L) keys denied to each isolated block.
-    Requires non-overlapping blocks (always true for well-formed sequences)."""
-    n_max = max(1, max(len(lay.blocks) for lay in layouts))
-    qblock = torch.full((len(layouts), length), n_max, dtype=torch.long)
-    positions = torch.arange(length)
-    denied = torch.zeros(len(layouts), n_max + 1, length, dtype=torch.bool)
-    k_in = _membership(_bounds(layouts), positions[None].expand(len(layouts), -1))  # (B, n, L)
-    denied[:, :n_max] = (_relations(layouts, "cpu") @ k_in) > 0
-    for b, lay in enumerate(layouts):
-        ends = [-1]
-        for s, e in sorted(lay.blocks):
-            if s <= ends[-1]:
-                raise MaskError(f"row {b}: overlapping action blocks; use the SDPA mask for this layout")
-            ends.append(e)
-        for i in lay.isolated():
-            s, e = lay.blocks[i]
-            qblock[b, s:min(e, length - 1) + 1] = i
-    return qblock.to(device), denied.to(device)
-
-
-def flex_mask_mod(layouts: list[ActionLayout], length: int, action_mask: bool = True, device=None):
-    """The mask_mod(b, h, q, k) of FlexAttention for these layouts."""
-    if not action_mask:
-        return lambda b, h, q, k: q >= k
-    qblock, denied = flex_tables(layouts, length, device)
-
-    def mask_mod(b, h, q, k):
-        return (q >= k) & ~denied[b, qblock[b, q], k]
-
-    return mask_mod
-
-
-def flex_block_mask(spans_or_ids_per_row, length: int, action_mask: bool = True, device="cpu", block_size: int = 128):
-    """FlexAttention BlockMask (B, 1, L, L) of a right-padded batch."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    layouts = [ActionLayout(length, lay.blocks, lay.last_image_end)
-               for lay in (_as_layout(x, length) for x in spans_or_ids_per_row)]
-    mod = flex_mask_mod(layouts, length, action_mask, device)
-    return create_block_mask(mod, len(layouts), None, length, length, device=device, BLOCK_SIZE=block_size)

@@ -8,7 +8,8 @@ untied LM head. `swin_norm=True` moves the norms after the sub-blocks (Chameleon
 Lumina-mGPT adds `dropout` on both residual branches (0.05 in the WorldVLA runs).
 
 Parameter names are the Hugging Face Chameleon names (`model.layers.{i}.self_attn.q_proj.weight`, ...)
-so official checkpoints load without renaming (worldvla.model.convert). Differences from
+so official checkpoints load without renaming (worldvla.model.convert, which also reads and writes
+config.json). Differences from
 transformers' `ChameleonForConditionalGeneration`, which the parity tests compare against:
 - image-code logits are *not* masked unless `mask_image_logits` (the released WorldVLA runs pass
   `--unmask_image_logits`; the world model must be able to emit image codes);
@@ -16,7 +17,7 @@ transformers' `ChameleonForConditionalGeneration`, which the parity tests compar
   repeat-interleaved over heads at run time, as in the Lumina-mGPT code the checkpoints were trained
   with (transformers >= 4.45 stores them expanded to (n_heads, head_dim); convert.py handles both);
 - a static KV cache (`setup_caches`) and arbitrary masks: a (B|1, 1|H, L, S) boolean/additive tensor for
-  SDPA or a FlexAttention `BlockMask` (worldvla.model.masks builds both).
+  SDPA (worldvla.model.masks builds them) or a FlexAttention `BlockMask` (benchmarks/flex_masks.py).
 Cache semantics: cache slot = position. The cache is used iff caches are set up and `input_pos` is given;
 queries then attend to slots [0, S) where S is the mask's last dimension (the full cache if mask=None;
 L with mask=CAUSAL_PREFILL, a causal prefill from slot 0 without a mask tensor).
@@ -56,13 +57,12 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     dropout: float = 0.0  # residual-branch dropout (Lumina-mGPT); 0.05 in WorldVLA training (§6.2)
     mask_image_logits: bool = False  # official runs pass --unmask_image_logits
-    z_loss_weight: float = 1e-5  # kept for config.json round trips; the loss reads worldvla.train.loss
     pad_token_id: int | None = None  # embedding padding_idx, as transformers uses it
     bos_token_id: int | None = 0
     eos_token_id: int | None = V.END_OF_TURN_ID  # generation stops at the end-of-turn token (8710)
     initializer_range: float = 0.02  # std of the random init (transformers default)
     gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
-    extra: dict = field(default_factory=dict)  # other config.json keys, written back unchanged
+    extra: dict = field(default_factory=dict)  # other config.json keys (z_loss_weight, ...), written back unchanged
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
@@ -84,52 +84,6 @@ class ModelConfig:
             raise ValueError(f"unknown model preset {name!r}; valid: {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
-    from_name = preset
-
-    # -- config.json (official HF Chameleon keys) ------------------------------------------------
-    @classmethod
-    def from_hf_config(cls, cfg: dict) -> ModelConfig:
-        cfg = dict(cfg)
-        rope = cfg.pop("rope_parameters", None) or {}  # transformers >= 5 spelling of rope_theta
-        scaling = cfg.pop("rope_scaling", None)
-        if scaling or rope.get("rope_type", "default") != "default":
-            raise ValueError(f"RoPE scaling {scaling or rope} is not supported (Chameleon uses none)")
-        if cfg.pop("hidden_act", "silu") != "silu":
-            raise ValueError("only hidden_act=silu is supported (Chameleon's SwiGLU)")
-        kwargs = {}
-        for key, name in list(HF_RENAMED.items()) + [(n, n) for n in HF_SAME_NAME]:
-            value = cfg.pop(key, None)
-            if value is not None:
-                kwargs[name] = value
-        if "rope_theta" not in kwargs and "rope_theta" in rope:
-            kwargs["rope_theta"] = rope["rope_theta"]
-        kwargs.setdefault("n_kv_heads", kwargs.get("n_heads", cls.n_heads))
-        kwargs["rope_theta"] = float(kwargs.get("rope_theta", cls.rope_theta))
-        kwargs["dropout"] = float(kwargs.get("dropout", 0.0))
-        for key in HF_REWRITTEN:
-            cfg.pop(key, None)
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None is a valid value here
-            if key in cfg:
-                kwargs[key] = cfg.pop(key)
-        return cls(**kwargs, extra=cfg)
-
-    def to_hf_config(self) -> dict:
-        out = {"architectures": ["ChameleonXLLMXForConditionalGeneration"], "model_type": "chameleon",
-               "hidden_act": "silu", "rope_scaling": None, "attention_dropout": 0.0}
-        out.update({key: getattr(self, name) for key, name in HF_RENAMED.items()})
-        out.update({name: getattr(self, name) for name in HF_SAME_NAME})
-        out.update({key: getattr(self, key) for key in ("pad_token_id", "bos_token_id", "eos_token_id")})
-        return {**self.extra, **out}
-
-
-HF_RENAMED = {  # config.json key -> ModelConfig field
-    "vocab_size": "vocab_size", "hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
-    "num_key_value_heads": "n_kv_heads", "intermediate_size": "intermediate_size",
-    "max_position_embeddings": "max_seq_len", "rope_theta": "rope_theta",
-}
-HF_SAME_NAME = ("rms_norm_eps", "model_parallel_size", "swin_norm", "attention_bias", "mlp_bias",
-                "tie_word_embeddings", "dropout", "mask_image_logits", "z_loss_weight", "initializer_range")
-HF_REWRITTEN = ("architectures", "model_type", "attention_dropout")  # to_hf_config writes its own values
 
 PRESETS = {
     "7b": ModelConfig(),
@@ -286,7 +240,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, dim) -> (B, L, dim), SwiGLU at intermediate_size
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -409,7 +363,7 @@ class Transformer(nn.Module):
         if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # additive once, not once per layer
             mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
                 ~mask, torch.finfo(self.dtype).min)
-        x = self.model.embed_tokens(tokens)
+        x = self.model.embed_tokens(tokens)  # (B, L, dim)
         if self._rope is None or self._rope.device != x.device:
             self._rope = rope_table(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device)
         pos = positions if positions.ndim == 2 else positions[None]  # (B|1, L)
