@@ -53,7 +53,7 @@ def image_tokens(resolution: int, g: torch.Generator) -> list[int]:
     side = resolution // 16
     ids = [V.BOI_ID, V.size_token_id(side // 2), V.size_token_id(side // 2)]
     for _ in range(side):
-        ids += torch.randint(4, 8196, (side,), generator=g).tolist() + [V.ROW_BREAK_ID]
+        ids += torch.randint(V.FIRST_IMAGE_ID, V.FIRST_IMAGE_ID + V.NUM_IMAGE_CODES, (side,), generator=g).tolist() + [V.ROW_BREAK_ID]
     return ids + [V.EOI_ID]
 
 

@@ -112,7 +112,7 @@ def synthetic_action_sample(rng, chunk: int = 5, text_len: int = 20, image_side:
     prompt = len(ids)
     for _ in range(chunk):
         spans.append(Span("action", len(ids), len(ids) + 9))
-        ids += [V.ACTION_START_ID] + rng.integers(10006, 10262, 7).tolist() + [V.ACTION_END_ID]
+        ids += [V.ACTION_START_ID] + rng.integers(V.ACTION_FIRST_BIN_ID, V.ACTION_LAST_BIN_ID + 1, 7).tolist() + [V.ACTION_END_ID]
     ids.append(V.END_OF_TURN_ID)
     labels = [V.IGNORE_INDEX] * prompt + ids[prompt:]
     return Sample(ids, labels, spans)

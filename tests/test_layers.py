@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "worldvla"
 
 # Lowest first. A module may import its own layer and lower ones, except between the peers listed below.
 LAYERS: list[tuple[str, ...]] = [
-    ("vocab", "config", "errors", "atomic", "lockfile", "spans", "bins"),  # ground floor: worldvla/<name>.py
+    ("vocab", "config", "errors", "atomic", "lockfile", "spans", "bins", "stats", "recipe"),  # ground floor: worldvla/<name>.py
     ("model",),
     ("tokenizers",),
     ("envs",),

@@ -217,8 +217,8 @@ def test_nan_loss_names_step_and_batch(tiny_data, tmp_path, monkeypatch):
 
     real, calls = modeling.compute_loss, []
 
-    def poisoned(logits, labels, loss_cfg):
-        out = real(logits, labels, loss_cfg)
+    def poisoned(logits, labels, loss_cfg, world=None):  # world: the batch's sample kinds (Batch.world_rows)
+        out = real(logits, labels, loss_cfg, world)
         calls.append(1)
         if len(calls) == 3:  # the third update
             out["loss"] = out["loss"] * torch.tensor(float("nan"))

@@ -28,6 +28,10 @@ ACTION_END_ID = 15004  # "<reserved15000>"
 STATE_START_ID = 15504  # "<reserved15500>" (RynnVLA-002)
 STATE_END_ID = 16004  # "<reserved16000>" (RynnVLA-002)
 NUM_IMAGE_CODES = 8192  # VQ-GAN codebook size
+FIRST_IMAGE_ID = 4  # the official tokenizer's IMGIMG* names sit at ids 4 .. 4 + NUM_IMAGE_CODES - 1 (4..8195)
+N_ACTION_BINS = 256  # bins d = 1..256 of np.digitize over linspace(-1, 1, 256) (official_format.md §2.2)
+ACTION_FIRST_BIN_ID = ACTION_START_ID + 2  # 10006: token = d + start + 1 for d = 1
+ACTION_LAST_BIN_ID = ACTION_START_ID + 1 + N_ACTION_BINS  # 10261 (d = 256, only at norm == 1)
 IMAGE_CODE_LOSS_SLICE = (3, 8195)  # official CE class-weight slice w[3:8195] (off by one, kept)
 
 # name -> official id, asserted against the tokenizer file that is loaded (Vocab, TextTokenizer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,9 +17,14 @@ class Batch:
     labels: torch.Tensor  # (B, L) int64, padded with IGNORE_INDEX (-100)
     lengths: torch.Tensor  # (B,) int64, real length of each row after truncation
     spans: list[list[Span]]  # per row; spans cut by truncation are clipped, spans past it dropped
+    kinds: list[str] = field(default_factory=list)  # per row: "action" | "world" (Sample.kind)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def world_rows(self) -> torch.Tensor:
+        """(B,) bool: the world-model samples of the batch (the rest are action-model samples)."""
+        return torch.tensor([k == "world" for k in self.kinds], dtype=torch.bool)
 
 
 def collate(samples: list[Sample], max_len: int = 4096) -> Batch:
@@ -36,4 +41,4 @@ def collate(samples: list[Sample], max_len: int = 4096) -> Batch:
         labels[b, :n] = torch.as_tensor(s.labels[:n], dtype=torch.long)
         lengths.append(n)
         spans.append([Span(sp.kind, sp.start, min(sp.end, n)) for sp in s.spans if sp.start < n])
-    return Batch(ids, labels, torch.tensor(lengths, dtype=torch.long), spans)
+    return Batch(ids, labels, torch.tensor(lengths, dtype=torch.long), spans, [s.kind for s in samples])

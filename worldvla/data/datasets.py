@@ -177,7 +177,7 @@ class _Conversations:
         return self.tok.build(self.records[i], record_name(self.inputs, i))[0]
 
     def kind(self, i: int) -> str:
-        from worldvla.data.tokenization import sample_kind
+        from worldvla.data.sequence import sample_kind
 
         return sample_kind(self.records[i])
 

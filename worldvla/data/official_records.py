@@ -95,5 +95,4 @@ class OfficialRecords:
         return _item_sample(item, where)
 
     def kind(self, i: int) -> str:
-        s = self.sample(i)
-        return "world" if any(sp.kind == "image" and s.labels[sp.start] != V.IGNORE_INDEX for sp in s.spans) else "action"
+        return self.sample(i).kind  # decided when the Sample is made: an image among its targets

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worldvla import vocab as V
+from worldvla.recipe import SAMPLE_KINDS
 from worldvla.spans import Span  # noqa: F401 (re-exported: Sample.spans holds them)
 from worldvla.tokenizers.action import ActionTokenizer, StateTokenizer
 from worldvla.tokenizers.text import TextTokenizer
@@ -29,11 +30,29 @@ ACTION_PROMPT = "What action should the robot take to {instruction}?"
 WORLD_PROMPT = "Generate the next image based on the provided sequence of historical images and corresponding actions."
 
 
+def sample_kind(record: dict) -> str:
+    """"world" when the assistant turn contains an image placeholder, else "action" (SAMPLE_KINDS)."""
+    for turn in record.get("conversations") or []:
+        if turn.get("from") == "gpt" and IMAGE in str(turn.get("value", "")):
+            return "world"
+    return "action"
+
+
 @dataclass
 class Sample:
     input_ids: list[int]
     labels: list[int]
     spans: list[Span] = field(default_factory=list)
+    # "action" | "world", decided where the sample is made (from its record, or the shard's kinds.npy) and
+    # carried through collate into the loss and the action head; a sample built from bare ids and labels
+    # (official record lists) is a world sample when an image is among its targets
+    kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = "world" if V.BOI_ID in self.labels else "action"
+        elif self.kind not in SAMPLE_KINDS:
+            raise ValueError(f"sample kind {self.kind!r}; valid: {SAMPLE_KINDS}")
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -112,6 +131,7 @@ class SequenceBuilder:
             turns = list(record["conversations"])
         except (KeyError, TypeError):
             raise RecordError(f"{where}missing 'conversations' list") from None
+        what = sample_kind(record)  # "action" | "world"
         if not training and turns and turns[-1].get("from") == "gpt":
             turns = turns[:-1]
         media = {"image": list(record.get("image") or []), "action": list(record.get("action") or []),
@@ -154,7 +174,7 @@ class SequenceBuilder:
                     raise RecordError(f"{where}{len(media[kind])} '{kind}' entries but {n} placeholders")
             if all(lab == V.IGNORE_INDEX for lab in labels):
                 raise RecordError(f"{where}no supervised tokens (empty assistant turn?)")
-        return Sample(ids, labels, spans)
+        return Sample(ids, labels, spans, what)
 
     def prompt(self, conversations: list[dict], images: Sequence, actions: Sequence = (), states: Sequence = ()) -> Sample:
         """Generation prompt for in-memory media (eval): human turn(s) only, ending with SEP."""

@@ -108,7 +108,7 @@ class ShardReader:
         sa, sb = int(self.span_offsets[i]), int(self.span_offsets[i + 1])
         spans = [Span(SPAN_KINDS[int(k)], int(s), int(e)) for k, s, e in np.asarray(self.arrays["spans"][sa:sb])]
         return Sample(np.asarray(self.arrays["input_ids"][a:b]).astype(np.int64).tolist(),
-                      np.asarray(self.arrays["labels"][a:b]).astype(np.int64).tolist(), spans)
+                      np.asarray(self.arrays["labels"][a:b]).astype(np.int64).tolist(), spans, self.kind(i))
 
     def kind(self, i: int) -> str:
         return SAMPLE_KINDS[int(self.arrays["kinds"][i])]

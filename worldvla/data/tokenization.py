@@ -8,7 +8,6 @@ pretokenize path did, official_format.md §10.1).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,12 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from worldvla.data.sequence import IMAGE, RecordError, Sample, SequenceBuilder
+from worldvla.data.sequence import RecordError, Sample, SequenceBuilder, sample_kind
+from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files are the Recipe's)
+    SAMPLE_KINDS,
+    TOKENIZER_FILES,
+    Recipe,
+    sha256_file,
+    tokenizer_files,
+)
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
-KINDS = ("action", "world")
+KINDS = SAMPLE_KINDS
 
 
 @dataclass
@@ -36,45 +41,15 @@ class TokenizerConfig:
     # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
 
 
-def tokenizer_files(path: str | Path) -> dict[str, Path]:
-    """The three tokenizer files in `path` or `path/tokenizer` (official folder layout)."""
-    path = Path(path)
-    for folder in (path, path / "tokenizer"):
-        files = {name: folder / name for name in TOKENIZER_FILES}
-        if all(f.is_file() for f in files.values()):
-            return files
-    raise FileNotFoundError(f"{path}: expected {', '.join(TOKENIZER_FILES)} here or in {path / 'tokenizer'} "
-                            "(official layout ckpts/chameleon/tokenizer/)")
-
-
-_HASHES: dict[tuple, str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+def tokenizer_recipe(cfg: TokenizerConfig) -> Recipe:
+    """The Recipe fields a tokenizer config decides (with the sha256 of its files)."""
+    return Recipe(resolution=cfg.resolution, action_stats=cfg.action_stats,
+                  world_action_stats=cfg.world_action_stats or None, state_stats=cfg.state_stats).with_tokenizer(cfg.path)
 
 
 def tokenizer_fingerprint(cfg: TokenizerConfig) -> dict:
-    """Everything that changes token ids: file hashes, resolution, normalisation statistics."""
-    from worldvla.tokenizers import load_stats
-
-    files = tokenizer_files(cfg.path)
-    world = cfg.world_action_stats or cfg.action_stats
-    return {
-        **{f"{name}_sha256": sha256_file(p) for name, p in files.items()},
-        "resolution": cfg.resolution,
-        "action_stats": _stats_dict(load_stats(cfg.action_stats)),
-        "world_action_stats": _stats_dict(load_stats(world)),
-        "state_stats": _stats_dict(load_stats(cfg.state_stats)),
-    }
+    """Everything that changes token ids: file hashes, resolution, normalisation statistics (Recipe.fingerprint)."""
+    return tokenizer_recipe(cfg).fingerprint()
 
 
 def vqgan_fingerprint(cfg: TokenizerConfig) -> dict:
@@ -82,18 +57,6 @@ def vqgan_fingerprint(cfg: TokenizerConfig) -> dict:
     files = tokenizer_files(cfg.path)
     return {"vqgan.yaml_sha256": sha256_file(files["vqgan.yaml"]), "vqgan.ckpt_sha256": sha256_file(files["vqgan.ckpt"]),
             "resolution": cfg.resolution}
-
-
-def _stats_dict(stats) -> dict:
-    return {"min": list(stats.min), "max": list(stats.max)}
-
-
-def sample_kind(record: dict) -> str:
-    """"world" when the assistant turn contains an image placeholder, else "action"."""
-    for turn in record.get("conversations") or []:
-        if turn.get("from") == "gpt" and IMAGE in str(turn.get("value", "")):
-            return "world"
-    return "action"
 
 
 def media_key(item, base_dir: Path | None) -> str:

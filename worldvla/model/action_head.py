@@ -125,9 +125,11 @@ def prefix_lengths(input_ids: torch.Tensor) -> torch.Tensor:
     return first
 
 
-def selectable_rows(input_ids: torch.Tensor) -> torch.Tensor:
-    """Official selection: rows holding more than one action-start token (action samples, K >= 2)."""
-    return (input_ids == V.ACTION_START_ID).sum(1) > 1
+def selectable_rows(input_ids: torch.Tensor, world: torch.Tensor | None = None) -> torch.Tensor:
+    """Official selection: rows holding more than one action-start token (action samples, K >= 2); with the
+    batch's sample kinds (`world` (B,) bool), only action-model rows qualify."""
+    rows = (input_ids == V.ACTION_START_ID).sum(1) > 1
+    return rows if world is None else rows & ~world.to(rows.device, torch.bool)
 
 
 def bin_centre_targets(labels: torch.Tensor, chunk_size: int, action_dim: int = 7) -> torch.Tensor:

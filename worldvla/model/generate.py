@@ -46,7 +46,7 @@ from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
 
 ACTION_DIM = 7  # tokens between the block's start and end
 BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]
-FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_START_ID + 2, V.ACTION_START_ID + 257  # 10006..10261 (official_format §2.2)
+FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_FIRST_BIN_ID, V.ACTION_LAST_BIN_ID  # 10006..10261 (official_format §2.2)
 OFFICIAL_MAX_NEW_TOKENS = 300  # official eval: action_steps (25) * 12
 MODES = ("parallel", "sequential", "official", "unconstrained")
 OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")  # which official eval loop `official` reproduces

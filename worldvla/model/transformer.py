@@ -34,6 +34,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from worldvla import vocab as V
+
 QK_NORM_EPS = 1e-5  # hard-coded in Chameleon's qk LayerNorm (not the config's rms_norm_eps)
 
 
@@ -57,7 +59,7 @@ class ModelConfig:
     mask_image_logits: bool = False  # official runs pass --unmask_image_logits
     pad_token_id: int | None = None  # embedding padding_idx, as transformers uses it
     bos_token_id: int | None = 0
-    eos_token_id: int | None = 8710  # generation stops at the end-of-turn token
+    eos_token_id: int | None = V.END_OF_TURN_ID  # generation stops at the end-of-turn token (8710)
     initializer_range: float = 0.02  # std of the random init (transformers default)
     gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
     extra: dict = field(default_factory=dict)  # other config.json keys (z_loss_weight, ...), written back unchanged

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from worldvla import vocab as V
+
 log = logging.getLogger(__name__)
 GN_GROUPS, GN_EPS = 32, 1e-6  # taming GroupNorm settings
 
@@ -28,7 +30,7 @@ class VQGANConfig:
     """`model.params` of vqgan.yaml; defaults are Chameleon's (= HF ChameleonVQVAEConfig)."""
 
     embed_dim: int = 256
-    n_embed: int = 8192
+    n_embed: int = V.NUM_IMAGE_CODES
     double_z: bool = False
     z_channels: int = 256
     resolution: int = 512

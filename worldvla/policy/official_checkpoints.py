@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
+from worldvla.recipe import Recipe
+
 FAMILIES = ("worldvla", "rynnvla002")  # PolicySettings.family: whose official parsing rule applies
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 WORLDVLA_REPO = "Alibaba-DAMO-Academy/WorldVLA"
@@ -54,7 +56,7 @@ class OfficialCheckpoint:
     hub_id: str  # owner/name[/sub/folder]
     suite: str
     purpose: str  # "policy" (LIBERO rollouts) | "world" (world-model imagination only)
-    settings: dict = field(default_factory=dict)  # PolicySettings fields
+    settings: dict = field(default_factory=dict)  # Recipe fields
     confirmed: str = ""  # what the settings were read from
 
     @property
@@ -62,6 +64,12 @@ class OfficialCheckpoint:
         """The folder part that identifies a local download: `model_256/libero_10`, or the repo name."""
         parts = self.hub_id.split("/")
         return "/".join(parts[2:]) if len(parts) > 2 else parts[1]
+
+    def recipe(self) -> Recipe:
+        """The released checkpoint's Recipe (what its missing worldvla.json would say), tagged with its hub id."""
+        recipe = Recipe(**self.settings)
+        recipe.extra["official_checkpoint"] = self.hub_id
+        return recipe
 
 
 def _worldvla(res: int, suite: str) -> dict:

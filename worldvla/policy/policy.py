@@ -18,10 +18,9 @@ world prompt and constrained image-token generation, decoded to pixels by the VQ
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,16 @@ import torch
 from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, world_conversation
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint
-from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, NormStats, StateTokenizer, TextTokenizer, load_stats
+from worldvla.recipe import FILE_NAME as RECIPE_FILE
+from worldvla.recipe import Recipe, stats_of
+from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import tokens_to_codes
 from worldvla.tokenizers.text import file_sha256
 
 from .continuous import build_action_head, check_action_mode, predict_normalised
 
 log = logging.getLogger(__name__)
-SETTINGS_NAME = "worldvla.json"
+SETTINGS_NAME = RECIPE_FILE
 DECODE_MODES = G.MODES
 
 
@@ -48,72 +49,8 @@ def resolve_decode(mode: str, is_worldvla_checkpoint: bool) -> str:
     return mode
 
 
-@dataclass
-class PolicySettings:
-    """Inference settings (worldvla.json); defaults are the released WorldVLA LIBERO setup."""
-
-    chunk_size: int = 5  # K actions per query (10 for libero_10)
-    history: int = 2  # frames per prompt (official his=2)
-    resolution: int = 256  # px the model was trained at
-    action_stats: object = "worldvla"  # preset name, JSON path or {"min", "max"}
-    world_action_stats: object = None  # stats of world-model samples' actions (None = action_stats)
-    state_stats: object = "rynnvla_state"
-    with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
-    with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
-    action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
-    family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule decode=official uses
-    action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
-    text_tokenizer_sha256: str | None = None
-    tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
-    step: int | None = None
-    extra: dict = field(default_factory=dict)  # not read from worldvla.json (an unknown key there is an error)
-
-    @classmethod
-    def from_file(cls, path: Path) -> PolicySettings:
-        """worldvla.json, validated: unknown keys, wrong types and bad statistics are errors naming the key."""
-        from worldvla.errors import InputFileError
-
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputFileError(path, f"not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise InputFileError(path, f"expected a JSON object, got {type(data).__name__}")
-        valid = sorted(k for k in cls.__dataclass_fields__ if k != "extra")
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise InputFileError(path, f"unknown key(s) {unknown}; valid: {valid}", unknown[0])
-        for key in ("chunk_size", "history", "resolution"):
-            if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1):
-                raise InputFileError(path, f"expected a positive integer, got {data[key]!r}", key)
-        for key in ("with_state", "with_wrist"):
-            if key in data and not isinstance(data[key], bool):
-                raise InputFileError(path, f"expected true/false, got {data[key]!r}", key)
-        for key in ("action_stats", "world_action_stats", "state_stats"):
-            if data.get(key) is not None:
-                try:
-                    _stats(data[key])
-                except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-                    raise InputFileError(path, str(err), key) from None
-        if not isinstance(data.get("tokenizer_sha256", {}), dict):
-            raise InputFileError(path, "expected {file name: sha256}", "tokenizer_sha256")
-        return cls(**data)
-
-    def verify_tokenizer(self, tok_dir: Path, settings_path: Path) -> None:
-        """The tokenizer files are the ones recorded when the checkpoint was written (sha256)."""
-        from worldvla.data.tokenization import sha256_file
-        from worldvla.errors import InputFileError
-
-        for name, want in self.tokenizer_sha256.items():
-            f = Path(tok_dir) / name
-            if not f.is_file():
-                raise InputFileError(f, f"missing; {settings_path} records it (tokenizer_sha256.{name})")
-            got = sha256_file(f)
-            if got != want:
-                raise InputFileError(f, f"sha256 {got[:12]} differs from {want[:12]} recorded in {settings_path} "
-                                        f"(tokenizer_sha256.{name}): the file changed after the checkpoint was "
-                                        "written; restore the original or use the tokenizer it was trained with")
+# The inference settings of a checkpoint are its Recipe (worldvla.json): one class for training and eval.
+PolicySettings = Recipe
 
 
 @dataclass
@@ -130,12 +67,7 @@ def _bins(blocks: list[list[int]]) -> np.ndarray:
     return np.asarray(blocks, dtype=np.int64).reshape(-1, G.ACTION_DIM)
 
 
-def _stats(spec) -> NormStats:
-    if isinstance(spec, dict):
-        if "min" not in spec or "max" not in spec:
-            raise ValueError(f"expected {{'min': [...], 'max': [...]}}, got keys {sorted(spec)}")
-        return NormStats(tuple(map(float, spec["min"])), tuple(map(float, spec["max"])))
-    return load_stats(spec)
+_stats = stats_of
 
 
 class WorldVLAPolicy:
@@ -194,8 +126,7 @@ class WorldVLAPolicy:
         if path.is_file():
             base = PolicySettings.from_file(path)
         elif official is not None:  # a released checkpoint: its settings are known, not guessed
-            base = PolicySettings(**official.settings)
-            base.extra["official_checkpoint"] = official.hub_id
+            base = official.recipe()
             log.info("%s: released checkpoint %s, settings %s%s", folder, official.hub_id, official.settings,
                      f" overridden by {given}" if given else "")
         elif all(k in given for k in REQUIRED_FOR_UNKNOWN):

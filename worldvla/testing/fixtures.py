@@ -62,7 +62,7 @@ def write_text_tokenizer(path: str | Path, permute_image_codes: bool = True, see
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names: dict[str, int] = dict(SPECIALS)
-    image_ids = np.arange(4, 4 + V.NUM_IMAGE_CODES)
+    image_ids = np.arange(V.FIRST_IMAGE_ID, V.FIRST_IMAGE_ID + V.NUM_IMAGE_CODES)
     if permute_image_codes:
         image_ids = np.random.default_rng(seed).permutation(image_ids)
     for code, tid in enumerate(image_ids.tolist()):

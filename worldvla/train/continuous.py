@@ -69,10 +69,11 @@ class WithActionHead(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.model.layers
 
-    def forward(self, tokens: torch.Tensor, mask=None) -> tuple[torch.Tensor, HeadOutput]:
+    def forward(self, tokens: torch.Tensor, mask=None, world: torch.Tensor | None = None) -> tuple[torch.Tensor, HeadOutput]:
+        """`world` (B,) bool: the batch's world-model rows (sample kinds); the head reads only action rows."""
         hidden = self.core.forward_hidden(tokens, mask=mask)  # (B, L, D) after the final RMSNorm
         logits = self.core.logits(hidden)  # (B, L, V)
-        rows = selectable_rows(tokens)  # (B,)
+        rows = selectable_rows(tokens, world)  # (B,)
         if bool(rows.any()):
             return logits, HeadOutput(self.action_head(hidden[rows], prefix_lengths(tokens[rows])), rows)  # (n, K, 7)
         # No action sample in this micro-batch: run the head on one position anyway, at weight 0, so that every

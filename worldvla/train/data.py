@@ -27,7 +27,9 @@ import torch
 from worldvla.config import ConfigError
 from worldvla.data.collate import collate
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder
+from worldvla.recipe import Recipe, stats_json
 from worldvla.train.config import DataOptions
+from worldvla.train.modeling import data_recipe
 from worldvla.train.sampler import BatchPlan, PlanSampler
 
 log = logging.getLogger(__name__)
@@ -250,32 +252,38 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
 
 
 def check_tokenization(manifests: list[dict], cfg: DataOptions) -> None:
-    """Resolution and action / state statistics of the shards must be those of the config (they go into
-    checkpoints and decide how evaluation de-normalises)."""
-    from worldvla.tokenizers import load_stats
-
-    stats = load_stats(cfg.action_stats)
-    world_field = "data.world_action_stats" if cfg.world_action_stats else \
-        "data.world_action_stats (empty: data.action_stats)"
-    checks = [("world_action_stats", cfg.world_action_stats or cfg.action_stats, world_field)]
-    if cfg.with_state:
-        checks.append(("state_stats", cfg.state_stats, "data.state_stats"))
+    """The shards' Recipe (their manifest's tokenizer fingerprint) must be the run's (data_recipe): resolution
+    and action / state statistics go into checkpoints and decide how evaluation de-normalises. Statistics of
+    a sample kind the shards do not hold are not compared; state statistics only with data.with_state."""
+    want = data_recipe(cfg)
+    fields = ["resolution", "action_stats", "world_action_stats"] + (["state_stats"] if cfg.with_state else [])
     for m in manifests:
         tok = m.get("tokenizer") or {}
         where = (m.get("config") or {}).get("out_dir", "a pretokenized set")
-        if "resolution" in tok and int(tok["resolution"]) != cfg.resolution:
-            raise ConfigError(f"{where} was tokenised at {tok['resolution']} px but data.resolution={cfg.resolution}; "
-                              "fix data.resolution or point data.train at the matching shards")
-        got = tok.get("action_stats")
-        if got and not (np.allclose(got["min"], stats.min) and np.allclose(got["max"], stats.max)):
-            raise ConfigError(f"{where} was tokenised with action min/max {got} but data.action_stats="
-                              f"{cfg.action_stats!r} is {{'min': {list(stats.min)}, 'max': {list(stats.max)}}}")
-        for key, spec, field_name in checks:
-            got, want = tok.get(key), load_stats(spec)
-            n_kind = (m.get("kinds") or {}).get("world" if key.startswith("world") else "action", 1)
-            if got and n_kind and not (np.allclose(got["min"], want.min) and np.allclose(got["max"], want.max)):
-                raise ConfigError(f"{where} was tokenised with {key.replace('_', ' ')} min/max {got} but {field_name}="
-                                  f"{spec!r} is {{'min': {list(want.min)}, 'max': {list(want.max)}}}")
+        kinds = m.get("kinds") or {}
+        recorded = [f for f in fields if (f in tok if f == "resolution" else bool(tok.get(f)))
+                    and (f not in _STATS_KIND or kinds.get(_STATS_KIND[f], 1))]
+        for name in want.differing(Recipe.from_fingerprint(tok), recorded):
+            raise ConfigError(_mismatch_message(name, tok, where, cfg))
+
+
+_STATS_KIND = {"world_action_stats": "world", "state_stats": "action"}  # the samples a statistics set binned
+
+
+def _mismatch_message(name: str, tok: dict, where: str, cfg: DataOptions) -> str:
+    """The one-line error for a shard fingerprint field that differs from the data section."""
+    if name == "resolution":
+        return (f"{where} was tokenised at {tok['resolution']} px but data.resolution={cfg.resolution}; "
+                "fix data.resolution or point data.train at the matching shards")
+    if name == "action_stats":
+        field_name, spec, what = "data.action_stats", cfg.action_stats, "action"
+    elif name == "world_action_stats":
+        field_name = "data.world_action_stats" if cfg.world_action_stats else \
+            "data.world_action_stats (empty: data.action_stats)"
+        spec, what = cfg.world_action_stats or cfg.action_stats, "world action stats"
+    else:
+        field_name, spec, what = "data.state_stats", cfg.state_stats, "state stats"
+    return f"{where} was tokenised with {what} min/max {tok[name]} but {field_name}={spec!r} is {stats_json(spec)}"
 
 
 def probe_layout(ds, n_probe: int = 512) -> dict:

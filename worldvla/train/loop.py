@@ -166,7 +166,7 @@ def train_step(run: Run, batches, step: int) -> dict:
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
         with acc.accumulate(model):
             out = modeling.forward_loss(model, ids, labels, mask, run.loss_cfg, cfg.train.action_head_weight,
-                                        cfg.data.chunk_size)
+                                        cfg.data.chunk_size, batch.world_rows())
             if cfg.train.nan_check:
                 _check_finite(run, out["loss"], step, "the loss")
             acc.backward(out["loss"])
@@ -254,7 +254,7 @@ def evaluate(run: Run, val: TrainSet) -> dict:
         batch = collate([val[int(i)] for i in order[lo: lo + per]], cfg.data.max_seq_len)
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
         out = modeling.forward_loss(run.model, batch.input_ids.to(acc.device), batch.labels.to(acc.device), mask,
-                                    run.loss_cfg, cfg.train.action_head_weight, cfg.data.chunk_size)
+                                    run.loss_cfg, cfg.train.action_head_weight, cfg.data.chunk_size, batch.world_rows())
         part_sums, part_counts = {k: 0.0 for k in TERMS}, {k: 0 for k in TERMS}
         _accumulate(out, part_sums, part_counts)
         for i, k in enumerate(TERMS):

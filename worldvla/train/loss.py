@@ -54,12 +54,15 @@ def class_weights(cfg: LossConfig, vocab_size: int, device=None) -> torch.Tensor
 
 
 def world_rows(labels: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: rows whose targets include an image (world-model samples)."""
+    """(B,) bool: rows whose targets include an image (world-model samples); the rule Sample applies to
+    samples built from bare ids and labels, for callers that pass no `world` rows (Batch.world_rows)."""
     return (labels == V.BOI_ID).any(dim=1)
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | None = None) -> LossOutput:
-    """logits (B, L, V) for inputs (B, L), labels (B, L) aligned with the inputs (-100 = ignored)."""
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | None = None,
+                 world: torch.Tensor | None = None) -> LossOutput:
+    """logits (B, L, V) for inputs (B, L), labels (B, L) aligned with the inputs (-100 = ignored);
+    `world` (B,) bool: the world-model rows, the batch's sample kinds (None: read from the labels)."""
     cfg = cfg or LossConfig()
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
@@ -73,8 +76,9 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | N
     zero = logits.sum() * 0.0  # keeps the graph when nothing is supervised
     z = (lse.pow(2) * valid).sum() / n_valid if n_valid else zero
 
-    world = world_rows(labels)[:, None] & valid  # (B, L-1)
-    action = ~world_rows(labels)[:, None] & valid
+    is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))[:, None]  # (B, 1)
+    world = is_world & valid  # (B, L-1)
+    action = ~is_world & valid
     n_world, n_action = int(world.sum()), int(action.sum())
     world_ce = (nll * world).sum() / n_world if n_world else None
     action_ce = (nll * action).sum() / n_action if n_action else None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from worldvla.recipe import Recipe
+
 log = logging.getLogger("worldvla.train")
 TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
 
@@ -103,33 +105,42 @@ def loss_config(cfg):
     return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight, form=t.loss_form)
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg) -> dict:
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg, world: torch.Tensor | None = None) -> dict:
     """{"loss": total (with grad), "action_ce", "world_ce", "z_loss": detached or None,
     "n_action_ce", "n_world_ce": the positions those means are over (to average micro-batches)}."""
     from worldvla.train.loss import compute_loss as loss_fn
 
-    out = loss_fn(logits, labels, loss_cfg)
+    out = loss_fn(logits, labels, loss_cfg, world)
     detach = lambda v: None if v is None else v.detach()
     return {"loss": out.total, "action_ce": detach(out.action_ce), "world_ce": detach(out.world_ce),
             "z_loss": detach(out.z_loss), "n_action_ce": out.n_action, "n_world_ce": out.n_world}
 
 
 def forward_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask, loss_cfg, head_weight: float = 0.0,
-                 chunk_size: int = 0) -> dict:
+                 chunk_size: int = 0, world: torch.Tensor | None = None) -> dict:
     """One micro-batch through `model` (its `__call__`, so FSDP / DDP hooks run) -> compute_loss's dict;
     a model with the continuous head adds `head_weight` x its L1 to "loss" and reports "action_l1"
-    (mean over "n_action_l1" rows; None when the micro-batch has no action sample)."""
-    out = model(ids, mask=mask)
+    (mean over "n_action_l1" rows; None when the micro-batch has no action sample). `world` (B,) bool: the
+    batch's world-model rows (Batch.world_rows); the loss and the head read the sample kinds from it."""
+    if world is not None and _has_action_head(model):
+        out = model(ids, mask=mask, world=world.to(ids.device))
+    else:
+        out = model(ids, mask=mask)
     if not isinstance(out, tuple):
-        return compute_loss(out, labels, loss_cfg)  # (B, L, V) logits
+        return compute_loss(out, labels, loss_cfg, world)  # (B, L, V) logits
     from worldvla.train.continuous import head_l1
 
     logits, head_out = out
-    res = compute_loss(logits, labels, loss_cfg)
+    res = compute_loss(logits, labels, loss_cfg, world)
     l1, n_rows = head_l1(head_out, labels, chunk_size)
     res["loss"] = res["loss"] + head_weight * l1
     res["action_l1"], res["n_action_l1"] = (l1.detach(), n_rows) if n_rows else (None, 0)
     return res
+
+
+def _has_action_head(model) -> bool:
+    """The continuous-head model, also inside a DDP / DeepSpeed wrapper (FSDP keeps the attribute)."""
+    return hasattr(model, "action_head") or hasattr(getattr(model, "module", None), "action_head")
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -140,42 +151,27 @@ def _copy(src: Path, dst: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _stats_json(spec: str) -> dict:
-    from worldvla.tokenizers import load_stats
-
-    s = load_stats(spec)
-    return {"min": list(s.min), "max": list(s.max)}
+def data_recipe(d) -> Recipe:
+    """The Recipe of a run's data section (the shards must have been tokenised with it; checkpoints carry it)."""
+    return Recipe(chunk_size=d.chunk_size, history=d.history, resolution=d.resolution, action_stats=d.action_stats,
+                  world_action_stats=d.world_action_stats or None, state_stats=d.state_stats,
+                  with_state=d.with_state, with_wrist=d.with_wrist)
 
 
 def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int, head: dict | None = None) -> None:
     """Write the inference files of docs/interfaces.md into `folder` (main process). `state_dict` holds the
     backbone under the official names and, with the continuous head, its `action_head.*` tensors, which
     save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json."""
-    from worldvla.atomic import atomic_write_json
-    from worldvla.data.tokenization import sha256_file, tokenizer_files
     from worldvla.model.loading import save_state_dict
-    from worldvla.tokenizers import load_stats
+    from worldvla.recipe import tokenizer_files
 
-    d, t = cfg.data, cfg.train
+    t = cfg.train
     dtype = getattr(torch, t.save_dtype)
     save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}, model_cfg, folder)
-    files = tokenizer_files(d.tokenizer)
+    files = tokenizer_files(cfg.data.tokenizer)
     (folder / "tokenizer").mkdir(exist_ok=True)
     for name, src in files.items():
         _copy(src, folder / "tokenizer" / name)
-    stats = load_stats(d.action_stats)
-    settings = {
-        "chunk_size": d.chunk_size, "history": d.history, "resolution": d.resolution,
-        "action_stats": {"min": list(stats.min), "max": list(stats.max)},
-        "world_action_stats": _stats_json(d.world_action_stats) if d.world_action_stats else None,
-        "with_state": d.with_state, "with_wrist": d.with_wrist,
-        "text_tokenizer_sha256": sha256_file(files["text_tokenizer.json"]),
-        "tokenizer_sha256": {name: sha256_file(folder / "tokenizer" / name) for name in files},  # checked on load
-        "step": step,
-    }
-    if d.with_state:
-        s = load_stats(d.state_stats)
-        settings["state_stats"] = {"min": list(s.min), "max": list(s.max)}
-    if head is not None:  # RynnVLA-002 continuous head: its weights are the action_head.* tensors
-        settings["action_head"] = head
-    atomic_write_json(folder / "worldvla.json", settings)
+    # the hashes are of the copies: they are what from_pretrained verifies
+    recipe = data_recipe(cfg.data).with_tokenizer(folder / "tokenizer").replace(step=step, action_head=head or {})
+    recipe.save(folder)
