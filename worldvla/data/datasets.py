@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldvla.data.frame_cache import FrameCache
 from worldvla.data.official_records import OfficialRecords
-from worldvla.data.sequence import Sample
+from worldvla.data.pretokenize import FORMAT, MANIFEST, load_records, record_name
+from worldvla.data.sequence import Sample, sample_kind
 from worldvla.data.shards import ShardReader
+from worldvla.data.tokenization import SampleTokenizer, vqgan_fingerprint
 
 CONCAT_FORMAT = "worldvla-concat/1"
 
@@ -30,8 +33,6 @@ class PretokenizedDir:
     """One pretokenize.py output folder."""
 
     def __init__(self, folder: str | Path):
-        from worldvla.data.pretokenize import FORMAT, MANIFEST
-
         self.folder = Path(folder)
         manifest = self.folder / MANIFEST
         if not manifest.is_file():
@@ -146,8 +147,6 @@ class _Conversations:
     """Conversation records tokenised on demand (one SampleTokenizer per process, made lazily)."""
 
     def __init__(self, inputs: list[Path], tokenizer, base_dir, cache_size: int, frame_cache):
-        from worldvla.data.pretokenize import load_records
-
         self.records, self.inputs = load_records(list(inputs))
         self.tokenizer_cfg = tokenizer
         self.base_dir = base_dir
@@ -164,21 +163,14 @@ class _Conversations:
     @property
     def tok(self):
         if self._tok is None:
-            from worldvla.data.frame_cache import FrameCache
-            from worldvla.data.tokenization import SampleTokenizer, vqgan_fingerprint
-
             frames = FrameCache(self.frame_cache, vqgan_fingerprint(self.tokenizer_cfg)) if self.frame_cache else None
             self._tok = SampleTokenizer(self.tokenizer_cfg, self.base_dir, cache_size=self.cache_size, frame_cache=frames)
         return self._tok
 
     def sample(self, i: int) -> Sample:
-        from worldvla.data.pretokenize import record_name
-
         return self.tok.build(self.records[i], record_name(self.inputs, i))[0]
 
     def kind(self, i: int) -> str:
-        from worldvla.data.sequence import sample_kind
-
         return sample_kind(self.records[i])
 
 

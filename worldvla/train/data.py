@@ -26,8 +26,14 @@ import torch
 
 from worldvla.config import ConfigError
 from worldvla.data.collate import collate
+from worldvla.data.datasets import OnTheFlyDataset, PretokenizedDataset
+from worldvla.data.frame_cache import FrameCache
+from worldvla.data.pretokenize import record_name
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder
+from worldvla.data.tokenization import TokenizerConfig, sample_kind, tokenizer_files, vqgan_fingerprint
 from worldvla.recipe import Recipe, stats_json
+from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer, load_stats
+from worldvla.tokenizers.image import image_token_count
 from worldvla.train.config import DataOptions
 from worldvla.train.modeling import data_recipe
 from worldvla.train.sampler import BatchPlan, PlanSampler
@@ -88,8 +94,6 @@ class TrainSet(torch.utils.data.Dataset):
 
 
 def _open_shards(paths: list[Path], where: str) -> tuple[list, list[np.ndarray]]:
-    from worldvla.data.datasets import PretokenizedDataset
-
     parts, lengths = [], []
     for i, path in enumerate(paths):
         try:
@@ -104,8 +108,6 @@ def _open_shards(paths: list[Path], where: str) -> tuple[list, list[np.ndarray]]
 # -- data.source = conversations ------------------------------------------------------------------
 def tokenizer_config(cfg: DataOptions):
     """The TokenizerConfig the data section describes (the one pretokenize must have used for the shards)."""
-    from worldvla.data.tokenization import TokenizerConfig
-
     return TokenizerConfig(path=Path(cfg.tokenizer), resolution=cfg.resolution, action_stats=cfg.action_stats,
                            world_action_stats=cfg.world_action_stats, state_stats=cfg.state_stats)
 
@@ -141,8 +143,6 @@ class ConversationFile(torch.utils.data.Dataset):
 
     def layout(self) -> dict:
         """probe_layout's answer from the records themselves (no tokenisation)."""
-        from worldvla.data.tokenization import sample_kind
-
         action = [r for r in self.records if sample_kind(r) == "action"]
         return {"n_action": len(action), "max_images": max((len(r.get("image") or []) for r in action), default=0),
                 "with_state": any(bool(r.get("state")) for r in action)}
@@ -153,8 +153,6 @@ class _LengthBuilder(SequenceBuilder):
     action / state block as long as the first one of its kind (tokenised for real)."""
 
     def __init__(self, text, resolution: int, action, state):
-        from worldvla.tokenizers.image import image_token_count
-
         super().__init__(text, None, action, state)
         self.block = {"image": image_token_count(resolution)}
 
@@ -181,9 +179,6 @@ def conversation_lengths(records: list[dict], names, cfg: DataOptions, base_dir:
     """Token count of every record as the on-the-fly tokenizer will build it (-1: no supervised token, a record
     pretokenize skips). Only the text is tokenised (once per distinct conversation); raises RecordError
     naming the record (`names(i)`) for a record that cannot be built."""
-    from worldvla.data.tokenization import tokenizer_files
-    from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer, load_stats
-
     text = TextTokenizer(tokenizer_files(cfg.tokenizer)["text_tokenizer.json"])
     builder = _LengthBuilder(text, cfg.resolution, ActionTokenizer(load_stats(cfg.action_stats)),
                              StateTokenizer(load_stats(cfg.state_stats)))
@@ -205,11 +200,6 @@ def conversation_lengths(records: list[dict], names, cfg: DataOptions, base_dir:
 
 
 def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tuple[list, list[np.ndarray]]:
-    from worldvla.data.datasets import OnTheFlyDataset
-    from worldvla.data.frame_cache import FrameCache
-    from worldvla.data.pretokenize import record_name
-    from worldvla.data.tokenization import tokenizer_files, vqgan_fingerprint
-
     for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise DataError(f"{where}[{i}] = {path}: conversation file not found (data.source=conversations reads "
