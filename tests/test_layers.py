@@ -123,8 +123,14 @@ def test_the_check_finds_what_it_should(tmp_path, monkeypatch, source, line, fou
 # A module's own-package imports stand in its top-level block, so the import graph checked above is the one a
 # process runs. A function-local import of a worldvla module is allowed only here: (importer, imported module)
 # -> why. Heavy optional third-party packages (libero, robosuite, deepspeed, wandb, pyarrow, ...) stay local
-# inside the worldvla modules that need them, so none of those modules has to be imported lazily.
-ALLOWED_LOCAL: dict[tuple[str, str], str] = {}
+# inside the worldvla modules that need them, so only the two below are imported lazily.
+ALLOWED_LOCAL: dict[tuple[str, str], str] = {
+    ("worldvla.policy.interface", "worldvla.policy.client"):
+        "msgpack + websockets (the serve extra): only a ws:// policy needs them, evaluating a checkpoint does not",
+    ("worldvla.policy.interface", "worldvla.policy.policy"):
+        "torch + transformers: eval's LIBERO worker processes import interface (as_chunk, import_object) and stay "
+        "torch-free (no torch._dynamo before their GL context, envs.libero.load_compiler_before_gl)",
+}
 
 
 def resolve(node: ast.ImportFrom | ast.Import, package: str) -> list[str]:
@@ -318,3 +324,26 @@ def test_stage_clis_import_no_heavy_optional_package():
     loaded = set(json.loads(res.stdout.splitlines()[-1]))
     assert {"worldvla", "torch"} <= loaded  # the probe did import the stages
     assert not loaded & set(HEAVY), f"imported by a stage CLI: {sorted(loaded & set(HEAVY))}"
+
+
+# Modules that run without the model: LIBERO's worker processes and the simulator-side CLIs (their --help is
+# quick). Each imports policy.interface or envs.libero, and neither torch nor the serve extra.
+TORCH_FREE = ("worldvla.eval.worker", "worldvla.eval.pool", "worldvla.eval.libero", "worldvla.data.cli",
+              "worldvla.data.regenerate", "worldvla.data.record_scripted")
+
+
+def test_eval_workers_and_simulator_clis_import_neither_torch_nor_the_serve_extra():
+    """What the allow-list above keeps: e.g. a LIBERO worker process imports no torch (and so no torch._dynamo
+    before its GL context) and no msgpack / websockets, although it imports policy.interface."""
+    import subprocess
+    import sys
+
+    probe = "import importlib, json, sys; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"
+    for module in TORCH_FREE:  # one process each: one module's imports must not hide another's
+        res = subprocess.run([sys.executable, "-c", probe, module], capture_output=True, text=True, timeout=300,
+                             cwd=PACKAGE.parent, check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+        loaded = {m.split(".")[0] for m in json.loads(res.stdout.splitlines()[-1])}
+        assert "worldvla" in loaded
+        assert not loaded & {"torch", "transformers", "msgpack", "websockets"}, (module, sorted(loaded & {
+            "torch", "transformers", "msgpack", "websockets"}))

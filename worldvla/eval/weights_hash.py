@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from worldvla.model.loading import find_tokenizer_dir
+from worldvla.recipe import find_tokenizer_dir
 
 FULL_HASH_BYTES = 2 << 30
 SAMPLES, BLOCK, HEAD = 256, 64 << 10, 1 << 20
