@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from worldvla.data.conversations import ConversationsConfig, generate
-from worldvla.data.sequence import RecordError, SequenceBuilder
 from worldvla.data.pretokenize import TokenizerOptions
+from worldvla.data.sequence import RecordError, SequenceBuilder
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 256
