@@ -270,7 +270,8 @@ def test_on_the_fly_set_tokenises_with_the_recipe_and_checks_its_tokenizer_files
     for i in (0, len(pre) - 1):  # an action and a world sample
         assert fly[i].input_ids == pre[i].input_ids and fly[i].labels == pre[i].labels
     other = recipe.replace(tokenizer_sha256={**_hashes(tiny_assets), "vqgan.ckpt": "0" * 64})
-    with pytest.raises(ValueError, match="tokenizer files differ from the ones the recipe records.*tokenizer_sha256"):
+    with pytest.raises(ValueError, match=r"tokenizer files differ from the ones the recipe records "
+                                         r"\(tokenizer_sha256.vqgan.ckpt: 000000000000 vs "):
         OnTheFlyDataset([files["action"]], other, tiny_assets.root)
     wrong = OnTheFlyDataset([files["action"]], recipe.replace(action_stats="worldvla"), tiny_assets.root)
     assert wrong[0].input_ids != pre[0].input_ids  # the recipe's statistics, not a default, bin the actions

@@ -43,8 +43,10 @@ def with_tokenizer_files(recipe: Recipe, path: str | Path) -> Recipe:
     other files is refused (its tokens would not be the ones it describes)."""
     bound = recipe.with_tokenizer(path)
     if recipe.tokenizer_sha256 and recipe.differing(bound, ["tokenizer_sha256"]):
+        changed = [f"tokenizer_sha256.{name}: {want[:12]} vs {bound.tokenizer_sha256.get(name, 'missing')[:12]}"
+                   for name, want in sorted(recipe.tokenizer_sha256.items()) if bound.tokenizer_sha256.get(name) != want]
         raise ValueError(f"{path}: the tokenizer files differ from the ones the recipe records "
-                         f"({'; '.join(recipe.diff(bound, ['tokenizer_sha256']))})")
+                         f"({'; '.join(changed) or 'tokenizer_sha256'})")
     return bound
 
 

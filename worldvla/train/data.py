@@ -247,7 +247,7 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
 
 def check_shards(manifests: list[dict], recipe: Recipe) -> None:
     """The shards' Recipe (their manifest's tokenizer fingerprint, Recipe.from_fingerprint) must agree with the
-    run's (data_recipe) wherever Recipe.diff finds a difference: resolution and action / state statistics go
+    run's (data_recipe) on every field Recipe.diff compares: resolution and action / state statistics go
     into checkpoints and decide how evaluation de-normalises. Only fields a manifest records are compared;
     statistics of a sample kind the shards do not hold are not; state statistics only with_state."""
     fields = ["resolution", "action_stats", "world_action_stats"] + (["state_stats"] if recipe.with_state else [])
@@ -258,10 +258,9 @@ def check_shards(manifests: list[dict], recipe: Recipe) -> None:
         recorded = [f for f in fields if (f in tok if f == "resolution" else bool(tok.get(f)))
                     and (f not in _STATS_KIND or kinds.get(_STATS_KIND[f], 1))]
         shards = Recipe.from_fingerprint(tok)
-        differing = recipe.diff(shards, recorded)
+        differing = recipe.differing(shards, recorded)  # the fields Recipe.diff would list
         if differing:
-            name = differing[0].split(":", 1)[0]  # diff's lines are `field: ours vs theirs`
-            raise ConfigError(_mismatch_message(name, recipe, shards, where))
+            raise ConfigError(_mismatch_message(differing[0], recipe, shards, where))
 
 
 _STATS_KIND = {"world_action_stats": "world", "state_stats": "action"}  # the samples a statistics set binned
