@@ -1,8 +1,8 @@
 """Resume a DeepSpeed checkpoint without running code from it.
 
-DeepSpeed's checkpoint engine reads its `*_model_states.pt` / `*_optim_states.pt` files with
-`torch.load(weights_only=False)`, and accelerate reads custom states the same way: a training folder
-received from someone else could run code on resume. Two layers close that:
+DeepSpeed's checkpoint engine reads its `*_model_states.pt` / `*_optim_states.pt` files with an
+unrestricted `torch.load` (weights_only off), and accelerate reads custom states the same way: a
+training folder received from someone else could run code on resume. Two layers close that:
 
 - `check_deepspeed_folder` (called by `CheckpointManager.verify`, on every process, before DeepSpeed
   opens anything) unpickles every pickle-based file of the folder with torch's restricted
@@ -81,7 +81,7 @@ def refusal(path: Path, err: Exception) -> InputFileError:
 
 
 def _restricted_load(original, path, *args, **kwargs):
-    kwargs["weights_only"] = True  # whatever the caller asked for (DeepSpeed passes weights_only=False)
+    kwargs["weights_only"] = True  # whatever the caller asked for (DeepSpeed turns it off)
     kwargs.pop("pickle_module", None)
     try:
         with torch.serialization.safe_globals(deepspeed_safe_globals()):
