@@ -134,6 +134,11 @@ def check_hashes(folder: Path, record: Path) -> None:
 def check_deepspeed_folder(folder: Path, record: Path) -> None:
     """Every pickle of a DeepSpeed/accelerate checkpoint folder passes the restricted unpickler, then the files
     match the sizes / sha256 recorded at save (`record`; checkpoints written before it existed have none)."""
+    try:
+        deepspeed_safe_globals()
+    except ImportError:
+        raise InputFileError(folder, "a DeepSpeed checkpoint, but deepspeed is not installed "
+                                     "(pip install 'worldvla[deepspeed]')") from None
     for path in pickle_files(folder):
         check_pickle_file(path)
     if record.is_file():
