@@ -36,7 +36,11 @@ def _merge_main(argv: list[str]) -> int:
         return 2
     from .merge import merge_runs
 
-    summary = merge_runs(cfg.dirs, cfg.out)
+    try:
+        summary = merge_runs(cfg.dirs, cfg.out)
+    except (FileNotFoundError, ValueError) as err:  # shards of different runs or weights: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     _print_summary(summary)
     return 0
 
