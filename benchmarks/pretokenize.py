@@ -53,8 +53,7 @@ def write_export(base: Path, res: int, n_traj: int, n_frames: int, seed: int) ->
 
 def run(cfg: BenchConfig, res: int, root: Path) -> dict:
     from worldvla.data.conversations import ConversationsConfig, generate
-    from worldvla.data.pretokenize import PretokenizeConfig, pretokenize
-    from worldvla.data.tokenization import TokenizerConfig
+    from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions, pretokenize
     from worldvla.testing.fixtures import make_tiny_assets
 
     assets = make_tiny_assets(root / "assets")
@@ -65,7 +64,7 @@ def run(cfg: BenchConfig, res: int, root: Path) -> dict:
     n = sum(len(json.loads(p.read_text())) for p in inputs)
     t0 = time.perf_counter()
     m = pretokenize(PretokenizeConfig(inputs=inputs, out_dir=root / f"tok{res}", workers=cfg.workers,
-                                      shard_size=cfg.shard_size, tokenizer=TokenizerConfig(path=assets.root, resolution=res)))
+                                      shard_size=cfg.shard_size, tokenizer=TokenizerOptions(path=assets.root, resolution=res)))
     wall = time.perf_counter() - t0
     images = cfg.n_traj * cfg.n_frames
     build = m["timing"]["shard_seconds_sum"]  # phase 2 (samples from cached frames), summed over workers

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from worldvla.data.conversations import ConversationsConfig, generate
+from worldvla.data.pretokenize import TokenizerOptions
 from worldvla.data.sequence import RecordError, SequenceBuilder
-from worldvla.data.tokenization import TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 256
@@ -41,7 +41,7 @@ def convs(tmp_path_factory):
 
 
 def tok_cfg(assets, **kw):
-    return TokenizerConfig(path=assets.root, resolution=RES, **kw)
+    return TokenizerOptions(path=assets.root, resolution=RES, **kw)
 
 
 def run_pretok(inputs, out, assets, **kw):
@@ -68,7 +68,7 @@ def test_pretokenized_equals_on_the_fly_and_builder(convs, tiny_assets, text_tok
     ids = np.load(tmp_path / "tok" / "shards" / "shard_00000" / "input_ids.npy", mmap_mode="r")
     assert ids.dtype == np.uint32 and isinstance(ids, np.memmap)
     pre = PretokenizedDataset(tmp_path / "tok")
-    fly = OnTheFlyDataset([action_json, world_json], tok_cfg(tiny_assets))
+    fly = OnTheFlyDataset([action_json, world_json], tok_cfg(tiny_assets).recipe(), tiny_assets.root)
     builder = SequenceBuilder(text_tokenizer, image_tokenizer.image_to_tokens)  # independent path, default stats
     records = json.loads(action_json.read_text()) + json.loads(world_json.read_text())
     assert len(pre) == len(fly) == 12 and pre.lengths.sum() == manifest["n_tokens"]
@@ -143,7 +143,7 @@ def test_frame_cache_is_shared_between_runs(convs, tiny_assets, tmp_path):
     assert a["timing"]["frames_encoded_this_run"] == 0  # the action set uses the same frames
     from worldvla.data.datasets import OnTheFlyDataset, PretokenizedDataset
 
-    fly = OnTheFlyDataset([action_json], tok_cfg(tiny_assets), frame_cache=cache)
+    fly = OnTheFlyDataset([action_json], tok_cfg(tiny_assets).recipe(), tiny_assets.root, frame_cache=cache)
     same_sample(fly[3], PretokenizedDataset(tmp_path / "a")[3])
     assert fly.sources[0].tok.n_encoded == 0  # read from the cache
     (cache / "cache.json").write_text(json.dumps({"resolution": 512}))

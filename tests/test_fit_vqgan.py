@@ -69,3 +69,38 @@ def test_cli_help(capsys):
         assert exit_.code == 0
     out = capsys.readouterr().out
     assert "seconds" in out and "tokenizer" in out and "frames" in out
+
+
+def test_refit_of_a_converted_safetensors_vqgan_keeps_the_format(tmp_path):
+    """After `python -m worldvla.model.vqgan convert`, vqgan.ckpt holds safetensors: the fit reads and
+    rewrites that format (never a torch pickle) and the refit weights load through the real tokenizer."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from worldvla.model.safe_ckpt import is_safetensors
+    from worldvla.model.vqgan import main as vqgan_main
+
+    torch.manual_seed(0)
+    assets = make_tiny_assets(tmp_path / "assets")
+    tok_dir = assets.vqgan_ckpt.parent
+    converted = tmp_path / "vqgan.safetensors"
+    assert vqgan_main(["convert", str(assets.vqgan_ckpt), str(converted)]) == 0
+    converted.replace(assets.vqgan_ckpt)  # in place of the original, under its name (recognised by content)
+    before = load_file(str(assets.vqgan_ckpt))
+    frames = _scenes(6)
+    frame_dir = tmp_path / "frames"
+    frame_dir.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(frame_dir / f"image_{i}.png")
+
+    stats = fit_vqgan_files(FitVQGANConfig(tokenizer=str(tok_dir), frames=str(frame_dir), seconds=5, max_steps=3,
+                                           batch_size=4, lr=1e-3))
+    assert stats["steps"] == 3
+    assert is_safetensors(assets.vqgan_ckpt) and assets.vqgan_ckpt.read_bytes()[:2] != b"PK"  # not a torch zip
+    after = load_file(str(assets.vqgan_ckpt))
+    assert set(after) == set(before)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "quantize.embedding.weight" in changed and any(k.startswith("decoder.") for k in changed)
+    with safe_open(str(assets.vqgan_ckpt), framework="pt") as f:
+        assert f.metadata()["source"] == "vqgan.ckpt"  # the converter's metadata is kept
+    assert np.isfinite(_tokenizer_mse(tok_dir, frames))  # loads and runs through the real ImageTokenizer

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from worldvla.data.conversations import ConversationsConfig, generate
-from worldvla.data.tokenization import TokenizerConfig
+from worldvla.data.pretokenize import TokenizerOptions
 from worldvla.errors import InputFileError
 
 RES = 256
@@ -43,7 +43,7 @@ def convs(tmp_path_factory):
 def cfg_for(inputs, out, assets, **kw):
     from worldvla.data.pretokenize import PretokenizeConfig
 
-    kw.setdefault("tokenizer", TokenizerConfig(path=assets.root, resolution=RES))
+    kw.setdefault("tokenizer", TokenizerOptions(path=assets.root, resolution=RES))
     return PretokenizeConfig(inputs=list(inputs), out_dir=out, **kw)
 
 
@@ -75,7 +75,7 @@ def test_refused_rerun_keeps_the_finished_set_and_names_the_difference(convs, ti
     assert f"inputs: ['{action_json}'] -> ['{changed}']" in msg and ".sha256" in msg
     with pytest.raises(FinishedSetError, match=r"tokenizer\.action_stats: .*shard_size: 2 -> 3"):
         pretokenize(cfg_for([action_json], out, tiny_assets, shard_size=3,
-                            tokenizer=TokenizerConfig(path=tiny_assets.root, resolution=RES,
+                            tokenizer=TokenizerOptions(path=tiny_assets.root, resolution=RES,
                                                       action_stats="rynnvla_action")))
     assert snapshot(out) == before  # nothing finished was deleted or changed
     assert len(PretokenizedDataset(out)) == len(records)

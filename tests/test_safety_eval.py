@@ -65,3 +65,26 @@ def test_partial_videos_of_a_killed_run_are_removed(tmp_path):
     assert main(args) == 0
     assert not stale.exists() and not tmp.exists()
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_merge_refuses_shards_of_different_weights(tiny_assets, tmp_path, caplog):
+    from worldvla.eval.merge import merge_runs
+    from worldvla.testing.tiny_model import write_tiny_checkpoint
+
+    a = write_tiny_checkpoint(tmp_path / "a", tiny_assets, seed=0)
+    b = write_tiny_checkpoint(tmp_path / "b", tiny_assets, seed=1)  # same architecture and settings, other weights
+    shards = FAKE[:-2] + ["num_trials=2", "num_workers=0"]
+    for ckpt, i, name in [(a, 0, "s0"), (a, 1, "s1"), (b, 1, "s1b")]:
+        assert main(shards + [f"policy={ckpt}", f"shard={i}/2", f"output_dir={tmp_path / name}"]) == 0
+    same = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")  # one checkpoint: merged as before
+    assert sum(s["episodes"] for s in same["suites"].values()) == 2
+    fa = json.loads((tmp_path / "s0" / "run.shard0of2.json").read_text())["weights"]["sha256"]
+    fb = json.loads((tmp_path / "s1b" / "run.shard1of2.json").read_text())["weights"]["sha256"]
+    assert fa != fb
+    with pytest.raises(ValueError) as err:
+        merge_runs([tmp_path / "s0", tmp_path / "s1b"], tmp_path / "m2")
+    msg = str(err.value)
+    assert f"{tmp_path / 's1b'} and {tmp_path / 's0'} ran different weights" in msg
+    assert f"weights.sha256 {fb[:12]}" in msg and fa[:12] in msg
+    assert not (tmp_path / "m2").exists()  # nothing written for a refused merge
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1b"), "--out", str(tmp_path / "m3")]) == 2

@@ -11,6 +11,8 @@ imgs_wrist, eef_gripper_state}`). Rules (official_format.md §3.2, §10.1):
   `split_mode=random` draws the held-out tasks / trajectories with `seed` instead (same sizes).
 - prompt text: task folder name with underscores -> spaces (official), or the LIBERO language.
 Media paths in the JSON are `base_dir/...` exactly as `base_dir` was given (official behaviour).
+K, M, the views and the state are Recipe fields (worldvla/recipe.py): `ConversationsConfig.recipe()`
+gives them, `ConversationsConfig.from_recipe(recipe, ...)` makes the conversations a recipe trains on.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from worldvla.config import parse_cli, to_dict
 from worldvla.data.sequence import action_conversation, world_conversation
 from worldvla.data.stage_cli import run, setup_logging
 from worldvla.envs.libero import SUITES, get_suite
+from worldvla.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,26 @@ class ConversationsConfig:
     shuffle: bool = False  # shuffle the samples inside each output file (seeded)
     strict: bool = True  # a frame with an action but a missing image/state is an error (official: silently dropped)
 
+    # his, len_action, with_wrist, with_state and resolution are the CLI's (official) names of Recipe fields
+    def recipe(self) -> Recipe:
+        """The Recipe fields these conversations fix: K, history, views, state (and the file names' resolution)."""
+        return Recipe(chunk_size=self.len_action, history=self.his, resolution=self.resolution,
+                      with_state=self.with_state, with_wrist=self.with_wrist)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, **options) -> ConversationsConfig:
+        """Conversations for `recipe` (its chunk_size, history, views, state, resolution); `options`: the
+        other fields (base_dir, output_dir, task_name, world_his, ...)."""
+        clash = sorted(set(options) & set(_RECIPE_KEYS))
+        if clash:
+            raise TypeError(f"{clash} come from the recipe ({', '.join(_RECIPE_KEYS[k] for k in clash)})")
+        return cls(len_action=recipe.chunk_size, his=recipe.history, resolution=recipe.resolution,
+                   with_state=recipe.with_state, with_wrist=recipe.with_wrist, **options)
+
+
+_RECIPE_KEYS = {"len_action": "chunk_size", "his": "history", "resolution": "resolution",
+                "with_state": "with_state", "with_wrist": "with_wrist"}  # CLI key -> Recipe field
+
 
 @dataclass
 class Trajectory:
@@ -86,7 +109,7 @@ def _indexed(folder: Path, prefix: str, suffix: str) -> dict[int, str]:
 
 
 def image_dirs(cfg: ConversationsConfig) -> list[str]:
-    return list(cfg.img_dirs) or (RYNNVLA_IMG_DIRS if cfg.with_wrist else WORLDVLA_IMG_DIRS)
+    return list(cfg.img_dirs) or (RYNNVLA_IMG_DIRS if cfg.recipe().with_wrist else WORLDVLA_IMG_DIRS)
 
 
 def scan(base_dir: Path, img_dirs: list[str], with_state: bool, strict: bool = True) -> dict[str, list[Trajectory]]:
@@ -179,18 +202,20 @@ def _media(base: str, traj: Trajectory, frame: int, dirs: list[str]) -> list[str
 
 
 def action_samples(traj: Trajectory, base: str, cfg: ConversationsConfig) -> list[dict]:
+    """Action samples of one trajectory, by the recipe of `cfg` (K actions, history frames, state)."""
+    recipe = cfg.recipe()
     dirs, frames, out = image_dirs(cfg), traj.frames, []
     instr = instruction_for(traj.task, cfg.instruction)
     root = f"{base}/{traj.task}/{traj.name}"
-    k = cfg.len_action
+    k = recipe.chunk_size
     for p in range(len(frames) - k + 1):
-        hist = frames[max(0, p - cfg.his + 1): p + 1]
+        hist = frames[max(0, p - recipe.history + 1): p + 1]
         record = {
-            "conversations": action_conversation(instr, len(hist) * len(dirs), k, 1 if cfg.with_state else 0),
+            "conversations": action_conversation(instr, len(hist) * len(dirs), k, 1 if recipe.with_state else 0),
             "image": [img for f in hist for img in _media(base, traj, f, dirs)],
             "action": [f"{root}/action/action_{f}.npy" for f in frames[p: p + k]],
         }
-        if cfg.with_state:
+        if recipe.with_state:
             record["state"] = [f"{root}/{STATE_DIR}/eef_gripper_state_{frames[p]}.npy"]
         out.append(record)
     return out
@@ -212,14 +237,15 @@ def world_samples(traj: Trajectory, base: str, cfg: ConversationsConfig) -> list
 
 def output_names(cfg: ConversationsConfig, split: str) -> dict[str, str]:
     """Official file names: WorldVLA's when neither wrist nor state, else RynnVLA-002's pattern."""
-    t, r = cfg.task_name, cfg.resolution
-    if cfg.with_wrist or cfg.with_state:
-        img_item = "third_view_wrist" if cfg.with_wrist else "third_view"
-        state_item = "w_state" if cfg.with_state else "wo_state"
-        action = f"libero_{t}_his_{cfg.his}_{split}_{img_item}_{state_item}_{cfg.len_action}_{r}.json"
+    recipe = cfg.recipe()
+    t, r, his, k = cfg.task_name, recipe.resolution, recipe.history, recipe.chunk_size
+    if recipe.with_wrist or recipe.with_state:
+        img_item = "third_view_wrist" if recipe.with_wrist else "third_view"
+        state_item = "w_state" if recipe.with_state else "wo_state"
+        action = f"libero_{t}_his_{his}_{split}_{img_item}_{state_item}_{k}_{r}.json"
     else:
-        action = f"libero_{t}_his_{cfg.his}_{split}_img_only_ck_{cfg.len_action}_{r}.json"
-    views = "_third_view_wrist" if cfg.with_wrist else ""
+        action = f"libero_{t}_his_{his}_{split}_img_only_ck_{k}_{r}.json"
+    views = "_third_view_wrist" if recipe.with_wrist else ""
     world = f"libero_{t}_his_{cfg.world_his}_{split}{views}_a2i_{r}.json"
     return {"action": action, "world": world}
 
@@ -230,10 +256,11 @@ def _write_json(path: Path, data) -> None:
 
 def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
     """Write the JSON files; returns {split: {"action"|"world": path}} and a manifest next to them."""
-    if cfg.his < 1 or cfg.len_action < 1 or cfg.world_his < 1:
+    recipe = cfg.recipe()
+    if recipe.history < 1 or recipe.chunk_size < 1 or cfg.world_his < 1:
         raise ValueError("his, len_action and world_his must be >= 1")
     dirs = image_dirs(cfg)
-    tasks = scan(cfg.base_dir, dirs, cfg.with_state, cfg.strict)
+    tasks = scan(cfg.base_dir, dirs, recipe.with_state, cfg.strict)
     assignment = split_assignment(tasks, cfg.train_ratio, cfg.split_mode, cfg.seed)
     by_key = {(t.task, t.name): t for trajs in tasks.values() for t in trajs}
     base = str(cfg.base_dir)
@@ -261,7 +288,7 @@ def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
     manifest = {"config": to_dict(cfg), "image_dirs": dirs, "counts": counts,
                 "files": {s: {k: p.name for k, p in v.items()} for s, v in written.items()},
                 "splits": {s: [f"{t}/{j}" for t, j in v] for s, v in assignment.items()}}
-    _write_json(out_dir / f"libero_{cfg.task_name}_{cfg.resolution}_conversations_manifest.json", manifest)
+    _write_json(out_dir / f"libero_{cfg.task_name}_{recipe.resolution}_conversations_manifest.json", manifest)
     return written
 
 

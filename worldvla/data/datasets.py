@@ -3,9 +3,10 @@
 - `PretokenizedDataset(path)`: token shards of pretokenize.py (a folder with manifest.json), a
   concatenation index of concat.py, an official `record.json` list (pickles read safely), or an
   official data YAML (`META: - path: ...`), memory-mapped, no tokenizer needed.
-- `OnTheFlyDataset(inputs, tokenizer)`: tokenises conversation records when indexed (the
-  "NoPretokenize" pipeline), with an LRU cache of image tokens per worker process. Given the same
-  conversation files and tokenizer config it yields exactly the samples of the pretokenized path
+- `OnTheFlyDataset(inputs, recipe, tokenizer)`: tokenises conversation records when indexed (the
+  "NoPretokenize" pipeline) with a `Recipe`'s resolution and statistics and the tokenizer files of a
+  folder, with an LRU cache of image tokens per worker process. Given the same conversation files and
+  recipe it yields exactly the samples of the pretokenized path
   (provided no record is skipped there for lacking supervised tokens, which generated
   conversations never do).
 """
@@ -24,7 +25,8 @@ from worldvla.data.official_records import OfficialRecords
 from worldvla.data.pretokenize import FORMAT, MANIFEST, load_records, record_name
 from worldvla.data.sequence import Sample, sample_kind
 from worldvla.data.shards import ShardReader
-from worldvla.data.tokenization import SampleTokenizer, vqgan_fingerprint
+from worldvla.data.tokenization import SampleTokenizer, vqgan_fingerprint, with_tokenizer_files
+from worldvla.recipe import Recipe
 
 CONCAT_FORMAT = "worldvla-concat/1"
 
@@ -146,9 +148,10 @@ class PretokenizedDataset(_Indexed):
 class _Conversations:
     """Conversation records tokenised on demand (one SampleTokenizer per process, made lazily)."""
 
-    def __init__(self, inputs: list[Path], tokenizer, base_dir, cache_size: int, frame_cache):
+    def __init__(self, inputs: list[Path], recipe: Recipe, tokenizer: Path, base_dir, cache_size: int, frame_cache):
         self.records, self.inputs = load_records(list(inputs))
-        self.tokenizer_cfg = tokenizer
+        self.recipe = with_tokenizer_files(recipe, tokenizer)  # hashed once here, not in every loader worker
+        self.tokenizer = Path(tokenizer)
         self.base_dir = base_dir
         self.cache_size = cache_size
         self.frame_cache = frame_cache
@@ -163,8 +166,9 @@ class _Conversations:
     @property
     def tok(self):
         if self._tok is None:
-            frames = FrameCache(self.frame_cache, vqgan_fingerprint(self.tokenizer_cfg)) if self.frame_cache else None
-            self._tok = SampleTokenizer(self.tokenizer_cfg, self.base_dir, cache_size=self.cache_size, frame_cache=frames)
+            frames = FrameCache(self.frame_cache, vqgan_fingerprint(self.recipe)) if self.frame_cache else None
+            self._tok = SampleTokenizer(self.recipe, self.tokenizer, self.base_dir, cache_size=self.cache_size,
+                                        frame_cache=frames)
         return self._tok
 
     def sample(self, i: int) -> Sample:
@@ -175,9 +179,12 @@ class _Conversations:
 
 
 class OnTheFlyDataset(_Indexed):
-    def __init__(self, inputs: list[str | Path], tokenizer, base_dir: str | Path | None = None, cache_size: int = 4096,
-                 frame_cache: str | Path | None = None):
-        """`inputs`: conversation JSON files (in order); `tokenizer`: a TokenizerConfig; `cache_size`: images
-        whose tokens each process keeps in memory; `frame_cache`: a pretokenize frame-cache folder to read
-        VQ codes from (frames not in it are encoded on the fly)."""
-        super().__init__([_Conversations([Path(p) for p in inputs], tokenizer, base_dir, cache_size, frame_cache)])
+    def __init__(self, inputs: list[str | Path], recipe: Recipe, tokenizer: str | Path, base_dir: str | Path | None = None,
+                 cache_size: int = 4096, frame_cache: str | Path | None = None):
+        """`inputs`: conversation JSON files (in order); `recipe`: the Recipe they are tokenised with (its
+        resolution and statistics); `tokenizer`: the folder of its tokenizer files (sha256 checked against
+        the recipe's when it records them); `cache_size`: images whose tokens each process keeps in memory;
+        `frame_cache`: a pretokenize frame-cache folder to read VQ codes from (frames not in it are encoded
+        on the fly)."""
+        super().__init__([_Conversations([Path(p) for p in inputs], recipe, Path(tokenizer), base_dir, cache_size,
+                                         frame_cache)])

@@ -39,17 +39,10 @@ from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
 from worldvla.data.shards import SAMPLE_KINDS, shard_name, write_shard
 from worldvla.data.stage_cli import run, setup_logging
-from worldvla.data.tokenization import (
-    SampleTokenizer,
-    TokenizerConfig,
-    media_key,
-    sha256_file,
-    tokenizer_files,
-    tokenizer_fingerprint,
-    vqgan_fingerprint,
-)
+from worldvla.data.tokenization import SampleTokenizer, media_key, sha256_file, tokenizer_files, vqgan_fingerprint
 from worldvla.errors import InputFileError
 from worldvla.lockfile import FolderLock
+from worldvla.recipe import Recipe
 from worldvla.tokenizers import ImageTokenizer
 from worldvla.tokenizers.image import to_rgb_array
 from worldvla.vocab import Vocab
@@ -61,10 +54,37 @@ MANIFEST = "manifest.json"
 
 
 @dataclass
+class TokenizerOptions:
+    """The `tokenizer.*` keys of the pretokenize CLI: where the tokenizer files are, how the VQ-GAN runs, and
+    the Recipe fields that change token ids (`recipe()`; the manifest's `tokenizer` is its fingerprint)."""
+
+    path: Path = Path("ckpts/chameleon/tokenizer")  # folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt (or its parent)
+    resolution: int = 256  # image side in px the VQ-GAN sees (256 or 512)
+    action_stats: str = "worldvla"  # preset name or JSON file (min/max of the 7-D actions)
+    world_action_stats: str = ""  # stats for world-model samples; "" = action_stats
+    state_stats: str = "rynnvla_state"  # preset name or JSON file (8-D proprio state)
+    device: str = "cpu"  # where the VQ-GAN runs
+    image_batch: int = 1  # images per VQ-GAN call; 1 is fastest on CPU and keeps codes independent of batching
+    # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
+
+    def recipe(self) -> Recipe:
+        """The Recipe these options tokenise with, with the sha256 of the files in `path`."""
+        return Recipe(resolution=self.resolution, action_stats=self.action_stats,
+                      world_action_stats=self.world_action_stats or None,
+                      state_stats=self.state_stats).with_tokenizer(self.path)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, path: str | Path, **options) -> TokenizerOptions:
+        """The options that tokenise with `recipe`'s resolution and statistics (`options`: device, image_batch)."""
+        return cls(path=Path(path), resolution=recipe.resolution, action_stats=recipe.action_stats,
+                   world_action_stats=recipe.world_action_stats or "", state_stats=recipe.state_stats, **options)
+
+
+@dataclass
 class PretokenizeConfig:
     inputs: list[Path] = field(default_factory=list)  # conversation JSON files, concatenated in this order
     out_dir: Path = Path("data/processed/tokens/run")
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerOptions = field(default_factory=TokenizerOptions)
     base_dir: Path | None = None  # resolve relative media paths against this (default: the working directory)
     workers: int = 1  # processes; each loads its own VQ-GAN and uses `torch_threads` threads
     torch_threads: int = 1
@@ -113,14 +133,14 @@ _STATE: dict = {}
 CRASH_ENV = "WORLDVLA_PRETOKENIZE_CRASH_AFTER_SHARDS"
 
 
-def _init_frames(cfg: PretokenizeConfig) -> None:
+def _init_frames(cfg: PretokenizeConfig, recipe: Recipe) -> None:
     import torch
 
     torch.set_num_threads(max(1, cfg.torch_threads))
     files = tokenizer_files(cfg.tokenizer.path)
     vocab = Vocab.from_tokenizer_file(files["text_tokenizer.json"])
     _STATE["image"] = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], vocab,
-                                                cfg.tokenizer.resolution, device=cfg.tokenizer.device)
+                                                recipe.resolution, device=cfg.tokenizer.device)
     _STATE["cfg"] = cfg
 
 
@@ -146,12 +166,13 @@ def _frames_job(job: tuple[int, list[tuple[str, str]], str, dict]) -> int:
     return len(items)
 
 
-def _init_shards(cfg: PretokenizeConfig, frames_dir: str, vq_fp: dict) -> None:
+def _init_shards(cfg: PretokenizeConfig, recipe: Recipe, frames_dir: str) -> None:
     import torch
 
     torch.set_num_threads(max(1, cfg.torch_threads))
-    _STATE["tok"] = SampleTokenizer(cfg.tokenizer, cfg.base_dir, cache_size=4096,
-                                    frame_cache=FrameCache(frames_dir, vq_fp))
+    _STATE["tok"] = SampleTokenizer(recipe, cfg.tokenizer.path, cfg.base_dir, cache_size=4096,
+                                    frame_cache=FrameCache(frames_dir, vqgan_fingerprint(recipe)),
+                                    device=cfg.tokenizer.device, image_batch=cfg.tokenizer.image_batch)
     _STATE["cfg"] = cfg
 
 
@@ -199,9 +220,10 @@ def _pool_map(cfg: PretokenizeConfig, fn, jobs: list, init, initargs: tuple, des
     _STATE.clear()
 
 
-def encode_frames(cfg: PretokenizeConfig, records: list[dict], inputs: list[dict], gids: list[int],
-                  frames_dir: Path, vq_fp: dict) -> int:
+def encode_frames(cfg: PretokenizeConfig, recipe: Recipe, records: list[dict], inputs: list[dict], gids: list[int],
+                  frames_dir: Path) -> int:
     """Phase 1: every image of records `gids` not yet in the frame cache, encoded once. Returns the count."""
+    vq_fp = vqgan_fingerprint(recipe)
     cache = FrameCache(frames_dir, vq_fp)
     todo: dict[str, str] = {}
     for g in gids:
@@ -225,7 +247,7 @@ def encode_frames(cfg: PretokenizeConfig, records: list[dict], inputs: list[dict
             for i, lo in enumerate(range(0, len(keys), cfg.frame_chunk))]
     if jobs:
         log.info("encoding %d new frames (%d already cached) -> %s", len(keys), len(cache), frames_dir)
-        _pool_map(cfg, _frames_job, jobs, _init_frames, (cfg,), "encode frames", "chunk")
+        _pool_map(cfg, _frames_job, jobs, _init_frames, (cfg, recipe), "encode frames", "chunk")
     return len(keys)
 
 
@@ -306,7 +328,8 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
 def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dict:
     t0 = time.time()
     records, inputs = load_records(cfg.inputs)
-    tok_fp = tokenizer_fingerprint(cfg.tokenizer)
+    recipe = cfg.tokenizer.recipe()
+    tok_fp = recipe.fingerprint()
     fp = fingerprint(cfg, inputs, tok_fp)
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file() and not cfg.overwrite:
@@ -323,7 +346,6 @@ def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dic
         manifest_path.unlink()
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
 
-    vq_fp = vqgan_fingerprint(cfg.tokenizer)
     n_shards = (len(records) + cfg.shard_size - 1) // cfg.shard_size
     jobs = []
     for k in range(n_shards):
@@ -335,8 +357,8 @@ def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dic
         jobs.append((k, items, str(folder), fp))
     if len(jobs) < n_shards:
         log.info("resuming: %d of %d shards already done", n_shards - len(jobs), n_shards)
-    n_new = encode_frames(cfg, records, inputs, [g for job in jobs for g, _, _ in job[1]], frames_dir, vq_fp)
-    _pool_map(cfg, _shard_job, jobs, _init_shards, (cfg, str(frames_dir), vq_fp), f"pretokenize -> {out_dir.name}",
+    n_new = encode_frames(cfg, recipe, records, inputs, [g for job in jobs for g, _, _ in job[1]], frames_dir)
+    _pool_map(cfg, _shard_job, jobs, _init_shards, (cfg, recipe, str(frames_dir)), f"pretokenize -> {out_dir.name}",
               "shard")
 
     shards, skipped = [], []

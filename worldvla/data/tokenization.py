@@ -1,6 +1,7 @@
 """Conversation records -> `Sample`s with a per-frame image-token cache (shared by pretokenize and on-the-fly).
 
-`SampleTokenizer` owns the text, image, action and state tokenizers of one config, tokenises each
+`SampleTokenizer` owns the text, image, action and state tokenizers of one `Recipe` (worldvla/recipe.py:
+resolution and statistics; the tokenizer files are given as a folder), tokenises each
 image file once (VQ-GAN calls are batched), and picks the action statistics by sample kind: world-model
 samples (an image in the assistant turn) may use other min/max than action-model samples (RynnVLA-002's
 pretokenize path did, official_format.md §10.1).
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,12 @@ from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files a
     SAMPLE_KINDS,
     TOKENIZER_FILES,
     Recipe,
+    same_stats,
     sha256_file,
+    stats_of,
     tokenizer_files,
 )
-from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer, load_stats
+from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import codes_to_tokens, to_rgb_array
 
 log = logging.getLogger(__name__)
@@ -32,34 +34,23 @@ log = logging.getLogger(__name__)
 KINDS = SAMPLE_KINDS
 
 
-@dataclass
-class TokenizerConfig:
-    path: Path = Path("ckpts/chameleon/tokenizer")  # folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt (or its parent)
-    resolution: int = 256  # image side in px the VQ-GAN sees (256 or 512)
-    action_stats: str = "worldvla"  # preset name or JSON file (min/max of the 7-D actions)
-    world_action_stats: str = ""  # stats for world-model samples; "" = action_stats
-    state_stats: str = "rynnvla_state"  # preset name or JSON file (8-D proprio state)
-    device: str = "cpu"  # where the VQ-GAN runs
-    image_batch: int = 1  # images per VQ-GAN call; 1 is fastest on CPU and keeps codes independent of batching
-    # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
+def vqgan_fingerprint(recipe: Recipe) -> dict:
+    """What the VQ codes of a frame depend on (the key of a frame cache): the VQ-GAN part of the recipe's
+    fingerprint (needs its tokenizer hashes, Recipe.with_tokenizer)."""
+    fp = recipe.fingerprint()
+    return {key: fp[key] for key in ("vqgan.yaml_sha256", "vqgan.ckpt_sha256", "resolution")}
 
 
-def tokenizer_recipe(cfg: TokenizerConfig) -> Recipe:
-    """The Recipe fields a tokenizer config decides (with the sha256 of its files)."""
-    return Recipe(resolution=cfg.resolution, action_stats=cfg.action_stats,
-                  world_action_stats=cfg.world_action_stats or None, state_stats=cfg.state_stats).with_tokenizer(cfg.path)
-
-
-def tokenizer_fingerprint(cfg: TokenizerConfig) -> dict:
-    """Everything that changes token ids: file hashes, resolution, normalisation statistics (Recipe.fingerprint)."""
-    return tokenizer_recipe(cfg).fingerprint()
-
-
-def vqgan_fingerprint(cfg: TokenizerConfig) -> dict:
-    """What the VQ codes of a frame depend on (the key of a frame cache)."""
-    files = tokenizer_files(cfg.path)
-    return {"vqgan.yaml_sha256": sha256_file(files["vqgan.yaml"]), "vqgan.ckpt_sha256": sha256_file(files["vqgan.ckpt"]),
-            "resolution": cfg.resolution}
+def with_tokenizer_files(recipe: Recipe, path: str | Path) -> Recipe:
+    """`recipe` with the sha256 of the tokenizer files in `path`; a recipe that already records the hashes of
+    other files is refused (its tokens would not be the ones it describes)."""
+    bound = recipe.with_tokenizer(path)
+    if recipe.tokenizer_sha256 and recipe.differing(bound, ["tokenizer_sha256"]):
+        changed = [f"tokenizer_sha256.{name}: {want[:12]} vs {bound.tokenizer_sha256.get(name, 'missing')[:12]}"
+                   for name, want in sorted(recipe.tokenizer_sha256.items()) if bound.tokenizer_sha256.get(name) != want]
+        raise ValueError(f"{path}: the tokenizer files differ from the ones the recipe records "
+                         f"({'; '.join(changed) or 'tokenizer_sha256'})")
+    return bound
 
 
 def media_key(item, base_dir: Path | None) -> str:
@@ -70,19 +61,24 @@ def media_key(item, base_dir: Path | None) -> str:
 class SampleTokenizer:
     """`build(record, name) -> Sample`; `prefetch(records)` tokenises their images in batches first."""
 
-    def __init__(self, cfg: TokenizerConfig, base_dir: str | Path | None = None, cache_size: int = 0, frame_cache=None):
-        """`cache_size`: images kept in memory (0 = unbounded); `frame_cache`: a FrameCache to read codes from."""
-        files = tokenizer_files(cfg.path)
-        self.cfg = cfg
+    def __init__(self, recipe: Recipe, tokenizer: str | Path, base_dir: str | Path | None = None, cache_size: int = 0,
+                 frame_cache=None, device: str = "cpu", image_batch: int = 1):
+        """`tokenizer`: the folder of the recipe's tokenizer files; `cache_size`: images kept in memory
+        (0 = unbounded); `frame_cache`: a FrameCache to read codes from; `device`: where the VQ-GAN runs;
+        `image_batch`: images per VQ-GAN call (prefetch)."""
+        files = tokenizer_files(tokenizer)
+        self.recipe = recipe
+        self.image_batch = max(1, image_batch)
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.text = TextTokenizer(files["text_tokenizer.json"])
         self.image = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], self.text.vocab,
-                                               cfg.resolution, device=cfg.device)
-        state = StateTokenizer(load_stats(cfg.state_stats))
-        self.builders = {"action": SequenceBuilder(self.text, self._image_tokens, ActionTokenizer(load_stats(cfg.action_stats)), state)}
-        world = cfg.world_action_stats or cfg.action_stats
-        self.builders["world"] = (self.builders["action"] if world == cfg.action_stats else
-                                  SequenceBuilder(self.text, self._image_tokens, ActionTokenizer(load_stats(world)), state))
+                                               recipe.resolution, device=device)
+        state = StateTokenizer(stats_of(recipe.state_stats))
+        action = ActionTokenizer(stats_of(recipe.action_stats))
+        self.builders = {"action": SequenceBuilder(self.text, self._image_tokens, action, state)}
+        world = recipe.value("world_action_stats")
+        self.builders["world"] = (self.builders["action"] if same_stats(world, recipe.action_stats) else
+                                  SequenceBuilder(self.text, self._image_tokens, ActionTokenizer(stats_of(world)), state))
         self.cache: OrderedDict[str, list[int]] = OrderedDict()
         self.cache_size = cache_size
         self.frame_cache = frame_cache
@@ -114,8 +110,8 @@ class SampleTokenizer:
                     if key not in self.cache and key not in todo:
                         todo[key] = name
         keys = list(todo)
-        for i in range(0, len(keys), self.cfg.image_batch):
-            chunk = keys[i: i + self.cfg.image_batch]
+        for i in range(0, len(keys), self.image_batch):
+            chunk = keys[i: i + self.image_batch]
             arrays = [self._load(k, f"record {todo[k]}") for k in chunk]
             try:
                 codes = self.image.encode(arrays)

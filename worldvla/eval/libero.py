@@ -37,7 +37,11 @@ def _merge_main(argv: list[str]) -> int:
         print("error: name the shard output directories (merge DIR [DIR ...] [--out DIR])", file=sys.stderr)
         return 2
 
-    summary = merge_runs(cfg.dirs, cfg.out)
+    try:
+        summary = merge_runs(cfg.dirs, cfg.out)
+    except (FileNotFoundError, ValueError) as err:  # shards of different runs or weights: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     _print_summary(summary)
     return 0
 

@@ -28,6 +28,25 @@ def _identity_without_shard(run: dict) -> dict:
     return ident
 
 
+def check_same_weights_across(runs: list[tuple[Path, dict]]) -> None:
+    """Every shard that recorded a weights fingerprint (run.json `weights`) ran the same files: merging
+    shards of two checkpoints would report one success rate for two models. Shards without one (a
+    policy server, an older worldvla) cannot be checked: said in a warning."""
+    recorded = [(p, run["weights"]) for p, run in runs if run.get("weights")]
+    unchecked = [str(p.parent) for p, run in runs if not run.get("weights")]
+    if unchecked and recorded:
+        log.warning("%s record no weights fingerprint: cannot check that they ran the same checkpoint as %s",
+                    unchecked, recorded[0][0].parent)
+    if not recorded:
+        return
+    ref_path, ref = recorded[0]
+    for p, weights in recorded[1:]:
+        if weights.get("sha256") != ref.get("sha256"):
+            raise ValueError(
+                f"{p.parent} and {ref_path.parent} ran different weights: weights.sha256 {str(weights.get('sha256'))[:12]} "
+                f"({p.name}) vs {str(ref.get('sha256'))[:12]} ({ref_path.name}); their episodes would mix two models")
+
+
 def merge_runs(dirs: list[Path], out_dir: Path | None = None) -> dict:
     dirs = [Path(d) for d in dirs]
     runs = []
@@ -40,6 +59,7 @@ def merge_runs(dirs: list[Path], out_dir: Path | None = None) -> dict:
     for p, run in runs[1:]:
         if _identity_without_shard(run) != _identity_without_shard(ref):
             raise ValueError(f"{p} and {ref_path} are not shards of the same evaluation (settings differ)")
+    check_same_weights_across(runs)
     specs = sorted({run["config"]["policy"] for _, run in runs})
     if len(specs) > 1:
         log.warning("shards name the policy differently: %s (make sure it is one checkpoint)", specs)

@@ -37,7 +37,7 @@ from pathlib import PurePath
 
 from worldvla.recipe import Recipe
 
-FAMILIES = ("worldvla", "rynnvla002")  # PolicySettings.family: whose official parsing rule applies
+FAMILIES = ("worldvla", "rynnvla002")  # Recipe.family: whose official parsing rule applies
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 WORLDVLA_REPO = "Alibaba-DAMO-Academy/WorldVLA"
 RYNNVLA_REPO = "Alibaba-DAMO-Academy/RynnVLA-002"
@@ -47,7 +47,7 @@ WORLDVLA_K = {"libero_spatial": 5, "libero_object": 5, "libero_goal": 5, "libero
 RYNNVLA_K = {"libero_spatial": 10, "libero_object": 5, "libero_goal": 5, "libero_10": 10}
 
 # Fields an unknown official folder must be given (the ones that differ between released setups and
-# fail silently when wrong); every other PolicySettings field then keeps the plain WorldVLA default.
+# fail silently when wrong); every other Recipe field then keeps the plain WorldVLA default.
 REQUIRED_FOR_UNKNOWN = ("chunk_size", "resolution", "action_stats")
 
 

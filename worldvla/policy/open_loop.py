@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from worldvla import vocab as V
 from worldvla.atomic import atomic_write
-from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
+from worldvla.policy.policy import WorldVLAPolicy
+from worldvla.recipe import Recipe, tokenizer_files
 from worldvla.tokenizers import ImageTokenizer, TextTokenizer
 
 GRIPPER = 6  # index of the gripper dimension of a LIBERO action
@@ -121,28 +122,27 @@ def _spread(items: list, n: int) -> list:
 
 
 # -- the trainer's hook ---------------------------------------------------------------------------------
-def policy_for_model(model, data, action_mask: bool, device: str = "cpu"):
-    """A WorldVLAPolicy around an in-memory model, with the tokenizers and statistics of a training run's
-    data section (`worldvla.train.config.DataOptions`): what the trainer decodes `data.val` with."""
-    tok = Path(data.tokenizer)
-    text = TextTokenizer(tok / "text_tokenizer.json")
-    images = ImageTokenizer.from_files(tok / "vqgan.yaml", tok / "vqgan.ckpt", text.vocab, data.resolution, device=device)
-    settings = PolicySettings(chunk_size=data.chunk_size, history=data.history, resolution=data.resolution,
-                              action_stats=data.action_stats, state_stats=data.state_stats,
-                              with_state=data.with_state, with_wrist=data.with_wrist)
-    return WorldVLAPolicy(model, text, images, settings, decode="parallel" if action_mask else "sequential",
+def policy_for_model(model, recipe: Recipe, tokenizer: str | Path, action_mask: bool, device: str = "cpu"):
+    """A WorldVLAPolicy around an in-memory model, with a training run's Recipe (its data section's,
+    worldvla.train.modeling.data_recipe) and the tokenizer files in `tokenizer`: what the trainer decodes
+    `data.val` with."""
+    files = tokenizer_files(tokenizer)
+    text = TextTokenizer(files["text_tokenizer.json"])
+    images = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], text.vocab, recipe.resolution,
+                                       device=device)
+    return WorldVLAPolicy(model, text, images, recipe, decode="parallel" if action_mask else "sequential",
                           action_mask=action_mask)
 
 
-def trainer_metrics(model, data, action_mask: bool, dataset, max_samples: int, out_path: Path | None = None,
-                    device: str = "cpu") -> dict:
+def trainer_metrics(model, recipe: Recipe, tokenizer: str | Path, action_mask: bool, dataset, max_samples: int,
+                    out_path: Path | None = None, device: str = "cpu") -> dict:
     """Open-loop metrics of `model` on the action samples of a TrainSet (data.val), as flat log values
     (`val_open_loop_l1`, `..._l1_k<k>`, gripper agreement, token accuracy); the full result goes to
     `out_path` (JSON) when given. The model is put in eval mode and restored."""
     was_training = model.training
     model.eval()
     try:
-        policy = policy_for_model(model, data, action_mask, device)
+        policy = policy_for_model(model, recipe, tokenizer, action_mask, device)
         samples = samples_from_dataset(dataset, policy.action_tok, max_samples, "data.val")
         if not samples:
             return {}

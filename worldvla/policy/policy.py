@@ -51,6 +51,7 @@ def resolve_decode(mode: str, is_worldvla_checkpoint: bool) -> str:
 
 
 # The inference settings of a checkpoint are its Recipe (worldvla.json): one class for training and eval.
+# `PolicySettings` is only an alias of it, kept for code written against the old name.
 PolicySettings = Recipe
 
 
@@ -72,7 +73,7 @@ _stats = stats_of
 
 
 class WorldVLAPolicy:
-    def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: PolicySettings,
+    def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: Recipe,
                  decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
                  action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
         if decode not in DECODE_MODES:
@@ -112,26 +113,25 @@ class WorldVLAPolicy:
         Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
         dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
         decode `auto`: parallel for our checkpoints, official for an official folder (resolve_decode)."""
-        unknown = set(settings) - set(PolicySettings.__dataclass_fields__)
+        unknown = set(settings) - set(Recipe.__dataclass_fields__)
         if unknown:
-            raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(PolicySettings.__dataclass_fields__)}")
+            raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(Recipe.__dataclass_fields__)}")
         folder = resolve_source(ckpt_dir)
         path = folder / SETTINGS_NAME
         tok_dir = find_tokenizer_dir(folder, tokenizer)
         given = {k: v for k, v in settings.items() if v is not None}
         official = None if path.is_file() else (find_official(ckpt_dir) or find_official(folder))
         if path.is_file():
-            base = PolicySettings.from_file(path)
+            base = Recipe.from_file(path)
         elif official is not None:  # a released checkpoint: its settings are known, not guessed
             base = official.recipe()
             log.info("%s: released checkpoint %s, settings %s%s", folder, official.hub_id, official.settings,
                      f" overridden by {given}" if given else "")
         elif all(k in given for k in REQUIRED_FOR_UNKNOWN):
-            base = PolicySettings()
+            base = Recipe()
         else:
             raise unknown_folder_error(folder, given)
-        for k, v in given.items():
-            setattr(base, k, v)
+        base = base.replace(**given)  # keyword settings win over worldvla.json / the table
         if base.family not in FAMILIES:
             raise ValueError(f"{folder}: family={base.family!r}; valid: {FAMILIES}")
         base.verify_tokenizer(tok_dir, path)

@@ -6,12 +6,14 @@ The demo's VQ-GAN (worldvla.testing.fixtures.write_vqgan) is random, so decoded 
 even for ground-truth codes. This fits it for a fixed budget on the demo's own frames: MSE
 reconstruction + VQ codebook and commitment losses with a straight-through estimator, the codebook
 first filled with encoder outputs of real frames. No GAN or perceptual loss: the images are blurry,
-but show the scene. The result overwrites `vqgan.ckpt` in the same Lightning-style format (top-level
-`state_dict` with the keys `load_vqgan` reads; the file's other keys, `loss.*` included, are kept).
+but show the scene. The result overwrites `vqgan.ckpt` in the format it has: the Lightning-style torch
+file (top-level `state_dict` with the keys `load_vqgan` reads; the file's other keys, `loss.*` included,
+are kept) or safetensors (after `python -m worldvla.model.vqgan convert`; recognised by content).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -20,8 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
+from worldvla.atomic import atomic_write
 from worldvla.config import parse_cli
+from worldvla.model.safe_ckpt import is_safetensors
 from worldvla.model.vqgan import VQGAN, load_vqgan
 from worldvla.tokenizers.image import to_rgb_array
 
@@ -133,16 +140,23 @@ def fit(model: VQGAN, frames: np.ndarray, cfg: FitVQGANConfig) -> dict:
 
 
 def save_ckpt(model: VQGAN, ckpt_path: str | Path) -> Path:
-    """Overwrite `ckpt_path` with the model's weights under `state_dict`, keeping the file's other
-    entries (its `loss.*` weights, global_step, ...); written atomically."""
+    """Overwrite `ckpt_path` with the model's weights, in the format the file already has, keeping its
+    other entries; written atomically. A Lightning-style torch file keeps its `loss.*` weights, global_step,
+    ... under/next to `state_dict`; a safetensors file (what `python -m worldvla.model.vqgan convert` writes,
+    possibly still named vqgan.ckpt) keeps its other tensors and its metadata."""
     ckpt_path = Path(ckpt_path)
+    weights = {k: v.detach().clone().cpu().contiguous() for k, v in model.state_dict().items()}
+    if is_safetensors(ckpt_path):
+        with safe_open(str(ckpt_path), framework="pt") as f:
+            metadata = f.metadata()
+        state = {**load_file(str(ckpt_path)), **weights}
+        atomic_write(ckpt_path, save_safetensors(state, metadata=metadata))
+        return ckpt_path
     blob = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    state = dict(blob.get("state_dict", {}))
-    state.update({k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
-    blob["state_dict"] = state
-    tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(ckpt_path)
+    blob["state_dict"] = {**blob.get("state_dict", {}), **weights}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write(ckpt_path, buf.getvalue())
     return ckpt_path
 
 

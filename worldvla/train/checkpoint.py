@@ -6,6 +6,7 @@
         trainer_state.json                                          step, epoch, position in the epoch, schedule, ...
         train_state/dcp/                                            model + AdamW state (fp32), torch.distributed.checkpoint
         train_state/rng_rank00000.json ...                          python / numpy / torch (/ cuda) RNG of every process
+        (DeepSpeed runs: train_state/accelerate/ + deepspeed_sha256.json instead of dcp/, see safe_deepspeed.py)
 
 Every process writes into `.tmp-step_XXXXXXXX/` and the main process renames it when all are done,
 so a folder named `step_*` is always whole; a kill mid-save leaves only a `.tmp-*` folder, removed
@@ -33,8 +34,10 @@ import numpy as np
 import torch
 
 from worldvla.atomic import atomic_write_json, fsync_dir, fsync_tree
-from worldvla.model.convert import clean_key
+from worldvla.errors import InputFileError
+from worldvla.model.convert import clean_key  # wrapper prefixes (checkpointing, compile, DDP)
 from worldvla.train.safe_dcp import SafePlanner, SafeReader, failure_reason
+from worldvla.train.safe_deepspeed import HASHES, check_deepspeed_folder, record_hashes, restricted_torch_load
 
 log = logging.getLogger("worldvla.train")
 
@@ -190,6 +193,9 @@ class CheckpointManager:
     def _save_train_state(self, folder: Path, model, optimizer) -> None:
         if _is_deepspeed(self.acc):
             self.acc.save_state(str(folder / "accelerate"))
+            self.acc.wait_for_everyone()  # every rank's partitions are written before the main process hashes them
+            if self.acc.is_main_process:
+                atomic_write_json(folder / HASHES, record_hashes(folder / "accelerate"))
         else:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -222,7 +228,12 @@ class CheckpointManager:
             raise CheckpointError(f"{path} is not a training checkpoint (no {TRAINER_STATE} / {STATE_DIR}/); "
                                   "to start from inference weights use model.init_from instead of train.resume")
         trainer_state = read_trainer_state(state_file)
-        if not _is_deepspeed(self.acc):
+        if (path / STATE_DIR / "accelerate").is_dir():  # a DeepSpeed run's: its pickles are checked before any load
+            try:
+                check_deepspeed_folder(path / STATE_DIR / "accelerate", path / STATE_DIR / HASHES)
+            except InputFileError as err:
+                raise CheckpointError(str(err)) from None
+        elif not _is_deepspeed(self.acc):
             check_dcp_folder(path / STATE_DIR / "dcp")
         for rng_file in sorted((path / STATE_DIR).glob("rng_rank*")):  # every rank's, so all processes agree
             read_rng_file(rng_file)
@@ -248,9 +259,11 @@ class CheckpointManager:
         rng_file = self._rng_file(path)
         rng = read_rng_file(rng_file) if rng_file.is_file() else None
         if _is_deepspeed(self.acc):
-            log.warning("%s: DeepSpeed resume goes through DeepSpeed's own loader, which unpickles its files: "
-                        "resume only DeepSpeed folders you trust", path)
-            self.acc.load_state(str(folder / "accelerate"))
+            try:  # verify() checked every pickle; the loaders themselves are restricted too (a file swapped since)
+                with restricted_torch_load():
+                    self.acc.load_state(str(folder / "accelerate"))
+            except InputFileError as err:
+                raise CheckpointError(str(err)) from None
         else:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.api import CheckpointException

@@ -2,12 +2,13 @@
 
 `data.source=shards` (default): the sets are the data pipeline's pretokenized outputs
 (`worldvla.data.datasets.PretokenizedDataset`: pretokenize.py folders, concat.py indexes, official record
-lists). Their manifests record how they were tokenised; a resolution or action-statistics mismatch with
-the run config is an error here, not a silent mis-training.
+lists). Their manifests record the Recipe they were tokenised with (its fingerprint); where it differs
+from the run's (`check_shards`, by Recipe.diff: resolution, statistics) training stops, rather than
+mis-training silently.
 
 `data.source=conversations` (the official "NoPretokenize" path): the sets are conversation JSON files
 (conversations.py output), tokenised when indexed by `worldvla.data.datasets.OnTheFlyDataset` with the
-tokenizer settings of the data section, so they cannot disagree with the config. All files share one
+Recipe of the data section (data_recipe), so they cannot disagree with the config. All files share one
 dataset, hence one VQ-GAN and one image-token cache per loader process. The batch plan needs every
 sample's length up front: `conversation_lengths` gets them exactly without touching an image (the text
 is tokenised, each media placeholder counts as its block length), so the batches, and a resumed run's
@@ -30,9 +31,9 @@ from worldvla.data.datasets import OnTheFlyDataset, PretokenizedDataset
 from worldvla.data.frame_cache import FrameCache
 from worldvla.data.pretokenize import record_name
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder
-from worldvla.data.tokenization import TokenizerConfig, sample_kind, tokenizer_files, vqgan_fingerprint
-from worldvla.recipe import Recipe, stats_json
-from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer, load_stats
+from worldvla.data.tokenization import sample_kind, tokenizer_files, vqgan_fingerprint
+from worldvla.recipe import Recipe, stats_json, stats_of
+from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count
 from worldvla.train.config import DataOptions
 from worldvla.train.modeling import data_recipe
@@ -106,12 +107,6 @@ def _open_shards(paths: list[Path], where: str) -> tuple[list, list[np.ndarray]]
 
 
 # -- data.source = conversations ------------------------------------------------------------------
-def tokenizer_config(cfg: DataOptions):
-    """The TokenizerConfig the data section describes (the one pretokenize must have used for the shards)."""
-    return TokenizerConfig(path=Path(cfg.tokenizer), resolution=cfg.resolution, action_stats=cfg.action_stats,
-                           world_action_stats=cfg.world_action_stats, state_stats=cfg.state_stats)
-
-
 class ConversationFile(torch.utils.data.Dataset):
     """The records of one conversation file, a window on the `OnTheFlyDataset` that all files share."""
 
@@ -175,13 +170,15 @@ def _length_key(record) -> tuple | None:
         return None
 
 
-def conversation_lengths(records: list[dict], names, cfg: DataOptions, base_dir: Path | None = None) -> np.ndarray:
-    """Token count of every record as the on-the-fly tokenizer will build it (-1: no supervised token, a record
-    pretokenize skips). Only the text is tokenised (once per distinct conversation); raises RecordError
-    naming the record (`names(i)`) for a record that cannot be built."""
-    text = TextTokenizer(tokenizer_files(cfg.tokenizer)["text_tokenizer.json"])
-    builder = _LengthBuilder(text, cfg.resolution, ActionTokenizer(load_stats(cfg.action_stats)),
-                             StateTokenizer(load_stats(cfg.state_stats)))
+def conversation_lengths(records: list[dict], names, recipe: Recipe, tokenizer: Path,
+                         base_dir: Path | None = None) -> np.ndarray:
+    """Token count of every record as the on-the-fly tokenizer will build it with `recipe` and the tokenizer
+    files in `tokenizer` (-1: no supervised token, a record pretokenize skips). Only the text is tokenised
+    (once per distinct conversation); raises RecordError naming the record (`names(i)`) for a record that
+    cannot be built."""
+    text = TextTokenizer(tokenizer_files(tokenizer)["text_tokenizer.json"])
+    builder = _LengthBuilder(text, recipe.resolution, ActionTokenizer(stats_of(recipe.action_stats)),
+                             StateTokenizer(stats_of(recipe.state_stats)))
     out = np.empty(len(records), dtype=np.int64)
     memo: dict[tuple, int] = {}
     for i, record in enumerate(records):
@@ -204,21 +201,20 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
         if not Path(path).is_file():
             raise DataError(f"{where}[{i}] = {path}: conversation file not found (data.source=conversations reads "
                             "conversations.py's JSON files; set data.source=shards for pretokenized sets)")
-    tok = tokenizer_config(cfg)
     try:
-        tokenizer_files(tok.path)
+        recipe = data_recipe(cfg).with_tokenizer(cfg.tokenizer)
     except FileNotFoundError as err:
-        raise DataError(f"data.tokenizer = {tok.path}: {err}") from None
+        raise DataError(f"data.tokenizer = {cfg.tokenizer}: {err}") from None
     if cfg.frame_cache is not None:
         if not (Path(cfg.frame_cache) / "cache.json").is_file():
             raise DataError(f"data.frame_cache = {cfg.frame_cache}: not a frame cache (no cache.json); point it at "
                             "pretokenize's frames folder or leave it empty")
         try:
-            FrameCache(cfg.frame_cache, vqgan_fingerprint(tok))
+            FrameCache(cfg.frame_cache, vqgan_fingerprint(recipe))
         except (FileExistsError, ValueError, OSError) as err:
             raise DataError(f"data.frame_cache = {cfg.frame_cache}: {err}") from None
     try:
-        shared = OnTheFlyDataset(paths, tok, cfg.base_dir, cfg.image_cache, cfg.frame_cache)
+        shared = OnTheFlyDataset(paths, recipe, cfg.tokenizer, cfg.base_dir, cfg.image_cache, cfg.frame_cache)
     except (ValueError, OSError) as err:
         i = next((k for k, p in enumerate(paths) if str(p) in str(err)), None)
         raise DataError(f"{where}[{i}] = {paths[i]}: {err}" if i is not None else f"{where}: {err}") from None
@@ -228,8 +224,8 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
         first, n = info["first"], info["n_records"]
         records = conv.records[first: first + n]
         try:
-            n_tokens = conversation_lengths(records, lambda j, f=first: record_name(conv.inputs, f + j), cfg,
-                                            cfg.base_dir)
+            n_tokens = conversation_lengths(records, lambda j, f=first: record_name(conv.inputs, f + j), recipe,
+                                            cfg.tokenizer, cfg.base_dir)
         except RecordError as err:
             raise DataError(f"{where}[{i}] = {path}: {err}") from None
         skipped = int((n_tokens < 0).sum())
@@ -241,39 +237,41 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
     return parts, lengths
 
 
-def check_tokenization(manifests: list[dict], cfg: DataOptions) -> None:
-    """The shards' Recipe (their manifest's tokenizer fingerprint) must be the run's (data_recipe): resolution
-    and action / state statistics go into checkpoints and decide how evaluation de-normalises. Statistics of
-    a sample kind the shards do not hold are not compared; state statistics only with data.with_state."""
-    want = data_recipe(cfg)
-    fields = ["resolution", "action_stats", "world_action_stats"] + (["state_stats"] if cfg.with_state else [])
+def check_shards(manifests: list[dict], recipe: Recipe) -> None:
+    """The shards' Recipe (their manifest's tokenizer fingerprint, Recipe.from_fingerprint) must agree with the
+    run's (data_recipe) on every field Recipe.diff compares: resolution and action / state statistics go
+    into checkpoints and decide how evaluation de-normalises. Only fields a manifest records are compared;
+    statistics of a sample kind the shards do not hold are not; state statistics only with_state."""
+    fields = ["resolution", "action_stats", "world_action_stats"] + (["state_stats"] if recipe.with_state else [])
     for m in manifests:
         tok = m.get("tokenizer") or {}
         where = (m.get("config") or {}).get("out_dir", "a pretokenized set")
         kinds = m.get("kinds") or {}
         recorded = [f for f in fields if (f in tok if f == "resolution" else bool(tok.get(f)))
                     and (f not in _STATS_KIND or kinds.get(_STATS_KIND[f], 1))]
-        for name in want.differing(Recipe.from_fingerprint(tok), recorded):
-            raise ConfigError(_mismatch_message(name, tok, where, cfg))
+        shards = Recipe.from_fingerprint(tok)
+        differing = recipe.differing(shards, recorded)  # the fields Recipe.diff would list
+        if differing:
+            raise ConfigError(_mismatch_message(differing[0], recipe, shards, where))
 
 
 _STATS_KIND = {"world_action_stats": "world", "state_stats": "action"}  # the samples a statistics set binned
 
 
-def _mismatch_message(name: str, tok: dict, where: str, cfg: DataOptions) -> str:
-    """The one-line error for a shard fingerprint field that differs from the data section."""
+def _mismatch_message(name: str, want: Recipe, shards: Recipe, where: str) -> str:
+    """The one-line error for a Recipe field where the shards differ from the data section (`data.<field>`)."""
     if name == "resolution":
-        return (f"{where} was tokenised at {tok['resolution']} px but data.resolution={cfg.resolution}; "
+        return (f"{where} was tokenised at {shards.resolution} px but data.resolution={want.resolution}; "
                 "fix data.resolution or point data.train at the matching shards")
-    if name == "action_stats":
-        field_name, spec, what = "data.action_stats", cfg.action_stats, "action"
-    elif name == "world_action_stats":
-        field_name = "data.world_action_stats" if cfg.world_action_stats else \
+    if name == "world_action_stats":
+        field_name = "data.world_action_stats" if want.world_action_stats else \
             "data.world_action_stats (empty: data.action_stats)"
-        spec, what = cfg.world_action_stats or cfg.action_stats, "world action stats"
+        what = "world action stats"
     else:
-        field_name, spec, what = "data.state_stats", cfg.state_stats, "state stats"
-    return f"{where} was tokenised with {what} min/max {tok[name]} but {field_name}={spec!r} is {stats_json(spec)}"
+        field_name, what = f"data.{name}", "action" if name == "action_stats" else "state stats"
+    spec = want.value(name)
+    return (f"{where} was tokenised with {what} min/max {stats_json(shards.value(name))} but {field_name}={spec!r} "
+            f"is {stats_json(spec)}")
 
 
 def probe_layout(ds, n_probe: int = 512) -> dict:

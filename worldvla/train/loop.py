@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,11 @@ from worldvla.config import parse_cli, save_config, to_dict
 from worldvla.data.collate import collate
 from worldvla.errors import exit_on_input_errors
 from worldvla.policy.open_loop import trainer_metrics
+from worldvla.recipe import Recipe
 from worldvla.train import modeling
 from worldvla.train.checkpoint import CheckpointError, CheckpointManager
 from worldvla.train.config import TrainConfig
-from worldvla.train.data import TrainSet, check_tokenization, check_views, make_loader
+from worldvla.train.data import TrainSet, check_shards, check_views, make_loader
 from worldvla.train.distributed import apply_activation_checkpointing, make_accelerator, set_wrap_classes
 from worldvla.train.optim import EpochSchedule, build_optimizer
 from worldvla.train.sampler import BatchPlan
@@ -52,6 +53,7 @@ class Run:
     logger: RunLogger | None
     total_steps: int
     out_dir: Path
+    recipe: Recipe = field(default_factory=Recipe)  # of the data section: checked against the shards, exported
 
 
 def setup(cfg: TrainConfig) -> tuple[Run, int]:
@@ -60,8 +62,9 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     acc = make_accelerator(cfg)
     t, d = cfg.train, cfg.data
     out_dir = Path(t.output_dir)
+    recipe = modeling.data_recipe(d)
     dataset = TrainSet(d.train, d.kinds, d.max_seq_len, data=d)
-    check_tokenization(dataset.manifests(), d)
+    check_shards(dataset.manifests(), recipe)
     check_views(dataset, d)
     plan = BatchPlan(dataset.lengths, t.batch_size, acc.num_processes, t.grad_accum, t.seed, d.batching,
                      d.group_batches)
@@ -87,7 +90,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     run = Run(cfg, acc, model, optimizer, model_cfg, modeling.loss_config(cfg), dataset, plan, schedule, ckpt,
-              None, total, out_dir)
+              None, total, out_dir, recipe)
     return run, start
 
 
@@ -278,8 +281,8 @@ def open_loop(run: Run, val: TrainSet, step: int) -> dict:
             log.warning("train.open_loop_samples: skipped with %d processes (decoding needs the whole model on "
                         "one process; run python -m worldvla.eval.open_loop on a checkpoint)", run.acc.num_processes)
         return {}
-    return trainer_metrics(run.acc.unwrap_model(run.model), run.cfg.data, run.cfg.model.action_mask, val, n,
-                           run.out_dir / "open_loop" / f"step_{step:08d}.json", str(run.acc.device))
+    return trainer_metrics(run.acc.unwrap_model(run.model), run.recipe, run.cfg.data.tokenizer,
+                           run.cfg.model.action_mask, val, n, run.out_dir / "open_loop" / f"step_{step:08d}.json", str(run.acc.device))
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def save(run: Run, step: int) -> Path:
     head = modeling.head_settings(run.acc.unwrap_model(run.model))
 
     def export(full_state: dict, folder: Path) -> None:
-        modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step, head)
+        modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step, head, run.recipe)
         save_config(run.cfg, folder / "train_config.yaml")
 
     return run.ckpt.save(step, run.model, run.optimizer, state, export)

@@ -25,7 +25,6 @@ from worldvla.train.loss import LossConfig
 from worldvla.train.loss import compute_loss as loss_fn
 
 log = logging.getLogger("worldvla.train")
-TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
 
 
 # -- build --------------------------------------------------------------------------------------
@@ -152,10 +151,13 @@ def data_recipe(d) -> Recipe:
                   with_state=d.with_state, with_wrist=d.with_wrist)
 
 
-def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int, head: dict | None = None) -> None:
+def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int, head: dict | None = None,
+                      recipe: Recipe | None = None) -> None:
     """Write the inference files of docs/interfaces.md into `folder` (main process). `state_dict` holds the
     backbone under the official names and, with the continuous head, its `action_head.*` tensors, which
-    save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json."""
+    save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json.
+    `recipe`: the run's Recipe (default data_recipe(cfg.data)); worldvla.json is it, saved (Recipe.save),
+    with the step, the head and the sha256 of the tokenizer copies."""
     t = cfg.train
     dtype = getattr(torch, t.save_dtype)
     save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}, model_cfg, folder)
@@ -164,5 +166,5 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
     for name, src in files.items():
         _copy(src, folder / "tokenizer" / name)
     # the hashes are of the copies: they are what from_pretrained verifies
-    recipe = data_recipe(cfg.data).with_tokenizer(folder / "tokenizer").replace(step=step, action_head=head or {})
-    recipe.save(folder)
+    recipe = recipe if recipe is not None else data_recipe(cfg.data)
+    recipe.with_tokenizer(folder / "tokenizer").replace(step=step, action_head=head or {}).save(folder)

@@ -22,8 +22,8 @@ import numpy as np
 from worldvla.config import parse_cli
 from worldvla.data.concat import ConcatConfig, concatenate
 from worldvla.data.conversations import ConversationsConfig, generate
-from worldvla.data.pretokenize import PretokenizeConfig, pretokenize
-from worldvla.data.tokenization import TokenizerConfig
+from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions, pretokenize
+from worldvla.recipe import Recipe
 from worldvla.testing.fixtures import make_tiny_assets
 
 # RynnVLA-002's pretokenize path: action samples with its own min/max, world samples with WorldVLA's (configs/rynnvla002.yaml)
@@ -92,11 +92,12 @@ def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_t
         make_tiny_assets(root / "assets")
     base = root / "export"
     write_trajectories(base, n_tasks, n_traj, n_frames, resolution, seed, with_wrist, with_state)
-    files = generate(ConversationsConfig(base_dir=base, output_dir=root / "convs", task_name="tiny",
-                                         resolution=resolution, len_action=chunk_size, his=2, with_wrist=with_wrist,
-                                         with_state=with_state))
-    tok = TokenizerConfig(path=tok_dir, resolution=resolution, action_stats=action_stats,
-                          world_action_stats=world_action_stats)
+    # one Recipe for both stages: the conversations take K / history / views / state from it, pretokenize
+    # the resolution and statistics (the training config of these sets must say the same, data_recipe)
+    recipe = Recipe(chunk_size=chunk_size, history=2, resolution=resolution, action_stats=action_stats,
+                    world_action_stats=world_action_stats or None, with_state=with_state, with_wrist=with_wrist)
+    files = generate(ConversationsConfig.from_recipe(recipe, base_dir=base, output_dir=root / "convs", task_name="tiny"))
+    tok = TokenizerOptions.from_recipe(recipe, tok_dir)
     out = {}
     for kind in ("world", "action"):
         out[kind] = root / "tokens" / kind
