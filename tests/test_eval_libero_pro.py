@@ -13,7 +13,7 @@ pytest.importorskip("libero.libero", reason="LIBERO not installed (pip install -
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from worldvla.envs import libero_pro
-from worldvla.envs.libero import MAX_STEPS
+from worldvla.envs.libero import MAX_STEPS, check_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,9 +75,9 @@ def test_registered_suites_exist_and_env_suites_are_refused():
         for perturbation in ("instruction", "object", "position", "task"):
             name = libero_pro.suite_name(base, perturbation)
             assert get_suite(name).n_tasks == 10, name
-            libero_pro.check_resources(name)  # BDDL files and init states present
+            check_resources(name)  # BDDL files and init states present
     with pytest.raises(libero_pro.LiberoProError, match=r"libero_goal_env: task 0 .* has no .*\.bddl"):
-        libero_pro.check_resources("libero_goal_env")
+        check_resources("libero_goal_env")
 
 
 @pytest.mark.parametrize("base", libero_pro.BASE_SUITES)

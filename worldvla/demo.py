@@ -41,6 +41,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from worldvla.config import parse_cli
+from worldvla.data.recording import machine_info, parse_ids
+from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
+from worldvla.testing.fixtures import make_tiny_assets
+
 log = logging.getLogger("worldvla.demo")
 REPO = Path(__file__).resolve().parents[1]
 STAMPS = ".stages"
@@ -125,7 +130,6 @@ def _make_assets(out: Path, assets_dir: Path) -> float:
     stamp = _stamp(out, "assets")
     if stamp.is_file() and (assets_dir / "tokenizer" / "vqgan.ckpt").is_file():
         return float(json.loads(stamp.read_text())["seconds"])
-    from worldvla.testing.fixtures import make_tiny_assets
 
     t0 = time.time()
     tmp = assets_dir.with_name(assets_dir.name + ".tmp")
@@ -163,8 +167,6 @@ def held_out(manifest: Path) -> dict:
 
 
 def run(cfg: DemoConfig) -> Path:
-    from worldvla.data.recording import parse_ids
-
     out = Path(cfg.out).resolve()
     raw, h5, export, convs, tokens = (out / d for d in ("raw", "regenerated", "export", "convs", "tokens"))
     train_dir, eval_dir, imagine_dir = (out / d for d in ("train", "eval", "imagine"))
@@ -307,8 +309,6 @@ def _fmt_curve(values: list[float]) -> str:
 def _claims(cfg: DemoConfig, out: Path, report: Path, manifest: Path) -> list[str]:
     """Section 5: the open-loop error by chunk position (mask vs causal) and the world model's action gap,
     each with what was measured and on how many samples, whatever the numbers are."""
-    from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
-
     held = held_out(manifest)
     lines = ["## 5. The paper's two claims, measured on held-out trajectories", "",
              (f"Held out: {held['trajectories']} whole demonstration(s) of the training task(s) (`val_ind`: "
@@ -371,8 +371,6 @@ def _claims(cfg: DemoConfig, out: Path, report: Path, manifest: Path) -> list[st
 def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: float, raw: Path | None = None,
                  manifest: Path | None = None) -> Path:
     """Collect the loss curve, rollout videos and imagined-frame GIFs into `report/` and write summary.md."""
-    from worldvla.data.recording import machine_info
-
     report = out / "report"
     shutil.rmtree(report, ignore_errors=True)
     report.mkdir(parents=True)
@@ -441,8 +439,6 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldvla.config import parse_cli
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     cfg = parse_cli(DemoConfig, argv, description=__doc__)
     t0 = time.time()

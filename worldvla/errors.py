@@ -10,6 +10,8 @@ import functools
 import sys
 from pathlib import Path
 
+from worldvla.config import ConfigError
+
 
 class InputFileError(ValueError):
     """A file is missing, corrupt, truncated, unsafe or holds a bad value; names the file (and field)."""
@@ -23,8 +25,6 @@ class InputFileError(ValueError):
 def exit_on_input_errors(main, *extra: type[Exception]):
     """Wrap a CLI `main`: an InputFileError, ConfigError (or one of `extra`) ends the program with
     `error: <message>` on stderr and exit status 2 instead of a traceback."""
-    from worldvla.config import ConfigError
-
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:

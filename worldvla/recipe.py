@@ -27,6 +27,9 @@ from worldvla.stats import NormStats, load_stats
 
 FILE_NAME = "worldvla.json"
 TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
+# ../../chameleon/tokenizer: a full download of the WorldVLA hub repo keeps it next to model_<px>/<suite>
+TOKENIZER_DIRS = ("tokenizer", "chameleon/tokenizer", "ckpts/chameleon/tokenizer", "../tokenizer",
+                  "../../chameleon/tokenizer")
 SAMPLE_KINDS = ("action", "world")  # what a training sample teaches: the action model or the world model
 _POSITIVE = ("chunk_size", "history", "resolution")
 _BOOLS = ("with_state", "with_wrist")
@@ -62,6 +65,23 @@ def tokenizer_files(path: str | Path) -> dict[str, Path]:
             return files
     raise FileNotFoundError(f"{path}: expected {', '.join(TOKENIZER_FILES)} here or in {path / 'tokenizer'} "
                             "(official layout ckpts/chameleon/tokenizer/)")
+
+
+def find_tokenizer_dir(folder: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """The folder with text_tokenizer.json, vqgan.yaml and vqgan.ckpt for a checkpoint."""
+    names = TOKENIZER_FILES
+    candidates = [Path(tokenizer)] if tokenizer is not None else []
+    if tokenizer is not None:
+        candidates.append(Path(tokenizer) / "tokenizer")
+    candidates += [Path(folder) / sub for sub in TOKENIZER_DIRS]
+    for cand in candidates:
+        if all((cand / n).is_file() for n in names):
+            return cand
+    raise FileNotFoundError(
+        f"no tokenizer folder ({', '.join(names)}) for checkpoint {folder}; looked in "
+        f"{[str(c) for c in candidates]}. Official releases ship it separately: pass tokenizer=<dir> "
+        "(e.g. ckpts/chameleon/tokenizer)"
+    )
 
 
 _HASHES: dict[tuple, str] = {}

@@ -9,12 +9,14 @@ Each parses its typed config with worldvla.config.parse_cli (defaults < YAML < o
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worldvla.config import parse_cli
+from worldvla.data.recording import RecordSpec, record_task_demos
 from worldvla.data.stage_cli import run, setup_logging
 
 log = logging.getLogger("worldvla.data")
@@ -33,8 +35,6 @@ class RecordConfig:
 
 def record_main(argv=None) -> list[Path]:
     """Record short noisy rollouts as raw LIBERO demo files (test data; not expert demos)."""
-    from worldvla.data.recording import RecordSpec, record_task_demos
-
     cfg = parse_cli(RecordConfig, argv, description=record_main.__doc__)
     setup_logging()
     out = []
@@ -45,39 +45,35 @@ def record_main(argv=None) -> list[Path]:
     return out
 
 
+def stage_module(stage: str):
+    """worldvla.data.<stage>, imported by name when that stage runs (like worldvla/cli.py's commands): the
+    torch-based stages take seconds to import, `record --help` and the thin scripts should not wait for them."""
+    return importlib.import_module(f"worldvla.data.{stage}")
+
+
 def regenerate_main(argv=None) -> Path:
     """worldvla.data.regenerate.cli: raw demos -> regenerated HDF5 (+ export)."""
-    from worldvla.data.regenerate import cli
-
-    return cli(argv)
+    return stage_module("regenerate").cli(argv)
 
 
 def export_main(argv=None) -> Path:
     """worldvla.data.export.cli: regenerated HDF5 -> official per-frame folders."""
-    from worldvla.data.export import cli
-
-    return cli(argv)
+    return stage_module("export").cli(argv)
 
 
 def conversations_main(argv=None):
     """worldvla.data.conversations.cli: exported trajectories -> conversation JSONs."""
-    from worldvla.data.conversations import cli
-
-    return cli(argv)
+    return stage_module("conversations").cli(argv)
 
 
 def pretokenize_main(argv=None) -> dict:
     """worldvla.data.pretokenize.cli: conversation JSONs -> token shards + manifest."""
-    from worldvla.data.pretokenize import cli
-
-    return cli(argv)
+    return stage_module("pretokenize").cli(argv)
 
 
 def concat_main(argv=None) -> dict:
     """worldvla.data.concat.cli: pretokenized sets -> one training index."""
-    from worldvla.data.concat import cli
-
-    return cli(argv)
+    return stage_module("concat").cli(argv)
 
 
 STAGES = {"record": record_main, "regenerate": regenerate_main, "export": export_main,

@@ -26,9 +26,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worldvla.config import parse_cli
+from worldvla.atomic import atomic_write_json
+from worldvla.config import parse_cli, to_dict
 from worldvla.data.sequence import action_conversation, world_conversation
 from worldvla.data.stage_cli import run, setup_logging
+from worldvla.envs.libero import SUITES, get_suite
 from worldvla.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -176,8 +178,6 @@ _LANGUAGE: dict[str, str] = {}
 def language_of(task: str) -> str:
     """LIBERO task.language for a task folder name (searched over all suites; needs LIBERO)."""
     if not _LANGUAGE:
-        from worldvla.envs.libero import SUITES, get_suite
-
         for suite_name in SUITES:
             suite = get_suite(suite_name)
             for i in range(suite.n_tasks):
@@ -251,8 +251,6 @@ def output_names(cfg: ConversationsConfig, split: str) -> dict[str, str]:
 
 
 def _write_json(path: Path, data) -> None:
-    from worldvla.atomic import atomic_write_json
-
     atomic_write_json(path, data)
 
 
@@ -286,7 +284,6 @@ def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
             _write_json(path, samples)
             written[split][kind], counts[split][kind] = path, len(samples)
             log.info("%-7s %-6s %6d samples -> %s", split, kind, len(samples), path)
-    from worldvla.config import to_dict
 
     manifest = {"config": to_dict(cfg), "image_dirs": dirs, "counts": counts,
                 "files": {s: {k: p.name for k, p in v.items()} for s, v in written.items()},

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldvla.data.frame_cache import FrameCache
 from worldvla.data.official_records import OfficialRecords
-from worldvla.data.sequence import Sample
+from worldvla.data.pretokenize import FORMAT, MANIFEST, load_records, record_name
+from worldvla.data.sequence import Sample, sample_kind
 from worldvla.data.shards import ShardReader
 from worldvla.data.tokenization import SampleTokenizer, vqgan_fingerprint, with_tokenizer_files
 from worldvla.recipe import Recipe
@@ -33,8 +35,6 @@ class PretokenizedDir:
     """One pretokenize.py output folder."""
 
     def __init__(self, folder: str | Path):
-        from worldvla.data.pretokenize import FORMAT, MANIFEST
-
         self.folder = Path(folder)
         manifest = self.folder / MANIFEST
         if not manifest.is_file():
@@ -149,8 +149,6 @@ class _Conversations:
     """Conversation records tokenised on demand (one SampleTokenizer per process, made lazily)."""
 
     def __init__(self, inputs: list[Path], recipe: Recipe, tokenizer: Path, base_dir, cache_size: int, frame_cache):
-        from worldvla.data.pretokenize import load_records
-
         self.records, self.inputs = load_records(list(inputs))
         self.recipe = with_tokenizer_files(recipe, tokenizer)  # hashed once here, not in every loader worker
         self.tokenizer = Path(tokenizer)
@@ -168,21 +166,15 @@ class _Conversations:
     @property
     def tok(self):
         if self._tok is None:
-            from worldvla.data.frame_cache import FrameCache
-
             frames = FrameCache(self.frame_cache, vqgan_fingerprint(self.recipe)) if self.frame_cache else None
             self._tok = SampleTokenizer(self.recipe, self.tokenizer, self.base_dir, cache_size=self.cache_size,
                                         frame_cache=frames)
         return self._tok
 
     def sample(self, i: int) -> Sample:
-        from worldvla.data.pretokenize import record_name
-
         return self.tok.build(self.records[i], record_name(self.inputs, i))[0]
 
     def kind(self, i: int) -> str:
-        from worldvla.data.sequence import sample_kind
-
         return sample_kind(self.records[i])
 
 

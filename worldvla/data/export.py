@@ -34,6 +34,7 @@ from worldvla.atomic import fsync_tree
 from worldvla.config import parse_cli
 from worldvla.data.raw_demos import DEMO_RE, RawDemo, RawDemoError, RawDemoFile
 from worldvla.data.stage_cli import run, setup_logging
+from worldvla.envs.libero import quat2axisangle, rotate180
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ class ExportConfig:
 
 def proprio_states(demo: RawDemo, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(T, 6) ee_state and (T, 2) gripper_state of a demo: the stored obs datasets, else from robot_states."""
-    from worldvla.envs.libero import quat2axisangle
-
     obs = demo.obs or {}
     if "ee_states" in obs and "gripper_states" in obs:
         return np.asarray(obs["ee_states"]), np.asarray(obs["gripper_states"])
@@ -74,8 +73,6 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 def write_trajectory(demo: RawDemo, out: Path, layout: str, where: str) -> None:
     """Write one demo's frames into folder `out` (must not exist yet)."""
-    from worldvla.envs.libero import rotate180
-
     obs = demo.obs or {}
     for key in ("agentview_rgb",) + (("eye_in_hand_rgb",) if layout != "worldvla" else ()):
         if key not in obs:

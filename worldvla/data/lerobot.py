@@ -37,6 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.config import parse_cli, save_config
+from worldvla.data.lerobot_episodes import EPISODE_FILE, LeRobotError, episode_files
+from worldvla.data.lerobot_export import export_lerobot_hdf5
+from worldvla.tokenizers.action import NormStats
+
 log = logging.getLogger("worldvla.data.lerobot")
 
 INFO_JSON = "meta/info.json"
@@ -51,14 +56,9 @@ SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 DEFAULT_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 DEFAULT_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 DEFAULT_CHUNKS_SIZE = 1000
-EPISODE_FILE = "episode_{:06d}.hdf5"  # official output name
 FORMAT_TAG = "worldvla-lerobot-hdf5/1"
 STATS_FILES = {"action": "action_stats.json", "obs/state": "state_stats.json"}
 IMAGE_DTYPES = ("video", "image")
-
-
-class LeRobotError(ValueError):
-    """A LeRobot dataset that cannot be read as asked; the message names the file and field."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -780,8 +780,6 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
     if cfg.stats:
         result.stats = write_stats(out)
     if cfg.export_dir is not None:
-        from worldvla.data.lerobot_export import export_lerobot_hdf5
-
         result.exported = export_lerobot_hdf5(out, cfg.export_dir, cfg.export_layout, cfg.rotate180, cfg.overwrite)
     return result
 
@@ -791,15 +789,9 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def episode_files(hdf5_dir: str | Path) -> list[Path]:
-    return sorted(p for p in Path(hdf5_dir).glob("episode_*.hdf5") if re.fullmatch(r"episode_\d+\.hdf5", p.name))
-
-
 def compute_min_max(files: Iterable[str | Path], key: str = "action"):
     """Per-dimension min/max of dataset `key` ("action", "obs/state") over all frames of all files -> NormStats."""
     import h5py
-
-    from worldvla.tokenizers.action import NormStats
 
     lo = hi = None
     for file in files:
@@ -882,8 +874,6 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> ImportResult:
     """LeRobot v2.x / v3.0 dataset -> one HDF5 per episode (obs/front_image, obs/wrist_image, obs/state, action, timestamp)."""
     import sys
-
-    from worldvla.config import parse_cli, save_config
 
     argv = _normalise_argv(sys.argv[1:] if argv is None else argv)
     cfg = parse_cli(LeRobotImportConfig, argv, description=__doc__)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldvla.data.lerobot import LeRobotError, episode_files
+from worldvla.data.lerobot_episodes import LeRobotError, episode_files
+from worldvla.envs.libero import rotate180 as rot
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 
 def _write_trajectory(f, out: Path, layout: str, rotate180: bool, where: str) -> None:
-    from worldvla.envs.libero import rotate180 as rot
-
     if "action" not in f or "obs/front_image" not in f:
         raise LeRobotError(f"{where}: needs datasets action and obs/front_image")
     actions = np.asarray(f["action"][()], dtype=np.float64)

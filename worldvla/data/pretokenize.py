@@ -34,13 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.atomic import atomic_write_json
-from worldvla.config import parse_cli
+from worldvla.config import parse_cli, to_dict
 from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
 from worldvla.data.shards import SAMPLE_KINDS, shard_name, write_shard
 from worldvla.data.stage_cli import run, setup_logging
 from worldvla.data.tokenization import SampleTokenizer, media_key, sha256_file, tokenizer_files, vqgan_fingerprint
+from worldvla.errors import InputFileError
+from worldvla.lockfile import FolderLock
 from worldvla.recipe import Recipe
+from worldvla.tokenizers import ImageTokenizer
+from worldvla.tokenizers.image import to_rgb_array
+from worldvla.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +136,6 @@ CRASH_ENV = "WORLDVLA_PRETOKENIZE_CRASH_AFTER_SHARDS"
 def _init_frames(cfg: PretokenizeConfig, recipe: Recipe) -> None:
     import torch
 
-    from worldvla.tokenizers import ImageTokenizer
-    from worldvla.vocab import Vocab
-
     torch.set_num_threads(max(1, cfg.torch_threads))
     files = tokenizer_files(cfg.tokenizer.path)
     vocab = Vocab.from_tokenizer_file(files["text_tokenizer.json"])
@@ -144,8 +146,6 @@ def _init_frames(cfg: PretokenizeConfig, recipe: Recipe) -> None:
 
 def _frames_job(job: tuple[int, list[tuple[str, str]], str, dict]) -> int:
     """Encode one chunk of frames ((key, record name) pairs) into the frame cache."""
-    from worldvla.tokenizers.image import to_rgb_array
-
     k, items, folder, vq_fp = job
     cfg: PretokenizeConfig = _STATE["cfg"]
     image = _STATE["image"]
@@ -307,8 +307,6 @@ def _read_manifest(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        from worldvla.errors import InputFileError
-
         raise InputFileError(path, f"not valid JSON ({err}); a finished set's manifest is damaged: restore it, "
                                    "or pass overwrite=true to rebuild the set") from None
     return data if isinstance(data, dict) else None
@@ -317,8 +315,6 @@ def _read_manifest(path: Path) -> dict | None:
 def pretokenize(cfg: PretokenizeConfig) -> dict:
     """Run (or finish) the job; returns the manifest. One run at a time per out_dir and per frame cache
     (lock files, worldvla/lockfile.py)."""
-    from worldvla.lockfile import FolderLock
-
     if not cfg.inputs:
         raise ValueError("pretokenize: no inputs (pass inputs=[a.json,b.json])")
     if cfg.shard_size < 1:
@@ -330,8 +326,6 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
 
 
 def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dict:
-    from worldvla.config import to_dict
-
     t0 = time.time()
     records, inputs = load_records(cfg.inputs)
     recipe = cfg.tokenizer.recipe()

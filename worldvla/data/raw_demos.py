@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.atomic import fsync_dir, fsync_file
+from worldvla.envs.libero import quat2axisangle
 
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states")
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
@@ -104,8 +105,6 @@ class RawDemo:
 # -- observations -------------------------------------------------------------------------------
 def obs_record(raw_obs: dict) -> dict[str, np.ndarray]:
     """One robosuite observation dict -> the per-step values of the `obs/` group (images as rendered)."""
-    from worldvla.envs.libero import quat2axisangle
-
     pos = np.asarray(raw_obs["robot0_eef_pos"], dtype=np.float64)
     ori = quat2axisangle(raw_obs["robot0_eef_quat"])
     return {

@@ -24,13 +24,12 @@ from pathlib import Path
 from worldvla.config import parse_cli
 from worldvla.data.recording import RecordScriptedConfig, record_scripted_demos
 from worldvla.data.stage_cli import run
+from worldvla.envs.libero import configure_libero
 from worldvla.envs.scripted_expert import ExpertError
 
 
 def record(argv: list[str] | None = None) -> dict:
     """Parse the config, record, print one line per task; returns the success report."""
-    from worldvla.envs.libero import configure_libero  # LIBERO itself: imported only when recording
-
     cfg = parse_cli(RecordScriptedConfig, argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
     configure_libero()

@@ -29,7 +29,9 @@ from typing import Protocol
 
 import numpy as np
 
+from worldvla.atomic import atomic_write_json, clean_stale_tmp
 from worldvla.config import parse_cli, save_config
+from worldvla.data.export import ExportConfig, export
 from worldvla.data.raw_demos import (
     ACTION_DIM,
     DEMO_RE,
@@ -42,7 +44,9 @@ from worldvla.data.raw_demos import (
     robot_state_vector,
     stack_obs,
 )
+from worldvla.data.recording import settle
 from worldvla.data.stage_cli import run, setup_logging
+from worldvla.envs.libero import LiberoEnv, get_suite
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +90,10 @@ class LiberoReplayEnv:
     """A LIBERO task env rendering at `resolution`, seen through the ReplayEnv interface."""
 
     def __init__(self, suite: str, task_id: int, resolution: int, env_seed: int = 0):
-        from worldvla.envs.libero import LiberoEnv
-
         self.env = LiberoEnv(suite, task_id, resolution=resolution, env_seed=env_seed)
         self.inner = self.env.env
 
     def settle(self, init_state, wait_steps, seed=None):
-        from worldvla.data.recording import settle
-
         return settle(self.env, init_state, wait_steps, seed)
 
     def step(self, action):
@@ -223,8 +223,6 @@ def _env_for(task_id: int):
 
 
 def _atomic_json(path: Path, data) -> None:
-    from worldvla.atomic import atomic_write_json
-
     atomic_write_json(path, data)
 
 
@@ -251,8 +249,6 @@ def _run_job(job: Job) -> dict:
 
 def plan_jobs(cfg: RegenerateConfig, out_dir: Path) -> tuple[list[Job], dict[int, tuple[str, Path]]]:
     """Jobs for every demo of every selected task with a raw file; tasks -> (name, raw file)."""
-    from worldvla.envs.libero import get_suite
-
     suite = get_suite(cfg.suite)
     task_ids = cfg.tasks or list(range(suite.n_tasks))
     tasks, jobs = {}, []
@@ -347,7 +343,6 @@ def regenerate(cfg: RegenerateConfig, env_factory=None) -> Path:
                     cfg.resolution)
     out_dir = cfg.resolved_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    from worldvla.atomic import clean_stale_tmp
 
     clean_stale_tmp(out_dir, recursive=True)  # `<file>.tmp<pid>` of a killed run (task files, .parts/)
     t0 = time.time()
@@ -357,8 +352,6 @@ def regenerate(cfg: RegenerateConfig, env_factory=None) -> Path:
     kept = sum(i["kept"] for t in metainfo.values() for i in t.values())
     log.info("regenerated %d/%d demos of %d tasks in %.1fs -> %s", kept, len(jobs), len(tasks), time.time() - t0, out_dir)
     if cfg.export_dir is not None:
-        from worldvla.data.export import ExportConfig, export
-
         export(ExportConfig(hdf5_dir=out_dir, save_dir=cfg.export_dir, layout=cfg.export_layout, workers=cfg.workers))
     return out_dir
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from worldvla.atomic import fsync_dir, fsync_tree
 from worldvla.data.sequence import Sample
+from worldvla.errors import InputFileError
 from worldvla.spans import Span
 
 SPAN_KINDS = ("image", "action", "state")
@@ -119,7 +120,6 @@ class ShardReader:
         ids = self.arrays["input_ids"]
         if not len(ids) or int(ids.max()) < vocab_size:
             return
-        from worldvla.errors import InputFileError
 
         pos = int(np.argmax(np.asarray(ids) >= vocab_size))
         i = int(np.searchsorted(self.offsets, pos, side="right")) - 1

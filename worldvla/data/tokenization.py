@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.data.frame_cache import frame_key
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder, sample_kind
 from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files are the Recipe's)
     SAMPLE_KINDS,
@@ -25,6 +26,8 @@ from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files a
     stats_of,
     tokenizer_files,
 )
+from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
+from worldvla.tokenizers.image import codes_to_tokens, to_rgb_array
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ class SampleTokenizer:
         """`tokenizer`: the folder of the recipe's tokenizer files; `cache_size`: images kept in memory
         (0 = unbounded); `frame_cache`: a FrameCache to read codes from; `device`: where the VQ-GAN runs;
         `image_batch`: images per VQ-GAN call (prefetch)."""
-        from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
-
         files = tokenizer_files(tokenizer)
         self.recipe = recipe
         self.image_batch = max(1, image_batch)
@@ -85,8 +86,6 @@ class SampleTokenizer:
 
     # -- images -------------------------------------------------------------------------------
     def _load(self, key: str, where: str) -> np.ndarray:
-        from worldvla.tokenizers.image import to_rgb_array
-
         path = Path(key)
         if not path.is_file():
             trj = path.parent.parent
@@ -118,7 +117,6 @@ class SampleTokenizer:
                 codes = self.image.encode(arrays)
             except ValueError as err:
                 raise RecordError(f"record {todo[chunk[0]]}: images {chunk[0]}...: {err}") from None
-            from worldvla.tokenizers.image import codes_to_tokens
 
             for key, c in zip(chunk, codes):
                 self._store(key, codes_to_tokens(c, self.image.vocab))
@@ -132,9 +130,6 @@ class SampleTokenizer:
             self.cache.move_to_end(key)
             return self.cache[key]
         if self.frame_cache is not None and Path(key).is_file():
-            from worldvla.data.frame_cache import frame_key
-            from worldvla.tokenizers.image import codes_to_tokens
-
             fkey = frame_key(key)
             if fkey in self.frame_cache:
                 tokens = codes_to_tokens(self.frame_cache.codes(fkey), self.image.vocab)

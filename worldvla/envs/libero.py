@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.envs import libero_pro
 from worldvla.envs.libero_pro import perturbed_instruction, protocol_max_steps
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,27 @@ def get_suite(name: str):
     if name not in suites:
         raise KeyError(f"unknown LIBERO suite {name!r}; valid: {sorted(suites)}")
     return suites[name]()
+
+
+def check_resources(suite: str) -> None:
+    """Refuse a LIBERO-PRO suite (worldvla.envs.libero_pro) whose BDDL files or init states the installed
+    package does not have; any other suite passes."""
+    if libero_pro.parse(suite) is None:
+        return
+    from libero.libero import get_libero_path
+
+    s = get_suite(suite)
+    for i in range(s.n_tasks):
+        task = s.get_task(i)
+        bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
+        states = Path(get_libero_path("init_states")) / task.problem_folder / task.init_states_file
+        missing = [str(p) for p in (bddl,) if not p.is_file()]
+        if not states.is_file() and not Path(f"{states}.npz").is_file():
+            missing.append(f"{states}(.npz)")
+        if missing:
+            raise libero_pro.LiberoProError(
+                f"LIBERO-PRO suite {suite}: task {i} ({task.name}) has no {' and no '.join(missing)} in "
+                f"{libero_pro.PACKAGE} {libero_pro.package_version()}; `libero-pro audit` lists what the package has")
 
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:

@@ -20,8 +20,6 @@ task length. Every run records the perturbation of each suite in run.json (`pert
 
 from __future__ import annotations
 
-from pathlib import Path
-
 BASE_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 # perturbation name -> suite suffix of the package
 PERTURBATIONS = {"instruction": "lan", "object": "object", "position": "swap", "task": "task", "environment": "env"}
@@ -98,24 +96,3 @@ def perturbation_record(suites: list[str]) -> dict[str, dict | None]:
                       "instruction": "the BDDL :language" if perturbation in ("instruction", "task")
                       else "task.language"}
     return out
-
-
-def check_resources(suite: str) -> None:
-    """Refuse a perturbed suite whose BDDL files or init states the installed package does not have."""
-    if parse(suite) is None:
-        return
-    from libero.libero import get_libero_path
-
-    from worldvla.envs.libero import get_suite
-
-    s = get_suite(suite)
-    for i in range(s.n_tasks):
-        task = s.get_task(i)
-        bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
-        states = Path(get_libero_path("init_states")) / task.problem_folder / task.init_states_file
-        missing = [str(p) for p in (bddl,) if not p.is_file()]
-        if not states.is_file() and not Path(f"{states}.npz").is_file():
-            missing.append(f"{states}(.npz)")
-        if missing:
-            raise LiberoProError(f"LIBERO-PRO suite {suite}: task {i} ({task.name}) has no {' and no '.join(missing)} "
-                                 f"in {PACKAGE} {package_version()}; `libero-pro audit` lists what the package has")

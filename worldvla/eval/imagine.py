@@ -36,6 +36,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from worldvla.config import parse_cli, save_config
+from worldvla.data.conversations import scan, split_assignment
+from worldvla.eval.video_metrics import evaluate_sets, write_metrics_report
+from worldvla.policy.policy import WorldVLAPolicy
+
 log = logging.getLogger("worldvla.imagine")
 RYNNVLA_EVAL_PROMPT = "Generate the image based on the current image and the action."  # official_format.md §10.3
 
@@ -141,8 +146,6 @@ def view_dirs(cfg: ImagineConfig) -> list[str]:
 def load_trajectories(cfg: ImagineConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, frames (T, V, R, R, 3), actions (T, 7)) for the split, T = horizon + 1 frames from
     start_frame, V views (third person, then wrist with `wrist=true`)."""
-    from worldvla.data.conversations import scan, split_assignment
-
     tasks = scan(Path(cfg.data_dir), view_dirs(cfg), with_state=False)
     if cfg.split == "all":
         chosen = [(task, t.name) for task, trajs in tasks.items() for t in trajs]
@@ -184,9 +187,6 @@ def save_gif(gt: np.ndarray, gen: np.ndarray, path: Path, fps: int) -> None:
 def run(cfg: ImagineConfig, policy=None, imagine=None) -> dict:
     """`imagine(start_views (B, V, R, R, 3), actions (B, H, 7)) -> (B, H, V, R, R, 3)` defaults to the
     policy's world model (`imagine_views`); tests pass toy world models here."""
-    from worldvla.eval.video_metrics import evaluate_sets, write_metrics_report
-    from worldvla.policy.policy import WorldVLAPolicy
-
     if imagine is None:
         if policy is None:
             if not cfg.checkpoint:
@@ -231,8 +231,6 @@ def run(cfg: ImagineConfig, policy=None, imagine=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldvla.config import parse_cli, save_config
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     cfg = parse_cli(ImagineConfig, argv, description=__doc__)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from worldvla.config import ConfigError, parse_cli
 
 from .config import EvalConfig
+from .merge import merge_runs
+from .runner import Evaluation, ResumeMismatch
 
 
 @dataclass
@@ -34,7 +36,6 @@ def _merge_main(argv: list[str]) -> int:
     if not cfg.dirs:
         print("error: name the shard output directories (merge DIR [DIR ...] [--out DIR])", file=sys.stderr)
         return 2
-    from .merge import merge_runs
 
     try:
         summary = merge_runs(cfg.dirs, cfg.out)
@@ -68,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from .runner import Evaluation, ResumeMismatch
 
     try:
         summary = Evaluation(cfg).execute()

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.config import parse_cli, save_config
+from worldvla.data.datasets import PretokenizedDataset
 from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring is the policy layer's)
     DIM_NAMES,
     GRIPPER,
@@ -47,6 +49,7 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     score,
     trainer_metrics,
 )
+from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
 
 log = logging.getLogger("worldvla.open_loop")
 
@@ -147,7 +150,6 @@ def load_samples(policy, path: Path, base_dir: str | None, max_samples: int) -> 
             if not keep:
                 raise ValueError(f"{path}: no action-model records (gpt turn with <|action|>)")
             return samples_from_records(policy, data, path.name, base_dir, _spread(keep, max_samples))
-    from worldvla.data.datasets import PretokenizedDataset
 
     ds = PretokenizedDataset(path)
     action = [i for i in range(len(ds)) if ds.kind(i) == "action"]
@@ -211,8 +213,6 @@ def markdown_table(results: dict[str, dict]) -> str:
 # -- main ---------------------------------------------------------------------------------------------
 def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
     """Score every split / input; returns {name: result} and writes the JSON, markdown and plots."""
-    from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
-
     if not cfg.manifest and not cfg.inputs:
         raise ValueError("pass manifest=<conversations manifest> (with splits=) or inputs=[files]")
     if policy is None:
@@ -249,8 +249,6 @@ def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldvla.config import parse_cli, save_config
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     cfg = parse_cli(OpenLoopConfig, argv, description=__doc__)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worldvla.envs.libero import MAX_STEPS, NUM_WAIT_STEPS
+from worldvla.envs.libero import MAX_STEPS, NUM_WAIT_STEPS, get_suite
 
 from .config import EvalConfig, parse_shard
 
@@ -31,8 +31,6 @@ class EpisodeKey:
 
 
 def suite_num_tasks(suite: str) -> int:
-    from worldvla.envs.libero import get_suite
-
     return get_suite(suite).n_tasks
 
 

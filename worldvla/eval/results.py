@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from worldvla.atomic import atomic_write
+
 from .protocol import HEADLINE_SUITES, EpisodeKey
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,6 @@ def key_of(rec: dict) -> EpisodeKey:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    from worldvla.atomic import atomic_write
-
     atomic_write(path, text)  # fsync + rename (+ fsync of the folder)
 
 

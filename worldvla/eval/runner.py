@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.atomic import pid_alive
 from worldvla.config import to_dict
-from worldvla.envs.libero_pro import check_resources, perturbation_record
+from worldvla.envs.libero import check_resources
+from worldvla.envs.libero_pro import perturbation_record
 from worldvla.policy.interface import ActionChunk, decode_infos, load_policy, policy_info
 
 from .config import EvalConfig, compile_step_for, parse_shard
@@ -34,6 +36,7 @@ from .protocol import (
 )
 from .results import EpisodeLog, atomic_write_json, done_keys, final_records, summarize, write_summary
 from .rollout import Query, seed_everything
+from .weights_hash import weights_fingerprint
 from .worker import EpisodeRunner, make_env_factory
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,6 @@ def clean_partial_videos(folder: Path) -> None:
     """Remove the half-written `<tag>_<pid>.mp4` of episodes a killed run was recording (their process is gone)."""
     if not folder.is_dir():
         return
-    from worldvla.atomic import pid_alive
 
     stale = [f for f in folder.glob("*.mp4")
              if not ((pid := f.stem.rsplit("_", 1)[-1]).isdigit() and pid_alive(int(pid)))]
@@ -100,7 +102,6 @@ def _weights(cfg: EvalConfig) -> dict | None:
     """Fingerprint of the policy checkpoint's files (eval/weights_hash.py); None for a server or a factory."""
     if not cfg.policy or not Path(cfg.policy).is_dir():
         return None
-    from .weights_hash import weights_fingerprint
 
     return weights_fingerprint(Path(cfg.policy), cfg.tokenizer)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from worldvla.recipe import find_tokenizer_dir
+
 FULL_HASH_BYTES = 2 << 30
 SAMPLES, BLOCK, HEAD = 256, 64 << 10, 1 << 20
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -27,8 +29,6 @@ def checkpoint_files(folder: Path, tokenizer: str | Path | None = None) -> list[
     for pattern in WEIGHT_GLOBS:
         files += sorted(folder.glob(pattern))
     try:
-        from worldvla.model.loading import find_tokenizer_dir
-
         tok = find_tokenizer_dir(folder, tokenizer)
         files += [tok / n for n in TOKENIZER_NAMES]
     except FileNotFoundError:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from worldvla.envs.libero import load_compiler_before_gl
+from worldvla.envs.libero import LiberoEnv, configure_libero, load_compiler_before_gl
 from worldvla.policy.interface import import_object
 
 from .config import EvalConfig
 from .protocol import EpisodeKey
 from .rng_chain import ChainedEnv, ResetRngChain
-from .rollout import Query, RolloutOptions, run_episode, seed_everything
+from .rollout import Query, RolloutOptions, episode_record, run_episode, seed_everything
 from .video import EpisodeVideo, video_path
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ class PolicyError(RuntimeError):
 def make_env_factory(cfg: EvalConfig) -> Callable:
     if cfg.env_factory:
         return import_object(cfg.env_factory)
-    from worldvla.envs.libero import LiberoEnv
 
     return LiberoEnv
 
@@ -81,8 +80,6 @@ class EpisodeRunner:
             env = self._env_for(key)
         except Exception as err:  # noqa: BLE001 - a broken env fails its episodes, not the run
             import traceback
-
-            from .rollout import episode_record
 
             self.close()
             return episode_record(key, "", False, None, 0.0, error=f"env creation failed: {type(err).__name__}: {err}",
@@ -133,8 +130,6 @@ def worker_main(wid: int, cfg: EvalConfig, info: dict, out_dir: str, to_main, in
     logging.basicConfig(level=logging.INFO, format=f"[worker {wid}] %(levelname)s %(message)s")
     seed_everything(cfg.seed)
     if not cfg.env_factory:
-        from worldvla.envs.libero import configure_libero
-
         configure_libero()
     runner = EpisodeRunner(cfg, info, Path(out_dir), tag=f"w{wid}")
 

@@ -21,6 +21,7 @@ import torch
 from worldvla.errors import InputFileError
 from worldvla.model import convert
 from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.recipe import TOKENIZER_DIRS, find_tokenizer_dir  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,6 @@ SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 DEFAULT_MAX_SHARD_BYTES = 10 * 2**30  # official save_pretrained(max_shard_size="10GB")
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.bin", "tokenizer/*", "*.yaml", "*.ckpt")
-# ../../chameleon/tokenizer: a full download of the WorldVLA hub repo keeps it next to model_<px>/<suite>
-TOKENIZER_DIRS = ("tokenizer", "chameleon/tokenizer", "ckpts/chameleon/tokenizer", "../tokenizer",
-                  "../../chameleon/tokenizer")
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -221,20 +219,3 @@ def save_model(model: Transformer, folder: str | Path, dtype: torch.dtype | None
     state = {k: (t.to(dtype) if dtype is not None and t.is_floating_point() else t)
              for k, t in model.state_dict().items()}
     return save_state_dict(state, model.cfg, folder, max_shard_bytes, extras)
-
-
-def find_tokenizer_dir(folder: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """The folder with text_tokenizer.json, vqgan.yaml and vqgan.ckpt for a checkpoint."""
-    names = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
-    candidates = [Path(tokenizer)] if tokenizer is not None else []
-    if tokenizer is not None:
-        candidates.append(Path(tokenizer) / "tokenizer")
-    candidates += [Path(folder) / sub for sub in TOKENIZER_DIRS]
-    for cand in candidates:
-        if all((cand / n).is_file() for n in names):
-            return cand
-    raise FileNotFoundError(
-        f"no tokenizer folder ({', '.join(names)}) for checkpoint {folder}; looked in "
-        f"{[str(c) for c in candidates]}. Official releases ship it separately: pass tokenizer=<dir> "
-        "(e.g. ckpts/chameleon/tokenizer)"
-    )

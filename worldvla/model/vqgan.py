@@ -20,6 +20,9 @@ import yaml
 from torch import nn
 
 from worldvla import vocab as V
+from worldvla.atomic import fsync_file
+from worldvla.errors import InputFileError
+from worldvla.model.safe_ckpt import load_state_dict
 
 log = logging.getLogger(__name__)
 GN_GROUPS, GN_EPS = 32, 1e-6  # taming GroupNorm settings
@@ -54,8 +57,6 @@ class VQGANConfig:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            from worldvla.errors import InputFileError
-
             raise InputFileError(path, f"invalid YAML ({str(err).splitlines()[0]})") from None
         try:
             params = data["model"]["params"]
@@ -264,8 +265,6 @@ def load_vqgan(config_path: str | Path, ckpt_path: str | Path, device: str | tor
     """Load the official `vqgan.yaml` + Lightning-style `vqgan.ckpt` (top-level `state_dict`, loss keys
     ignored), or the same weights as safetensors (`convert` below). The checkpoint is read without running
     code from it (model/safe_ckpt.py): a file that needs more than tensors and Lightning metadata is refused."""
-    from worldvla.model.safe_ckpt import load_state_dict
-
     cfg = VQGANConfig.from_yaml(config_path)
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
@@ -289,9 +288,6 @@ def convert(src: str | Path, dst: str | Path, allow: tuple[str, ...] = ()) -> Pa
     names the file's metadata uses, read as inert placeholders and dropped (never imported or called)."""
     from safetensors.torch import save_file
 
-    from worldvla.atomic import fsync_file
-    from worldvla.model.safe_ckpt import load_state_dict
-
     state = load_state_dict(src, tuple(allow))
     state = {k: v.contiguous() for k, v in state.items() if not k.startswith("loss.")}
     dst = Path(dst)
@@ -306,8 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m worldvla.model.vqgan convert IN.ckpt OUT.safetensors [--allow NAME ...]`."""
     import argparse
     import sys
-
-    from worldvla.errors import InputFileError
 
     parser = argparse.ArgumentParser(prog="python -m worldvla.model.vqgan", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

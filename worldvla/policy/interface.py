@@ -120,13 +120,13 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
     if not spec:
         raise ValueError("no policy given: policy=CKPT_DIR, policy=ws://127.0.0.1:8000 or policy=module:factory")
     if spec.startswith(("ws://", "wss://")):
-        from worldvla.policy.client import RemotePolicy
+        from worldvla.policy.client import RemotePolicy  # why: msgpack (serve extra), for ws:// only
 
         return _check_decode(_check_mode(RemotePolicy(spec), action_mode, spec), decode, spec)
     path = Path(spec)
     if path.is_dir() or is_hub_id(spec):  # a hub id is downloaded by the loader (worldvla.model.loading)
         try:
-            from worldvla.policy.policy import WorldVLAPolicy
+            from worldvla.policy.policy import WorldVLAPolicy  # why: torch; eval workers import us torch-free
         except ImportError as err:
             raise ImportError(f"cannot load checkpoint {path}: worldvla.policy.policy unavailable ({err})") from err
         log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")

@@ -28,7 +28,7 @@ import torch
 
 from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, world_conversation
 from worldvla.model import generate as G
-from worldvla.model.loading import find_tokenizer_dir, load_checkpoint
+from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
 from worldvla.recipe import FILE_NAME as RECIPE_FILE
 from worldvla.recipe import Recipe, stats_of
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
@@ -36,6 +36,7 @@ from worldvla.tokenizers.image import tokens_to_codes
 from worldvla.tokenizers.text import file_sha256
 
 from .continuous import build_action_head, check_action_mode, predict_normalised
+from .official_checkpoints import FAMILIES, REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
 
 log = logging.getLogger(__name__)
 SETTINGS_NAME = RECIPE_FILE
@@ -112,10 +113,6 @@ class WorldVLAPolicy:
         Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
         dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
         decode `auto`: parallel for our checkpoints, official for an official folder (resolve_decode)."""
-        from worldvla.model.loading import resolve_source
-
-        from .official_checkpoints import FAMILIES, REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
-
         unknown = set(settings) - set(Recipe.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(Recipe.__dataclass_fields__)}")

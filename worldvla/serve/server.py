@@ -298,9 +298,3 @@ class PolicyServer:
         if getattr(self, "_thread", None) is not None:
             self._thread.join(timeout=10)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`worldvla serve ...` (worldvla/cli.py) lands here: the same CLI as `python -m worldvla.serve`."""
-    from .__main__ import main as cli_main
-
-    return cli_main(argv)

@@ -27,8 +27,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from worldvla.atomic import atomic_write
+from worldvla.config import parse_cli
 from worldvla.model.safe_ckpt import is_safetensors
 from worldvla.model.vqgan import VQGAN, load_vqgan
+from worldvla.tokenizers.image import to_rgb_array
 
 log = logging.getLogger("worldvla.fit_vqgan")
 
@@ -49,8 +51,6 @@ class FitVQGANConfig:
 
 def load_frames(folder: str | Path, max_frames: int = 2000) -> np.ndarray:
     """All `*.png` under `folder` (sorted, evenly thinned to `max_frames`) -> (N, H, W, 3) uint8."""
-    from worldvla.tokenizers.image import to_rgb_array
-
     files = sorted(Path(folder).rglob("*.png"))
     if not files:
         raise FileNotFoundError(f"no *.png frames under {folder}")
@@ -174,8 +174,6 @@ def fit_vqgan_files(cfg: FitVQGANConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldvla.config import parse_cli
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     cfg = parse_cli(FitVQGANConfig, argv, description=__doc__)
     if not cfg.tokenizer or not cfg.frames:

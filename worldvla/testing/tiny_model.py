@@ -18,6 +18,8 @@ import torch
 from worldvla.model.loading import save_model
 from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.testing.fixtures import FIXTURE_VOCAB_SIZE, TinyAssets
+from worldvla.tokenizers import load_stats
+from worldvla.tokenizers.text import file_sha256
 
 # Random-init std of tiny models: larger than transformers' 0.02 so that a random model's greedy
 # choices depend on its context (with 0.02 the residual stream is almost only the token embedding).
@@ -59,9 +61,6 @@ def write_tiny_checkpoint(directory: str | Path, assets: TinyAssets, chunk_size:
                           seed: int = 0, history: int = 2, action_stats: str = "worldvla",
                           with_state: bool = False, with_wrist: bool = False, **model_overrides) -> Path:
     """Write a random tiny WorldVLA checkpoint to `directory` and return the directory."""
-    from worldvla.tokenizers import load_stats
-    from worldvla.tokenizers.text import file_sha256
-
     directory = Path(directory)
     save_model(make_tiny_model(seed, **model_overrides), directory)
     tok_dir = directory / "tokenizer"

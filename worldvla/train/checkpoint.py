@@ -35,6 +35,8 @@ import torch
 
 from worldvla.atomic import atomic_write_json, fsync_dir, fsync_tree
 from worldvla.errors import InputFileError
+from worldvla.model.convert import clean_key  # wrapper prefixes (checkpointing, compile, DDP)
+from worldvla.train.safe_dcp import SafePlanner, SafeReader, failure_reason
 from worldvla.train.safe_deepspeed import HASHES, check_deepspeed_folder, record_hashes, restricted_torch_load
 
 log = logging.getLogger("worldvla.train")
@@ -117,8 +119,6 @@ def full_state_dict(model, accelerator) -> dict:
     if _is_deepspeed(accelerator):
         return accelerator.get_state_dict(model)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from worldvla.model.convert import clean_key  # wrapper prefixes (checkpointing, compile, DDP)
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {clean_key(k): v for k, v in sd.items()}
@@ -269,8 +269,6 @@ class CheckpointManager:
             from torch.distributed.checkpoint.api import CheckpointException
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-            from worldvla.train.safe_dcp import SafePlanner, SafeReader, failure_reason
-
             opt = inner_optimizer(optimizer)
             msd, osd = get_state_dict(model, opt)
             state = {"model": msd, "optim": osd}
@@ -305,8 +303,6 @@ def read_trainer_state(path: Path) -> dict:
 
 def check_dcp_folder(folder: Path) -> None:
     """A torch.distributed.checkpoint folder is whole: `.metadata` reads and every byte range it lists exists."""
-    from worldvla.train.safe_dcp import SafeReader
-
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"{folder / '.metadata'}: missing; the model/optimizer state is incomplete")
     try:

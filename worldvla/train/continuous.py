@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from worldvla.config import ConfigError
 from worldvla.model.action_head import (
     ActionHead,
     ActionHeadConfig,
@@ -41,8 +42,6 @@ def head_config(overrides: dict, hidden_size: int, chunk_size: int, loss_weight:
     """ActionHeadConfig of a run: official sizes, `overrides` (model.action_head_config) on top; the backbone
     width, the chunk K, the L1 weight and the padding mask always come from the model, data.chunk_size,
     train.action_head_weight and model.action_head_mask_padding."""
-    from worldvla.config import ConfigError
-
     fixed = {"hidden_size", "chunk_size", "loss_weight", "mask_padding"}
     names = {f.name for f in dataclasses.fields(ActionHeadConfig)} - fixed
     unknown = sorted(set(overrides) - names)

@@ -27,8 +27,14 @@ import torch
 
 from worldvla.config import ConfigError
 from worldvla.data.collate import collate
+from worldvla.data.datasets import OnTheFlyDataset, PretokenizedDataset
+from worldvla.data.frame_cache import FrameCache
+from worldvla.data.pretokenize import record_name
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder
+from worldvla.data.tokenization import sample_kind, tokenizer_files, vqgan_fingerprint
 from worldvla.recipe import Recipe, stats_json, stats_of
+from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer
+from worldvla.tokenizers.image import image_token_count
 from worldvla.train.config import DataOptions
 from worldvla.train.modeling import data_recipe
 from worldvla.train.sampler import BatchPlan, PlanSampler
@@ -89,8 +95,6 @@ class TrainSet(torch.utils.data.Dataset):
 
 
 def _open_shards(paths: list[Path], where: str) -> tuple[list, list[np.ndarray]]:
-    from worldvla.data.datasets import PretokenizedDataset
-
     parts, lengths = [], []
     for i, path in enumerate(paths):
         try:
@@ -134,8 +138,6 @@ class ConversationFile(torch.utils.data.Dataset):
 
     def layout(self) -> dict:
         """probe_layout's answer from the records themselves (no tokenisation)."""
-        from worldvla.data.tokenization import sample_kind
-
         action = [r for r in self.records if sample_kind(r) == "action"]
         return {"n_action": len(action), "max_images": max((len(r.get("image") or []) for r in action), default=0),
                 "with_state": any(bool(r.get("state")) for r in action)}
@@ -146,8 +148,6 @@ class _LengthBuilder(SequenceBuilder):
     action / state block as long as the first one of its kind (tokenised for real)."""
 
     def __init__(self, text, resolution: int, action, state):
-        from worldvla.tokenizers.image import image_token_count
-
         super().__init__(text, None, action, state)
         self.block = {"image": image_token_count(resolution)}
 
@@ -176,9 +176,6 @@ def conversation_lengths(records: list[dict], names, recipe: Recipe, tokenizer: 
     files in `tokenizer` (-1: no supervised token, a record pretokenize skips). Only the text is tokenised
     (once per distinct conversation); raises RecordError naming the record (`names(i)`) for a record that
     cannot be built."""
-    from worldvla.data.tokenization import tokenizer_files
-    from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer
-
     text = TextTokenizer(tokenizer_files(tokenizer)["text_tokenizer.json"])
     builder = _LengthBuilder(text, recipe.resolution, ActionTokenizer(stats_of(recipe.action_stats)),
                              StateTokenizer(stats_of(recipe.state_stats)))
@@ -200,11 +197,6 @@ def conversation_lengths(records: list[dict], names, recipe: Recipe, tokenizer: 
 
 
 def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tuple[list, list[np.ndarray]]:
-    from worldvla.data.datasets import OnTheFlyDataset
-    from worldvla.data.frame_cache import FrameCache
-    from worldvla.data.pretokenize import record_name
-    from worldvla.data.tokenization import vqgan_fingerprint
-
     for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise DataError(f"{where}[{i}] = {path}: conversation file not found (data.source=conversations reads "

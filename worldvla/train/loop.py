@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from worldvla.config import parse_cli, save_config, to_dict
+from worldvla.data.collate import collate
+from worldvla.errors import exit_on_input_errors
 from worldvla.policy.open_loop import trainer_metrics
 from worldvla.recipe import Recipe
 from worldvla.train import modeling
-from worldvla.train.checkpoint import CheckpointManager
+from worldvla.train.checkpoint import CheckpointError, CheckpointManager
 from worldvla.train.config import TrainConfig
 from worldvla.train.data import TrainSet, check_shards, check_views, make_loader
 from worldvla.train.distributed import apply_activation_checkpointing, make_accelerator, set_wrap_classes
@@ -247,7 +249,6 @@ def evaluate(run: Run, val: TrainSet) -> dict:
     n_batches = len(val) // (per * acc.num_processes)
     if n_batches == 0:
         return {}
-    from worldvla.data.collate import collate
 
     run.model.eval()
     sums = torch.zeros(2 * len(TERMS), dtype=torch.float64, device=acc.device)
@@ -354,9 +355,6 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> dict:
-    from worldvla.errors import exit_on_input_errors
-    from worldvla.train.checkpoint import CheckpointError
-
     return exit_on_input_errors(_main, CheckpointError)(argv)
 
 

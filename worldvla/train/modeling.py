@@ -14,7 +14,15 @@ from pathlib import Path
 
 import torch
 
-from worldvla.recipe import Recipe
+from worldvla.config import ConfigError
+from worldvla.model.action_head import ActionHead
+from worldvla.model.loading import load_checkpoint, save_state_dict
+from worldvla.model.masks import ActionLayout, batch_mask
+from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.recipe import Recipe, tokenizer_files
+from worldvla.train.continuous import WithActionHead, head_config, head_l1, load_head_weights
+from worldvla.train.loss import LossConfig
+from worldvla.train.loss import compute_loss as loss_fn
 
 log = logging.getLogger("worldvla.train")
 
@@ -28,9 +36,6 @@ def build_model(cfg):
     The model's own `gradient_checkpointing` stays off: the trainer wraps the layers itself
     (distributed.apply_activation_checkpointing), the same way in every parallel mode.
     """
-    from worldvla.config import ConfigError
-    from worldvla.model.transformer import ModelConfig, Transformer
-
     m = cfg.model
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(m.overrides) - fields)
@@ -39,8 +44,6 @@ def build_model(cfg):
     settings = {**m.overrides, "dropout": m.dropout, "max_seq_len": cfg.data.max_seq_len}
     extras = {}
     if m.init_from:
-        from worldvla.model.loading import load_checkpoint
-
         loaded = load_checkpoint(m.init_from, dtype=torch.float32, device="cpu", **settings)
         model, mcfg, extras = loaded.model, loaded.model.cfg, loaded.extras
     else:
@@ -53,8 +56,6 @@ def build_model(cfg):
         if any(k.startswith("action_head.") for k in extras):
             log.info("%s has a continuous action head: not trained here (model.action_head=false)", m.init_from)
         return model, mcfg
-    from worldvla.model.action_head import ActionHead
-    from worldvla.train.continuous import WithActionHead, head_config, load_head_weights
 
     head = ActionHead(head_config(m.action_head_config, mcfg.dim, cfg.data.chunk_size, cfg.train.action_head_weight,
                                   m.action_head_mask_padding))
@@ -89,8 +90,6 @@ def size(model_cfg) -> tuple[int, int, int]:
 def attention_mask(batch, action_mask: bool, device) -> torch.Tensor | None:
     """(B, 1, L, L) bool mask with WorldVLA's action rule, or None (plain causal: SDPA's fused causal
     kernel) when `action_mask` is off or no row has an action block that the rule isolates."""
-    from worldvla.model.masks import ActionLayout, batch_mask
-
     L = batch.input_ids.shape[1]
     if not action_mask or not any(ActionLayout.from_spans(s, L).isolated() for s in batch.spans):
         return None
@@ -98,8 +97,6 @@ def attention_mask(batch, action_mask: bool, device) -> torch.Tensor | None:
 
 
 def loss_config(cfg):
-    from worldvla.train.loss import LossConfig
-
     t = cfg.train
     return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight, form=t.loss_form)
 
@@ -107,8 +104,6 @@ def loss_config(cfg):
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg, world: torch.Tensor | None = None) -> dict:
     """{"loss": total (with grad), "action_ce", "world_ce", "z_loss": detached or None,
     "n_action_ce", "n_world_ce": the positions those means are over (to average micro-batches)}."""
-    from worldvla.train.loss import compute_loss as loss_fn
-
     out = loss_fn(logits, labels, loss_cfg, world)
     detach = lambda v: None if v is None else v.detach()
     return {"loss": out.total, "action_ce": detach(out.action_ce), "world_ce": detach(out.world_ce),
@@ -127,7 +122,6 @@ def forward_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask, loss_cfg,
         out = model(ids, mask=mask)
     if not isinstance(out, tuple):
         return compute_loss(out, labels, loss_cfg, world)  # (B, L, V) logits
-    from worldvla.train.continuous import head_l1
 
     logits, head_out = out
     res = compute_loss(logits, labels, loss_cfg, world)
@@ -164,9 +158,6 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
     save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json.
     `recipe`: the run's Recipe (default data_recipe(cfg.data)); worldvla.json is it, saved (Recipe.save),
     with the step, the head and the sha256 of the tokenizer copies."""
-    from worldvla.model.loading import save_state_dict
-    from worldvla.recipe import tokenizer_files
-
     t = cfg.train
     dtype = getattr(torch, t.save_dtype)
     save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}, model_cfg, folder)

@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.config import parse_cli
+from worldvla.data.concat import ConcatConfig, concatenate
+from worldvla.data.conversations import ConversationsConfig, generate
+from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions, pretokenize
 from worldvla.recipe import Recipe
+from worldvla.testing.fixtures import make_tiny_assets
 
 # RynnVLA-002's pretokenize path: action samples with its own min/max, world samples with WorldVLA's (configs/rynnvla002.yaml)
 RYNNVLA002_STATS = {"action_stats": "rynnvla_action", "world_action_stats": "worldvla"}
@@ -79,11 +83,6 @@ def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_t
     """Write (or reuse, when complete) the tiny set under `root`; returns its paths. `with_wrist` /
     `with_state` make RynnVLA-002 samples (third + wrist view per frame, 8-D state block); actions are binned
     with `action_stats` (world samples with `world_action_stats`, "" = the same)."""
-    from worldvla.data.concat import ConcatConfig, concatenate
-    from worldvla.data.conversations import ConversationsConfig, generate
-    from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions, pretokenize
-    from worldvla.testing.fixtures import make_tiny_assets
-
     root = Path(root)
     train = root / "tokens" / "train.json"
     tok_dir = Path(assets.root) / "tokenizer" if assets is not None else root / "assets" / "tokenizer"

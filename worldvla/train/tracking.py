@@ -15,6 +15,9 @@ import math
 import os
 from pathlib import Path
 
+from worldvla.atomic import atomic_write
+from worldvla.config import to_dict
+
 log = logging.getLogger("worldvla.train")
 
 LOG_FILE = "train_log.jsonl"
@@ -77,7 +80,6 @@ class RunLogger:
                     keep.append(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
-        from worldvla.atomic import atomic_write
 
         atomic_write(self.path, "".join(f"{line}\n" for line in keep))
 
@@ -87,7 +89,6 @@ class RunLogger:
         except ImportError:
             log.info("wandb is not installed: logging to %s only (pip install 'worldvla[wandb]' to enable it)", self.path)
             return None
-        from worldvla.config import to_dict
 
         os.environ.setdefault("WANDB_DIR", str(self.out_dir))
         name = cfg.logging.run_name or Path(cfg.train.output_dir).name

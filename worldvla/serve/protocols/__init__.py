@@ -7,16 +7,14 @@ Sessions predict through `PolicyServer.predict`, which batches and schedules all
 
 from __future__ import annotations
 
-PROTOCOLS = ("worldvla", "openpi", "vla-eval")
+from . import openpi, vla_eval
+from . import worldvla as worldvla_protocol
+
+SESSIONS = {"worldvla": worldvla_protocol.Session, "openpi": openpi.Session, "vla-eval": vla_eval.Session}
+PROTOCOLS = tuple(SESSIONS)
 
 
 def session_class(protocol: str):
-    if protocol == "worldvla":
-        from .worldvla import Session
-    elif protocol == "openpi":
-        from .openpi import Session
-    elif protocol == "vla-eval":
-        from .vla_eval import Session
-    else:
+    if protocol not in SESSIONS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    return Session
+    return SESSIONS[protocol]
