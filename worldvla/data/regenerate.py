@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from worldvla.atomic import atomic_write_json, clean_stale_tmp
 from worldvla.config import parse_cli, save_config
@@ -281,8 +282,6 @@ def _done(job: Job) -> bool:
 
 
 def run_jobs(cfg: RegenerateConfig, jobs: list[Job], factory=None) -> None:
-    from tqdm import tqdm
-
     factory = factory or _ENV_FACTORY
     todo = [j for j in jobs if cfg.overwrite or not _done(j)]
     if len(todo) < len(jobs):

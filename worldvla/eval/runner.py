@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from worldvla.atomic import pid_alive
 from worldvla.config import to_dict
@@ -124,8 +125,6 @@ class Progress:
     """tqdm bar with the running success over finished episodes of this shard."""
 
     def __init__(self, total: int, done: list[dict], enabled: bool = True):
-        from tqdm import tqdm
-
         self.succ = sum(r["status"] == "success" for r in done)
         self.n = len(done)
         self.err = sum(r["status"] == "error" for r in done)
