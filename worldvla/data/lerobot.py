@@ -47,6 +47,7 @@ from worldvla.config import parse_cli, save_config
 from worldvla.data.lerobot_episodes import EPISODE_FILE, LeRobotError, episode_files
 from worldvla.data.lerobot_export import export_lerobot_hdf5
 from worldvla.tokenizers.action import NormStats
+# pyarrow and imageio_ffmpeg (the lerobot extra) are imported by the functions that use them.
 
 log = logging.getLogger("worldvla.data.lerobot")
 

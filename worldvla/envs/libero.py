@@ -26,6 +26,7 @@ import yaml
 
 from worldvla.envs import libero_pro
 from worldvla.envs.libero_pro import perturbed_instruction, protocol_max_steps
+# libero (the libero extra) and torch._dynamo are imported where used: this module stays torch-free.
 
 log = logging.getLogger(__name__)
 

@@ -52,6 +52,7 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     trainer_metrics,
 )
 from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
+# matplotlib (slow to import, only for the plot) is imported where the plot is drawn.
 
 log = logging.getLogger("worldvla.open_loop")
 

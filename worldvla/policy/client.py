@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import wire
+# websockets (the serve extra) is imported where a connection opens.
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from worldvla.policy.decode import DecodeConfig
 from worldvla.policy.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
 from .protocols import PROTOCOLS, session_class
+# websockets (the serve extra) is imported where the server starts.
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from worldvla.atomic import atomic_write
 from worldvla.config import to_dict
+# wandb (the wandb extra) and matplotlib (slow, only for the loss plot) are imported where used.
 
 log = logging.getLogger("worldvla.train")
 
