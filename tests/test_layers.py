@@ -347,3 +347,115 @@ def test_eval_workers_and_simulator_clis_import_neither_torch_nor_the_serve_extr
         assert "worldvla" in loaded
         assert not loaded & {"torch", "transformers", "msgpack", "websockets"}, (module, sorted(loaded & {
             "torch", "transformers", "msgpack", "websockets"}))
+
+
+# -- other packages' imports at the top too ------------------------------------------------------------------
+# A function-local import of any other package (stdlib or third party) is one of: a heavy optional package (an
+# extra, or slow to import and used by one function), a core dependency that a light module defers (the
+# torch-free modules below keep a LIBERO worker and the simulator-side CLIs' --help quick), or on the short
+# allow-list with its reason. Everything else stands at the top of its module.
+HEAVY_OPTIONAL = frozenset({"libero", "robosuite", "mujoco", "deepspeed", "wandb", "pyarrow", "av", "cv2",
+                            "imageio_ffmpeg", "matplotlib", "lpips", "websockets", "msgpack"})
+LIGHT_DEFERRED = frozenset({"torch", "transformers", "safetensors", "accelerate", "tokenizers", "h5py", "imageio"})
+# The worldvla modules that the TORCH_FREE modules import (checked below against what they really import).
+LIGHT_MODULES = frozenset({
+    "worldvla", "worldvla.atomic", "worldvla.config", "worldvla.errors", "worldvla.recipe", "worldvla.stats",
+    "worldvla.envs", "worldvla.envs.libero", "worldvla.envs.libero_pro", "worldvla.envs.scripted_expert",
+    "worldvla.policy", "worldvla.policy.decode", "worldvla.policy.interface", "worldvla.policy.seeding",
+    "worldvla.data", "worldvla.data.cli", "worldvla.data.export", "worldvla.data.raw_demos",
+    "worldvla.data.recording", "worldvla.data.record_scripted", "worldvla.data.regenerate",
+    "worldvla.data.stage_cli",
+    "worldvla.eval", "worldvla.eval.config", "worldvla.eval.libero", "worldvla.eval.merge", "worldvla.eval.pool",
+    "worldvla.eval.protocol", "worldvla.eval.results", "worldvla.eval.rng_chain", "worldvla.eval.rollout",
+    "worldvla.eval.runner", "worldvla.eval.video", "worldvla.eval.weights_hash", "worldvla.eval.worker",
+})
+# (importer, imported module exactly as written) -> why it stays local.
+ALLOWED_LOCAL_OTHER: dict[tuple[str, str], str] = {
+    ("worldvla.bins", "torch"): "the ground floor imports without torch; only the official bin centres need it",
+    ("worldvla.model.generate", "torch._dynamo"):
+        "torch's compiler stack (~2 s to import): only a torch.compile'd model needs its config",
+}
+
+
+def other_local_imports(path: Path) -> list[tuple[str, int]]:
+    """(imported module, line) for every function-local import of a module outside the package."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found += [(a.name, node.lineno) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    found.append((node.module, node.lineno))
+    return sorted({(m, line) for m, line in found if m != "worldvla" and not m.startswith("worldvla.")},
+                  key=lambda t: t[1])
+
+
+def other_local_offenders(files) -> tuple[list[str], set[tuple[str, str]]]:
+    """(offending imports, allow-list entries that were used)."""
+    bad, used = [], set()
+    for path in files:
+        importer = module_name(path)
+        for target, line in other_local_imports(path):
+            root = target.split(".")[0]
+            if root in HEAVY_OPTIONAL or (root in LIGHT_DEFERRED and importer in LIGHT_MODULES):
+                continue
+            if (importer, target) in ALLOWED_LOCAL_OTHER:
+                used.add((importer, target))
+                continue
+            bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: function-local import of {target} (move it to "
+                       "the top, or name it in HEAVY_OPTIONAL / ALLOWED_LOCAL_OTHER with a reason)")
+    return bad, used
+
+
+def test_other_packages_are_imported_at_the_top():
+    files = sorted(PACKAGE.rglob("*.py"))
+    bad, used = other_local_offenders(files)
+    assert not bad, "function-local imports of other packages:\n" + "\n".join(bad)
+    stale = sorted(set(ALLOWED_LOCAL_OTHER) - used)
+    assert not stale, f"allow-list entries with no such import any more (remove them): {stale}"
+    assert LIGHT_MODULES <= {module_name(p) for p in files}, sorted(LIGHT_MODULES - {module_name(p) for p in files})
+
+
+@pytest.mark.parametrize(("source", "text", "light", "allowed", "found"), [
+    ("data/x.py", "def f():\n    import json", set(), {}, True),  # stdlib
+    ("data/x.py", "class A:\n    def m(self):\n        import yaml", set(), {}, True),  # core, in a method
+    ("data/x.py", "async def f():\n    if True:\n        from PIL import Image", set(), {}, True),  # nested block
+    ("data/x.py", "def f():\n    import torch", set(), {}, True),  # torch in a module that is not light
+    ("data/x.py", "def f():\n    import torch", {"worldvla.data.x"}, {}, False),  # ... and in a light one
+    ("data/x.py", "def f():\n    from PIL import Image", {"worldvla.data.x"}, {}, True),  # light defers torch etc. only
+    ("data/x.py", "def f():\n    import pyarrow.parquet as pq", set(), {}, False),  # heavy optional
+    ("data/x.py", "def f():\n    try:\n        import cv2\n    except ImportError:\n        cv2 = None", set(), {}, False),
+    ("data/x.py", "import json\ndef f():\n    return json", set(), {}, False),  # top level
+    ("data/x.py", "def f():\n    from worldvla.vocab import Vocab", set(), {}, False),  # own package: the check above
+    ("data/x.py", "def f():\n    import torch._dynamo", set(), {("worldvla.data.x", "torch._dynamo"): "planted"}, False),
+    ("data/x.py", "def f():\n    import torch", set(), {("worldvla.data.x", "torch._dynamo"): "planted"}, True),
+    ("data/x.py", "def f():\n    import torch._dynamo", set(), {("worldvla.data.y", "torch._dynamo"): "planted"}, True),
+])
+def test_the_other_local_import_check_finds_what_it_should(tmp_path, monkeypatch, source, text, light, allowed, found):
+    monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "worldvla")
+    monkeypatch.setattr(f"{__name__}.LIGHT_MODULES", frozenset(light))
+    monkeypatch.setattr(f"{__name__}.ALLOWED_LOCAL_OTHER", allowed)
+    path = tmp_path / "worldvla" / source
+    path.parent.mkdir(parents=True)
+    path.write_text(text + "\n")
+    bad, _ = other_local_offenders([path])
+    assert bool(bad) is found, bad
+
+
+def test_light_modules_are_what_the_torch_free_modules_import():
+    """LIGHT_MODULES may defer torch & co. only because the torch-free modules import them: the list is exactly
+    the worldvla modules those import (one fresh process each), so it grows and shrinks with the real graph."""
+    import subprocess
+    import sys
+
+    probe = "import importlib, json, sys; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"
+    loaded: set[str] = set()
+    for module in TORCH_FREE:
+        res = subprocess.run([sys.executable, "-c", probe, module], capture_output=True, text=True, timeout=300,
+                             cwd=PACKAGE.parent, check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+        loaded |= {m for m in json.loads(res.stdout.splitlines()[-1]) if m == "worldvla" or m.startswith("worldvla.")}
+    assert set(TORCH_FREE) <= loaded
+    assert loaded == LIGHT_MODULES, (f"imported but not in LIGHT_MODULES: {sorted(loaded - LIGHT_MODULES)}; "
+                                     f"in LIGHT_MODULES but not imported: {sorted(LIGHT_MODULES - loaded)}")

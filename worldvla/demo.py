@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from worldvla.config import parse_cli
 from worldvla.data.recording import machine_info, parse_ids
 from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
@@ -285,8 +287,6 @@ def _eval_table(eval_dir: Path) -> tuple[list[str], dict]:
 
 def _overview(loss_png: Path, strip_png: Path | None, path: Path) -> None:
     """One picture for the README: the loss curve, and below it a truth-vs-imagined strip."""
-    from PIL import Image
-
     with Image.open(loss_png) as loss_img:
         parts = [loss_img.convert("RGB")]
     if strip_png is not None:

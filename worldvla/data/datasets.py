@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from worldvla.data.frame_cache import FrameCache
 from worldvla.data.official_records import OfficialRecords
@@ -80,8 +81,6 @@ def open_sources(path: str | Path, root: str | Path | None = None) -> list:
     if not path.is_file():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
         meta = (yaml.safe_load(path.read_text()) or {}).get("META")
         if not isinstance(meta, list):
             raise ValueError(f"{path}: expected `META:` with a list of {{path: ...}}")

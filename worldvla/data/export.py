@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from worldvla.atomic import fsync_tree
 from worldvla.config import parse_cli
@@ -66,8 +68,6 @@ def proprio_states(demo: RawDemo, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
     Image.fromarray(np.ascontiguousarray(image)).save(path, compress_level=PNG_COMPRESS_LEVEL)
 
 
@@ -125,8 +125,6 @@ def _export_one(args: tuple[str, str, str, str, str]) -> str:
 
 def export(cfg: ExportConfig) -> Path:
     """Write every demo of every `<task>_demo.hdf5` in `cfg.hdf5_dir`; returns `cfg.save_dir`."""
-    from tqdm import tqdm
-
     if cfg.layout not in LAYOUTS:
         raise ValueError(f"export layout must be one of {LAYOUTS}, got {cfg.layout!r}")
     files = sorted(Path(cfg.hdf5_dir).glob(f"*{DEMO_SUFFIX}"))

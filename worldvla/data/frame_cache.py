@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,4 @@ class FrameCache:
 
 
 def _now() -> float:
-    import time
-
     return time.time()

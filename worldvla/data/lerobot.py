@@ -27,20 +27,27 @@ Each file is written to a temporary name and renamed when complete; a rerun skip
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from worldvla.config import parse_cli, save_config
 from worldvla.data.lerobot_episodes import EPISODE_FILE, LeRobotError, episode_files
 from worldvla.data.lerobot_export import export_lerobot_hdf5
 from worldvla.tokenizers.action import NormStats
+# pyarrow and imageio_ffmpeg (the lerobot extra) are imported by the functions that use them.
 
 log = logging.getLogger("worldvla.data.lerobot")
 
@@ -451,10 +458,6 @@ def _numeric_column(table, key: str, path: Path) -> np.ndarray:
 
 
 def _decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -501,8 +504,6 @@ def _read_parquet(path: Path, prefix: str = ""):
 
 
 def _ffmpeg_decoders(exe: str) -> str:
-    import subprocess
-
     try:
         return subprocess.run([exe, "-hide_banner", "-decoders"], capture_output=True, text=True, timeout=30,
                               check=False).stdout
@@ -672,8 +673,6 @@ def _required_datasets(cfg: LeRobotImportConfig) -> list[str]:
 
 def existing_status(path: Path, cfg: LeRobotImportConfig, length: int | None) -> str:
     """"missing", "complete", or a reason why the file must be written again."""
-    import h5py
-
     if not path.exists():
         return "missing"
     try:
@@ -698,8 +697,6 @@ def existing_status(path: Path, cfg: LeRobotImportConfig, length: int | None) ->
 
 def write_episode_hdf5(path: str | Path, ep: Episode, cfg: LeRobotImportConfig, fps: float | None) -> Path:
     """Write one episode in the official layout (tmp file + rename)."""
-    import h5py
-
     path = Path(path)
     comp = None if cfg.compression in ("", "none", "None") else cfg.compression
     if comp not in (None, "gzip", "lzf"):
@@ -742,8 +739,6 @@ def _check_shapes(ep: Episode, where: str) -> None:
 
 def convert(cfg: LeRobotImportConfig) -> ImportResult:
     """Convert the selected episodes; skip complete ones; then write the min/max stats (cfg.stats)."""
-    from tqdm import tqdm
-
     if cfg.input is None or cfg.out is None:
         raise LeRobotError("both input=<LeRobot dataset folder> and out=<HDF5 folder> are required")
     if not cfg.front_key:
@@ -791,8 +786,6 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
 
 def compute_min_max(files: Iterable[str | Path], key: str = "action"):
     """Per-dimension min/max of dataset `key` ("action", "obs/state") over all frames of all files -> NormStats."""
-    import h5py
-
     lo = hi = None
     for file in files:
         with h5py.File(file, "r") as f:
@@ -819,8 +812,6 @@ def write_stats(hdf5_dir: str | Path, out_dir: str | Path | None = None,
 
     Keys missing from the episode files (e.g. converted with state_key="") are skipped with a log line.
     """
-    import h5py
-
     files = episode_files(hdf5_dir)
     if not files:
         raise LeRobotError(f"no episode_*.hdf5 files in {hdf5_dir}")
@@ -873,8 +864,6 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> ImportResult:
     """LeRobot v2.x / v3.0 dataset -> one HDF5 per episode (obs/front_image, obs/wrist_image, obs/state, action, timestamp)."""
-    import sys
-
     argv = _normalise_argv(sys.argv[1:] if argv is None else argv)
     cfg = parse_cli(LeRobotImportConfig, argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")

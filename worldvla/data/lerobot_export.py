@@ -24,7 +24,9 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+import h5py
 import numpy as np
+from PIL import Image
 
 from worldvla.data.lerobot_episodes import LeRobotError, episode_files
 from worldvla.envs.libero import rotate180 as rot
@@ -44,8 +46,6 @@ def task_folder(instruction: str, where: str) -> str:
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
     Image.fromarray(np.ascontiguousarray(image)).save(path, compress_level=3)
 
 
@@ -80,8 +80,6 @@ def _write_trajectory(f, out: Path, layout: str, rotate180: bool, where: str) ->
 def export_lerobot_hdf5(hdf5_dir: str | Path, save_dir: str | Path, layout: str = "both", rotate180: bool = False,
                         overwrite: bool = False) -> dict[str, list[Path]]:
     """Write every episode_XXXXXX.hdf5 of `hdf5_dir` as a trajectory folder; returns task -> trajectory folders."""
-    import h5py
-
     if layout not in LAYOUTS:
         raise LeRobotError(f"export layout must be one of {LAYOUTS}, got {layout!r}")
     files = episode_files(hdf5_dir)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from worldvla.atomic import atomic_write_json
 from worldvla.config import parse_cli, to_dict
@@ -134,8 +136,6 @@ CRASH_ENV = "WORLDVLA_PRETOKENIZE_CRASH_AFTER_SHARDS"
 
 
 def _init_frames(cfg: PretokenizeConfig, recipe: Recipe) -> None:
-    import torch
-
     torch.set_num_threads(max(1, cfg.torch_threads))
     files = tokenizer_files(cfg.tokenizer.path)
     vocab = Vocab.from_tokenizer_file(files["text_tokenizer.json"])
@@ -167,8 +167,6 @@ def _frames_job(job: tuple[int, list[tuple[str, str]], str, dict]) -> int:
 
 
 def _init_shards(cfg: PretokenizeConfig, recipe: Recipe, frames_dir: str) -> None:
-    import torch
-
     torch.set_num_threads(max(1, cfg.torch_threads))
     _STATE["tok"] = SampleTokenizer(recipe, cfg.tokenizer.path, cfg.base_dir, cache_size=4096,
                                     frame_cache=FrameCache(frames_dir, vqgan_fingerprint(recipe)),
@@ -204,8 +202,6 @@ def _shard_job(job: tuple[int, list[tuple[int, str, dict]], str, str]) -> dict:
 
 
 def _pool_map(cfg: PretokenizeConfig, fn, jobs: list, init, initargs: tuple, desc: str, unit: str) -> None:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(jobs), desc=desc, unit=unit)
     if cfg.workers <= 1 or len(jobs) <= 1:
         init(*initargs)

@@ -33,6 +33,8 @@ import numpy as np
 
 from worldvla.atomic import fsync_dir, fsync_file
 from worldvla.envs.libero import quat2axisangle
+# Imported where used: libero (the libero extra) and h5py (~60 ms), as the simulator-side CLIs that import
+# this module keep a quick --help (tests/test_layers.py LIGHT_MODULES).
 
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states")
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")

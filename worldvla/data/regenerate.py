@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from worldvla.atomic import atomic_write_json, clean_stale_tmp
 from worldvla.config import parse_cli, save_config
@@ -47,6 +48,7 @@ from worldvla.data.raw_demos import (
 from worldvla.data.recording import settle
 from worldvla.data.stage_cli import run, setup_logging
 from worldvla.envs.libero import LiberoEnv, get_suite
+# torch is imported where used: this stage's CLI stays torch-free (tests/test_layers.py LIGHT_MODULES).
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +283,6 @@ def _done(job: Job) -> bool:
 
 
 def run_jobs(cfg: RegenerateConfig, jobs: list[Job], factory=None) -> None:
-    from tqdm import tqdm
-
     factory = factory or _ENV_FACTORY
     todo = [j for j in jobs if cfg.overwrite or not _done(j)]
     if len(todo) < len(jobs):

@@ -22,9 +22,11 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from worldvla.envs import libero_pro
 from worldvla.envs.libero_pro import perturbed_instruction, protocol_max_steps
+# libero (the libero extra) and torch._dynamo are imported where used: this module stays torch-free.
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,6 @@ def configure_libero(config_dir: str | Path | None = None) -> Path:
         except (ImportError, ValueError):
             pass
         config_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
         paths = {"benchmark_root": str(root), "bddl_files": str(root / "bddl_files"),
                  "init_states": str(root / "init_files"), "datasets": str(root.parent / "datasets"),
                  "assets": str(assets)}

@@ -20,6 +20,8 @@ task length. Every run records the perturbation of each suite in run.json (`pert
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 BASE_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 # perturbation name -> suite suffix of the package
 PERTURBATIONS = {"instruction": "lan", "object": "object", "position": "swap", "task": "task", "environment": "env"}
@@ -74,8 +76,6 @@ def perturbed_instruction(suite: str, task_language: str, env) -> str:
 
 
 def package_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(PACKAGE)
     except PackageNotFoundError:

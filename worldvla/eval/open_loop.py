@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
+from PIL import Image
 
 from worldvla.config import parse_cli, save_config
 from worldvla.data.datasets import PretokenizedDataset
@@ -50,6 +52,7 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     trainer_metrics,
 )
 from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
+# matplotlib (slow to import, only for the plot) is imported where the plot is drawn.
 
 log = logging.getLogger("worldvla.open_loop")
 
@@ -98,8 +101,6 @@ def samples_from_records(policy, records: Sequence[dict], source: str, base_dir:
                          indices: Iterable[int] | None = None) -> list[ActionSample]:
     """Action samples of conversation records: images/actions/state loaded from their files, the prompt
     built by the policy as in a rollout (third-person and wrist frames de-interleaved)."""
-    from PIL import Image
-
     out = []
     for i in range(len(records)) if indices is None else indices:
         rec, where = records[i], f"{source} record {i}"
@@ -163,8 +164,6 @@ def checkpoint_action_mask(folder: str | os.PathLike) -> bool:
     path = Path(folder) / "train_config.yaml"
     if not path.is_file():
         return True
-    import yaml
-
     model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
     return bool(model.get("action_mask", True))
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from worldvla.envs.libero import Observation, format_obs, proprio_state
 from worldvla.policy.interface import as_chunk
@@ -79,8 +80,6 @@ class Outcome:
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    from PIL import Image
-
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
 
 

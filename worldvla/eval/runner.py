@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from worldvla.atomic import pid_alive
 from worldvla.config import to_dict
@@ -38,6 +39,8 @@ from .results import EpisodeLog, atomic_write_json, done_keys, final_records, su
 from .rollout import Query, seed_everything
 from .weights_hash import weights_fingerprint
 from .worker import EpisodeRunner, make_env_factory
+# torch is imported where used: `worldvla eval` and its LIBERO workers stay torch-free (LIGHT_MODULES in
+# tests/test_layers.py).
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +127,6 @@ class Progress:
     """tqdm bar with the running success over finished episodes of this shard."""
 
     def __init__(self, total: int, done: list[dict], enabled: bool = True):
-        from tqdm import tqdm
-
         self.succ = sum(r["status"] == "success" for r in done)
         self.n = len(done)
         self.err = sum(r["status"] == "error" for r in done)

@@ -13,6 +13,7 @@ import numpy as np
 from worldvla.atomic import fsync_file
 
 from .protocol import EpisodeKey
+# imageio (~30 ms) is imported where a video is written: LIBERO worker processes import this module.
 
 
 def video_path(root: Path, key: EpisodeKey, status: str) -> Path:

@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,8 +80,6 @@ class EpisodeRunner:
         try:
             env = self._env_for(key)
         except Exception as err:  # noqa: BLE001 - a broken env fails its episodes, not the run
-            import traceback
-
             self.close()
             return episode_record(key, "", False, None, 0.0, error=f"env creation failed: {type(err).__name__}: {err}",
                                   traceback=traceback.format_exc(), worker=self.tag)

@@ -43,6 +43,7 @@ from worldvla import vocab as V
 from worldvla.model.masks import ActionLayout, RowMasker, to_additive
 from worldvla.model.static_step import GRAMMAR_FLAG, batch_bucket, greedy_ids, static_decoder
 from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
+# torch._dynamo (torch's compiler stack, ~2 s to import) is imported only when a model is compiled.
 
 ACTION_DIM = 7  # tokens between the block's start and end
 BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]

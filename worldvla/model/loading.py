@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file, save_file
 
 from worldvla.errors import InputFileError
 from worldvla.model import convert
@@ -40,8 +42,6 @@ def resolve_source(source: str | Path) -> Path:
     text = str(source)
     parts = text.split("/")
     if len(parts) >= 2 and not text.startswith((".", "/", "~")) and not path.exists():
-        from huggingface_hub import snapshot_download
-
         repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
         patterns = [f"{sub}/{p}" if sub else p for p in HUB_PATTERNS]
         try:
@@ -81,8 +81,6 @@ def read_state_dict(folder: str | Path, dtype: torch.dtype | None = None) -> dic
     state: dict[str, torch.Tensor] = {}
     for f in weight_files(Path(folder)):
         if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             try:
                 part = load_file(str(f), device="cpu")
             except Exception as err:  # noqa: BLE001 - SafetensorError, OSError for a truncated / corrupt file
@@ -185,8 +183,6 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
 def save_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, folder: str | Path,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, extras: dict | None = None) -> Path:
     """Write config.json + safetensors (sharded with an index above `max_shard_bytes`), official names."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {k: t.detach().to("cpu").contiguous().clone() for k, t in convert.from_model_state(state).items()}

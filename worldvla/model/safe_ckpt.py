@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from worldvla.errors import InputFileError
 
@@ -93,9 +95,6 @@ def load_state_dict(path: str | Path, extra_allowed: tuple[str, ...] = ()) -> di
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
     if is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:

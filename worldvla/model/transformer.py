@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from worldvla import vocab as V
@@ -172,8 +173,6 @@ _COMPILED_FLEX: dict = {}
 def flex_attention_for(device: torch.device):
     """FlexAttention: compiled on CUDA (the fused kernel; eager would materialise the L x L scores),
     eager elsewhere (CPU tests, where it is only a reference path)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     if device.type != "cuda":
         return flex_attention
     if "cuda" not in _COMPILED_FLEX:

@@ -9,14 +9,17 @@ Parity of the encoder with transformers is tested in tests/test_vqgan.py.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import save_file
 from torch import nn
 
 from worldvla import vocab as V
@@ -286,8 +289,6 @@ def load_vqgan(config_path: str | Path, ckpt_path: str | Path, device: str | tor
 def convert(src: str | Path, dst: str | Path, allow: tuple[str, ...] = ()) -> Path:
     """`vqgan.ckpt` -> safetensors holding only the VQ-GAN's `state_dict` tensors. `allow`: extra global
     names the file's metadata uses, read as inert placeholders and dropped (never imported or called)."""
-    from safetensors.torch import save_file
-
     state = load_state_dict(src, tuple(allow))
     state = {k: v.contiguous() for k, v in state.items() if not k.startswith("loss.")}
     dst = Path(dst)
@@ -300,9 +301,6 @@ def convert(src: str | Path, dst: str | Path, allow: tuple[str, ...] = ()) -> Pa
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m worldvla.model.vqgan convert IN.ckpt OUT.safetensors [--allow NAME ...]`."""
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="python -m worldvla.model.vqgan", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="a vqgan.ckpt -> safetensors (weights only; no code from the file runs)")

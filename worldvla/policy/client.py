@@ -8,6 +8,7 @@ The evaluation uses it for policy=ws://... so the simulator process never import
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import time
@@ -15,6 +16,7 @@ import time
 import numpy as np
 
 from . import wire
+# websockets (the serve extra) is imported where a connection opens.
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,6 @@ class RemotePolicy:
 
 def _open(connect, url: str, **kwargs):
     """websockets >= 15 would use a system proxy and warns without legacy=True; older ones lack both."""
-    import inspect
-
     params = inspect.signature(connect).parameters
     extra = {k: v for k, v in (("proxy", None), ("legacy", True)) if k in params}
     return connect(url, **extra, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+from PIL import Image
 
 
 class FrameError(ValueError):
@@ -33,8 +34,6 @@ def fit_frame(img, resolution: int, resize: bool, what: str) -> np.ndarray:
     if not resize:
         raise FrameError(f"{what} is {h}x{w} px but the policy takes {resolution}x{resolution}: send "
                          f"{resolution} px frames or start the server with resize=true")
-    from PIL import Image
-
     # bicubic, as worldvla.eval.rollout resizes renders that differ from the model resolution
     return np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BICUBIC))
 

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from worldvla.policy.decode import DecodeConfig
 from worldvla.policy.interface import ActionChunk, as_chunk, decode_infos, policy_info
 
 from .protocols import PROTOCOLS, session_class
+# websockets (the serve extra) is imported where the server starts.
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +160,6 @@ class PolicyServer:
 
     def _process_request(self, connection, request):
         """HTTP before the websocket handshake: GET /health, and the connection cap."""
-        from http import HTTPStatus
-
         path = request.path.split("?", 1)[0]
         if path in ("/health", "/healthz"):
             return connection.respond(HTTPStatus.OK, "ok\n")

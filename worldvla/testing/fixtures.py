@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from worldvla import vocab as V
 from worldvla.model.vqgan import VQGAN, VQGANConfig
@@ -44,8 +45,6 @@ TINY_VQGAN = VQGANConfig(
 
 def _text_bpe(vocab_budget: int = 520) -> tuple[dict[str, int], list[str]]:
     """A byte-level BPE learned on CORPUS: (token -> local id, merges)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
 from tokenizers import Tokenizer
 
 from worldvla.vocab import OFFICIAL_NAMES, Vocab
@@ -32,8 +33,6 @@ def resolve_tokenizer_file(source: str | Path, filename: str = TOKENIZER_FILENAM
         looked = ", ".join(str(path / s / filename) for s in SUBFOLDERS)
         raise FileNotFoundError(f"no {filename} under {path} (looked at {looked})")
     if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
-        from huggingface_hub import hf_hub_download
-
         errors = []
         for sub in SUBFOLDERS:
             try:

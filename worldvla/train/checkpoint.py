@@ -32,6 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from worldvla.atomic import atomic_write_json, fsync_dir, fsync_tree
 from worldvla.errors import InputFileError
@@ -118,8 +126,6 @@ def full_state_dict(model, accelerator) -> dict:
     """The whole model state on the main process (CPU tensors; empty elsewhere). Collective: call on all."""
     if _is_deepspeed(accelerator):
         return accelerator.get_state_dict(model)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {clean_key(k): v for k, v in sd.items()}
 
@@ -197,9 +203,6 @@ class CheckpointManager:
             if self.acc.is_main_process:
                 atomic_write_json(folder / HASHES, record_hashes(folder / "accelerate"))
         else:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_state_dict
-
             msd, osd = get_state_dict(model, inner_optimizer(optimizer))
             with _quiet_single_process():
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(folder / "dcp"))
@@ -265,10 +268,6 @@ class CheckpointManager:
             except InputFileError as err:
                 raise CheckpointError(str(err)) from None
         else:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.api import CheckpointException
-            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
             opt = inner_optimizer(optimizer)
             msd, osd = get_state_dict(model, opt)
             state = {"model": msd, "optim": osd}

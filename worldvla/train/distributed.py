@@ -18,6 +18,12 @@ import os
 from functools import partial
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing as apply_ac
+from torch.distributed.fsdp import MixedPrecision, MixedPrecisionPolicy
 
 log = logging.getLogger("worldvla.train")
 
@@ -43,8 +49,6 @@ def check_deepspeed() -> None:
 
 def make_accelerator(cfg):
     """The Accelerator of this run (reads the launcher's environment)."""
-    from accelerate import Accelerator
-
     check_deepspeed()
     t = cfg.train
     # accelerate's multi-process launcher does not tell the processes about `use_cpu`; without a GPU
@@ -82,9 +86,6 @@ def fill_deepspeed_config(ds: dict, t) -> dict:
 def _fsdp_on_cpu(acc) -> None:
     """accelerate turns an FSDP config into plain data parallel on CPU processes; switch FSDP back on
     (FSDP2 `fully_shard` runs on CPU with gloo), so CPU tests shard exactly as GPU runs do."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if acc.distributed_type == DistributedType.MULTI_CPU and wants_fsdp:
         plugin = FullyShardedDataParallelPlugin()
@@ -113,12 +114,8 @@ def _configure_fsdp(acc, precision: str) -> None:
         plugin.mixed_precision_policy = None
         return
     if plugin.fsdp_version == 2:
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
         plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
-        from torch.distributed.fsdp import MixedPrecision
-
         plugin.mixed_precision_policy = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                                        buffer_dtype=torch.float32)
 
@@ -134,14 +131,6 @@ def set_wrap_classes(acc, block_cls: type) -> None:
 
 def apply_activation_checkpointing(model: torch.nn.Module, block_cls: type) -> int:
     """Wrap every `block_cls` module in a non-reentrant checkpoint wrapper; returns how many."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointImpl,
-        checkpoint_wrapper,
-    )
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        apply_activation_checkpointing as apply_ac,
-    )
-
     n = sum(isinstance(m, block_cls) for m in model.modules())
     apply_ac(model, checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
              check_fn=lambda m: isinstance(m, block_cls))

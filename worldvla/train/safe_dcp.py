@@ -13,6 +13,7 @@ import io
 import pickle
 
 import torch
+import torch.distributed.checkpoint.metadata as md
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -32,8 +33,6 @@ _ALLOWED = {
 class MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if module == _METADATA_MODULE:
-            import torch.distributed.checkpoint.metadata as md
-
             obj = getattr(md, name, None)
             if isinstance(obj, type):
                 return obj

@@ -30,6 +30,7 @@ import torch
 
 from worldvla.errors import InputFileError
 from worldvla.recipe import sha256_file
+# deepspeed (the deepspeed extra) is imported where a DeepSpeed checkpoint is read.
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from worldvla.config import parse_cli
 from worldvla.data.concat import ConcatConfig, concatenate
@@ -53,8 +54,6 @@ def _frame(colour: np.ndarray, resolution: int, f: int) -> np.ndarray:
 
 def write_trajectories(base: Path, n_tasks: int, n_traj: int, n_frames: int, resolution: int, seed: int = 0,
                        wrist: bool = False, with_state: bool = False) -> None:
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     img_dirs = ["imgs_third_view", "imgs_wrist"] if wrist else ["imgs"]  # as conversations.image_dirs reads them
     for t, task in enumerate(TASKS[:n_tasks]):

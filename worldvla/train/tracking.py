@@ -15,8 +15,12 @@ import math
 import os
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from worldvla.atomic import atomic_write
 from worldvla.config import to_dict
+# wandb (the wandb extra) and matplotlib (slow, only for the loss plot) are imported where used.
 
 log = logging.getLogger("worldvla.train")
 
@@ -30,8 +34,6 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800
 
 def guess_peak_tflops() -> float:
     """bf16 peak of the current GPU from its name; 0 (unknown: no MFU) on CPU or unlisted devices."""
-    import torch
-
     if not torch.cuda.is_available():
         return 0.0
     name = torch.cuda.get_device_name()
@@ -62,8 +64,6 @@ class RunLogger:
         if lg.wandb and lg.wandb_mode != "disabled":
             self.wandb = self._init_wandb(cfg)
         if lg.progress_bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=resume_step, desc="train", unit="step", dynamic_ncols=True)
 
     def _truncate(self, resume_step: int) -> None:

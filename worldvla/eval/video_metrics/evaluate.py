@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 
@@ -187,8 +188,6 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         cap.release()
     else:
-        import imageio.v2 as imageio
-
         with imageio.get_reader(path) as reader:
             frames = [np.asarray(f)[..., :3] for f in reader]
     if not frames:

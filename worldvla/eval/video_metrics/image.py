@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 PSNR_EPSILON = 1e-8
 VALUE_RANGE = 1.0
@@ -64,8 +65,6 @@ def resize_area(frames: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
 
         out = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in flat])
     except ImportError:
-        from PIL import Image
-
         warnings.warn("OpenCV is not installed: resizing with PIL BOX instead of cv2.INTER_AREA "
                       "(may differ by one grey level from the official preprocessing)", stacklevel=2)
         out = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BOX)) for f in flat])

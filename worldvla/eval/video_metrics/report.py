@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+# matplotlib (slow to import, only for the plots) is imported where a plot is drawn.
 
 # (key, column title, scale, plot label)
 COLUMNS = (

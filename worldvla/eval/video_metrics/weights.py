@@ -13,6 +13,8 @@ import os
 import warnings
 from pathlib import Path
 
+import torch.hub
+
 DEFAULT_METRICS_DIR = Path("ckpts/metrics")  # relative to the working directory; see ckpts/README.md
 METRICS_DIR_ENV = "WORLDVLA_METRICS_DIR"
 
@@ -71,8 +73,6 @@ def _lpips_package_file(name: str) -> Path | None:
 
 
 def _torch_hub_file(name: str) -> Path | None:
-    import torch.hub
-
     candidate = Path(torch.hub.get_dir()) / "checkpoints" / name
     return candidate if candidate.is_file() else None
 

@@ -21,6 +21,7 @@ import time
 from collections import deque
 
 import numpy as np
+from PIL import Image
 
 from worldvla.policy import wire
 
@@ -47,8 +48,6 @@ def _decode_image(d: dict) -> np.ndarray:
         return wire._object_hook({wire.ND_TAG: True, "dtype": d.get("dtype"), "shape": shape, "data": data})
     if fmt not in ("png", "jpeg"):
         raise VlaEvalError(f"__image__ format {fmt!r} not supported (png, jpeg, raw)")
-    from PIL import Image
-
     try:
         im = Image.open(io.BytesIO(data))
         if im.width * im.height > MAX_IMAGE_PIXELS:
