@@ -1,7 +1,6 @@
 """worldvla/testing/fit_vqgan.py: a short fit of the tiny random VQ-GAN on a few frames must clearly
 lower its encode -> decode error, and the rewritten vqgan.ckpt must load through the real tokenizer."""
 
-import time
 
 import numpy as np
 import torch
@@ -50,10 +49,11 @@ def test_fit_lowers_reconstruction_error_and_ckpt_loads(tmp_path):
     keys_before = set(torch.load(assets.vqgan_ckpt, weights_only=True)["state_dict"])
     random_mse = _tokenizer_mse(tok_dir, frames)
 
-    t0 = time.time()
     stats = fit_vqgan_files(FitVQGANConfig(tokenizer=str(tok_dir), frames=str(tmp_path / "frames"), seconds=12,
                                            max_steps=60, batch_size=8, lr=1e-3))
-    assert time.time() - t0 < 20
+    # it stops at the step cap or the wall-clock budget, whichever comes first (no wall-clock assertion:
+    # the machine may be loaded)
+    assert stats["steps"] == 60 or stats["seconds"] >= 12, stats
     assert stats["steps"] > 0 and stats["frames"] == len(frames)
 
     blob = torch.load(assets.vqgan_ckpt, weights_only=True)  # same official layout, loss.* kept
