@@ -108,6 +108,7 @@ def test_deepspeed_config_never_runs_plain_training(monkeypatch):
     import accelerate
     import torch
 
+    from worldvla.train import distributed
     from worldvla.train.config import TrainConfig
     from worldvla.train.distributed import LaunchError, make_accelerator
 
@@ -115,6 +116,7 @@ def test_deepspeed_config_never_runs_plain_training(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(accelerate, "Accelerator", _FakeAccelerator)
+    monkeypatch.setattr(distributed, "Accelerator", _FakeAccelerator)  # imported by name at the module's top
     with pytest.raises(LaunchError, match="selects DeepSpeed but accelerate set up DistributedType.MULTI_CPU"):
         make_accelerator(TrainConfig())
     assert _FakeAccelerator.seen["cpu"] is False  # cpu=True would make accelerate drop the DeepSpeed plugin
