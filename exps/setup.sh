@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up the Python environment: reuse an active virtualenv/conda env, else create .venv/ in the
-# repo root. Idempotent: reinstalls only when pyproject.toml changed. Source it or run it.
+# repo root. Installs under constraints.txt (the versions the tests last passed with; refreshed by
+# exps/refresh_constraints.sh). Idempotent: reinstalls only when pyproject.toml or constraints.txt
+# changed. Source it or run it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRAS="${WORLDVLA_EXTRAS:-libero,serve,lerobot,deepspeed,dev}"
@@ -14,7 +16,8 @@ if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" ]]; then
 fi
 PY="$(command -v python)"
 STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.worldvla-install-stamp"
-WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)-$EXTRAS"
+CONSTRAINTS="${WORLDVLA_CONSTRAINTS-$ROOT/constraints.txt}"  # empty: no constraints (refresh_constraints.sh)
+WANT="$(cat "$ROOT/pyproject.toml" ${CONSTRAINTS:+"$CONSTRAINTS"} | sha256sum | cut -d' ' -f1)-$EXTRAS"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import worldvla" 2>/dev/null; then
   echo "[setup] environment up to date ($("$PY" -c 'import sys; print(sys.prefix)'))"
 else
@@ -29,7 +32,7 @@ else
   # cannot match against an index) so no extra's dependency swaps it for another build.
   PIN="$(mktemp)"
   "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$PIN"
-  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" -c "$PIN"
+  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" -c "$PIN" ${CONSTRAINTS:+-c "$CONSTRAINTS"}
   rm -f "$PIN"
   echo "$WANT" > "$STAMP"
 fi
