@@ -1,7 +1,7 @@
 """Evaluate a folder of official-format world-model MP4s and write the report.
 
     python -m worldvla.eval.video_metrics ROLLOUT_DIR suite=libero_goal_val_ind out_dir=OUT \
-        [metrics_dir=ckpts/metrics] [i3d=PATH] [lpips_lin=PATH] [vgg16=PATH] \
+        [metrics_dir=ckpts/metrics] [i3d=PATH] [i3d_sha256=HEX] [lpips_lin=PATH] [vgg16=PATH] \
         [kinds=[gt_recons,inf]] [fvd_horizons=[10,20,30]] [min_frames=10] [device=cpu]
     (or: worldvla metrics ...; `--out-dir OUT` is the same as `out_dir=OUT`)
 
@@ -29,6 +29,9 @@ class VideoMetricsConfig:
     metrics_dir: str | None = field(default=None, metadata={
         "help": "folder with vgg.pth, vgg16-397923af.pth, i3d_torchscript.pt"})
     i3d: str | None = None
+    i3d_sha256: str | None = field(default=None, metadata={
+        "help": "load an I3D file with exactly this sha256 instead of the published one (TorchScript runs code: "
+                "only for a file you checked)"})
     lpips_lin: str | None = None
     vgg16: str | None = None
     kinds: list[str] = field(default_factory=lambda: ["gt_recons", "inf"])
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no paired '--success=gt--' videos found in {cfg.folder}", file=sys.stderr)
         return 1
     lpips = load_lpips(cfg.lpips_lin, cfg.vgg16, cfg.metrics_dir, cfg.device) if "lpips" in cfg.metrics else None
-    i3d = load_i3d(cfg.i3d, cfg.metrics_dir, cfg.device) if "fvd" in cfg.metrics else None
+    i3d = load_i3d(cfg.i3d, cfg.metrics_dir, cfg.device, cfg.i3d_sha256) if "fvd" in cfg.metrics else None
     results = evaluate_sets(LazyVideos(gts), {k: LazyVideos(v) for k, v in gens.items()}, metrics=cfg.metrics,
                             lpips=lpips, i3d=i3d, size=cfg.size, min_frames=cfg.min_frames,
                             fvd_horizons=cfg.fvd_horizons, device=cfg.device, clip_names=names)
