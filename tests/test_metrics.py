@@ -315,7 +315,7 @@ class MarkerOnLoad(torch.nn.Module):
         self.buf = torch.from_file(self.marker, True, 1, dtype=torch.uint8)  # shared=True creates the file
 
 
-def test_torchscript_payload_is_refused_before_it_runs(tmp_path, monkeypatch):
+def test_torchscript_payload_is_refused_before_it_runs(tmp_path, capsys):
     from worldvla.eval.video_metrics.__main__ import main
     from worldvla.eval.video_metrics.fvd import UntrustedTorchScriptError
 
@@ -335,9 +335,10 @@ def test_torchscript_payload_is_refused_before_it_runs(tmp_path, monkeypatch):
     videos.mkdir()
     (videos / "a--episode=1--success=gt--.mp4").write_bytes(b"")
     (videos / "a--episode=1--success=inf--.mp4").write_bytes(b"")
-    with pytest.raises(UntrustedTorchScriptError):  # the CLI, FVD only
+    with pytest.raises(SystemExit) as exit_:  # the CLI, FVD only: one line, no traceback
         main([str(videos), "suite=s", f"out_dir={tmp_path / 'out'}", f"metrics_dir={path.parent}",
               "metrics=[fvd]", "kinds=[inf]"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"error: {msg}\n"
     assert not marker.exists()
     M.load_i3d(path, trusted_sha256=digest)  # the explicit opt-in loads it, and so runs its code:
     assert marker.exists()  # the payload is live, the refusal above is what kept it from running

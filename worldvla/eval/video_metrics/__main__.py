@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from worldvla.config import ConfigError, parse_cli
+from worldvla.errors import exit_on_input_errors
 
 from .evaluate import METRICS, MIN_FRAMES, LazyVideos, evaluate_sets, find_official_videos
 from .fvd import load_i3d
@@ -50,7 +51,7 @@ class VideoMetricsConfig:
             raise ConfigError(f"metrics: unknown {unknown}; choose from {list(METRICS)}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(VideoMetricsConfig, argv, description=__doc__, positional="folder")
     try:
         cfg.validate()
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_metrics_report(results, cfg.out_dir, cfg.suite)
     print(paths["markdown"].read_text())
     return 0
+
+
+main = exit_on_input_errors(_main)  # an unsafe or bad weight file: one line, exit status 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from worldvla.errors import InputFileError
+
 from . import weights as W
 
 FVD_EPS = 1e-6
@@ -91,7 +93,7 @@ class I3D:
         return {"path": self.path, "sha256": self.sha256}
 
 
-class UntrustedTorchScriptError(ValueError):
+class UntrustedTorchScriptError(InputFileError):
     """A TorchScript file whose sha256 is not the trusted one: loading it would run its code."""
 
 
@@ -116,6 +118,6 @@ def _trusted_digest(file, trusted: str) -> str:
     digest = W.sha256_file(file)
     if digest != trusted.lower():
         raise UntrustedTorchScriptError(
-            f"{file}: sha256 {digest} is not the trusted I3D sha256 {trusted.lower()}; refusing to load it "
+            file, f"sha256 {digest} is not the trusted I3D sha256 {trusted.lower()}; refusing to load it "
             "(TorchScript runs code from the file); trust it only if you checked it: i3d_sha256=<its sha256>")
     return digest
