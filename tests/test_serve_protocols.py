@@ -322,6 +322,8 @@ def test_idle_connections_are_closed_and_free_their_slot():
             for _ in range(3):
                 assert remote.ping() >= 0
                 time.sleep(0.1)
+            assert wait_until(lambda: not server._sessions)  # then idle: closed by the server
+            assert remote.ping() >= 0  # and the worldvla client reconnects on its next call
     finally:
         server.stop()
 
