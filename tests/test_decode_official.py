@@ -275,3 +275,76 @@ def test_grammar_check_static_step_equals_eager_and_a_full_forward(mode):
         bins = free[[n + 9 * i + t for i in range(K) for t in range(7)]]
         ref.append(bool(free[n - 1] != S) or bool(((bins < G.FIRST_BIN_ID) | (bins > G.LAST_BIN_ID)).any()))
     assert eager == static == ref
+
+
+# -- one unparsable generation in a batch (issue #23, point 1) -------------------------------------
+def unpairable_script():
+    """Two 10004 before any 15004: the official attention-mask code cannot pair them and raises."""
+    return [S, 10010, 10011, S, 10012] + block(*range(10020, 10027)) + [EOT]
+
+
+def test_unpairable_generation_stops_only_its_row():
+    prompts = [prompt(14, 11), prompt(14, 12)]
+    good, want = grammar_script(13, 2)
+    model = ScriptedModel([good, unpairable_script()], [len(p) for p in prompts])
+    failures = []
+    out = G.generate_greedy(model, prompts, failures=failures)
+    assert failures[0] is None and "not pairable" in failures[1]
+    np.testing.assert_array_equal(np.asarray(G.parse_official(out[0], "worldvla").blocks), want)
+    assert out[1] == [S, 10010, 10011, S]  # stopped at the token the official mask code raises on
+    with pytest.raises(G.SpanError):  # without a failures list: the old behaviour, an exception
+        G.generate_greedy(model, prompts)
+
+
+def two_query_policy(parts):
+    """A policy whose batch of two identical prompts gets one good and one unparsable generation."""
+    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
+
+    text, images = parts
+    frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    pol = WorldVLAPolicy(None, text, images, PolicySettings(chunk_size=5, family="worldvla"), decode="official")
+    n = len(pol.prompt_ids("pick it up", [frame]))
+    good, _ = grammar_script(14, 5)
+    pol.model = ScriptedModel([good, unpairable_script()], [n, n])
+    return pol, frame
+
+
+def test_policy_batch_with_an_unparsable_generation_fails_that_query_only(policy_parts):
+    pol, frame = two_query_policy(policy_parts)
+    actions = pol.predict_batch(["pick it up"] * 2, [[frame], [frame]])
+    assert actions[0].shape == (5, 7) and actions[1].shape == (0, 7)
+    assert pol.last_decode_info[0]["failure"] is None
+    assert "not pairable" in pol.last_decode_info[1]["failure"]
+
+
+class Inbox(list):
+    put = list.append
+
+
+def test_pool_batch_with_an_unparsable_generation_fails_that_episode_only(policy_parts, tmp_path):
+    from worldvla.eval.config import EvalConfig
+    from worldvla.eval.fake_env import FakeEnv
+    from worldvla.eval.pool import WorkerPool
+    from worldvla.eval.protocol import EpisodeKey
+    from worldvla.eval.rollout import Query, RolloutOptions, run_episode
+    from worldvla.policy.interface import ActionChunk, decode_infos
+
+    pol, frame = two_query_policy(policy_parts)
+
+    def predict(queries):  # what the evaluation's main process does (Evaluation.predict)
+        chunks = pol.predict_batch([q.instruction for q in queries], [q.images for q in queries])
+        return [ActionChunk(c, d.get("failure")) for c, d in zip(chunks, decode_infos(pol, len(chunks)))]
+
+    pool = WorkerPool(EvalConfig(policy="x"), {}, tmp_path, predict, lambda rec: None, 2)
+    pool.inboxes = [Inbox(), Inbox()]
+    pool.pending = {w: Query("pick it up", [frame], None, None) for w in (0, 1)}
+    pool._answer()
+    (kind0, good), = pool.inboxes[0]
+    (kind1, bad), = pool.inboxes[1]
+    assert kind0 == kind1 == "chunk"  # no "error" for either worker: the batch is not failed as a whole
+    assert good.failure is None and len(good.actions) == 5
+    assert len(bad.actions) == 0 and "not pairable" in bad.failure
+    # the rollout records that episode as a failure with its reason, as the official loop does
+    rec = run_episode(FakeEnv("libero_goal", 0), EpisodeKey("libero_goal", 0, 0), RolloutOptions(max_steps=20),
+                      lambda q: bad)
+    assert rec["status"] == "failure" and rec["error"] is None and "not pairable" in rec["failure_reason"]

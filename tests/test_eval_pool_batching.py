@@ -57,3 +57,24 @@ def test_max_batch_does_not_change_results(tmp_path):
                for n in ("ref", "pool")}
     assert records["pool"] == records["ref"] and got["suites"] == ref["suites"]
     assert EvalConfig(policy="x", max_batch=0).max_batch == 0
+
+
+def test_a_failing_query_errors_its_own_episode_only():
+    calls = []
+
+    def predict(queries):  # a policy that raises whenever the batch holds query 7
+        calls.append(list(queries))
+        if 7 in queries:
+            raise RuntimeError("cannot decode query 7")
+        return [np.full((5, 7), q) for q in queries]
+
+    pool = WorkerPool(EvalConfig(policy="x"), {}, ".", predict, lambda rec: None, 8)
+    pool.inboxes = [Inbox() for _ in range(8)]
+    for wid in (3, 7, 5):
+        pool.pending[wid] = wid
+    pool._answer()
+    assert calls == [[3, 7, 5], [3], [7], [5]]  # the batch, then each query alone
+    assert pool.inboxes[7] == [("error", "policy error: RuntimeError: cannot decode query 7")]
+    for wid in (3, 5):
+        (kind, chunk), = pool.inboxes[wid]
+        assert kind == "chunk" and (chunk == wid).all()

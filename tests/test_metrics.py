@@ -40,7 +40,7 @@ def i3d_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def i3d(i3d_path):
-    return M.load_i3d(i3d_path, expected_sha256=None)
+    return M.load_i3d(i3d_path, trusted_sha256=W.sha256_file(i3d_path))  # the opt-in: this exact file
 
 
 def random_clips(rng, n, t, side=64, noise=0):
@@ -280,16 +280,68 @@ def test_i3d_torchscript_loading_and_fvd_of_set_with_itself(i3d, i3d_path, rng):
 
 
 def test_i3d_checksum_and_missing_file(i3d_path, tmp_path, monkeypatch):
+    from worldvla.eval.video_metrics.fvd import UntrustedTorchScriptError
+
     monkeypatch.delenv(W.METRICS_DIR_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # default folder: ./ckpts/metrics
-    with pytest.warns(UserWarning, match="sha256"):
-        M.load_i3d(i3d_path)  # default: the published file's checksum -> mismatch warns
-    with pytest.raises(ValueError, match="sha256"):
-        M.load_i3d(i3d_path, strict=True)
+    with pytest.raises(UntrustedTorchScriptError, match=f"not the trusted I3D sha256 {W.I3D_SHA256}"):
+        M.load_i3d(i3d_path)  # default: only the published file's checksum is trusted
+    with pytest.raises(UntrustedTorchScriptError):  # a digest prefix is not a pin
+        M.load_i3d(i3d_path, trusted_sha256=W.sha256_file(i3d_path)[:8])
     with pytest.raises(FileNotFoundError, match=r"ckpts/metrics/i3d_torchscript\.pt"):
         M.load_i3d()
     with pytest.raises(FileNotFoundError, match="dropbox"):
         M.load_i3d(tmp_path / "i3d.pt")
+
+
+class MarkerOnLoad(torch.nn.Module):
+    """A TorchScript module whose __setstate__ (run by torch.jit.load) creates the file `marker`."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+        self.buf = torch.zeros(1, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker, self.training = state[0], state[1]
+        self.buf = torch.from_file(self.marker, True, 1, dtype=torch.uint8)  # shared=True creates the file
+
+
+def test_torchscript_payload_is_refused_before_it_runs(tmp_path, capsys):
+    from worldvla.eval.video_metrics.__main__ import main
+    from worldvla.eval.video_metrics.fvd import UntrustedTorchScriptError
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "metrics" / W.I3D_FILE
+    path.parent.mkdir()
+    torch.jit.save(torch.jit.script(MarkerOnLoad(str(marker))), str(path))
+    assert not marker.exists()
+    digest = W.sha256_file(path)
+    with pytest.raises(UntrustedTorchScriptError) as err:
+        M.load_i3d(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and digest in msg and W.I3D_SHA256 in msg and "\n" not in msg
+    with pytest.raises(UntrustedTorchScriptError):
+        M.load_i3d(metrics_dir=path.parent)  # the default location: same check
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a--episode=1--success=gt--.mp4").write_bytes(b"")
+    (videos / "a--episode=1--success=inf--.mp4").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:  # the CLI, FVD only: one line, no traceback
+        main([str(videos), "suite=s", f"out_dir={tmp_path / 'out'}", f"metrics_dir={path.parent}",
+              "metrics=[fvd]", "kinds=[inf]"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"error: {msg}\n"
+    assert not marker.exists()
+    M.load_i3d(path, trusted_sha256=digest)  # the explicit opt-in loads it, and so runs its code:
+    assert marker.exists()  # the payload is live, the refusal above is what kept it from running
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -262,6 +262,37 @@ def test_damaged_checkpoint_names_the_file_and_resume_falls_back(tmp_path, damag
     assert mgr.load(first, model, opt)["step"] == 1
 
 
+@pytest.mark.parametrize("damage", ["damaged", "payload"])
+def test_resume_auto_with_no_usable_checkpoint_stops_in_one_line(tmp_path, damage, caplog):
+    """Issue 23, point 5: checkpoints present but none usable -> an error, never a silent fresh start."""
+    from types import SimpleNamespace
+
+    from worldvla.train.checkpoint import CheckpointError
+    from worldvla.train.loop import _resume
+
+    mgr, model, opt = _manager(tmp_path)
+    _train_and_save(mgr, model, opt)
+    marker = tmp_path / "PWNED"
+    for ckpt in mgr.checkpoints():
+        if damage == "damaged":
+            state = ckpt / "trainer_state.json"
+            state.write_text(state.read_text()[:10])
+        else:  # DCP's metadata pickle asks for a global that would run code
+            (ckpt / "train_state" / "dcp" / ".metadata").write_bytes(__import__("pickle").dumps(Payload(marker)))
+    cfg = SimpleNamespace(train=SimpleNamespace(resume="auto", seed=0))
+    acc = SimpleNamespace(process_index=0, is_main_process=True)
+    with caplog.at_level(logging.WARNING, logger="worldvla.train"), pytest.raises(CheckpointError) as err:
+        _resume(cfg, mgr, model, opt, None, acc)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(mgr.root))
+    assert "step_00000001, step_00000002" in msg and "none is usable" in msg
+    assert "train.output_dir" in msg and "train.resume=none" in msg
+    assert "no older checkpoint" in caplog.text  # the log no longer claims a fallback that does not exist
+    assert not marker.exists()
+    empty = type(mgr)(tmp_path / "fresh", mgr.acc)  # no checkpoint at all: a fresh start, as before
+    assert empty.latest_intact() is None
+
+
 # -- 4: bundled tokenizer files -------------------------------------------------------------------------
 def _export(tmp_path, tiny_assets):
     """A checkpoint written by the trainer's own export (train/modeling.py)."""

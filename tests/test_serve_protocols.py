@@ -254,3 +254,99 @@ def test_openpi_and_vla_eval_survive_garbage(rng):
             assert http_get(url, "/health")[0] == 200  # still serving
         finally:
             server.stop()
+
+
+# -- issue 23, point 6: clients that left, idle clients, huge requests -------------------------------
+def wait_until(cond, timeout=10.0):
+    """Poll `cond` (bounded in time) and return its last value."""
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+class BlockingPolicy(HashPolicy):
+    """Its first call waits for `release` (at most 30 s), so a client can leave while its work is queued."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.batches: list[list[str]] = []
+
+    def predict_batch(self, instructions, *a, **k):
+        self.entered.set()
+        self.release.wait(30)
+        self.batches.append(list(instructions))
+        return super().predict_batch(instructions, *a, **k)
+
+
+def test_a_disconnect_cancels_the_clients_queued_work(rng):
+    policy = BlockingPolicy(chunk_size=4, resolution=64)
+    server, url = started(policy, max_batch=1, max_episodes_per_request=8)
+    try:
+        ws = _open(connect, url)
+        wire.unpack(ws.recv(timeout=10))
+        texts = [f"leaver {i}" for i in range(4)]  # 4 slices of 1: one runs, three wait in the queue
+        ws.send(wire.pack({"type": "predict_batch", "id": 1, "instructions": texts,
+                           "images": [frames(rng) for _ in texts]}))
+        assert policy.entered.wait(10)
+        assert wait_until(lambda: server.pending_episodes() == 3)
+        ws.close()  # the client leaves while its request is being answered
+        assert wait_until(lambda: server.pending_episodes() == 0 and not server._sessions)
+        policy.release.set()
+        with RemotePolicy(url) as other:  # queued after the leaver's work, if that were still there
+            other.predict_batch(["stayer"], [frames(rng)])
+        assert policy.batches == [["leaver 0"], ["stayer"]]  # the running call finished; the rest never ran
+    finally:
+        policy.release.set()
+        server.stop()
+
+
+def test_idle_connections_are_closed_and_free_their_slot():
+    from websockets.exceptions import ConnectionClosed
+
+    assert ServeConfig().idle_timeout_s == 300.0  # the default
+    with pytest.raises(ValueError, match="idle_timeout_s"):
+        ServeConfig(idle_timeout_s=0)
+    server, url = started(max_connections=1, idle_timeout_s=1.0)
+    try:
+        ws = _open(connect, url)
+        wire.unpack(ws.recv(timeout=10))
+        with pytest.raises(InvalidStatus):  # the one slot is taken
+            _open(connect, url)
+        with pytest.raises(ConnectionClosed) as err:
+            ws.recv(timeout=10)  # nothing sent: the server closes it after 1 s
+        assert err.value.rcvd.code == 1008 and "idle_timeout_s" in err.value.rcvd.reason
+        assert wait_until(lambda: not server._sessions)
+        with RemotePolicy(url) as remote:  # the slot is free again, and an active client is not cut off
+            for _ in range(3):
+                assert remote.ping() >= 0
+                time.sleep(0.1)
+            assert wait_until(lambda: not server._sessions)  # then idle: closed by the server
+            assert remote.ping() >= 0  # and the worldvla client reconnects on its next call
+    finally:
+        server.stop()
+
+
+def test_episode_count_is_refused_before_the_frames_are_decoded(monkeypatch):
+    from worldvla.serve.protocols import worldvla as proto
+
+    decoded = []
+    real_unpack = proto.wire.unpack
+    monkeypatch.setattr(proto.wire, "unpack", lambda data: decoded.append(len(data)) or real_unpack(data))
+    server, url = started(max_episodes_per_request=4)
+    try:
+        ws = _open(connect, url)
+        real_unpack(ws.recv(timeout=10))
+        tiny = np.zeros((2, 2, 3), np.uint8)  # never looked at: the count is read from the headers
+        msg = {"type": "predict_batch", "images": [[tiny]] * 10_000, "instructions": ["x"] * 10_000, "id": 9}
+        ws.send(wire.pack(msg))
+        reply = real_unpack(ws.recv(timeout=10))
+        assert reply["type"] == "error" and reply["id"] == 9
+        assert "10000 episodes" in reply["message"] and "max_episodes_per_request" in reply["message"]
+        assert decoded == []  # the request was never msgpack-decoded
+        ws.close()
+    finally:
+        server.stop()
+    assert wire.peek_request(wire.pack(msg)) == (9, 10_000)
+    assert wire.peek_request(b"\xc1 not msgpack") == (None, None) and wire.peek_request("text") == (None, None)

@@ -312,8 +312,25 @@ def test_log_truncation_on_resume_and_plot(tmp_path):
         f.write('{"step": 7, "lo')  # a line cut by a kill
     RunLogger(tmp_path, cfg, True, 10, resume_step=4).close(plot=False)  # the checkpoint holds update 4
     assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == [1, 2, 3, 4]
+    lines = (tmp_path / LOG_FILE).read_text().splitlines()  # append-only: the lines past 4 are kept
+    assert [json.loads(x).get("step") for x in lines[:6]] == [1, 2, 3, 4, 5, 6]
+    assert lines[6:] == ['{"step": 7, "lo', '{"resumed_at_step": 4}']
     png = plot_losses(tmp_path / LOG_FILE, tmp_path / "curve.png")
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_fresh_start_appends_to_an_existing_log(tmp_path):
+    from worldvla.train.tracking import LOG_FILE, RunLogger, read_log
+
+    cfg = load_config(TrainConfig, CONFIGS / "tiny.yaml", ["logging.progress_bar=false", "logging.wandb=false"])
+    old = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
+    (tmp_path / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in old))  # a run that never saved
+    lg = RunLogger(tmp_path, cfg, True, 10, resume_step=0)
+    lg.log({"step": 1, "loss": 5.0})
+    lg.close(plot=False)
+    lines = [json.loads(x) for x in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert lines == old + [{"resumed_at_step": 0}, {"step": 1, "loss": 5.0}]  # the history is not replaced
+    assert read_log(tmp_path / LOG_FILE) == [{"step": 1, "loss": 5.0}]  # and the curve is the new run's
 
 
 def test_missing_wandb_is_announced(tmp_path, monkeypatch, caplog):

@@ -188,6 +188,26 @@ def test_bad_key_through_the_script(tiny_data, tmp_path):
     assert res.returncode == 2 and "unknown key(s) ['learning_rate']" in res.stderr
 
 
+def test_resume_auto_with_no_usable_checkpoint_exits_2_and_keeps_the_log(tiny_data, tmp_path, capsys):
+    """Issue 23, point 5: not a silent fresh start that replaces the log and exits 0."""
+    from worldvla.train.loop import main
+
+    out = tmp_path / "run"
+    step = out / "checkpoints" / "step_00000004"
+    (step / "train_state").mkdir(parents=True)
+    (step / "trainer_state.json").write_text('{"step": 4, "ep')  # cut by a crash
+    history = '{"step": 1, "loss": 9.0}\n{"step": 4, "loss": 7.0}\n'
+    (out / "train_log.jsonl").write_text(history)
+    with pytest.raises(SystemExit) as err:
+        main(["--config", str(TINY), *_overrides(tiny_data, out, **{"train.max_steps": 6, "train.resume": "auto"})])
+    assert err.value.code == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1 and "step_00000004" in lines[0] and "none is usable" in lines[0]
+    assert "train.output_dir" in lines[0] and "train.resume=none" in lines[0]
+    assert (out / "train_log.jsonl").read_text() == history  # the history is untouched
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000004"]  # nothing trained or saved
+
+
 def test_missing_shard_is_named(tiny_data, tmp_path):
     from worldvla.train.data import DataError
     from worldvla.train.loop import train

@@ -4,7 +4,8 @@ Messages from workers arrive on one queue as (kind, worker id, payload): "next" 
 episodes), "start" / "done" (an episode began / its record), "query" (a `Query` waiting for actions),
 "exit". After draining the queue, the pending queries are answered once every live worker waits or
 `batch_timeout_s` has passed since the first one: one `predict` call for up to `max_batch` of them (0 =
-all), in arrival order, so N waiting workers cost one batched prefill and decode, not N. A worker that dies is
+all), in arrival order, so N waiting workers cost one batched prefill and decode, not N. A call that raises
+is repeated per query, so only the episodes whose own query fails get an error. A worker that dies is
 replaced; its running episode is recorded as an error and the rest of its block is handed out again.
 """
 
@@ -121,8 +122,14 @@ class WorkerPool:
             chunks = self.predict([self.pending[w] for w in wids])
             replies = [("chunk", c) for c in chunks]
         except Exception as err:  # noqa: BLE001 - fail these episodes, keep the run going
-            log.error("policy failed on a batch of %d queries:\n%s", len(wids), traceback.format_exc())
-            replies = [("error", f"policy error: {type(err).__name__}: {err}")] * len(wids)
+            if len(wids) > 1:  # ask each query alone: one bad query must not fail the others' episodes
+                log.warning("policy failed on a batch of %d queries (%s: %s); answering them one by one",
+                            len(wids), type(err).__name__, err)
+                for w in wids:
+                    self._answer_batch([w])
+                return
+            log.error("policy failed on a query:\n%s", traceback.format_exc())
+            replies = [("error", f"policy error: {type(err).__name__}: {err}")]
         for w, reply in zip(wids, replies):
             self.inboxes[w].put(reply)
 

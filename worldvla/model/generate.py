@@ -43,6 +43,7 @@ from worldvla import vocab as V
 from worldvla.model.masks import ActionLayout, RowMasker, to_additive
 from worldvla.model.static_step import GRAMMAR_FLAG, batch_bucket, greedy_ids, static_decoder
 from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
+from worldvla.spans import SpanError
 # torch._dynamo (torch's compiler stack, ~2 s to import) is imported only when a model is compiled.
 
 ACTION_DIM = 7  # tokens between the block's start and end
@@ -353,12 +354,16 @@ def parse_official(ids: list[int], family: str) -> ParsedActions:
 @torch.no_grad()
 def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
                     eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, compile_step: bool = False, stats: DecodeStats | None = None,
-                    static: bool | None = None) -> list[list[int]]:
+                    static: bool | None = None, failures: list | None = None) -> list[list[int]]:
     """Unconstrained greedy generation until `eos_id` (kept) or `max_new_tokens`, as the official eval.
 
     Every step's mask row is the official rule's last row for all ids so far; the block layout behind it
     is re-derived only when an image/action start or end token was emitted (`ActionLayout.from_ids`).
     The stop test reads each step's ids on the host (one sync per step, also with the static step).
+
+    A row whose start/end tokens cannot be paired (the official mask code raises inside generation)
+    stops there: with a `failures` list, its reason is appended for that row only (None for the other
+    rows) and the rest of the batch goes on; without one, the `SpanError` is raised as before.
     """
     static = _static(compile_step, static)
     stats = stats if stats is not None else DecodeStats()
@@ -369,6 +374,7 @@ def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens
     total = cache_length(model, int(lengths.max()) + max_new_tokens, static)
     seqs = [list(p) for p in prompts]
     done = [False] * n_prompts + [True] * (B - n_prompts)  # padding rows never count
+    failed: list[str | None] = [None] * B
     with decode_session(model, B, total, compile_step, static) as step:
         t0 = clock(device, stats.now)
         masker = RowMasker(planned_layouts(prompts, [], total), total, action_mask, device)
@@ -384,15 +390,40 @@ def generate_greedy(model: Transformer, prompts: list[list[int]], max_new_tokens
                 break
             pos = (lengths + i)[:, None]  # (B, 1)
             if i == 0 or any(t in STRUCTURAL_IDS for t in new):  # layout changed
-                masker = RowMasker([ActionLayout.from_ids(s, open_until=total) for s in seqs], total,
-                                   action_mask, device)
+                layouts = _row_layouts(seqs, masker.layouts, total, failed, raise_first=failures is None)
+                for b, why in enumerate(failed):
+                    done[b] = done[b] or why is not None
+                if all(done):
+                    break
+                masker = RowMasker(layouts, total, action_mask, device)
             mask = to_additive(masker(pos), model.dtype)  # (B, 1, 1, S)
             nxt = step(nxt[:, None], pos, mask, None)[:, 0]
             stats.forward_steps += 1
             stats.tokens_fed += B
         stats.prefill_s += t1 - t0
         stats.decode_s += clock(device, stats.now) - t1
+    if failures is not None:
+        failures.extend(failed[:n_prompts])
     return [s[len(p):] for s, p in zip(seqs[:n_prompts], prompts)]
+
+
+def _row_layouts(seqs: list[list[int]], old: list[ActionLayout], total: int, failed: list[str | None],
+                 raise_first: bool) -> list[ActionLayout]:
+    """Each row's layout from its ids. A row the pairing rule rejects gets its reason in `failed` and keeps
+    its old layout (it is done: its mask no longer matters), so one bad generation ends only its own row."""
+    layouts = []
+    for b, ids in enumerate(seqs):
+        if failed[b] is None:
+            try:
+                layouts.append(ActionLayout.from_ids(ids, open_until=total))
+                continue
+            except SpanError as err:
+                if raise_first:
+                    raise
+                failed[b] = (f"generation stopped: {err}; the official attention-mask code raises here and "
+                             "the official loop fails the episode")
+        layouts.append(old[b])
+    return layouts
 
 
 def image_span_plan(h_latent: int, w_latent: int, n_images: int = 1) -> list[int | None]:

@@ -214,10 +214,14 @@ class WorldVLAPolicy:
     def decode_tokens(self, prompts: list[list[int]]) -> list[DecodedChunk]:
         """One `DecodedChunk` per prompt, decoded in `self.decode` mode."""
         if self.decode in ("official", "unconstrained"):
+            failures: list[str | None] | None = [] if self.decode == "official" else None
             outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
-                                     compile_step=self.compile_step, static=self.static)
+                                     compile_step=self.compile_step, static=self.static, failures=failures)
             result = []
             for b, ids in enumerate(outs):
+                if failures and failures[b] is not None:  # unpairable tokens: no action, this episode fails
+                    result.append(DecodedChunk(_bins([]), failures[b]))
+                    continue
                 if self.decode == "official":
                     parsed = G.parse_official(ids, self.settings.family)
                     result.append(DecodedChunk(_bins(parsed.blocks), parsed.failure))

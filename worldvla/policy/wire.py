@@ -82,6 +82,32 @@ def unpack(data) -> dict:
     return msg
 
 
+def peek_request(data) -> tuple[int | str | None, int | None]:
+    """(id, number of instructions) of a msgpack map, read from its headers without building the frames:
+    values are skipped, never decoded, so a huge request can be refused by its count first. (None, None)
+    for anything that is not such a map (the full decode then names the problem)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None, None
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    msg_id = count = None
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()  # keys are short strings in this protocol
+            if key == "instructions":
+                count = unpacker.read_array_header()
+                for _ in range(count):
+                    unpacker.skip()
+            elif key == "id":
+                value = unpacker.unpack()
+                msg_id = value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+            else:
+                unpacker.skip()
+    except Exception:  # noqa: BLE001 - malformed: the full decode reports it
+        return msg_id, count
+    return msg_id, count
+
+
 def _image_list(value, what: str, n: int) -> list[list[np.ndarray]]:
     if not isinstance(value, list) or len(value) != n:
         raise WireError(f"{what} must be a list of {n} lists of images")

@@ -8,13 +8,17 @@ answers 200 for all. Requests from all connections are queued per connection; on
 round robin (one request slice per connection in turn, up to `max_batch` episodes), makes one
 `predict_batch` call in a worker thread (the event loop keeps serving), and answers each request, so
 one large request cannot stall the others. A malformed message gets a one-line error reply; it never
-stops the server. Localhost by default, browser origins refused, a connection cap: there is no
-authentication, bind to another address only on a trusted network.
+stops the server. A client that disconnects has its queued work cancelled (a policy call already
+running finishes, its answer is dropped); a connection that sends nothing for `idle_timeout_s` is
+closed, so idle clients cannot hold every `max_connections` slot. Localhost by default, browser
+origins refused, a connection cap: there is no authentication, bind to another address only on a
+trusted network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -32,6 +36,9 @@ from .protocols import PROTOCOLS, session_class
 
 log = logging.getLogger(__name__)
 
+IDLE_TIMEOUT_S = 300.0  # an evaluation client queries every few seconds; 5 minutes of silence is a client gone
+IDLE_CLOSE_CODE = 1008  # policy violation: the server's idle limit
+
 
 @dataclass
 class ServeConfig:
@@ -48,6 +55,7 @@ class ServeConfig:
     max_batch: int = field(default=64, metadata={"help": "most episodes per policy call"})
     max_episodes_per_request: int = field(default=256, metadata={"help": "larger requests are refused (the worldvla client splits them)"})
     max_connections: int = field(default=32, metadata={"help": "more simultaneous connections are refused (HTTP 503)"})
+    idle_timeout_s: float = field(default=IDLE_TIMEOUT_S, metadata={"help": "close a connection that sends no message for this long (frees its slot)"})
     allowed_origins: list[str] = field(default_factory=list, metadata={"help": "browser Origin values accepted, e.g. [http://localhost:3000]; [] = refuse every browser origin"})
     max_message_mb: float = field(default=256.0, metadata={"help": "largest accepted message"})
     seed: int = field(default=7, metadata={"help": "torch/numpy seed (protocol: 7)"})
@@ -58,6 +66,8 @@ class ServeConfig:
         for name in ("max_batch", "max_episodes_per_request", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not float(self.idle_timeout_s) > 0:
+            raise ValueError(f"idle_timeout_s must be > 0 seconds, got {self.idle_timeout_s!r}")
         if not all(isinstance(o, str) and o for o in self.allowed_origins):
             raise ValueError(f"allowed_origins must be a list of origins like http://localhost:3000, "
                              f"got {self.allowed_origins!r}")
@@ -94,7 +104,7 @@ class PolicyServer:
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
                  max_message_bytes: int = 256 << 20, *, protocol: str = "worldvla", resize: bool = False,
                  max_episodes_per_request: int = 256, max_connections: int = 32,
-                 allowed_origins: tuple[str, ...] | list[str] = ()):
+                 allowed_origins: tuple[str, ...] | list[str] = (), idle_timeout_s: float = IDLE_TIMEOUT_S):
         self.policy = policy
         self.info = policy_info(policy)
         self.host, self.port = host, port
@@ -106,6 +116,7 @@ class PolicyServer:
         self.max_episodes_per_request = max_episodes_per_request
         self.max_connections = max_connections
         self.allowed_origins = tuple(allowed_origins)
+        self.idle_timeout_s = float(idle_timeout_s)
         self.calls = 0
         self._queues: dict[int, deque[_Work]] = {}  # per connection, FIFO
         self._turns: deque[int] = deque()  # connections with queued work, in round-robin order
@@ -120,7 +131,8 @@ class PolicyServer:
     def from_config(cls, policy, cfg: ServeConfig) -> PolicyServer:
         return cls(policy, cfg.host, cfg.port, cfg.max_batch, int(cfg.max_message_mb * (1 << 20)),
                    protocol=cfg.protocol, resize=cfg.resize, max_episodes_per_request=cfg.max_episodes_per_request,
-                   max_connections=cfg.max_connections, allowed_origins=cfg.allowed_origins)
+                   max_connections=cfg.max_connections, allowed_origins=cfg.allowed_origins,
+                   idle_timeout_s=cfg.idle_timeout_s)
 
     def limits(self) -> dict:
         """What every protocol's greeting tells the client about this server."""
@@ -145,8 +157,12 @@ class PolicyServer:
             greeting = session.greeting()
             if greeting is not None:
                 await ws.send(greeting)
-            async for data in ws:
-                for reply in await session.reply(data):
+            while (data := await self._next_message(ws, conn_id)) is not None:
+                replies = await self._reply_unless_gone(ws, session, data)
+                if replies is None:
+                    log.info("client %d left during a request: its queued work is cancelled", conn_id)
+                    break
+                for reply in replies:
                     await ws.send(reply)
         except Exception as err:  # noqa: BLE001 - a broken connection ends only itself
             log.info("connection %d closed: %s", conn_id, type(err).__name__)
@@ -157,6 +173,37 @@ class PolicyServer:
             if conn_id in self._turns:
                 self._turns.remove(conn_id)
         log.info("client %d disconnected: %s", conn_id, peer)
+
+    async def _next_message(self, ws, conn_id: int):
+        """The next message, or None once the client closed or stayed silent for `idle_timeout_s` (then the
+        connection is closed: an idle client must not keep a `max_connections` slot)."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            return await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("client %d idle for %g s: closing it (idle_timeout_s)", conn_id, self.idle_timeout_s)
+            await ws.close(IDLE_CLOSE_CODE, f"idle for {self.idle_timeout_s:g} s (idle_timeout_s)")
+            return None
+        except ConnectionClosed:
+            return None
+
+    @staticmethod
+    async def _reply_unless_gone(ws, session, data) -> list | None:
+        """The session's replies to `data`, or None if the client disconnected first: the request is then
+        cancelled, which cancels its queued slices (the batcher skips cancelled work)."""
+        task = asyncio.ensure_future(session.reply(data))
+        gone = asyncio.ensure_future(ws.wait_closed())  # resolves on close even while nobody reads
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
 
     def _process_request(self, connection, request):
         """HTTP before the websocket handshake: GET /health, and the connection cap."""
@@ -177,10 +224,8 @@ class PolicyServer:
     async def predict_with_info(self, conn_id: int, texts, images, wrists=None, states=None
                                 ) -> tuple[list[np.ndarray], list[dict]]:
         """`predict`, plus the policy's decode info per episode ({"failure", "grammar_violation"})."""
+        self.check_episode_count(len(texts))
         n = len(texts)
-        if n > self.max_episodes_per_request:
-            raise RequestError(f"{n} episodes in one request; this server takes at most "
-                               f"{self.max_episodes_per_request} (max_episodes_per_request)")
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(conn_id, deque())
         futures = []
@@ -194,6 +239,13 @@ class PolicyServer:
         self._wake.set()
         parts = await asyncio.gather(*futures)
         return [c for chunks, _ in parts for c in chunks], [d for _, infos in parts for d in infos]
+
+    def check_episode_count(self, n: int) -> None:
+        """RequestError for a request of more than `max_episodes_per_request` episodes (protocols call it
+        before decoding a request's frames, when they can read the count first)."""
+        if n > self.max_episodes_per_request:
+            raise RequestError(f"{n} episodes in one request; this server takes at most "
+                               f"{self.max_episodes_per_request} (max_episodes_per_request)")
 
     def pending_episodes(self) -> int:
         return sum(len(w.texts) for q in self._queues.values() for w in q)

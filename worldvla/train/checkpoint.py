@@ -243,15 +243,27 @@ class CheckpointManager:
         return trainer_state
 
     def latest_intact(self) -> Path | None:
-        """The newest checkpoint that `verify` accepts; damaged newer ones are reported and skipped."""
-        for path in reversed(self.checkpoints()):
+        """The newest checkpoint that `verify` accepts; damaged newer ones are reported and skipped.
+
+        None only when there is no checkpoint at all (a fresh start). Checkpoints that are all damaged or
+        refused raise CheckpointError: starting again from step 0 there would hide the damage, replace the
+        run's history and collide with the damaged step folders at their steps."""
+        ckpts = self.checkpoints()
+        refused: list[str] = []
+        for i, path in enumerate(reversed(ckpts)):
             try:
                 self.verify(path)
             except CheckpointError as err:
-                log.warning("not resuming from %s, it is damaged: %s; falling back to the previous checkpoint",
-                            path.name, err)
+                refused.append(str(err))
+                older = "falling back to the previous checkpoint" if i + 1 < len(ckpts) else "no older checkpoint"
+                log.warning("not resuming from %s, it is damaged: %s; %s", path.name, err, older)
                 continue
             return path
+        if ckpts:
+            raise CheckpointError(
+                f"{self.root}: train.resume=auto found {len(ckpts)} checkpoint(s) ({', '.join(p.name for p in ckpts)}) "
+                f"and none is usable (newest: {refused[0]}); to start fresh use a new train.output_dir with "
+                "train.resume=none, or move these step folders away")
         return None
 
     def load(self, path: str | Path, model, optimizer) -> dict:

@@ -3,8 +3,10 @@
 Only the main process logs. `train_log.jsonl` has one JSON object per logged step
 ({"step", "epoch", "lr", "loss", "action_ce", "world_ce", "z_loss", "action_l1" (continuous head), "tokens_per_s",
 "mfu", ...});
-`step` counts the updates done, so a checkpoint of step S holds the update logged as step S; a run resumed
-from it first drops the lines past S (written after the save by the interrupted run): the file is always one curve.
+`step` counts the updates done, so a checkpoint of step S holds the update logged as step S. The file is
+append-only: a run that starts in a folder with a log (resumed from step S, or fresh: S = 0) appends
+{"resumed_at_step": S}, and `read_log` drops the earlier lines past S (written after that save by the
+interrupted run), so no history is ever lost and the file still reads as one curve.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from worldvla.atomic import atomic_write
 from worldvla.config import to_dict
 # wandb (the wandb extra) and matplotlib (slow, only for the loss plot) are imported where used.
 
 log = logging.getLogger("worldvla.train")
 
 LOG_FILE = "train_log.jsonl"
+RESUME_KEY = "resumed_at_step"  # the marker line of a run that started again in the same folder
 PLOT_FILE = "loss_curve.png"
 
 # Dense bf16 peak TFLOP/s per device (vendor datasheets), for the MFU estimate.
@@ -59,29 +61,22 @@ class RunLogger:
         if not is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._truncate(resume_step)
+        self._mark_resume(resume_step)
         lg = cfg.logging
         if lg.wandb and lg.wandb_mode != "disabled":
             self.wandb = self._init_wandb(cfg)
         if lg.progress_bar:
             self.bar = tqdm(total=total_steps, initial=resume_step, desc="train", unit="step", dynamic_ncols=True)
 
-    def _truncate(self, resume_step: int) -> None:
-        """Keep the lines of steps <= resume_step (none when starting fresh: the file is new)."""
-        if not self.path.is_file():
+    def _mark_resume(self, resume_step: int) -> None:
+        """Append the resume marker to an existing log; never rewrite it (its history stays)."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
             return
-        if resume_step == 0:
-            self.path.unlink()
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= resume_step:
-                    keep.append(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-
-        atomic_write(self.path, "".join(f"{line}\n" for line in keep))
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"  # a line cut by a kill: end it, so the marker is a line of its own
+        with open(self.path, "a") as f:
+            f.write(("\n" if cut else "") + json.dumps({RESUME_KEY: int(resume_step)}) + "\n")
 
     def _init_wandb(self, cfg):
         try:
@@ -128,15 +123,21 @@ class RunLogger:
 
 
 def read_log(path: str | Path) -> list[dict]:
+    """The logged records as one curve: at each resume marker the earlier records past its step are
+    dropped (the interrupted run's lines after the checkpoint it resumed from); cut lines are skipped."""
     path = Path(path)
     if not path.is_file():
         return []
     out = []
     for line in path.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(rec, dict) and isinstance(rec.get(RESUME_KEY), int):
+            out = [r for r in out if r.get("step", 0) <= rec[RESUME_KEY]]
+            continue
+        out.append(rec)
     return out
 
 

@@ -1,7 +1,7 @@
 """Evaluate a folder of official-format world-model MP4s and write the report.
 
     python -m worldvla.eval.video_metrics ROLLOUT_DIR suite=libero_goal_val_ind out_dir=OUT \
-        [metrics_dir=ckpts/metrics] [i3d=PATH] [lpips_lin=PATH] [vgg16=PATH] \
+        [metrics_dir=ckpts/metrics] [i3d=PATH] [i3d_sha256=HEX] [lpips_lin=PATH] [vgg16=PATH] \
         [kinds=[gt_recons,inf]] [fvd_horizons=[10,20,30]] [min_frames=10] [device=cpu]
     (or: worldvla metrics ...; `--out-dir OUT` is the same as `out_dir=OUT`)
 
@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from worldvla.config import ConfigError, parse_cli
+from worldvla.errors import exit_on_input_errors
 
 from .evaluate import METRICS, MIN_FRAMES, LazyVideos, evaluate_sets, find_official_videos
 from .fvd import load_i3d
@@ -29,6 +30,9 @@ class VideoMetricsConfig:
     metrics_dir: str | None = field(default=None, metadata={
         "help": "folder with vgg.pth, vgg16-397923af.pth, i3d_torchscript.pt"})
     i3d: str | None = None
+    i3d_sha256: str | None = field(default=None, metadata={
+        "help": "load an I3D file with exactly this sha256 instead of the published one (TorchScript runs code: "
+                "only for a file you checked)"})
     lpips_lin: str | None = None
     vgg16: str | None = None
     kinds: list[str] = field(default_factory=lambda: ["gt_recons", "inf"])
@@ -47,7 +51,7 @@ class VideoMetricsConfig:
             raise ConfigError(f"metrics: unknown {unknown}; choose from {list(METRICS)}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(VideoMetricsConfig, argv, description=__doc__, positional="folder")
     try:
         cfg.validate()
@@ -59,13 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no paired '--success=gt--' videos found in {cfg.folder}", file=sys.stderr)
         return 1
     lpips = load_lpips(cfg.lpips_lin, cfg.vgg16, cfg.metrics_dir, cfg.device) if "lpips" in cfg.metrics else None
-    i3d = load_i3d(cfg.i3d, cfg.metrics_dir, cfg.device) if "fvd" in cfg.metrics else None
+    i3d = load_i3d(cfg.i3d, cfg.metrics_dir, cfg.device, cfg.i3d_sha256) if "fvd" in cfg.metrics else None
     results = evaluate_sets(LazyVideos(gts), {k: LazyVideos(v) for k, v in gens.items()}, metrics=cfg.metrics,
                             lpips=lpips, i3d=i3d, size=cfg.size, min_frames=cfg.min_frames,
                             fvd_horizons=cfg.fvd_horizons, device=cfg.device, clip_names=names)
     paths = write_metrics_report(results, cfg.out_dir, cfg.suite)
     print(paths["markdown"].read_text())
     return 0
+
+
+main = exit_on_input_errors(_main)  # an unsafe or bad weight file: one line, exit status 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from worldvla.errors import InputFileError
+
 from . import weights as W
 
 FVD_EPS = 1e-6
@@ -91,16 +93,31 @@ class I3D:
         return {"path": self.path, "sha256": self.sha256}
 
 
+class UntrustedTorchScriptError(InputFileError):
+    """A TorchScript file whose sha256 is not the trusted one: loading it would run its code."""
+
+
 def load_i3d(path: str | os.PathLike | None = None, metrics_dir: str | os.PathLike | None = None,
-             device: str | torch.device = "cpu", expected_sha256: str | None = W.I3D_SHA256,
-             strict: bool = False) -> I3D:
+             device: str | torch.device = "cpu", trusted_sha256: str | None = None) -> I3D:
     """Load `i3d_torchscript.pt` (default `<metrics_dir>/i3d_torchscript.pt`) with torch.jit.load.
 
-    The file's sha256 is computed and recorded (`I3D.sha256`); a mismatch with `expected_sha256`
-    warns, or raises ValueError when `strict`. Pass expected_sha256=None for test networks."""
+    TorchScript runs code from the file at load time, so the file is loaded only if its full sha256 equals
+    the published one (`weights.I3D_SHA256`), or `trusted_sha256` when given: the exact digest of a file
+    the caller has checked itself (an explicit opt-in, e.g. test networks). Anything else raises
+    UntrustedTorchScriptError naming the file and both digests, before torch.jit.load."""
     file = W.resolve_weight(W.I3D_FILE, path, metrics_dir, "I3D (FVD)")
-    digest = W.check_sha256(file, expected_sha256, "I3D TorchScript", strict=strict)
+    digest = _trusted_digest(file, trusted_sha256 or W.I3D_SHA256)
     with warnings.catch_warnings():  # TorchScript is deprecated in recent torch, but it is the file's format
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(file), map_location=device).eval()
     return I3D(module, str(file), digest, device)
+
+
+def _trusted_digest(file, trusted: str) -> str:
+    """The file's sha256 if it is exactly `trusted` (no prefix match: a prefix is not a pin)."""
+    digest = W.sha256_file(file)
+    if digest != trusted.lower():
+        raise UntrustedTorchScriptError(
+            file, f"sha256 {digest} is not the trusted I3D sha256 {trusted.lower()}; refusing to load it "
+            "(TorchScript runs code from the file); trust it only if you checked it: i3d_sha256=<its sha256>")
+    return digest

@@ -22,6 +22,9 @@ class Session:
     async def reply(self, data) -> list[bytes]:
         msg_id = None
         try:
+            msg_id, count = wire.peek_request(data)
+            if count is not None:  # refused by its count before its frames are decoded
+                self.server.check_episode_count(count)
             msg = wire.unpack(data)
             msg_id = msg.get("id")
             kind = msg["type"]
