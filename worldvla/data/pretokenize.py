@@ -108,9 +108,13 @@ def load_records(paths: list[Path]) -> tuple[list[dict], list[dict]]:
         except FileNotFoundError:
             raise FileNotFoundError(f"conversation file not found: {path} (run data/conversations.py)") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+            raise InputFileError(path, f"not valid JSON ({err})") from None
+        except UnicodeDecodeError as err:
+            raise InputFileError(path, f"not UTF-8 text ({err}); expected a conversation JSON") from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of conversation records")  # noqa: TRY004 - callers catch ValueError
+            raise InputFileError(path, "expected a JSON list of conversation records")
+        if not data:  # a set of 0 samples would train on nothing
+            raise InputFileError(path, "the conversation list is empty (0 records); check the conversations stage")
         info.append({"path": str(path), "sha256": sha256_file(path), "n_records": len(data), "first": len(records)})
         records += data
     return records, info
@@ -315,6 +319,8 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
         raise ValueError("pretokenize: no inputs (pass inputs=[a.json,b.json])")
     if cfg.shard_size < 1:
         raise ValueError("shard_size must be >= 1")
+    if cfg.frame_chunk < 1:  # 0 would make range() step 0 after the inputs were read
+        raise ValueError(f"frame_chunk must be >= 1, got {cfg.frame_chunk}")
     out_dir = Path(cfg.out_dir)
     frames_dir = Path(cfg.frame_cache) if cfg.frame_cache else out_dir / "frames"
     with FolderLock(out_dir, "pretokenize run"), FolderLock(frames_dir, "pretokenize run (frame cache)"):
@@ -325,6 +331,7 @@ def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dic
     t0 = time.time()
     records, inputs = load_records(cfg.inputs)
     recipe = cfg.tokenizer.recipe()
+    recipe.check_stats()  # before phase 1: a wrong dimension would otherwise show after every frame is encoded
     tok_fp = recipe.fingerprint()
     fp = fingerprint(cfg, inputs, tok_fp)
     manifest_path = out_dir / MANIFEST

@@ -144,9 +144,14 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device
             raise TypeError(f"unknown ModelConfig override {k!r}")
         setattr(cfg, k, v)
     cfg.__post_init__()
-    model_state = convert.to_model_state(backbone, cfg)
+    try:
+        model_state = convert.to_model_state(backbone, cfg)
+    except (KeyError, ValueError) as err:  # a layer count (or q/k-norm layout) the tensors do not have
+        raise InputFileError(folder / CONFIG_NAME, f"does not match the weights: {err.args[0] if err.args else err}",
+                             "num_hidden_layers") from None
     with torch.device("meta"):
         model = Transformer(cfg)
+    _check_shapes(folder / CONFIG_NAME, model, model_state)
     model.load_state_dict(model_state, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -157,6 +162,26 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device
     if dropped:
         log.info("%s: ignored %d tensors (%s...)", folder, len(dropped), dropped[0])
     return Loaded(model.eval(), folder, extras, dropped)
+
+
+def _config_field(key: str, axis: int) -> str:
+    """The config.json key that sets axis `axis` of tensor `key` (for the mismatch message)."""
+    if key in ("model.embed_tokens.weight", "lm_head.weight") and axis == 0:
+        return "vocab_size"
+    if ".mlp." in key and (axis == 0) == key.endswith(("gate_proj.weight", "up_proj.weight")):
+        return "intermediate_size"
+    return "hidden_size"
+
+
+def _check_shapes(path: Path, model: Transformer, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor has the shape config.json implies; else one line naming the key, not load_state_dict's dump."""
+    for key, want in model.state_dict().items():
+        got = state[key].shape
+        if got != want.shape:
+            axis = next((i for i, (a, b) in enumerate(zip(got, want.shape)) if a != b), 0)
+            raise InputFileError(path, f"the weights' {key} is {tuple(got)} but this config gives "
+                                       f"{tuple(want.shape)}; the config is not the one of these weights",
+                                 _config_field(key, axis))
 
 
 def load_model(source: str | Path, dtype: torch.dtype | None = None, device="cpu", **kwargs) -> Transformer:

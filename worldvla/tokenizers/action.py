@@ -26,6 +26,8 @@ from worldvla.stats import (  # noqa: F401  (re-exported: the statistics live at
     RYNNVLA_STATE_STATS,
     STATS_PRESETS,
     WORLDVLA_ACTION_STATS,
+    ACTION_DIM,
+    STATE_DIM,
     NormStats,
     load_stats,
 )
@@ -33,8 +35,6 @@ from worldvla.stats import (  # noqa: F401  (re-exported: the statistics live at
 log = logging.getLogger(__name__)
 
 NORM_EPS = 1e-8  # official denominator epsilon
-ACTION_DIM = 7  # dx dy dz, drx dry drz (axis-angle), gripper (-1 open, +1 close)
-STATE_DIM = 8  # eef pos (3), eef axis-angle (3), gripper qpos (2)
 
 
 class BinTokenizer:
