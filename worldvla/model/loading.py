@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,11 +145,8 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device
             raise TypeError(f"unknown ModelConfig override {k!r}")
         setattr(cfg, k, v)
     cfg.__post_init__()
-    try:
-        model_state = convert.to_model_state(backbone, cfg)
-    except (KeyError, ValueError) as err:  # a layer count (or q/k-norm layout) the tensors do not have
-        raise InputFileError(folder / CONFIG_NAME, f"does not match the weights: {err.args[0] if err.args else err}",
-                             "num_hidden_layers") from None
+    _check_layer_count(folder / CONFIG_NAME, cfg, backbone)
+    model_state = convert.to_model_state(backbone, cfg)
     with torch.device("meta"):
         model = Transformer(cfg)
     _check_shapes(folder / CONFIG_NAME, model, model_state)
@@ -171,6 +169,14 @@ def _config_field(key: str, axis: int) -> str:
     if ".mlp." in key and (axis == 0) == key.endswith(("gate_proj.weight", "up_proj.weight")):
         return "intermediate_size"
     return "hidden_size"
+
+
+def _check_layer_count(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """config.json's layer count is the weights' (a missing tensor of a layer stays the weights' KeyError)."""
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    if layers and len(layers) != cfg.n_layers:
+        raise InputFileError(path, f"{cfg.n_layers} layers, but the weights hold {len(layers)}; the config is not "
+                                   "the one of these weights", "num_hidden_layers")
 
 
 def _check_shapes(path: Path, model: Transformer, state: dict[str, torch.Tensor]) -> None:
