@@ -877,3 +877,7 @@ def main(argv: Sequence[str] | None = None) -> ImportResult:
     tmp.replace(cfg_path)
     log.info("config -> %s", cfg_path)
     return result
+
+
+if __name__ == "__main__":  # `python -m worldvla.data.lerobot`; errors exit with one `error:` line
+    main()
