@@ -41,7 +41,14 @@ from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
 from worldvla.data.shards import SAMPLE_KINDS, shard_name, write_shard
 from worldvla.data.stage_cli import run, setup_logging
-from worldvla.data.tokenization import SampleTokenizer, media_key, sha256_file, tokenizer_files, vqgan_fingerprint
+from worldvla.data.tokenization import (
+    SampleTokenizer,
+    fit_frame,
+    media_key,
+    sha256_file,
+    tokenizer_files,
+    vqgan_fingerprint,
+)
 from worldvla.errors import InputFileError
 from worldvla.lockfile import FolderLock
 from worldvla.recipe import Recipe
@@ -66,6 +73,8 @@ class TokenizerOptions:
     world_action_stats: str = ""  # stats for world-model samples; "" = action_stats
     state_stats: str = "rynnvla_state"  # preset name or JSON file (8-D proprio state)
     device: str = "cpu"  # where the VQ-GAN runs
+    resize: bool = False  # frames of another size (e.g. LeRobot 96 x 128) resized to resolution x resolution (PIL
+    # bicubic, no crop: RynnVLA-002's LeRobot path); False refuses them. Frames at the resolution are never touched
     image_batch: int = 1  # images per VQ-GAN call; 1 is fastest on CPU and keeps codes independent of batching
     # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
 
@@ -159,9 +168,13 @@ def _frames_job(job: tuple[int, list[tuple[str, str]], str, dict]) -> int:
         arrays = []
         for key, name in batch:
             try:
-                arrays.append(to_rgb_array(key_path(key)))
+                frame = to_rgb_array(key_path(key))
             except OSError as err:
                 raise RecordError(f"record {name}: cannot read image {key_path(key)}: {err}") from None
+            try:
+                arrays.append(fit_frame(frame, image.resolution, cfg.tokenizer.resize))
+            except ValueError as err:
+                raise RecordError(f"record {name}: image {key_path(key)}: {err}") from None
         try:
             codes.append(image.encode(arrays))
         except ValueError as err:
@@ -174,7 +187,8 @@ def _init_shards(cfg: PretokenizeConfig, recipe: Recipe, frames_dir: str) -> Non
     torch.set_num_threads(max(1, cfg.torch_threads))
     _STATE["tok"] = SampleTokenizer(recipe, cfg.tokenizer.path, cfg.base_dir, cache_size=4096,
                                     frame_cache=FrameCache(frames_dir, vqgan_fingerprint(recipe)),
-                                    device=cfg.tokenizer.device, image_batch=cfg.tokenizer.image_batch)
+                                    device=cfg.tokenizer.device, image_batch=cfg.tokenizer.image_batch,
+                                    resize=cfg.tokenizer.resize)
     _STATE["cfg"] = cfg
 
 
