@@ -258,3 +258,17 @@ def test_lr_below_min_lr_is_refused_and_equal_stays_valid():
         cfg.validate()
     tiny = load_config(TrainConfig, TINY, [])
     assert tiny.train.lr == tiny.train.min_lr and tiny.validate() is tiny
+
+
+def test_lerobot_statistics_of_a_constant_dimension_are_one_error_line(tmp_path):
+    import h5py
+
+    from worldvla.data.lerobot import LeRobotError, compute_min_max
+
+    path = tmp_path / "episode_000000.hdf5"
+    action = np.random.default_rng(0).uniform(-1, 1, (5, 7))
+    action[:, 6] = 1.0  # a gripper that never opens in this data
+    with h5py.File(path, "w") as f:
+        f.create_dataset("action", data=action)
+    with pytest.raises(LeRobotError, match=rf"^{tmp_path}: dataset 'action' over 1 episode file\(s\): min\[6\] == max\[6\]"):
+        compute_min_max([path], "action")

@@ -802,6 +802,7 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
 
 def compute_min_max(files: Iterable[str | Path], key: str = "action"):
     """Per-dimension min/max of dataset `key` ("action", "obs/state") over all frames of all files -> NormStats."""
+    files = list(files)
     lo = hi = None
     for file in files:
         with h5py.File(file, "r") as f:
@@ -819,7 +820,12 @@ def compute_min_max(files: Iterable[str | Path], key: str = "action"):
         hi = a_hi if hi is None else np.maximum(hi, a_hi)
     if lo is None:
         raise LeRobotError(f"no episode files to compute {key!r} statistics from")
-    return NormStats(tuple(lo.tolist()), tuple(hi.tolist()))
+    try:
+        return NormStats(tuple(lo.tolist()), tuple(hi.tolist()))
+    except ValueError as err:  # a dimension constant over every frame cannot be normalised
+        raise LeRobotError(f"{Path(files[0]).parent}: dataset {key!r} over {len(files)} episode file(s): {err}; "
+                           "leave that column out, or pass stats=false and write a statistics file with a range "
+                           "for it") from None
 
 
 def write_stats(hdf5_dir: str | Path, out_dir: str | Path | None = None,
