@@ -254,9 +254,9 @@ def _run_job(job: Job) -> dict:
     part_dir = Path(job.part_dir)
     info = {"demo": job.demo, "success": result.success, "kept": kept, "n_raw": result.n_raw,
             "n_kept": result.n_kept, "n_noops": result.n_noops}
-    if kept:
-        writer = RawDemoWriter(part_dir / f"{job.demo}.hdf5", {"problem_info": meta.get("problem_info") or
-                                                                {"language_instruction": meta["language_instruction"]}},
+    if kept:  # a raw file without attrs (official regenerate output) has its instruction from the file name
+        problem = meta.get("problem_info") or {"language_instruction": meta["language_instruction"]}
+        writer = RawDemoWriter(part_dir / f"{job.demo}.hdf5", {"problem_info": problem},
                                None if cfg.image_compression == "none" else cfg.image_compression)
         with writer:
             writer.add(result.demo)

@@ -34,12 +34,13 @@ GN_GROUPS, GN_EPS = 32, 1e-6  # taming GroupNorm settings
 def _check_number(path: Path, key: str, value, kind: str) -> None:
     """A vqgan.yaml value has its field's type (a string where a size belongs fails deep in torch otherwise)."""
     where = f"model.params.{key}" if key in ("embed_dim", "n_embed") else f"model.params.ddconfig.{key}"
-    items = value if kind == "list[int]" and isinstance(value, list) else [value]
+    is_list = kind == "list[int]"
+    items = value if is_list and isinstance(value, list) else [value]
     want = {"int": int, "list[int]": int, "bool": bool, "float": (int, float)}[kind]
-    if kind == "list[int]" and not isinstance(value, list) or any(
-            not isinstance(v, want) or (isinstance(v, bool) and kind != "bool") for v in items):
-        raise InputFileError(path, f"expected {'a list of integers' if kind == 'list[int]' else 'a ' + kind}, "
-                                   f"got {value!r}", where)
+    wrong = [v for v in items if not isinstance(v, want) or (isinstance(v, bool) and kind != "bool")]
+    if wrong or (is_list and not isinstance(value, list)):
+        raise InputFileError(path, f"expected {'a list of integers' if is_list else 'a ' + kind}, got {value!r}",
+                             where)
 
 
 @dataclass
