@@ -22,12 +22,12 @@ import numpy as np
 from worldvla import vocab
 from worldvla.bins import N_BIN_EDGES, official_bin_centres
 from worldvla.stats import (  # noqa: F401  (re-exported: the statistics live at the ground floor)
+    ACTION_DIM,
     RYNNVLA_ACTION_STATS,
     RYNNVLA_STATE_STATS,
+    STATE_DIM,
     STATS_PRESETS,
     WORLDVLA_ACTION_STATS,
-    ACTION_DIM,
-    STATE_DIM,
     NormStats,
     load_stats,
 )
