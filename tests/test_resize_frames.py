@@ -71,7 +71,8 @@ def test_pretokenize_refuses_other_sizes_and_resizes_on_request(wide_convs, tiny
         return PretokenizeConfig(inputs=[convs], out_dir=out, tokenizer=TokenizerOptions(
             path=tiny_assets.root, resolution=RES, **tok))
 
-    with pytest.raises(RecordError, match=r"frame is 128x96 px, the model resolution is 64: pass tokenizer.resize=true"):
+    refused = r"frame is 128x96 px, the model resolution is 64: resize it .* tokenizer.resize=true \(pretokenize\)"
+    with pytest.raises(RecordError, match=refused):
         pretokenize(cfg(tmp_path / "refused"))
     pretokenize(cfg(tmp_path / "resized", resize=True))
     sample = ShardReader(tmp_path / "resized" / "shards" / "shard_00000").sample(0)
@@ -81,3 +82,19 @@ def test_pretokenize_refuses_other_sizes_and_resizes_on_request(wide_convs, tiny
     want = codes_to_tokens(tok.encode([small])[0], tok.vocab)
     ids = sample.input_ids
     assert any(ids[i: i + len(want)] == want for i in range(len(ids) - len(want) + 1))
+
+
+def test_on_the_fly_training_data_resizes_as_pretokenize(wide_convs, tiny_assets, tmp_path):
+    from worldvla.data.datasets import OnTheFlyDataset
+    from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions, pretokenize
+    from worldvla.data.sequence import RecordError
+    from worldvla.data.shards import ShardReader
+
+    _, convs = wide_convs
+    opts = TokenizerOptions(path=tiny_assets.root, resolution=RES, resize=True)
+    pretokenize(PretokenizeConfig(inputs=[convs], out_dir=tmp_path / "set", tokenizer=opts))
+    shard = ShardReader(tmp_path / "set" / "shards" / "shard_00000")
+    fly = OnTheFlyDataset([convs], opts.recipe(), tiny_assets.root, resize=True)
+    assert [fly[i].input_ids for i in range(len(fly))] == [shard.sample(i).input_ids for i in range(len(shard))]
+    with pytest.raises(RecordError, match="data.resize=true"):
+        OnTheFlyDataset([convs], opts.recipe(), tiny_assets.root)[0]

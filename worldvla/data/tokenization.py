@@ -65,8 +65,9 @@ def fit_frame(image: np.ndarray, resolution: int, resize: bool) -> np.ndarray:
         return resize_square(image, resolution)
     if image.shape[:2] != (resolution, resolution):
         raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]} px, the model resolution is {resolution}: "
-                         f"pass tokenizer.resize=true (PIL bicubic to {resolution}x{resolution}), or import the "
-                         f"LeRobot data with resize={resolution}")
+                         f"resize it (PIL bicubic to {resolution}x{resolution}) with tokenizer.resize=true "
+                         f"(pretokenize) / data.resize=true (training), or import the LeRobot data with "
+                         f"resize={resolution}")
     return image
 
 

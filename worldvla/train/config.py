@@ -65,6 +65,7 @@ class DataOptions:
     base_dir: Path | None = None  # relative media paths of the records are resolved against this (default: cwd)
     frame_cache: Path | None = None  # a pretokenize frames/ folder to read VQ codes from (others: VQ-GAN on CPU)
     image_cache: int = 4096  # images whose tokens each loader process keeps in memory (0 = unbounded)
+    resize: bool = False  # frames not at data.resolution are resized to it (pretokenize's tokenizer.resize)
 
 
 @dataclass

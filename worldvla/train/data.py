@@ -211,7 +211,8 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
         except (FileExistsError, ValueError, OSError) as err:
             raise DataError(f"data.frame_cache = {cfg.frame_cache}: {err}") from None
     try:
-        shared = OnTheFlyDataset(paths, recipe, cfg.tokenizer, cfg.base_dir, cfg.image_cache, cfg.frame_cache)
+        shared = OnTheFlyDataset(paths, recipe, cfg.tokenizer, cfg.base_dir, cfg.image_cache, cfg.frame_cache,
+                                 cfg.resize)
     except (ValueError, OSError) as err:
         i = next((k for k, p in enumerate(paths) if str(p) in str(err)), None)
         raise DataError(f"{where}[{i}] = {paths[i]}: {err}" if i is not None else f"{where}: {err}") from None
