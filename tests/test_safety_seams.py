@@ -216,7 +216,7 @@ def test_pickled_frame_cache_chunk_is_named_not_its_png(convs, tiny_assets, tmp_
     np.save(chunk, rows, allow_pickle=True)  # the same rows, as a pickle
     cfg.out_dir = tmp_path / "again"
     cfg.frame_cache = tmp_path / "out" / "frames"
-    with pytest.raises(Exception, match=rf"{chunk}: not a frame-cache chunk"):  # a RecordError that wraps it
+    with pytest.raises(InputFileError, match=rf"^{chunk}: not a frame-cache chunk"):
         pretokenize(cfg)
 
 
