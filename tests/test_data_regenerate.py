@@ -258,3 +258,64 @@ def test_export_of_an_official_file_reads_the_stored_obs_states(tmp_path):
         np.testing.assert_array_equal(np.load(trj / "eef_gripper_state" / f"eef_gripper_state_{j}.npy"),
                                       np.concatenate([ee[j], grip[j]]))
         np.testing.assert_array_equal(np.load(trj / "robot_state" / f"robot_state_{j}.npy"), demo.robot_states[j])
+
+
+def test_replay_copies_frame_0_states_from_the_raw_demo():
+    """Issue 23 item 2: as the official script, frame 0's states / robot_states are the raw demo's own values
+    (the settled env differs from them); later frames and every frame's obs are the env's."""
+    source = raw_demo(CRAFTED)
+    source.states[0, 0] = 7.0  # the settled FakeEnv state has a step count of 0 here
+    source.robot_states = np.arange(len(CRAFTED) * 9, dtype=np.float64).reshape(-1, 9)
+    res = replay_demo(FakeEnv(succeed_at=4), source, wait_steps=10)
+    np.testing.assert_array_equal(res.demo.states[0], source.states[0])
+    np.testing.assert_array_equal(res.demo.robot_states[0], source.robot_states[0])
+    assert res.demo.states[1:, 0].tolist() == [1, 2, 3]
+    assert res.demo.robot_states[1, 2:5].tolist() == pytest.approx([0.6, 0.0, 1.0])  # eef pos after step 1
+    assert res.demo.obs["agentview_rgb"][0, 0, 0, 0] == 0  # the image is the settled env's
+
+
+def _write_official_regenerated(path, n=3):
+    """An HDF5 as the official regenerate script writes it: `data` without attrs, demos without attrs."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data").create_group("demo_0")
+        obs = g.create_group("obs")
+        obs.create_dataset("gripper_states", data=rng.normal(size=(n, 2)))
+        obs.create_dataset("joint_states", data=rng.normal(size=(n, 7)))
+        ee = rng.normal(size=(n, 6))
+        obs.create_dataset("ee_states", data=ee)
+        obs.create_dataset("ee_pos", data=ee[:, :3])
+        obs.create_dataset("ee_ori", data=ee[:, 3:])
+        obs.create_dataset("agentview_rgb", data=rng.integers(0, 255, (n, RES, RES, 3), dtype=np.uint8))
+        obs.create_dataset("eye_in_hand_rgb", data=rng.integers(0, 255, (n, RES, RES, 3), dtype=np.uint8))
+        g.create_dataset("actions", data=CRAFTED[:n])
+        g.create_dataset("states", data=rng.normal(size=(n, 5)))
+        g.create_dataset("robot_states", data=rng.normal(size=(n, 9)))
+        g.create_dataset("rewards", data=np.zeros(n))
+        g.create_dataset("dones", data=np.array([0] * (n - 1) + [1], dtype=np.uint8))
+    return ee
+
+
+def test_export_reads_an_official_regenerated_file_without_attrs(tmp_path):
+    """Issue 23 item 2: the official regenerate script writes no `data` attrs; the task comes from the file
+    name (`<task words joined by _>_demo.hdf5`), as the official save script takes it."""
+    from worldvla.data.export import ExportConfig, export
+    from worldvla.data.raw_demos import RawDemoFile
+
+    h5 = tmp_path / "h5"
+    h5.mkdir()
+    path = h5 / "put_the_bowl_on_the_plate_demo.hdf5"
+    ee = _write_official_regenerated(path)
+    with RawDemoFile(path) as f:
+        assert f.meta["language_instruction"] == "put the bowl on the plate" and f.names == ["demo_0"]
+    export(ExportConfig(hdf5_dir=h5, save_dir=tmp_path / "exp", layout="both"))
+    trj = tmp_path / "exp" / "put_the_bowl_on_the_plate" / "trj_0"
+    assert sorted(p.name for p in (trj / "imgs").iterdir()) == ["image_0.png", "image_1.png", "image_2.png"]
+    np.testing.assert_array_equal(np.load(trj / "ee_state" / "ee_state_2.npy"), ee[2])
+    other = tmp_path / "no_suffix.hdf5"
+    _write_official_regenerated(other)
+    with pytest.raises(RawDemoError, match=r"no_suffix\.hdf5: data attr problem_info lacks language_instruction, "
+                                           r"and the file name is not <task words>_demo\.hdf5"):
+        RawDemoFile(other)

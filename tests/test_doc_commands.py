@@ -37,6 +37,7 @@ TARGETS = {
     "worldvla.data.concat": ("worldvla.data.concat:ConcatConfig", None),
     "data/concatenate.py": ("worldvla.data.concat:ConcatConfig", None),
     "data/lerobot_to_hdf5.py": ("worldvla.data.lerobot:LeRobotImportConfig", None),
+    "worldvla.data.lerobot": ("worldvla.data.lerobot:LeRobotImportConfig", None),
     "worldvla.train": ("worldvla.train.config:TrainConfig", None),
     "worldvla.train.tiny_data": ("worldvla.train.tiny_data:TinyDataConfig", "out_dir"),
     "worldvla.eval.libero": ("worldvla.eval.config:EvalConfig", None),
@@ -117,7 +118,7 @@ def parse_command(line: str):
     if key not in TARGETS:
         return None
     spec, positional = TARGETS[key]
-    if key == "data/lerobot_to_hdf5.py":
+    if key in ("data/lerobot_to_hdf5.py", "worldvla.data.lerobot"):
         from worldvla.data.lerobot import _normalise_argv
 
         args = _normalise_argv(args)

@@ -78,13 +78,35 @@ def test_frame_buffer_and_open_loop_chunks():
     finally:
         server.stop()
     assert info["model_server"] == "worldvla" and info["policy"]["chunk_size"] == 3
-    assert info["observation_params"] == {"send_wrist_image": False, "send_state": True}
+    assert info["observation_params"] == {"send_wrist_image": False, "send_state": True, "quat_no_antipodal": True}
     # a new chunk at steps 0, 3, 6; each query holds (previous env step, current), the first only the current
     assert [[int(f[0, 0, 0]) for f in q["frames"]] for q in policy.queries] == [[0], [2, 3], [5, 6], [100]]
     assert [float(q["state"][0]) for q in policy.queries[:3]] == [0.0, 3.0, 6.0]
     # the executed actions are the chunks' rows, in order (open loop)
     np.testing.assert_array_equal(np.stack(actions), np.concatenate(policy.chunks[:3])[:7])
     np.testing.assert_array_equal(np.stack(again), policy.chunks[3][:2])
+
+
+def test_greeting_asks_vla_eval_libero_for_the_unflipped_axis_angle():
+    """Issue 23 item 3: vla-eval's orchestrator passes the HELLO's observation_params to its LIBERO benchmark;
+    `quat_no_antipodal` makes its state axis-angle robosuite's (w < 0 kept), as worldvla trains on."""
+    from vla_eval.benchmarks.libero.benchmark import LIBEROBenchmark
+    from vla_eval.orchestrator import _merge_observation_params
+
+    from worldvla.envs.libero import quat2axisangle
+
+    server, url = serve(RecordingPolicy(chunk_size=2, history=2, resolution=64, uses_state=True))
+    try:
+        info, _ = asyncio.run(episode(url, 1))
+    finally:
+        server.stop()
+    params = _merge_observation_params(LIBEROBenchmark, {"suite": "libero_goal"}, info["observation_params"])
+    bench = LIBEROBenchmark(**params)
+    quat = np.array([-0.7, 0.2, -0.68, 0.1]) * -1  # [x, y, z, w] with w < 0
+    quat /= np.linalg.norm(quat)
+    got = bench._quat_to_aa(quat)  # what its observation's `states` carry
+    np.testing.assert_allclose(got, quat2axisangle(quat), rtol=1e-6)
+    assert np.linalg.norm(got) > np.pi  # a w >= 0 flip would give an angle below pi
 
 
 def test_errors_are_one_short_line_and_the_session_survives():

@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": ("worldvla.demo", "end-to-end CPU demo on the embedded default"),
     "record-demos": ("worldvla.data.record_scripted", "scripted expert -> raw LIBERO demo HDF5"),
+    "lerobot-import": ("worldvla.data.lerobot", "LeRobot v2.x / v3.0 dataset -> per-episode HDF5 (+ frame folders)"),
     "regenerate": ("worldvla.data.regenerate", "replay raw demos at 256/512 px with the no-op filter"),
     "conversations": ("worldvla.data.conversations", "regenerated HDF5 -> conversation JSON splits"),
     "pretokenize": ("worldvla.data.pretokenize", "conversation JSON -> token shards"),

@@ -22,14 +22,19 @@ class InputFileError(ValueError):
         super().__init__(where + message)
 
 
+class DataError(RuntimeError):
+    """A training set that cannot be opened or does not match the config; names the entry
+    (raised by worldvla/train/data.py, defined here so every CLI prints it as one line)."""
+
+
 def exit_on_input_errors(main, *extra: type[Exception]):
-    """Wrap a CLI `main`: an InputFileError, ConfigError (or one of `extra`) ends the program with
+    """Wrap a CLI `main`: an InputFileError, ConfigError, DataError (or one of `extra`) ends the program with
     `error: <message>` on stderr and exit status 2 instead of a traceback."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except (InputFileError, ConfigError, *extra) as err:
+        except (InputFileError, ConfigError, DataError, *extra) as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 

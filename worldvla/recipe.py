@@ -23,7 +23,7 @@ import numpy as np
 
 from worldvla.atomic import atomic_write_json
 from worldvla.errors import InputFileError
-from worldvla.stats import NormStats, load_stats
+from worldvla.stats import ACTION_DIM, STATE_DIM, NormStats, load_stats
 
 FILE_NAME = "worldvla.json"
 TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
@@ -34,6 +34,7 @@ SAMPLE_KINDS = ("action", "world")  # what a training sample teaches: the action
 _POSITIVE = ("chunk_size", "history", "resolution")
 _BOOLS = ("with_state", "with_wrist")
 _STATS = ("action_stats", "world_action_stats", "state_stats")
+STATS_DIMS = {"action_stats": ACTION_DIM, "world_action_stats": ACTION_DIM, "state_stats": STATE_DIM}
 
 
 def stats_of(spec) -> NormStats:
@@ -43,6 +44,15 @@ def stats_of(spec) -> NormStats:
             raise ValueError(f"expected {{'min': [...], 'max': [...]}}, got keys {sorted(spec)}")
         return NormStats(tuple(map(float, spec["min"])), tuple(map(float, spec["max"])))
     return load_stats(spec)
+
+
+def check_stats_dim(key: str, spec) -> None:
+    """`spec` (a statistics field) has the dimension its tokenizer needs; a JSON file is named in the error."""
+    stats = stats_of(spec)
+    if stats.dim != STATS_DIMS[key]:
+        where = spec if isinstance(spec, (str, Path)) and str(spec).endswith(".json") else None
+        message = f"{key} must be {STATS_DIMS[key]}-D, got {stats.dim}-D min/max"
+        raise InputFileError(where, message, "min") if where else ValueError(message)
 
 
 def stats_json(spec) -> dict:
@@ -148,7 +158,7 @@ class Recipe:
         for key in _STATS:
             if data.get(key) is not None:
                 try:
-                    stats_of(data[key])
+                    check_stats_dim(key, data[key])
                 except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
                     raise InputFileError(path, str(err), key) from None
         if not isinstance(data.get("tokenizer_sha256", {}), dict):
@@ -191,6 +201,12 @@ class Recipe:
         if unknown:
             raise TypeError(f"unknown recipe field(s) {sorted(unknown)}; valid: {sorted(self.__dataclass_fields__)}")
         return dataclasses.replace(self, **changes)
+
+    def check_stats(self) -> None:
+        """Every statistics field resolves and has its tokenizer's dimension (7-D actions, 8-D state)."""
+        for key in _STATS:
+            if self.value(key) is not None:
+                check_stats_dim(key, self.value(key))
 
     # -- the tokenizer files --------------------------------------------------------------------------
     def with_tokenizer(self, path: str | Path) -> Recipe:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+ACTION_DIM = 7  # dx dy dz, drx dry drz (axis-angle), gripper (-1 open, +1 close)
+STATE_DIM = 8  # eef pos (3), eef axis-angle (3), gripper qpos (2)
+
 
 @dataclass(frozen=True)
 class NormStats:
@@ -28,6 +31,8 @@ class NormStats:
                 raise ValueError(f"min[{i}]={lo}, max[{i}]={hi}: statistics must be finite numbers")
             if lo > hi:
                 raise ValueError(f"min[{i}]={lo} > max[{i}]={hi}: every min must be <= its max")
+            if lo == hi:  # every value would map to one bin: the dimension collapses
+                raise ValueError(f"min[{i}] == max[{i}] = {lo}: a dimension without range cannot be normalised")
 
     @property
     def dim(self) -> int:

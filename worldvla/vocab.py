@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldvla.errors import InputFileError
+
 # --- official special ids (official_format.md §0) ---------------------------------------------
 BOS_ID = 0  # "<s>" (the tokenizer's bos_token), prepended once to every sample; checked against the file
 PAD_ID = 0  # the trainer's collate pads input ids with 0 and labels with IGNORE_INDEX
@@ -118,10 +120,17 @@ class Vocab:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        data = json.loads(path.read_text())
-        names = dict(data.get("model", {}).get("vocab", {}))
-        for tok in data.get("added_tokens", []):
-            names[tok["content"]] = tok["id"]
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:  # e.g. a download cut short
+            raise InputFileError(path, f"not valid JSON ({err}); a truncated tokenizer file? download it again") from None
+        try:
+            names = dict(data.get("model", {}).get("vocab", {}))
+            for tok in data.get("added_tokens", []):
+                names[tok["content"]] = tok["id"]
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise InputFileError(path, f"not a tokenizers-library file ({type(err).__name__}: {err})",
+                                 "model.vocab") from None
         if not names:
             raise ValueError(f"{path}: no 'model.vocab' or 'added_tokens' entries")
         return cls(names, source=str(path))

@@ -147,8 +147,10 @@ class PretokenizedDataset(_Indexed):
 class _Conversations:
     """Conversation records tokenised on demand (one SampleTokenizer per process, made lazily)."""
 
-    def __init__(self, inputs: list[Path], recipe: Recipe, tokenizer: Path, base_dir, cache_size: int, frame_cache):
+    def __init__(self, inputs: list[Path], recipe: Recipe, tokenizer: Path, base_dir, cache_size: int, frame_cache,
+                 resize: bool = False):
         self.records, self.inputs = load_records(list(inputs))
+        self.resize = resize
         self.recipe = with_tokenizer_files(recipe, tokenizer)  # hashed once here, not in every loader worker
         self.tokenizer = Path(tokenizer)
         self.base_dir = base_dir
@@ -167,7 +169,7 @@ class _Conversations:
         if self._tok is None:
             frames = FrameCache(self.frame_cache, vqgan_fingerprint(self.recipe)) if self.frame_cache else None
             self._tok = SampleTokenizer(self.recipe, self.tokenizer, self.base_dir, cache_size=self.cache_size,
-                                        frame_cache=frames)
+                                        frame_cache=frames, resize=self.resize)
         return self._tok
 
     def sample(self, i: int) -> Sample:
@@ -179,11 +181,12 @@ class _Conversations:
 
 class OnTheFlyDataset(_Indexed):
     def __init__(self, inputs: list[str | Path], recipe: Recipe, tokenizer: str | Path, base_dir: str | Path | None = None,
-                 cache_size: int = 4096, frame_cache: str | Path | None = None):
+                 cache_size: int = 4096, frame_cache: str | Path | None = None, resize: bool = False):
         """`inputs`: conversation JSON files (in order); `recipe`: the Recipe they are tokenised with (its
         resolution and statistics); `tokenizer`: the folder of its tokenizer files (sha256 checked against
         the recipe's when it records them); `cache_size`: images whose tokens each process keeps in memory;
         `frame_cache`: a pretokenize frame-cache folder to read VQ codes from (frames not in it are encoded
-        on the fly)."""
+        on the fly); `resize`: frames not at the recipe's resolution are resized to it (pretokenize's
+        tokenizer.resize) instead of refused."""
         super().__init__([_Conversations([Path(p) for p in inputs], recipe, Path(tokenizer), base_dir, cache_size,
-                                         frame_cache)])
+                                         frame_cache, resize)])

@@ -34,14 +34,13 @@ from tqdm import tqdm
 
 from worldvla.atomic import fsync_tree
 from worldvla.config import parse_cli
-from worldvla.data.raw_demos import DEMO_RE, RawDemo, RawDemoError, RawDemoFile
+from worldvla.data.raw_demos import DEMO_RE, DEMO_SUFFIX, RawDemo, RawDemoError, RawDemoFile
 from worldvla.data.stage_cli import run, setup_logging
 from worldvla.envs.libero import quat2axisangle, rotate180
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("worldvla", "rynnvla", "both")
-DEMO_SUFFIX = "_demo.hdf5"
 PNG_COMPRESS_LEVEL = 3  # lossless either way; 3 is a good speed/size trade-off
 
 

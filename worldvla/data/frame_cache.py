@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.atomic import atomic_write
+from worldvla.errors import InputFileError
 
 
 def frame_key(path: str | Path) -> str:
@@ -70,8 +71,21 @@ class FrameCache:
     def codes(self, key: str) -> np.ndarray:
         k, row = self.where[key]
         if k not in self._chunks:
-            self._chunks[k] = np.load(self.folder / f"chunk_{k:05d}.npy", mmap_mode="r", allow_pickle=False)
+            self._chunks[k] = self._load_chunk(self.folder / f"chunk_{k:05d}.npy")
         return np.asarray(self._chunks[k][row], dtype=np.int64)
+
+    @staticmethod
+    def _load_chunk(path: Path) -> np.ndarray:
+        """A chunk's uint16 codes; a pickled, truncated or foreign file is named (not the image it serves)."""
+        try:
+            codes = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputFileError(path, f"not a frame-cache chunk ({err}); delete it and its .json to re-encode "
+                                       "those frames") from None
+        if codes.dtype != np.uint16 or codes.ndim != 3:
+            raise InputFileError(path, f"expected (frames, h, w) uint16, got {codes.dtype} {codes.shape}; delete "
+                                       "it and its .json to re-encode those frames")
+        return codes
 
     def add_chunk(self, k: int, keys: list[str], codes: np.ndarray) -> None:
         """Write chunk k atomically (codes first, then the key list that makes it visible)."""

@@ -47,6 +47,7 @@ from worldvla.config import parse_cli, save_config
 from worldvla.data.lerobot_episodes import EPISODE_FILE, LeRobotError, episode_files
 from worldvla.data.lerobot_export import export_lerobot_hdf5
 from worldvla.tokenizers.action import NormStats
+from worldvla.tokenizers.image import resize_square
 # pyarrow and imageio_ffmpeg (the lerobot extra) are imported by the functions that use them.
 
 log = logging.getLogger("worldvla.data.lerobot")
@@ -641,6 +642,8 @@ class LeRobotImportConfig:
     export_dir: Path | None = None  # also write the per-frame folders data/conversations.py reads (lerobot_export.py)
     export_layout: str = "both"  # worldvla (imgs) | rynnvla (third view + wrist + state) | both
     rotate180: bool = False  # rotate exported frames 180 degrees (raw LIBERO renders; LeRobot LIBERO data is rotated)
+    resize: int = 0  # 0 = frames as stored; N = both cameras resized to N x N px (PIL bicubic, RynnVLA-002's
+    # LeRobot path), for a model at N px when the dataset's frames are another size (e.g. 96 x 128)
 
 
 @dataclass
@@ -687,6 +690,9 @@ def existing_status(path: Path, cfg: LeRobotImportConfig, length: int | None) ->
             if length is not None and lengths["timestamp"] != length:
                 return f"has {lengths['timestamp']} frames, the episode has {length}"
             keys = f.attrs.get("source_keys")
+            side = tuple(f["obs/front_image"].shape[1:3])
+            if cfg.resize and side != (cfg.resize, cfg.resize):
+                return f"has {side[0]}x{side[1]} px frames, resize={cfg.resize} asks for {cfg.resize}x{cfg.resize}"
     except OSError as err:
         return f"cannot be opened ({err})"
     if keys is not None and json.loads(keys) != _source_keys(cfg):
@@ -729,6 +735,11 @@ def write_episode_hdf5(path: str | Path, ep: Episode, cfg: LeRobotImportConfig, 
     return path
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3), every frame as the tokenizer's `resize_square`."""
+    return np.stack([resize_square(f, size) for f in frames]) if len(frames) else frames.reshape(0, size, size, 3)
+
+
 def _check_shapes(ep: Episode, where: str) -> None:
     for key, img in ep.images.items():
         if img.ndim != 4 or img.shape[-1] != 3:
@@ -743,6 +754,9 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
         raise LeRobotError("both input=<LeRobot dataset folder> and out=<HDF5 folder> are required")
     if not cfg.front_key:
         raise LeRobotError("front_key is required (the camera written to obs/front_image)")
+    if cfg.resize < 0 or cfg.resize % 32:
+        raise LeRobotError(f"resize={cfg.resize}: use 0 (frames as stored) or the model resolution, a multiple "
+                           "of 32 (256, 512)")
     ds = LeRobotDataset(cfg.input)
     episodes = select_episodes(ds, cfg.episodes, cfg.episode_start_idx, cfg.episode_end_idx)
     out = Path(cfg.out)
@@ -766,6 +780,8 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
         ep = ds.read_episode(idx, cams, cfg.state_key or None, cfg.action_key or None,
                              tolerance_s=cfg.tolerance_s, strict_frame_count=cfg.strict_frame_count)
         _check_shapes(ep, str(ds.data_file(idx)))
+        if cfg.resize:
+            ep.images = {key: resize_frames(img, cfg.resize) for key, img in ep.images.items()}
         write_episode_hdf5(path, ep, cfg, ds.fps)
         result.written.append(idx)
         bar.set_postfix(written=len(result.written), skipped=len(result.skipped))
@@ -786,6 +802,7 @@ def convert(cfg: LeRobotImportConfig) -> ImportResult:
 
 def compute_min_max(files: Iterable[str | Path], key: str = "action"):
     """Per-dimension min/max of dataset `key` ("action", "obs/state") over all frames of all files -> NormStats."""
+    files = list(files)
     lo = hi = None
     for file in files:
         with h5py.File(file, "r") as f:
@@ -803,7 +820,12 @@ def compute_min_max(files: Iterable[str | Path], key: str = "action"):
         hi = a_hi if hi is None else np.maximum(hi, a_hi)
     if lo is None:
         raise LeRobotError(f"no episode files to compute {key!r} statistics from")
-    return NormStats(tuple(lo.tolist()), tuple(hi.tolist()))
+    try:
+        return NormStats(tuple(lo.tolist()), tuple(hi.tolist()))
+    except ValueError as err:  # a dimension constant over every frame cannot be normalised
+        raise LeRobotError(f"{Path(files[0]).parent}: dataset {key!r} over {len(files)} episode file(s): {err}; "
+                           "leave that column out, or pass stats=false and write a statistics file with a range "
+                           "for it") from None
 
 
 def write_stats(hdf5_dir: str | Path, out_dir: str | Path | None = None,
@@ -877,3 +899,7 @@ def main(argv: Sequence[str] | None = None) -> ImportResult:
     tmp.replace(cfg_path)
     log.info("config -> %s", cfg_path)
     return result
+
+
+if __name__ == "__main__":  # `python -m worldvla.data.lerobot`; errors exit with one `error:` line
+    main()

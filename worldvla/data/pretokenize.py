@@ -41,7 +41,14 @@ from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
 from worldvla.data.shards import SAMPLE_KINDS, shard_name, write_shard
 from worldvla.data.stage_cli import run, setup_logging
-from worldvla.data.tokenization import SampleTokenizer, media_key, sha256_file, tokenizer_files, vqgan_fingerprint
+from worldvla.data.tokenization import (
+    SampleTokenizer,
+    fit_frame,
+    media_key,
+    sha256_file,
+    tokenizer_files,
+    vqgan_fingerprint,
+)
 from worldvla.errors import InputFileError
 from worldvla.lockfile import FolderLock
 from worldvla.recipe import Recipe
@@ -66,6 +73,8 @@ class TokenizerOptions:
     world_action_stats: str = ""  # stats for world-model samples; "" = action_stats
     state_stats: str = "rynnvla_state"  # preset name or JSON file (8-D proprio state)
     device: str = "cpu"  # where the VQ-GAN runs
+    resize: bool = False  # frames of another size (e.g. LeRobot 96 x 128) resized to resolution x resolution (PIL
+    # bicubic, no crop: RynnVLA-002's LeRobot path); False refuses them. Frames at the resolution are never touched
     image_batch: int = 1  # images per VQ-GAN call; 1 is fastest on CPU and keeps codes independent of batching
     # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
 
@@ -108,9 +117,13 @@ def load_records(paths: list[Path]) -> tuple[list[dict], list[dict]]:
         except FileNotFoundError:
             raise FileNotFoundError(f"conversation file not found: {path} (run data/conversations.py)") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+            raise InputFileError(path, f"not valid JSON ({err})") from None
+        except UnicodeDecodeError as err:
+            raise InputFileError(path, f"not UTF-8 text ({err}); expected a conversation JSON") from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of conversation records")  # noqa: TRY004 - callers catch ValueError
+            raise InputFileError(path, "expected a JSON list of conversation records")
+        if not data:  # a set of 0 samples would train on nothing
+            raise InputFileError(path, "the conversation list is empty (0 records); check the conversations stage")
         info.append({"path": str(path), "sha256": sha256_file(path), "n_records": len(data), "first": len(records)})
         records += data
     return records, info
@@ -155,9 +168,13 @@ def _frames_job(job: tuple[int, list[tuple[str, str]], str, dict]) -> int:
         arrays = []
         for key, name in batch:
             try:
-                arrays.append(to_rgb_array(key_path(key)))
+                frame = to_rgb_array(key_path(key))
             except OSError as err:
                 raise RecordError(f"record {name}: cannot read image {key_path(key)}: {err}") from None
+            try:
+                arrays.append(fit_frame(frame, image.resolution, cfg.tokenizer.resize))
+            except ValueError as err:
+                raise RecordError(f"record {name}: image {key_path(key)}: {err}") from None
         try:
             codes.append(image.encode(arrays))
         except ValueError as err:
@@ -170,7 +187,8 @@ def _init_shards(cfg: PretokenizeConfig, recipe: Recipe, frames_dir: str) -> Non
     torch.set_num_threads(max(1, cfg.torch_threads))
     _STATE["tok"] = SampleTokenizer(recipe, cfg.tokenizer.path, cfg.base_dir, cache_size=4096,
                                     frame_cache=FrameCache(frames_dir, vqgan_fingerprint(recipe)),
-                                    device=cfg.tokenizer.device, image_batch=cfg.tokenizer.image_batch)
+                                    device=cfg.tokenizer.device, image_batch=cfg.tokenizer.image_batch,
+                                    resize=cfg.tokenizer.resize)
     _STATE["cfg"] = cfg
 
 
@@ -315,6 +333,8 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
         raise ValueError("pretokenize: no inputs (pass inputs=[a.json,b.json])")
     if cfg.shard_size < 1:
         raise ValueError("shard_size must be >= 1")
+    if cfg.frame_chunk < 1:  # 0 would make range() step 0 after the inputs were read
+        raise ValueError(f"frame_chunk must be >= 1, got {cfg.frame_chunk}")
     out_dir = Path(cfg.out_dir)
     frames_dir = Path(cfg.frame_cache) if cfg.frame_cache else out_dir / "frames"
     with FolderLock(out_dir, "pretokenize run"), FolderLock(frames_dir, "pretokenize run (frame cache)"):
@@ -325,6 +345,7 @@ def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dic
     t0 = time.time()
     records, inputs = load_records(cfg.inputs)
     recipe = cfg.tokenizer.recipe()
+    recipe.check_stats()  # before phase 1: a wrong dimension would otherwise show after every frame is encoded
     tok_fp = recipe.fingerprint()
     fp = fingerprint(cfg, inputs, tok_fp)
     manifest_path = out_dir / MANIFEST

@@ -4,6 +4,8 @@ Layout (the one LIBERO's released `<task.name>_demo.hdf5` files and the regenera
 
     data                       attrs: problem_info (JSON, has language_instruction), env_args (JSON),
                                       bddl_file_name, num_demos, total (sum of num_samples)
+                               (the official regenerate script writes none: the instruction is then
+                               taken from the file name, `<task words joined by _>_demo.hdf5`)
     data/demo_<i>              attrs: num_samples, init_state (S,), model_file (MuJoCo XML string)
         actions (T, 7)         raw 7-D actions: delta pos (3), delta axis-angle (3), gripper (-1 open, +1 close)
         states (T, S)          flattened MuJoCo sim state (time, qpos, qvel) *before* each action
@@ -40,6 +42,7 @@ OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "ee_states",
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 ACTION_DIM = 7
 DEMO_RE = re.compile(r"^demo_(\d+)$")
+DEMO_SUFFIX = "_demo.hdf5"  # <task.name>_demo.hdf5, LIBERO's and the official regenerate script's file name
 
 
 class RawDemoError(ValueError):
@@ -313,6 +316,15 @@ def _parse_json_attr(path, key: str, raw) -> object:
         raise RawDemoError(f"{path}: data attr {key!r} is not valid JSON") from None
 
 
+def instruction_from_file_name(path: str | Path) -> str | None:
+    """`put_the_bowl_on_the_plate_demo.hdf5` -> "put the bowl on the plate", as the official save script
+    names a task (files of the official regenerate script carry no attrs); None for another name."""
+    name = Path(path).name
+    if not name.endswith(DEMO_SUFFIX) or len(name) == len(DEMO_SUFFIX):
+        return None
+    return name[: -len(DEMO_SUFFIX)].replace("_", " ")
+
+
 class RawDemoFile:
     """Lazy access to one demo file: `.meta`, `.names`, `.demo(name, load_obs=...)`; use as a context manager."""
 
@@ -334,10 +346,14 @@ class RawDemoFile:
         for key, raw in grp.attrs.items():
             meta[key] = _parse_json_attr(self.path, key, raw) if key in ("problem_info", "env_args") else _plain(raw)
         info = meta.get("problem_info")
-        if not isinstance(info, dict) or "language_instruction" not in info:
-            self._f.close()
-            raise RawDemoError(f"{self.path}: data attr problem_info lacks language_instruction")
-        meta["language_instruction"] = info["language_instruction"]
+        if isinstance(info, dict) and "language_instruction" in info:
+            meta["language_instruction"] = info["language_instruction"]
+        else:  # the official regenerate script writes no attrs: the task is in the file name
+            meta["language_instruction"] = instruction_from_file_name(self.path)
+            if meta["language_instruction"] is None:
+                self._f.close()
+                raise RawDemoError(f"{self.path}: data attr problem_info lacks language_instruction, and the file "
+                                   f"name is not <task words>{DEMO_SUFFIX} to take the task from")
         self.meta = meta
         self.names = _demo_names(grp)
 

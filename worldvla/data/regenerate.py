@@ -6,7 +6,9 @@ Protocol (libero_protocol.md "Data regeneration", official_format.md §3.1):
 - an action is a no-op when the norm of its first six entries is below 1e-4 and its gripper command
   equals the gripper of the previous *kept* action; the very first action is a no-op when its first
   six entries are below the threshold (there is no previous gripper);
-- the observation recorded for a kept action is the one *before* it is executed;
+- the observation recorded for a kept action is the one *before* it is executed; frame 0's `states`
+  and `robot_states` are copied from the raw demo (`states[0]`, `robot_states[0]`), as the official
+  script does, while its images and obs/* are those of the settled env;
 - a demo is kept when `done` is set after its last kept action.
 Output per task: `<out_dir>/<task.name>_demo.hdf5` in the raw layout (raw_demos.py; images as
 rendered, original demo names kept), plus `<out_dir>/<suite>_metainfo.json`.
@@ -134,6 +136,14 @@ def replay_seed(env_seed: int, demo_name: str) -> int:
     return env_seed * 1_000_003 + (int(m.group(1)) if m else 0)
 
 
+def first_robot_state(source: RawDemo, obs: dict) -> np.ndarray:
+    """Frame 0's robot state: the raw demo's `robot_states[0]` (copied, as the official script does),
+    or the settled observation's when the raw file has none (a scripted recording without it)."""
+    if source.robot_states is not None and len(source.robot_states):
+        return np.asarray(source.robot_states[0], dtype=np.float64)
+    return robot_state_vector(obs)
+
+
 def replay_demo(env: ReplayEnv, source: RawDemo, wait_steps: int = 10, threshold: float = NOOP_THRESHOLD,
                 where: str = "", seed: int | None = None) -> ReplayResult:
     """Replay `source.actions` from `source.states[0]`, skipping no-ops; record obs before each kept action."""
@@ -146,8 +156,12 @@ def replay_demo(env: ReplayEnv, source: RawDemo, wait_steps: int = 10, threshold
     steps, states, robot, actions, rewards, dones = [], [], [], [], [], []
     done = False
     for action in source.actions[keep]:
-        states.append(env.sim_state())
-        robot.append(robot_state_vector(obs))
+        if not states:  # frame 0 as the official script: the raw demo's own values, not the settled state
+            states.append(np.asarray(source.states[0], dtype=np.float64))
+            robot.append(first_robot_state(source, obs))
+        else:
+            states.append(env.sim_state())
+            robot.append(robot_state_vector(obs))
         steps.append(obs_record(obs))
         obs, reward, done, _ = env.step(action)
         actions.append(action)
@@ -240,8 +254,9 @@ def _run_job(job: Job) -> dict:
     part_dir = Path(job.part_dir)
     info = {"demo": job.demo, "success": result.success, "kept": kept, "n_raw": result.n_raw,
             "n_kept": result.n_kept, "n_noops": result.n_noops}
-    if kept:
-        writer = RawDemoWriter(part_dir / f"{job.demo}.hdf5", {"problem_info": meta["problem_info"]},
+    if kept:  # a raw file without attrs (official regenerate output) has its instruction from the file name
+        problem = meta.get("problem_info") or {"language_instruction": meta["language_instruction"]}
+        writer = RawDemoWriter(part_dir / f"{job.demo}.hdf5", {"problem_info": problem},
                                None if cfg.image_compression == "none" else cfg.image_compression)
         with writer:
             writer.add(result.demo)

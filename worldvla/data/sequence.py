@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from worldvla import vocab as V
+from worldvla.errors import InputFileError
 from worldvla.recipe import SAMPLE_KINDS
 from worldvla.spans import Span  # noqa: F401 (re-exported: Sample.spans holds them)
 from worldvla.tokenizers.action import ActionTokenizer, StateTokenizer
@@ -162,6 +163,8 @@ class SequenceBuilder:
                 raise RecordError(f"{where}more {kind} placeholders than entries in '{kind}' ({len(media[kind])})")
             try:
                 block = self._media_tokens(kind, media[kind][used[kind]], base)
+            except InputFileError:  # a damaged cache file, not this record's media: name the file alone
+                raise
             except (OSError, ValueError) as err:
                 raise RecordError(f"{where}{kind} {used[kind]} ({media[kind][used[kind]]!r}): {err}") from err
             used[kind] += 1

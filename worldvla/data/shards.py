@@ -96,6 +96,19 @@ class ShardReader:
             raise ValueError(f"{self.folder}: incomplete or corrupt shard ({err}); rerun pretokenize to rebuild it") from None
         self.offsets = np.asarray(self.arrays["offsets"])
         self.span_offsets = np.asarray(self.arrays["span_offsets"])
+        self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        """The arrays agree in length (a short labels.npy would load and fail many steps into training)."""
+        n = len(self.offsets) - 1
+        want = {"input_ids": int(self.offsets[-1]) if n >= 0 else 0, "labels": len(self.arrays["input_ids"]),
+                "span_offsets": n + 1, "kinds": n, "record_ids": n,
+                "spans": int(self.span_offsets[-1]) if len(self.span_offsets) else 0}
+        for name, length in want.items():
+            if len(self.arrays[name]) != length:
+                raise InputFileError(self.folder / f"{name}.npy", f"{len(self.arrays[name])} entries, expected "
+                                     f"{length} (from offsets.npy / input_ids.npy); rerun pretokenize to rebuild the "
+                                     "shard", name)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

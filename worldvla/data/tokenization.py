@@ -27,7 +27,7 @@ from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files a
     tokenizer_files,
 )
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
-from worldvla.tokenizers.image import codes_to_tokens, to_rgb_array
+from worldvla.tokenizers.image import codes_to_tokens, resize_square, to_rgb_array
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,32 @@ def media_key(item, base_dir: Path | None) -> str:
     return str(base_dir / path if base_dir is not None else path)
 
 
+def fit_frame(image: np.ndarray, resolution: int, resize: bool) -> np.ndarray:
+    """A frame for the VQ-GAN: as it is, or (resize) resized to the square resolution (RynnVLA-002's LeRobot
+    path: PIL bicubic, no crop). Without resize a frame of another size is a ValueError naming the option."""
+    if resize:
+        return resize_square(image, resolution)
+    if image.shape[:2] != (resolution, resolution):
+        raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]} px, the model resolution is {resolution}: "
+                         f"resize it (PIL bicubic to {resolution}x{resolution}) with tokenizer.resize=true "
+                         f"(pretokenize) / data.resize=true (training), or import the LeRobot data with "
+                         f"resize={resolution}")
+    return image
+
+
 class SampleTokenizer:
     """`build(record, name) -> Sample`; `prefetch(records)` tokenises their images in batches first."""
 
     def __init__(self, recipe: Recipe, tokenizer: str | Path, base_dir: str | Path | None = None, cache_size: int = 0,
-                 frame_cache=None, device: str = "cpu", image_batch: int = 1):
+                 frame_cache=None, device: str = "cpu", image_batch: int = 1, resize: bool = False):
         """`tokenizer`: the folder of the recipe's tokenizer files; `cache_size`: images kept in memory
         (0 = unbounded); `frame_cache`: a FrameCache to read codes from; `device`: where the VQ-GAN runs;
-        `image_batch`: images per VQ-GAN call (prefetch)."""
+        `image_batch`: images per VQ-GAN call (prefetch); `resize`: frames of another size are resized to the
+        recipe's resolution (`fit_frame`) instead of refused."""
         files = tokenizer_files(tokenizer)
         self.recipe = recipe
         self.image_batch = max(1, image_batch)
+        self.resize = resize
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.text = TextTokenizer(files["text_tokenizer.json"])
         self.image = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], self.text.vocab,
@@ -91,9 +106,13 @@ class SampleTokenizer:
             trj = path.parent.parent
             raise RecordError(f"{where}: image file not found: {path} (trajectory {trj.name} of task {trj.parent.name})")
         try:
-            return to_rgb_array(path)
+            image = to_rgb_array(path)
         except OSError as err:
             raise RecordError(f"{where}: cannot read image {path}: {err}") from None
+        try:
+            return fit_frame(image, self.recipe.resolution, self.resize)
+        except ValueError as err:
+            raise RecordError(f"{where}: image {path}: {err}") from None
 
     def _store(self, key: str, tokens: list[int]) -> None:
         self.cache[key] = tokens

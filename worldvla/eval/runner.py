@@ -22,6 +22,7 @@ from worldvla.atomic import pid_alive
 from worldvla.config import to_dict
 from worldvla.envs.libero import check_resources
 from worldvla.envs.libero_pro import perturbation_record
+from worldvla.errors import InputFileError
 from worldvla.policy.interface import ActionChunk, decode_infos, load_policy, policy_info
 
 from .config import EvalConfig, compile_step_for, parse_shard
@@ -109,6 +110,21 @@ def _weights(cfg: EvalConfig) -> dict | None:
     return weights_fingerprint(Path(cfg.policy), cfg.tokenizer)
 
 
+def _read_run(path: Path) -> dict:
+    """A previous run's run.json, or one line naming it (a killed copy or an edit must not print a traceback)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputFileError(path, f"not valid JSON ({err}); delete the output folder to start over, or use "
+                                   "another output_dir") from None
+    if not isinstance(old, dict):
+        raise InputFileError(path, f"expected the JSON object an evaluation writes, got {type(old).__name__}")
+    for key, kind in (("config", dict), ("policy", dict), ("protocol", dict), ("deviations", list)):
+        if not isinstance(old.get(key), kind):
+            raise InputFileError(path, f"missing or not a {kind.__name__}; the file is damaged", key)
+    return old
+
+
 def check_same_weights(path: Path, old: dict, new: dict) -> None:
     """Refuse to resume the run of `path` (run.json) with a policy whose files changed since it started."""
     a, b = old.get("weights"), new.get("weights")
@@ -189,7 +205,7 @@ class Evaluation:
     def _check_resume(self) -> None:
         path = self.out_dir / f"run{self.suffix}.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            old = _read_run(path)
             check_same_weights(path, old, self.run)
             if run_identity(old) != run_identity(self.run):
                 a, b = run_identity(old), run_identity(self.run)

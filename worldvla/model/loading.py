@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,9 +145,11 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device
             raise TypeError(f"unknown ModelConfig override {k!r}")
         setattr(cfg, k, v)
     cfg.__post_init__()
+    _check_layer_count(folder / CONFIG_NAME, cfg, backbone)
     model_state = convert.to_model_state(backbone, cfg)
     with torch.device("meta"):
         model = Transformer(cfg)
+    _check_shapes(folder / CONFIG_NAME, model, model_state)
     model.load_state_dict(model_state, strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -157,6 +160,34 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device
     if dropped:
         log.info("%s: ignored %d tensors (%s...)", folder, len(dropped), dropped[0])
     return Loaded(model.eval(), folder, extras, dropped)
+
+
+def _config_field(key: str, axis: int) -> str:
+    """The config.json key that sets axis `axis` of tensor `key` (for the mismatch message)."""
+    if key in ("model.embed_tokens.weight", "lm_head.weight") and axis == 0:
+        return "vocab_size"
+    if ".mlp." in key and (axis == 0) == key.endswith(("gate_proj.weight", "up_proj.weight")):
+        return "intermediate_size"
+    return "hidden_size"
+
+
+def _check_layer_count(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """config.json's layer count is the weights' (a missing tensor of a layer stays the weights' KeyError)."""
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    if layers and len(layers) != cfg.n_layers:
+        raise InputFileError(path, f"{cfg.n_layers} layers, but the weights hold {len(layers)}; the config is not "
+                                   "the one of these weights", "num_hidden_layers")
+
+
+def _check_shapes(path: Path, model: Transformer, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor has the shape config.json implies; else one line naming the key, not load_state_dict's dump."""
+    for key, want in model.state_dict().items():
+        got = state[key].shape
+        if got != want.shape:
+            axis = next((i for i, (a, b) in enumerate(zip(got, want.shape)) if a != b), 0)
+            raise InputFileError(path, f"the weights' {key} is {tuple(got)} but this config gives "
+                                       f"{tuple(want.shape)}; the config is not the one of these weights",
+                                 _config_field(key, axis))
 
 
 def load_model(source: str | Path, dtype: torch.dtype | None = None, device="cpu", **kwargs) -> Transformer:

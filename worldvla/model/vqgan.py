@@ -31,6 +31,18 @@ log = logging.getLogger(__name__)
 GN_GROUPS, GN_EPS = 32, 1e-6  # taming GroupNorm settings
 
 
+def _check_number(path: Path, key: str, value, kind: str) -> None:
+    """A vqgan.yaml value has its field's type (a string where a size belongs fails deep in torch otherwise)."""
+    where = f"model.params.{key}" if key in ("embed_dim", "n_embed") else f"model.params.ddconfig.{key}"
+    is_list = kind == "list[int]"
+    items = value if is_list and isinstance(value, list) else [value]
+    want = {"int": int, "list[int]": int, "bool": bool, "float": (int, float)}[kind]
+    wrong = [v for v in items if not isinstance(v, want) or (isinstance(v, bool) and kind != "bool")]
+    if wrong or (is_list and not isinstance(value, list)):
+        raise InputFileError(path, f"expected {'a list of integers' if is_list else 'a ' + kind}, got {value!r}",
+                             where)
+
+
 @dataclass
 class VQGANConfig:
     """`model.params` of vqgan.yaml; defaults are Chameleon's (= HF ChameleonVQVAEConfig)."""
@@ -73,6 +85,8 @@ class VQGANConfig:
             if key not in params:
                 raise ValueError(f"{path}: model.params.{key} missing")
             cfg[key] = params[key]
+        for key, value in cfg.items():
+            _check_number(path, key, value, cls.__dataclass_fields__[key].type)
         return cls(**cfg)
 
     def to_yaml_dict(self) -> dict:

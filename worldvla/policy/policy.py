@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, world_conversation
+from worldvla.errors import InputFileError
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
 from worldvla.recipe import FILE_NAME as RECIPE_FILE
 from worldvla.recipe import Recipe, stats_of
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
-from worldvla.tokenizers.image import tokens_to_codes
+from worldvla.tokenizers.image import image_token_count, tokens_to_codes
 from worldvla.tokenizers.text import file_sha256
 
 from .continuous import build_action_head, check_action_mode, predict_normalised
@@ -70,6 +71,20 @@ def _bins(blocks: list[list[int]]) -> np.ndarray:
 
 
 _stats = stats_of
+
+
+def check_chunk_fits(settings: Recipe, max_seq_len: int, path: Path | None) -> None:
+    """K action blocks after the prompt's frames fit the model's context; else every episode would fail
+    at its first query. `path`: the worldvla.json the chunk_size came from (None: a keyword setting)."""
+    frames = settings.history * (2 if settings.with_wrist else 1)
+    needed = settings.chunk_size * G.BLOCK_LEN + frames * image_token_count(settings.resolution)
+    if needed <= max_seq_len:
+        return
+    message = (f"chunk_size={settings.chunk_size}: {settings.chunk_size} action blocks after {frames} frame(s) need "
+               f"at least {needed} positions, more than the model's max_seq_len {max_seq_len}")
+    if path is not None and path.is_file():
+        raise InputFileError(path, message, "chunk_size")
+    raise ValueError(f"policy setting {message}")
 
 
 class WorldVLAPolicy:
@@ -145,6 +160,7 @@ class WorldVLAPolicy:
             dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
         check_action_mode(base.action_mode)
         loaded = load_checkpoint(folder, dtype=dtype, device=device)
+        check_chunk_fits(base, loaded.model.cfg.max_seq_len, path if "chunk_size" not in given else None)
         head = None
         if base.action_mode == "continuous":
             head = build_action_head(loaded.extras, base.action_head, str(folder), device, dtype)

@@ -22,8 +22,10 @@ import numpy as np
 from worldvla import vocab
 from worldvla.bins import N_BIN_EDGES, official_bin_centres
 from worldvla.stats import (  # noqa: F401  (re-exported: the statistics live at the ground floor)
+    ACTION_DIM,
     RYNNVLA_ACTION_STATS,
     RYNNVLA_STATE_STATS,
+    STATE_DIM,
     STATS_PRESETS,
     WORLDVLA_ACTION_STATS,
     NormStats,
@@ -33,8 +35,6 @@ from worldvla.stats import (  # noqa: F401  (re-exported: the statistics live at
 log = logging.getLogger(__name__)
 
 NORM_EPS = 1e-8  # official denominator epsilon
-ACTION_DIM = 7  # dx dy dz, drx dry drz (axis-angle), gripper (-1 open, +1 close)
-STATE_DIM = 8  # eef pos (3), eef axis-angle (3), gripper qpos (2)
 
 
 class BinTokenizer:

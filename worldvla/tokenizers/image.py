@@ -106,6 +106,15 @@ def var_center_crop(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + cw, top + ch))
 
 
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 frame as (size, size, 3): PIL bicubic to the square, no crop, as RynnVLA-002's
+    LeRobot item processor does (`Image.resize((256, 256))`, whose default filter is bicubic) before its
+    crop, which is then the identity. A frame already at the size is returned as it is."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
 def to_rgb_array(image) -> np.ndarray:
     """PIL image, path or HWC array -> (H, W, 3) uint8 RGB (RGBA composited on white)."""
     if isinstance(image, (str, Path)):

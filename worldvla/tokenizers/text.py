@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import hf_hub_download
 from tokenizers import Tokenizer
 
+from worldvla.errors import InputFileError
 from worldvla.vocab import OFFICIAL_NAMES, Vocab
 
 TOKENIZER_FILENAME = "text_tokenizer.json"
@@ -57,8 +58,11 @@ class TextTokenizer:
         self.path = Path(tokenizer_file)
         if not self.path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {self.path}")
-        self._tok = Tokenizer.from_file(str(self.path))
-        self.vocab = Vocab.from_tokenizer_file(self.path)  # asserts every official id by name
+        self.vocab = Vocab.from_tokenizer_file(self.path)  # asserts every official id by name; names a bad file
+        try:
+            self._tok = Tokenizer.from_file(str(self.path))
+        except Exception as err:  # noqa: BLE001 - the tokenizers library raises its own bare Exception
+            raise InputFileError(self.path, f"the tokenizers library cannot read it ({err})") from None
         for name, want in OFFICIAL_NAMES.items():  # and the encoder itself agrees (added_tokens vs model.vocab)
             got = self._tok.token_to_id(name)
             if got != want:

@@ -65,6 +65,7 @@ class DataOptions:
     base_dir: Path | None = None  # relative media paths of the records are resolved against this (default: cwd)
     frame_cache: Path | None = None  # a pretokenize frames/ folder to read VQ codes from (others: VQ-GAN on CPU)
     image_cache: int = 4096  # images whose tokens each loader process keeps in memory (0 = unbounded)
+    resize: bool = False  # frames not at data.resolution are resized to it (pretokenize's tokenizer.resize)
 
 
 @dataclass
@@ -142,6 +143,8 @@ class TrainConfig:
         need(t.epochs > 0 or t.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0")
         need(len(t.betas) == 2, f"train.betas must have two values, got {t.betas}")
         need(t.lr >= 0 and t.min_lr >= 0 and t.warmup_epochs >= 0, "train.lr, train.min_lr, train.warmup_epochs must be >= 0")
+        need(t.lr >= t.min_lr, f"train.lr={t.lr} is below train.min_lr={t.min_lr}: the schedule would decay upwards "
+                               "(lr == min_lr is a constant rate)")
         need(t.keep_last >= 0, "train.keep_last must be >= 0 (0 keeps all)")
         need(lg.wandb_mode in WANDB_MODES, f"logging.wandb_mode: {lg.wandb_mode!r} not one of {list(WANDB_MODES)}")
         need(lg.log_every >= 1, "logging.log_every must be >= 1")

@@ -32,6 +32,7 @@ from worldvla.data.frame_cache import FrameCache
 from worldvla.data.pretokenize import record_name
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder
 from worldvla.data.tokenization import sample_kind, tokenizer_files, vqgan_fingerprint
+from worldvla.errors import DataError
 from worldvla.recipe import Recipe, stats_json, stats_of
 from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count
@@ -40,10 +41,6 @@ from worldvla.train.modeling import data_recipe
 from worldvla.train.sampler import BatchPlan, PlanSampler
 
 log = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """A training set that cannot be opened or does not match the config; names the entry."""
 
 
 class TrainSet(torch.utils.data.Dataset):
@@ -214,7 +211,8 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
         except (FileExistsError, ValueError, OSError) as err:
             raise DataError(f"data.frame_cache = {cfg.frame_cache}: {err}") from None
     try:
-        shared = OnTheFlyDataset(paths, recipe, cfg.tokenizer, cfg.base_dir, cfg.image_cache, cfg.frame_cache)
+        shared = OnTheFlyDataset(paths, recipe, cfg.tokenizer, cfg.base_dir, cfg.image_cache, cfg.frame_cache,
+                                 cfg.resize)
     except (ValueError, OSError) as err:
         i = next((k for k, p in enumerate(paths) if str(p) in str(err)), None)
         raise DataError(f"{where}[{i}] = {paths[i]}: {err}" if i is not None else f"{where}: {err}") from None

@@ -3,7 +3,8 @@
 - Every message is a msgpack map {type, payload, seq, timestamp}; arrays are {"__ndarray__", data,
   dtype, shape} maps, camera images {"__image__", format: png | jpeg | raw, data, shape}.
 - The client opens with HELLO (answered with HELLO: the policy, its limits, `observation_params`
-  that switch the benchmark's wrist view and state on when the policy uses them, `deviations`), then
+  that switch the benchmark's wrist view and state on when the policy uses them and ask for the
+  unflipped quaternion -> axis-angle of the state (`quat_no_antipodal`), `deviations`), then
   per episode EPISODE_START, one OBSERVATION -> ACTION per env step, EPISODE_END. Nothing else is
   answered, except a failure: ERROR {"error": one line}, and the connection stays open.
 - An ACTION carries one env step `{"actions": (7,)}`: the server keeps the session's chunk and
@@ -104,11 +105,18 @@ class Session:
         self.plan.clear()
         self.steps = 0
 
+    def observation_params(self) -> dict:
+        """What the benchmark sends (vla-eval's orchestrator passes these to its constructor unless the eval
+        config sets them). `quat_no_antipodal`: the state's axis-angle as robosuite computes it, unflipped,
+        the convention worldvla's data and the official checkpoints use (docs/libero_protocol.md); vla-eval's
+        LIBERO default flips the quaternion to w >= 0 first, and the state token then saturates."""
+        info = self.server.info
+        return {"send_wrist_image": info["uses_wrist"], "send_state": info["uses_state"], "quat_no_antipodal": True}
+
     def hello(self) -> dict:
         info = self.server.info
         return {"protocol_version": PROTOCOL_VERSION, "model_server": "worldvla", "capabilities": {},
-                "policy": info, "observation_params": {"send_wrist_image": info["uses_wrist"],
-                                                       "send_state": info["uses_state"]},
+                "policy": info, "observation_params": self.observation_params(),
                 "deviations": [], **self.server.limits()}
 
     async def reply(self, data) -> list[bytes]:
