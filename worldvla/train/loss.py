@@ -59,32 +59,44 @@ def world_rows(labels: torch.Tensor) -> torch.Tensor:
     return (labels == V.BOI_ID).any(dim=1)
 
 
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the positions whose logits the loss reads (position t predicts label t + 1)."""
+    at = torch.zeros_like(labels, dtype=torch.bool)
+    at[:, :-1] = labels[:, 1:] != V.IGNORE_INDEX
+    return at
+
+
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | None = None,
                  world: torch.Tensor | None = None) -> LossOutput:
-    """logits (B, L, V) for inputs (B, L), labels (B, L) aligned with the inputs (-100 = ignored);
+    """logits (B, L, V) for inputs (B, L), or (N, V) packed at `predicting_positions(labels)` (the model's
+    `at=`: the same loss, the only logits it reads); labels (B, L) aligned with the inputs (-100 = ignored);
     `world` (B,) bool: the world-model rows, the batch's sample kinds (None: read from the labels)."""
     cfg = cfg or LossConfig()
-    if logits.shape[:2] != labels.shape:
+    at = predicting_positions(labels)
+    if logits.dim() == 2:
+        if logits.shape[0] != int(at.sum()):
+            raise ValueError(f"packed logits {tuple(logits.shape)}: expected one row per supervised label ({int(at.sum())})")
+        picked = logits.float()  # (N, V)
+    elif logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
-    logits = logits[:, :-1].float()  # (B, L-1, V): position t predicts label t + 1
-    target = labels[:, 1:]  # (B, L-1)
-    valid = target != V.IGNORE_INDEX
-    safe = target.clamp(min=0)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, L-1)
-    nll = (lse - logits.gather(-1, safe[..., None])[..., 0]) * valid  # (B, L-1)
-    n_valid = valid.sum()
+    else:
+        picked = logits[at].float()
+    target = labels[:, 1:][at[:, :-1]]  # (N,) the supervised labels, in the same order
+    n_valid = target.numel()
+    lse = torch.logsumexp(picked, dim=-1)  # (N,)
+    nll = lse - picked.gather(-1, target[:, None])[:, 0]
     zero = logits.sum() * 0.0  # keeps the graph when nothing is supervised
-    z = (lse.pow(2) * valid).sum() / n_valid if n_valid else zero
+    z = lse.pow(2).sum() / n_valid if n_valid else zero
 
-    is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))[:, None]  # (B, 1)
-    world = is_world & valid  # (B, L-1)
-    action = ~is_world & valid
+    is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))  # (B,)
+    world = is_world[:, None].expand_as(at)[at]  # (N,) the kind of each supervised label
+    action = ~world
     n_world, n_action = int(world.sum()), int(action.sum())
     world_ce = (nll * world).sum() / n_world if n_world else None
     action_ce = (nll * action).sum() / n_action if n_action else None
 
     if cfg.form == "official":
-        w = class_weights(cfg, logits.shape[-1], logits.device)[safe] * valid  # (B, L-1)
+        w = class_weights(cfg, picked.shape[-1], picked.device)[target]  # (N,)
         ce = (w * nll).sum() / w.sum() if n_valid else zero
     else:
         ce = (action_ce if action_ce is not None else zero) + cfg.world_weight * (
