@@ -145,6 +145,16 @@ def test_sharding_partitions_the_episodes():
         parse_shard("4/4")
 
 
+def test_first_trial_selects_held_out_init_states_and_is_flagged():
+    cfg = EvalConfig(suites=["libero_object"], tasks=[0], num_trials=20, first_trial=30)
+    keys = all_episodes(cfg, lambda s: 10)
+    assert [k.trial for k in keys] == list(range(30, 50))  # init states 30..49, e.g. never trained on
+    info = policy_info(HashPolicy(chunk_size=5, history=2, resolution=256))
+    assert any("first_trial=30" in f for f in deviations(cfg, info, lambda s: 10))
+    with pytest.raises(ValueError, match="first_trial >= 0"):
+        EvalConfig(first_trial=-1)
+
+
 def test_protocol_defaults_have_no_deviations_and_every_knob_is_flagged():
     info = policy_info(HashPolicy(chunk_size=5, history=2, resolution=256))
     assert deviations(EvalConfig(), info, lambda s: 10) == []

@@ -69,10 +69,11 @@ class DemoConfig:
     with_wrist: bool = False  # RynnVLA-002's wrist view next to the third view (Recipe.with_wrist)
     chunk_size: int = 5  # K actions per chunk
     train_config: str = "configs/tiny.yaml"  # the train preset; the fields below override it
-    train_steps: int = 300  # tiny-model optimizer steps (both runs)
+    train_steps: int = 300  # tiny-model optimizer steps (both runs); with train_epochs > 0 the epochs decide
+    train_epochs: float = 0.0  # > 0: train this many epochs, the cosine schedule (lr -> min_lr) spanning them
     causal: bool = True  # also train the causal-mask ablation (configs/ablation_no_action_mask.yaml's switch)
-    model_dim: int = 64  # tiny model width (64 = the tiny preset)
-    model_layers: int = 2
+    model_dim: int = 0  # model width (0 = train_config's)
+    model_layers: int = 0  # decoder layers (0 = train_config's)
     batch_size: int = 8
     lr: float = 3.0e-3  # a toy model on a few demos learns at a toy learning rate
     min_lr: float = 0.0  # end of the cosine schedule (0 = lr: constant)
@@ -157,11 +158,11 @@ def _make_assets(out: Path, assets_dir: Path) -> float:
 
 
 def _model_args(cfg: DemoConfig) -> list[str]:
-    """Train overrides for a tiny model other than the preset (dim, layers); none for the preset."""
+    """Train overrides for a model width / depth other than the train preset's (none when 0)."""
     args = []
-    if cfg.model_dim != 64:
+    if cfg.model_dim:
         args += [f"model.overrides.dim={cfg.model_dim}", f"model.overrides.intermediate_size={cfg.model_dim * 11 // 4}"]
-    if cfg.model_layers != 2:
+    if cfg.model_layers:
         args.append(f"model.overrides.n_layers={cfg.model_layers}")
     return args
 
@@ -176,6 +177,14 @@ def held_out(manifest: Path) -> dict:
                          "record more episodes or lower train_ratio")
     return {"trajectories": n_traj, "action_samples": n_samples, "train_trajectories": len(data["splits"]["train"]),
             "names": data["splits"]["val_ind"]}
+
+
+def _length(cfg: DemoConfig) -> list[str]:
+    """How long the runs train: whole epochs (the schedule spans them) or a step count; one checkpoint at the end."""
+    if cfg.train_epochs > 0:
+        return [f"train.epochs={cfg.train_epochs}", "train.max_steps=0", "train.save_every_steps=0",
+                "train.save_every_epochs=0"]
+    return [f"train.max_steps={cfg.train_steps}", f"train.save_every_steps={cfg.train_steps}"]
 
 
 def _kinds(cfg: DemoConfig) -> list[str]:
@@ -276,9 +285,9 @@ def run(cfg: DemoConfig) -> Path:
                 f"data.tokenizer={tok_dir}", f"data.resolution={cfg.resolution}", f"data.chunk_size={cfg.chunk_size}",
                 f"data.with_state={str(cfg.with_state).lower()}", f"data.with_wrist={str(cfg.with_wrist).lower()}",
                 f"data.kinds=[{','.join(_kinds(cfg))}]",
-                f"train.output_dir={folder}", f"train.max_steps={cfg.train_steps}", f"train.batch_size={cfg.batch_size}",
+                f"train.output_dir={folder}", *_length(cfg), f"train.batch_size={cfg.batch_size}",
                 f"train.lr={cfg.lr}", f"train.min_lr={cfg.min_lr or cfg.lr}", f"train.world_weight={cfg.world_weight}",
-                f"train.save_every_steps={cfg.train_steps}", "train.keep_last=1", "logging.wandb=false",
+                "train.keep_last=1", "logging.wandb=false",
                 *_model_args(cfg), *extra]
 
     times["train"] = _run(out, "train", train_args(train_dir, []))
@@ -390,7 +399,7 @@ def _overview(loss_png: Path, strip_png: Path | None, path: Path) -> None:
 
 def rollout_strip(video: Path, path: Path, frames: int = 8) -> Path | None:
     """Evenly spaced frames of a rollout video side by side (what the README shows of a successful episode)."""
-    import imageio.v2 as imageio  # noqa: PLC0415 - its ffmpeg plugin loads only when a report is written
+    import imageio.v2 as imageio
 
     with imageio.get_reader(video) as reader:
         images = [np.asarray(f) for f in reader]
@@ -499,8 +508,9 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
         "![overview: loss curve; ground truth vs imagined frames](overview.png)", "",
         (f"{cfg.suite}, tasks {cfg.tasks}, {cfg.resolution} px, chunk K = {cfg.chunk_size}, history M = 2; "
          f"{'with' if cfg.with_state else 'without'} the proprio state, {'with' if cfg.with_wrist else 'without'} "
-         f"the wrist view; tiny random-initialised model (`{cfg.train_config}`, width {cfg.model_dim}, "
-         f"{cfg.model_layers} layers) trained for {cfg.train_steps} steps on CPU on {cfg.kinds} samples. "
+         f"the wrist view; tiny random-initialised model (`{cfg.train_config}` {' '.join(_model_args(cfg))}) "
+         f"trained for {f'{cfg.train_epochs:g} epochs' if cfg.train_epochs > 0 else f'{cfg.train_steps} steps'} "
+         f"on CPU on {cfg.kinds} samples. "
          f"Checkpoint: `{ckpt.relative_to(out)}` (under `{out.name}/`)."), "",
         _tokenizer_line(cfg, out), "",
         "## 1. Scripted expert demonstrations", "",
