@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from safetensors import safe_open
 
 from worldvla.config import parse_cli
 from worldvla.data.conversations import ConversationsConfig, output_names
@@ -54,6 +55,10 @@ from worldvla.testing.fixtures import make_tiny_assets
 log = logging.getLogger("worldvla.demo")
 REPO = Path(__file__).resolve().parents[1]
 STAMPS = ".stages"
+EMBEDDED = "embedded"
+# The tiny VQ-GAN fitted on libero_object frames at 128 px (safetensors, fp16), rebuilt by the command in
+# worldvla/assets/README.md; `vqgan=embedded` skips the fit.
+EMBEDDED_VQGAN = Path(__file__).resolve().parent / "assets" / "tiny_vqgan_libero_128"
 
 
 @dataclass
@@ -88,7 +93,8 @@ class DemoConfig:
     open_loop_samples: int = 0  # held-out action samples decoded per model (0 = all)
     claims: bool = True  # the open-loop and imagine stages on the held-out (val_ind) demos (needs train_ratio < 1)
     report_videos: int = 2  # rollout videos copied into the report
-    vqgan: str = ""  # a tokenizer folder (text_tokenizer.json, vqgan.yaml, vqgan.ckpt) to use as is; "" = fit one
+    vqgan: str = ""  # "" = fit the tiny VQ-GAN here; "embedded" = the one shipped in worldvla/assets (fitted on
+    # libero_object frames at 128 px); or a tokenizer folder (text_tokenizer.json, vqgan.yaml, vqgan.ckpt) used as is
     vqgan_fit_steps: int = 200  # optimizer steps of the tiny VQ-GAN's fit to the demo's frames (machine-independent)
     data_from: str = ""  # another demo's out folder: reuse its recorded + regenerated data (no record/regenerate)
 
@@ -198,8 +204,19 @@ def _kinds(cfg: DemoConfig) -> list[str]:
 def _tokenizer(cfg: DemoConfig, out: Path, export: Path) -> tuple[Path, float]:
     """The tokenizer folder: `cfg.vqgan` as given, else the tiny assets with their VQ-GAN fitted to the
     demo's frames for `vqgan_fit_steps` steps (held-out PSNR and code statistics in the fit's log)."""
-    if cfg.vqgan:
+    if cfg.vqgan and cfg.vqgan != EMBEDDED:
         return Path(cfg.vqgan).resolve(), 0.0
+    if cfg.vqgan == EMBEDDED:  # the tiny text tokenizer (deterministic) + the shipped fitted VQ-GAN
+        tok_dir = out / "assets_embedded" / "tokenizer"  # its own folder: stages made with another tokenizer rerun
+        if not (tok_dir / "vqgan.ckpt").is_file():
+            tmp = tok_dir.parent.with_name("assets_embedded.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            make_tiny_assets(tmp)
+            for name in ("vqgan.yaml", "vqgan.ckpt"):
+                shutil.copyfile(EMBEDDED_VQGAN / name.replace(".ckpt", ".safetensors"), tmp / "tokenizer" / name)
+            shutil.rmtree(tok_dir.parent, ignore_errors=True)
+            tmp.replace(tok_dir.parent)
+        return tok_dir, 0.0
     assets_dir = out / "assets"
     seconds = _make_assets(out, assets_dir)
     tok_dir = assets_dir / "tokenizer"
@@ -368,6 +385,12 @@ def _eval_section(cfg: DemoConfig, out: Path) -> list[str]:
 
 def _tokenizer_line(cfg: DemoConfig, out: Path) -> str:
     path = out / "tokenizer_report.json"
+    if cfg.vqgan == EMBEDDED:
+        with safe_open(str(EMBEDDED_VQGAN / "vqgan.safetensors"), framework="pt") as f:
+            meta = f.metadata() or {}
+        return (f"Tokenizer: the embedded tiny VQ-GAN (`worldvla/assets/{EMBEDDED_VQGAN.name}`, fitted on "
+                f"{meta.get('fitted_on', '?')} for {meta.get('steps', '?')} steps; held-out PSNR "
+                f"{meta.get('held_out_psnr_db', '?')} dB, {meta.get('codes_per_frame', '?')} codes per frame).")
     if cfg.vqgan:
         return f"Tokenizer: `{cfg.vqgan}` as given."
     if not path.is_file():
