@@ -9,6 +9,7 @@ Used by tests/test_closed_loop.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -64,12 +65,15 @@ def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 400, 
     files = generate(ConversationsConfig.from_recipe(recipe, base_dir=root / "export", output_dir=root / "convs",
                                                      task_name="toy", train_ratio=1.0, world_model=False))
     tokens = root / "tokens"
+    n_samples = len(json.loads(Path(files["train"]["action"]).read_text()))
+    epochs = steps / max(1, n_samples // batch_size)  # the cosine decays to min_lr at the last step
     pretokenize(PretokenizeConfig(inputs=[files["train"]["action"]], out_dir=tokens,
                                   tokenizer=TokenizerOptions.from_recipe(recipe, tokenizer), shard_size=256))
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [
         f"data.train=[{tokens}]", f"data.tokenizer={tokenizer}", "data.resolution=64", f"data.chunk_size={chunk_size}",
         f"data.action_stats={stats}", "data.kinds=[action]", f"train.output_dir={root / 'run'}",
-        f"train.max_steps={steps}", f"train.batch_size={batch_size}", f"train.lr={lr}", f"train.min_lr={lr}",
+        "model.activation_checkpointing=false",  # nothing to save at this size
+        f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"train.lr={lr}", f"train.min_lr={lr}",
         f"train.seed={seed}", f"train.save_every_steps={steps}", "train.keep_last=1", "logging.wandb=false",
         "logging.progress_bar=false", "logging.plot=false", f"logging.log_every={max(1, steps // 10)}"])
     return Path(train(cfg)["checkpoint"])
