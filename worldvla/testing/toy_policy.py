@@ -51,7 +51,7 @@ def write_demos(base: Path, chunk_size: int) -> int:
 
 
 def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 400, chunk_size: int = 2,
-                     seed: int = 0, batch_size: int = 16, lr: float = 3e-3) -> Path:
+                     seed: int = 0, batch_size: int = 16, lr: float = 3e-3, extra: tuple[str, ...] = ()) -> Path:
     """Demos -> conversations -> pretokenize -> train; returns the final checkpoint folder."""
     from worldvla.train.config import TrainConfig  # why: torch-heavy trainer, imported only when training
     from worldvla.train.loop import train
@@ -75,5 +75,5 @@ def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 400, 
         "model.activation_checkpointing=false",  # nothing to save at this size
         f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"train.lr={lr}", f"train.min_lr={lr}",
         f"train.seed={seed}", f"train.save_every_steps={steps}", "train.keep_last=1", "logging.wandb=false",
-        "logging.progress_bar=false", "logging.plot=false", f"logging.log_every={max(1, steps // 10)}"])
+        "logging.progress_bar=false", "logging.plot=false", f"logging.log_every={max(1, steps // 10)}", *extra])
     return Path(train(cfg)["checkpoint"])
