@@ -16,7 +16,7 @@ from worldvla.eval.libero import main
 from worldvla.policy import policy as policy_module
 from worldvla.stats import WORLDVLA_ACTION_STATS
 from worldvla.testing import toy_env
-from worldvla.testing.toy_policy import TOY_STATS, train_toy_policy
+from worldvla.train.toy_policy import TOY_STATS, train_toy_policy
 
 pytestmark = pytest.mark.slow  # one training run (~1 min on a free core) shared by every case
 

@@ -120,7 +120,7 @@ class ToyGraspEnv:
             raise ValueError(f"action must be 7 finite numbers, got {a}")
         if self.failed:  # the runner only stops on success: a failed episode idles until max_steps
             return self._obs(), 0.0, False, {"failed": True}
-        dc, dr = (int(round(v / STEP)) for v in a[:2])
+        dc, dr = (round(v / STEP) for v in a[:2])
         done = False
         if a[6] <= 0:
             r, c = self.gripper[0] + dr, self.gripper[1] + dc

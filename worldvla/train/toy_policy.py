@@ -10,7 +10,6 @@ Used by tests/test_closed_loop.py.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,8 @@ from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions, preto
 from worldvla.recipe import Recipe
 from worldvla.stats import NormStats
 from worldvla.testing import toy_env as T
-
-log = logging.getLogger(__name__)
+from worldvla.train.config import TrainConfig
+from worldvla.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 # x, y, z in env units of +-1 cell; the rotation dims are unused; gripper -1 open / +1 closed
@@ -44,7 +43,7 @@ def write_demos(base: Path, chunk_size: int) -> int:
             Image.fromarray(T.draw(pos, block, held)).save(trj / "imgs" / f"image_{j}.png")
             np.save(trj / "action" / f"action_{j}.npy", a)
             if a[6] <= 0:
-                pos = (pos[0] + int(round(a[1] / T.STEP)), pos[1] + int(round(a[0] / T.STEP)))
+                pos = (pos[0] + round(a[1] / T.STEP), pos[1] + round(a[0] / T.STEP))
             held = held or (a[6] > 0 and pos == block)
         frames += len(actions)
     return frames
@@ -53,9 +52,6 @@ def write_demos(base: Path, chunk_size: int) -> int:
 def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 400, chunk_size: int = 2,
                      seed: int = 0, batch_size: int = 16, lr: float = 3e-3, extra: tuple[str, ...] = ()) -> Path:
     """Demos -> conversations -> pretokenize -> train; returns the final checkpoint folder."""
-    from worldvla.train.config import TrainConfig  # why: torch-heavy trainer, imported only when training
-    from worldvla.train.loop import train
-
     root = Path(root)
     stats = root / "toy_action_stats.json"
     root.mkdir(parents=True, exist_ok=True)
