@@ -120,7 +120,7 @@ class ToyGraspEnv:
             raise ValueError(f"action must be 7 finite numbers, got {a}")
         if self.failed:  # the runner only stops on success: a failed episode idles until max_steps
             return self._obs(), 0.0, False, {"failed": True}
-        dc, dr = (round(v / STEP) for v in a[:2])
+        dc, dr = (int(np.rint(v / STEP)) for v in a[:2])
         done = False
         if a[6] <= 0:
             r, c = self.gripper[0] + dr, self.gripper[1] + dc
@@ -128,7 +128,7 @@ class ToyGraspEnv:
             if not self.failed:
                 self.gripper = (r, c)
         else:
-            still = dr == 0 and dc == 0 and round(a[2] / STEP) == 0
+            still = dr == 0 and dc == 0 and np.rint(a[2] / STEP) == 0
             done = self.held = still and self.gripper == self.block
             self.failed = not done
         return self._obs(), float(done), done, {"failed": self.failed}

@@ -43,7 +43,7 @@ def write_demos(base: Path, chunk_size: int) -> int:
             Image.fromarray(T.draw(pos, block, held)).save(trj / "imgs" / f"image_{j}.png")
             np.save(trj / "action" / f"action_{j}.npy", a)
             if a[6] <= 0:
-                pos = (pos[0] + round(a[1] / T.STEP), pos[1] + round(a[0] / T.STEP))
+                pos = (pos[0] + int(np.rint(a[1] / T.STEP)), pos[1] + int(np.rint(a[0] / T.STEP)))
             held = held or (a[6] > 0 and pos == block)
         frames += len(actions)
     return frames
