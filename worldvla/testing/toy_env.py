@@ -128,7 +128,7 @@ class ToyGraspEnv:
             if not self.failed:
                 self.gripper = (r, c)
         else:
-            still = dr == 0 and dc == 0 and np.rint(a[2] / STEP) == 0
+            still = dr == 0 and dc == 0 and bool(np.rint(a[2] / STEP) == 0)
             done = self.held = still and self.gripper == self.block
             self.failed = not done
         return self._obs(), float(done), done, {"failed": self.failed}
