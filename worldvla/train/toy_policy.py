@@ -30,11 +30,13 @@ TOY_STATS = NormStats((-T.STEP,) * 3 + (-1.0,) * 4, (T.STEP,) * 3 + (1.0,) * 4)
 
 
 def write_demos(base: Path, chunk_size: int) -> int:
-    """One expert demo per start board, padded with K-1 lift actions past the grasp. Returns the frame count."""
+    """One expert demo per start board, padded with K lift actions past the grasp: every chunk position gets
+    data, and the frame before the grasp also appears as the older history frame (before a lift), so the
+    policy cannot take "that frame anywhere in the prompt" to mean "grasp now". Returns the frame count."""
     task = base / T.LANGUAGE.replace(" ", "_")  # the instruction is the folder name (official training)
     frames = 0
     for i, (gripper, block) in enumerate(T.configs()):
-        actions = T.expert_actions(gripper, block, pad=chunk_size - 1)
+        actions = T.expert_actions(gripper, block, pad=chunk_size)
         trj = task / f"trj_{i}"
         (trj / "imgs").mkdir(parents=True, exist_ok=True)
         (trj / "action").mkdir(exist_ok=True)
