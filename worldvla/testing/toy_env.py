@@ -10,7 +10,9 @@ the block. Rules (env units: one cell = STEP action units), chosen so that each 
   else or when moving (an inverted gripper closes on the first move; a reversed chunk starts with the
   expert's post-grasp "lift" or with a grasp that comes before its approach moves);
 - frames come out upside down, like LIBERO's cameras: the runner's 180-degree rotation makes them
-  upright, and a frame read upside down shows the mirrored board (moves away from the block).
+  upright, and a frame read upside down shows the mirrored board (moves away from the block);
+- every trial needs two moves, so its second query comes with the gripper on the block: the older
+  history frame read as the current one asks for one more move (off the block) before the grasp.
 The expert moves one cell per step on each axis towards the block, then grasps, then lifts
 (`expert_actions`); the lift rows are never executed in a correct loop (the grasp ends the episode).
 """
@@ -28,8 +30,6 @@ BLOCK = (230, 50, 40)
 GRIPPER_ON_BLOCK = (220, 60, 220)  # both in one cell (the frame before the grasp)
 HELD = (240, 220, 40)  # after a grasp (demo padding frames only)
 LIFT = 1.0  # action[2] of the expert's lift
-
-
 BLOCKS = ((1, 1), (2, 2))  # a mirror pair: a frame read upside down is another board the policy has seen
 
 

@@ -53,9 +53,9 @@ def write_demos(base: Path, chunk_size: int) -> int:
 
 def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 300, chunk_size: int = 2,
                      seed: int = 0, batch_size: int = 16, lr: float = 3e-3, extra: tuple[str, ...] = ()) -> Path:
-    """Demos -> conversations -> pretokenize -> train; returns the final checkpoint folder. The defaults (300
-    steps of 16, cosine to lr / 10) solve every board for several seeds; at 200 steps or a constant lr
-    some seeds still miss a third of the first moves."""
+    """Demos -> conversations -> pretokenize -> train; returns the final checkpoint folder (`extra`: more
+    TrainConfig overrides). The defaults (300 steps of 16, cosine to lr / 10) solved every board with each
+    seed tried; at 200 steps or a constant lr some seeds still missed a sixth to a third of the first moves."""
     root = Path(root)
     stats = root / "toy_action_stats.json"
     root.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 300, 
         f"data.train=[{tokens}]", f"data.tokenizer={tokenizer}", "data.resolution=64", f"data.chunk_size={chunk_size}",
         f"data.action_stats={stats}", "data.kinds=[action]", f"train.output_dir={root / 'run'}",
         "model.activation_checkpointing=false",  # nothing to save at this size
-        f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"train.lr={lr}", f"train.min_lr={lr / 10}",
-        f"train.seed={seed}", f"train.save_every_steps={steps}", "train.keep_last=1", "logging.wandb=false",
+        f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"train.lr={lr}",
+        f"train.min_lr={lr / 10}", f"train.seed={seed}", f"train.save_every_steps={steps}", "train.keep_last=1", "logging.wandb=false",
         "logging.progress_bar=false", "logging.plot=false", f"logging.log_every={max(1, steps // 10)}", *extra])
     return Path(train(cfg)["checkpoint"])
