@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from worldvla import vocab as V
 
@@ -29,6 +30,7 @@ class LossConfig:
     z_loss_weight: float = 1e-5  # official z-loss weight
     form: str = "official"  # official (class-weighted mean) | paper (L_action + w * L_world)
     image_code_slice: tuple[int, int] = V.IMAGE_CODE_LOSS_SLICE  # class ids [lo, hi) given world_weight
+    chunk: int = 0  # > 0: positions per chunk of chunked_lse_target (0 = the whole logits in one fp32 copy)
 
     def __post_init__(self) -> None:
         if self.form not in LOSS_FORMS:
@@ -59,6 +61,20 @@ def world_rows(labels: torch.Tensor) -> torch.Tensor:
     return (labels == V.BOI_ID).any(dim=1)
 
 
+def _lse_target(logits: torch.Tensor, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1), logits.gather(-1, safe[..., None])[..., 0]
+
+
+def chunked_lse_target(logits: torch.Tensor, safe: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp, target logit), each (B, T) fp32, of logits (B, T, V) read `chunk` positions at a time.
+    Each chunk's fp32 copy is recomputed in backward (non-reentrant checkpoint), so only one chunk's copy
+    exists at a time instead of the whole (B, T, V) fp32 tensor; the values are the unchunked ones."""
+    parts = [checkpoint(_lse_target, logits[:, i:i + chunk], safe[:, i:i + chunk], use_reentrant=False)
+             for i in range(0, logits.shape[1], chunk)]
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | None = None,
                  world: torch.Tensor | None = None) -> LossOutput:
     """logits (B, L, V) for inputs (B, L), labels (B, L) aligned with the inputs (-100 = ignored);
@@ -66,14 +82,19 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | N
     cfg = cfg or LossConfig()
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
-    logits = logits[:, :-1].float()  # (B, L-1, V): position t predicts label t + 1
     target = labels[:, 1:]  # (B, L-1)
     valid = target != V.IGNORE_INDEX
     safe = target.clamp(min=0)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, L-1)
-    nll = (lse - logits.gather(-1, safe[..., None])[..., 0]) * valid  # (B, L-1)
+    if cfg.chunk > 0:
+        logits = logits[:, :-1]  # (B, L-1, V): position t predicts label t + 1; fp32 per chunk
+        lse, picked = chunked_lse_target(logits, safe, cfg.chunk)
+    else:
+        logits = logits[:, :-1].float()  # (B, L-1, V): position t predicts label t + 1
+        lse = torch.logsumexp(logits, dim=-1)  # (B, L-1)
+        picked = logits.gather(-1, safe[..., None])[..., 0]
+    nll = (lse - picked) * valid  # (B, L-1)
     n_valid = valid.sum()
-    zero = logits.sum() * 0.0  # keeps the graph when nothing is supervised
+    zero = logits.sum().float() * 0.0  # keeps the graph when nothing is supervised
     z = (lse.pow(2) * valid).sum() / n_valid if n_valid else zero
 
     is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))[:, None]  # (B, 1)
