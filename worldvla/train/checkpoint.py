@@ -152,6 +152,8 @@ class CheckpointManager:
         # LoRA: train_state/ holds the trainable parameters and their AdamW state; the frozen base is rebuilt
         # from model.init_from on resume (a few MB per checkpoint instead of the 7B model's 84 GB)
         self.options = StateDictOptions(ignore_frozen_params=trainable_only)
+        # set_state_dict would count the frozen base as missing; dcp.load already failed on any absent trainable key
+        self.load_options = StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
     # -- listing ----------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -297,7 +299,7 @@ class CheckpointManager:
                 raise CheckpointError(f"{folder / 'dcp'}: cannot read the model/optimizer state "
                                       f"({failure_reason(err)})") from None
             set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=self.options)
+                           options=self.load_options)
         if rng is not None:
             set_rng_state(rng)
         else:
