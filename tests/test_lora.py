@@ -23,7 +23,7 @@ from worldvla.config import ConfigError, load_config
 from worldvla.model.loading import load_checkpoint, read_state_dict
 from worldvla.recipe import sha256_file
 from worldvla.testing.tiny_model import write_tiny_checkpoint
-from worldvla.train import lora, loop
+from worldvla.train import loop, lora
 from worldvla.train.config import LORA_TARGETS, TrainConfig
 from worldvla.train.loss import LossConfig, compute_loss
 from worldvla.train.tracking import read_log

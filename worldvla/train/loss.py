@@ -70,8 +70,10 @@ def chunked_lse_target(logits: torch.Tensor, safe: torch.Tensor, chunk: int) -> 
     """(logsumexp, target logit), each (B, T) fp32, of logits (B, T, V) read `chunk` positions at a time.
     Each chunk's fp32 copy is recomputed in backward (non-reentrant checkpoint), so only one chunk's copy
     exists at a time instead of the whole (B, T, V) fp32 tensor; the values are the unchunked ones."""
-    parts = [checkpoint(_lse_target, logits[:, i:i + chunk], safe[:, i:i + chunk], use_reentrant=False)
-             for i in range(0, logits.shape[1], chunk)]
+    # split, not slices: one backward node concatenates the chunks' gradients (slices would each add a
+    # zero-filled full-size gradient)
+    parts = [checkpoint(_lse_target, piece, idx, use_reentrant=False)
+             for piece, idx in zip(logits.split(chunk, dim=1), safe.split(chunk, dim=1))]
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
