@@ -50,7 +50,7 @@ def lora_params(rank: int, targets=tuple(TARGETS), a: dict = SEVEN_B) -> int:
 
 
 def budget(batch: int, seq: int, rank: int = 32, checkpointing: bool = True, chunked_ce: bool = False,
-           a: dict = SEVEN_B) -> dict:
+           a: dict = SEVEN_B, ce_chunk: int = 256) -> dict:
     """Peak bytes (GB) of LoRA fine-tuning on one GPU; the activation terms follow the FSDP table's model."""
     d, ffn, layers, vocab = a["dim"], a["ffn"], a["layers"], a["vocab"]
     tokens = batch * seq
@@ -66,8 +66,8 @@ def budget(batch: int, seq: int, rank: int = 32, checkpointing: bool = True, chu
         acts = layers * tokens * per_layer
     mask = batch * seq * seq * 3  # the action mask: bool (B, 1, T, T) and its additive bf16 form
     # loss: bf16 lm_head output, its fp32 copy and the fp32 gradient (10 bytes per logit); chunked: the bf16 logits
-    # kept for the recompute and their bf16 gradient (4 bytes), the fp32 copies one chunk at a time
-    logits = tokens * vocab * (4 if chunked_ce else 10)
+    # kept for the recompute and their bf16 gradient (4 bytes) + one chunk (B x ce_chunk positions) at 10 bytes
+    logits = tokens * vocab * 10 if not chunked_ce else tokens * vocab * 4 + batch * min(ce_chunk, seq) * vocab * 10
     total = base + adapters + acts + mask + logits
     return {k: v / GB for k, v in {"base": base, "adapters": adapters, "activations": acts, "mask": mask,
                                      "logits": logits, "total": total}.items()}
@@ -78,14 +78,14 @@ def fits(total_gb: float) -> str:
     return ", ".join(ok) + " GB" if ok else "none (> 72 GB)"
 
 
-def table(rank: int, chunked_ce: bool) -> str:
+def table(rank: int, chunked_ce: bool, ce_chunk: int = 256) -> str:
     head = ("| px (tokens) | batch | act. ckpt | base bf16 | adapters+AdamW | activations | mask | logits+CE "
             "| total | fits (90 % of card) |")
     rows = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for px, seq in SEQ.items():
         for batch in (1, 2, 4, 8):
             for ckpt in (True, False):
-                m = budget(batch, seq, rank, ckpt, chunked_ce)
+                m = budget(batch, seq, rank, ckpt, chunked_ce, ce_chunk=ce_chunk)
                 rows.append(f"| {px} ({seq}) | {batch} | {'on' if ckpt else 'off'} | {m['base']:.1f} | "
                             f"{m['adapters']:.2f} | {m['activations']:.1f} | {m['mask']:.2f} | {m['logits']:.1f} | "
                             f"**{m['total']:.1f} GB** | {fits(m['total'])} |")
@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=32, help="LoRA rank (all 7 projections of every layer adapted)")
     ap.add_argument("--samples", type=int, default=108000, help="training samples per epoch; " + SAMPLES_NOTE)
     ap.add_argument("--tokens-per-s", type=float, default=0.0, help="your measured LoRA tokens/s (0: derived)")
+    ap.add_argument("--ce-chunk", type=int, default=256, help="train.loss_chunk of the chunked-CE table")
     ap.add_argument("--measure-ce", action="store_true", help="also measure the chunked CE on CPU")
     ap.add_argument("--ce-seq", type=int, default=SEQ[512], help="--measure-ce: positions (512 px sample: 2190)")
     ap.add_argument("--ce-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -157,16 +158,16 @@ def main() -> None:
     print(f"Chameleon-7B: {n / 1e9:.2f} B parameters; LoRA rank {args.rank} on all 7 projections: "
           f"{lora_params(args.rank) / 1e6:.1f} M trainable ({100 * lora_params(args.rank) / n:.2f} %)\n")
     for chunked in (False, True):
-        print(f"Peak memory, one GPU, {'chunked' if chunked else 'whole'} CE (train.loss_chunk"
-              f"{'>0' if chunked else '=0'}), computed:\n")
-        print(table(args.rank, chunked) + "\n")
+        print(f"Peak memory, one GPU, {'chunked' if chunked else 'whole'} CE (train.loss_chunk="
+              f"{args.ce_chunk if chunked else 0}), computed:\n")
+        print(table(args.rank, chunked, args.ce_chunk) + "\n")
     tps = args.tokens_per_s or derived_tokens_per_s()
     note = "measured (--tokens-per-s)" if args.tokens_per_s else TOKENS_PER_S_NOTE
     print(f"Time per epoch at {tps:,.0f} tokens/s ({note}), {args.samples:,} samples ({SAMPLES_NOTE}):\n")
     print(epoch_table(args.samples, tps) + "\n")
     if args.measure_ce:
         print(f"Chunked CE on CPU, (1, {args.ce_seq}, 65536) bf16 logits, forward + backward, one process each:\n")
-        rows = ["| train.loss_chunk | loss | |loss - whole| | peak RSS MB | seconds |", "|---|---|---|---|---|"]
+        rows = ["| train.loss_chunk | loss | difference to whole | peak RSS MB | seconds |", "|---|---|---|---|---|"]
         res = measure_ce(args.ce_seq, [256, 1024])
         for r in res:
             rows.append(f"| {r['chunk']} | {r['loss']:.7f} | {abs(r['loss'] - res[0]['loss']):.1e} | "
