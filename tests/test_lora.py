@@ -157,6 +157,25 @@ def test_merged_logits_and_actions_are_base_plus_adapters(run, official_base):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+def test_lora_merge_on_request(run, official_base, tmp_path):
+    from worldvla.train.lora_merge import main
+
+    mid = _step(run, SAVE_EVERY)
+    assert main([str(mid), f"out={tmp_path / 'merged'}"]) == 0
+    merged = load_checkpoint(tmp_path / "merged", dtype=torch.float32).model.eval()
+    ids = torch.randint(0, merged.cfg.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids), _adapted(official_base, mid)(ids), rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "merged" / "worldvla.json").read_text())["step"] == SAVE_EVERY
+    # the last step merged on request is the run's own merged checkpoint, tensor for tensor
+    main([str(_step(run, STEPS)), f"out={tmp_path / 'last'}"])
+    ours, runs = read_state_dict(tmp_path / "last"), read_state_dict(_step(run, STEPS))
+    assert ours.keys() == runs.keys() and all(torch.equal(ours[k], runs[k]) for k in ours)
+    with pytest.raises(SystemExit) as err:  # not a LoRA step folder: one line naming the file, exit status 2
+        main([str(official_base)])
+    assert err.value.code == 2
+
+
 # -- resume ---------------------------------------------------------------------------------------
 def test_stopped_run_resumes_on_the_same_curve(run, tiny_data, official_base, tmp_path, monkeypatch):
     out = tmp_path / "stopped"
