@@ -237,3 +237,33 @@ def test_chunked_cross_entropy_equals_the_whole(form):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_chunked_loss_keeps_the_logits_in_bf16_under_accelerate():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from worldvla.testing.tiny_model import make_tiny_model
+    from worldvla.train.distributed import keep_low_precision_outputs
+
+    AcceleratorState._reset_state(True)  # the process-wide state of the fp32 runs above; bf16 here, reset after
+    try:
+        model = Accelerator(cpu=True, mixed_precision="bf16").prepare(make_tiny_model())
+        ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(3))
+        assert model(ids).dtype == torch.float32  # accelerate's wrapper: a whole fp32 copy of the logits
+        assert keep_low_precision_outputs(model)
+        assert model(ids).dtype == torch.bfloat16  # autocast kept, the conversion gone
+        assert not keep_low_precision_outputs(make_tiny_model())  # not prepared: nothing to undo
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def test_chunked_loss_in_the_loop_gives_the_same_curve(tiny_data, official_base, tmp_path):
+    common = {"train.lora.rank": 0, "model.action_head": "false", "train.max_steps": 3, "train.save_every_steps": 0,
+              "train.lr": 2e-3, "train.min_lr": 2e-3}
+    curves = []
+    for chunk in (0, 16):
+        out = tmp_path / f"chunk{chunk}"
+        loop.train(_cfg(tiny_data, official_base, out, **common, **{"train.loss_chunk": chunk}))
+        curves.append([v for _, v in _curve(out)])
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5)

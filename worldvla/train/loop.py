@@ -29,6 +29,7 @@ from worldvla.train.distributed import (
     apply_activation_checkpointing,
     is_deepspeed,
     is_fsdp,
+    keep_low_precision_outputs,
     make_accelerator,
     set_wrap_classes,
 )
@@ -91,6 +92,9 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     set_wrap_classes(acc, block)
     optimizer = build_optimizer(model.parameters(), t.lr, t.weight_decay, t.betas, t.eps)
     model, optimizer = acc.prepare(model, optimizer)
+    if t.loss_chunk > 0 and getattr(acc, "native_amp", False) and not keep_low_precision_outputs(model):
+        log.warning("train.loss_chunk: the model's outputs stay fp32 (accelerate's wrapper not recognised): the "
+                    "loss is the same, but the whole fp32 copy of the logits is made before it")
     if acc.is_main_process:  # which engine really trains (e.g. deepspeed.runtime.engine.DeepSpeedEngine)
         log.info("model engine: %s.%s", type(model).__module__, type(model).__qualname__)
 
