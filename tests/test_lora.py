@@ -201,6 +201,7 @@ def test_stopped_run_resumes_on_the_same_curve(run, tiny_data, official_base, tm
 def test_resume_on_another_base_is_refused(run):
     info = json.loads((_step(run, SAVE_EVERY) / lora.SETTINGS_FILE).read_text())["base"]
     lora.check_base(_step(run, SAVE_EVERY), info)
+    lora.check_base(_step(run, SAVE_EVERY), {**info, "init_from": "/moved/elsewhere"})  # same files, other path
     other = {**info, "sha256": {**info["sha256"], "model.safetensors": "0" * 64}}
     with pytest.raises(ConfigError, match="model.init_from"):
         lora.check_base(_step(run, SAVE_EVERY), other)
