@@ -189,9 +189,16 @@ def test_stopped_run_resumes_on_the_same_curve(run, tiny_data, official_base, tm
     monkeypatch.setattr(loop, "train_step", stop_after_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         loop.train(_cfg(tiny_data, official_base, out))
-    monkeypatch.setattr(loop, "train_step", real_step)
     assert not list(_step(out, SAVE_EVERY).glob("model*.safetensors"))
+    redone = []
+
+    def count(r, batches, step):
+        redone.append(step)
+        return real_step(r, batches, step)
+
+    monkeypatch.setattr(loop, "train_step", count)
     loop.train(_cfg(tiny_data, official_base, out))
+    assert redone == list(range(SAVE_EVERY, STEPS))  # resumed at the adapter-only checkpoint, not from 0
     a = dict(_curve(run))
     b = dict(_curve(out))  # the redone steps' lines replace the stopped run's
     assert sorted(b) == list(range(1, STEPS + 1))

@@ -33,7 +33,8 @@ def build_model(cfg):
     """(fp32 model, its ModelConfig): `model.preset` (+ overrides) at random init, or `model.init_from` weights;
     with `model.action_head` the RynnVLA-002 continuous head is added (train/continuous.py), loaded from
     `init_from` when that checkpoint has `action_head.*` tensors, else at random init. With `train.lora.rank`
-    > 0 the model gets peft adapters and only they (and the head) train (train/lora.py).
+    > 0 the model gets peft adapters and only they (and the head) train, in fp32; the frozen base is in
+    lora.base_dtype (bf16 on a GPU with bf16 training) (train/lora.py).
 
     The model's own `gradient_checkpointing` stays off: the trainer wraps the layers itself
     (distributed.apply_activation_checkpointing), the same way in every parallel mode.
