@@ -7,8 +7,11 @@ measurement of the chunked cross entropy (train.loss_chunk).
    benchmarks/README.md, see TOKENS_PER_S_NOTE; `--tokens-per-s` replaces it with your own).
 2. `--measure-ce`, measured on CPU: the official loss over (1, T, 65536) bf16 logits whole and chunked, each in a
    fresh process: the loss difference and the peak RSS of forward + backward (the logits' share of the budget).
+3. `--measure-layer`, measured on CPU: the bytes per token that one decoder layer keeps for backward (autograd's
+   saved tensors, bf16 autocast, dropout on, with and without LoRA) at 1/8 of the 7B width; the table scales
+   LAYER_BYTES_PER_TOKEN (recorded from this measurement) by 8.
 
-    python benchmarks/lora_budget.py [--rank 32] [--samples 108000] [--tokens-per-s 6700] [--measure-ce]
+    python benchmarks/lora_budget.py [--rank 32] [--samples 108000] [--tokens-per-s 6700] [--measure-ce] [--measure-layer]
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ TARGETS = {"q_proj": ("dim", "dim"), "k_proj": ("dim", "dim"), "v_proj": ("dim",
 # for activations and weights). LoRA with checkpointing does ~6 N (no weight gradients of the base), so at the
 # same MFU the 7.01 B model would run 16263 * (8 * 2.16) / (6 * 7.01) ~ 6,700 tokens/s. Derived, not measured.
 MEASURED_STACK_TOKENS_PER_S, MEASURED_STACK_PARAMS = 16263, 2.16e9
+# --measure-layer on CPU (torch 2.13), width 512 / ffn 1376 / 4 heads of 128 (the 7B's shape at 1/8 width):
+# bytes per token one decoder layer keeps for backward, frozen bf16 weights, bf16 autocast, dropout 0.05
+# (residual and LoRA), no L x L attention matrix. The FSDP table's ~(10 d + 4 ffn) x 2 gives 21,248 for the base.
+LAYER_BYTES_PER_TOKEN = {"base": 20600, "lora": 47400}
+LAYER_WIDTH = 512
 TOKENS_PER_S_NOTE = ("derived from the measured H200 8-layer full-fine-tuning stack (16,263 tokens/s, "
                      "benchmarks/README.md) scaled by FLOPs per token (8 x 2.16 B -> 6 x 7.01 B); not measured")
 SAMPLES_NOTE = ("assumption: ~450 training trajectories x ~120 frames x 2 sample kinds (action + world); the "
@@ -51,15 +59,15 @@ def lora_params(rank: int, targets=tuple(TARGETS), a: dict = SEVEN_B) -> int:
 
 def budget(batch: int, seq: int, rank: int = 32, checkpointing: bool = True, chunked_ce: bool = False,
            a: dict = SEVEN_B, ce_chunk: int = 256) -> dict:
-    """Peak bytes (GB) of LoRA fine-tuning on one GPU; the activation terms follow the FSDP table's model."""
-    d, ffn, layers, vocab = a["dim"], a["ffn"], a["layers"], a["vocab"]
+    """Peak bytes (GB) of LoRA fine-tuning on one GPU (the layer term measured, scaled to the width)."""
+    d, layers, vocab = a["dim"], a["layers"], a["vocab"]
     tokens = batch * seq
     base = 2 * seven_b_params(a)  # frozen weights in bf16 (no gradients, no optimizer state)
     adapters = 16 * lora_params(rank, a=a)  # fp32 weight 4 + gradient 4 + AdamW exp_avg, exp_avg_sq 8
-    # one decoder layer's activations per token, bf16: ~10 d + 4 ffn (q, k, v, attention out, residuals, norms;
-    # gate, up, silu, product; SDPA keeps no T x T matrix), plus LoRA's dropout on the adapters' inputs
-    # (copies of the 6 d-wide inputs and the ffn-wide one, 2 bytes, and their masks, 1 byte)
-    per_layer = (10 * d + 4 * ffn) * 2 + (6 * d + ffn) * 3
+    # one LoRA decoder layer's saved activations per token, measured at 1/8 width (LAYER_BYTES_PER_TOKEN: the
+    # base's ~10 d + 4 ffn bf16 values, plus ~6 bytes per element of the adapters' 6 d-wide and one ffn-wide
+    # inputs: peft's fp32 cast, dropout mask, autocast's bf16 copy); every term scales with the width
+    per_layer = LAYER_BYTES_PER_TOKEN["lora"] * d / LAYER_WIDTH
     if checkpointing:
         acts = layers * tokens * d * 2 + tokens * per_layer  # every layer's bf16 input + one layer recomputed
     else:
@@ -140,6 +148,48 @@ def measure_ce(seq: int, chunks: list[int]) -> list[dict]:
     return res
 
 
+# -- 3. one decoder layer's saved activations, measured on CPU ---------------------------------------
+def layer_bytes_per_token(width: int = LAYER_WIDTH, with_lora: bool = True, rank: int = 8) -> float:
+    """Bytes per token that one training decoder layer saves for backward: the slope between two sequence
+    lengths, so the (constant) weights and autocast's weight copies cancel out."""
+    import torch
+
+    from worldvla.model.transformer import DecoderLayer, ModelConfig, rope_table
+    from worldvla.train import lora
+    from worldvla.train.config import LoraOptions
+
+    a = SEVEN_B
+    cfg = ModelConfig(vocab_size=256, dim=width, n_layers=1, n_heads=width // 128, n_kv_heads=width // 128,
+                      intermediate_size=width * a["ffn"] // a["dim"], dropout=0.05)
+
+    def saved(T: int) -> int:
+        torch.manual_seed(0)
+        holder = torch.nn.Module()
+        holder.model = torch.nn.Module()
+        holder.model.layers = torch.nn.ModuleList([DecoderLayer(cfg)])
+        if with_lora:
+            lora.apply(holder, LoraOptions(rank=rank), torch.bfloat16)
+        else:
+            holder.requires_grad_(False).to(torch.bfloat16)
+        x = torch.randn(1, T, width, dtype=torch.bfloat16, requires_grad=True)
+        cos, sin = rope_table(T, 128, 1e4)[:, torch.arange(T)[None]].to(x.dtype)[:, :, None]
+        mask = torch.zeros(1, 1, T, T, dtype=torch.bfloat16).masked_fill_(
+            ~torch.ones(T, T, dtype=torch.bool).tril(), torch.finfo(torch.bfloat16).min)
+        kept = {}
+
+        def pack(t):
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16):
+            holder.model.layers[0].train()(x, cos, sin, mask, None)
+        for t in (x, mask, cos, sin):  # the layer's inputs: held by the caller anyway
+            kept.pop(t.untyped_storage().data_ptr(), None)
+        return sum(kept.values())
+
+    return (saved(256) - saved(128)) / 128
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rank", type=int, default=32, help="LoRA rank (all 7 projections of every layer adapted)")
@@ -148,6 +198,7 @@ def main() -> None:
     ap.add_argument("--ce-chunk", type=int, default=256, help="train.loss_chunk of the chunked-CE table")
     ap.add_argument("--measure-ce", action="store_true", help="also measure the chunked CE on CPU")
     ap.add_argument("--ce-seq", type=int, default=SEQ[512], help="--measure-ce: positions (512 px sample: 2190)")
+    ap.add_argument("--measure-layer", action="store_true", help="also measure one layer's saved bytes on CPU")
     ap.add_argument("--ce-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ce_child:
@@ -165,6 +216,11 @@ def main() -> None:
     note = "measured (--tokens-per-s)" if args.tokens_per_s else TOKENS_PER_S_NOTE
     print(f"Time per epoch at {tps:,.0f} tokens/s ({note}), {args.samples:,} samples ({SAMPLES_NOTE}):\n")
     print(epoch_table(args.samples, tps) + "\n")
+    if args.measure_layer:
+        base, with_lora = layer_bytes_per_token(with_lora=False), layer_bytes_per_token(with_lora=True)
+        print(f"One decoder layer, width {LAYER_WIDTH}, saved for backward (CPU, bf16 autocast, dropout 0.05): "
+              f"{base:,.0f} bytes/token without LoRA, {with_lora:,.0f} with LoRA rank 8 on all 7 projections "
+              f"(recorded in LAYER_BYTES_PER_TOKEN: {LAYER_BYTES_PER_TOKEN})\n")
     if args.measure_ce:
         print(f"Chunked CE on CPU, (1, {args.ce_seq}, 65536) bf16 logits, forward + backward, one process each:\n")
         rows = ["| train.loss_chunk | loss | difference to whole | peak RSS MB | seconds |", "|---|---|---|---|---|"]
