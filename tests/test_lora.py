@@ -6,8 +6,10 @@
 - the loss falls; step checkpoints hold the adapters alone (small), the last one the merged model too;
 - the merged checkpoint gives the logits of base + adapters (to fp32 rounding) and the same actions through
   WorldVLAPolicy.from_pretrained + predict; its worldvla.json records the LoRA settings and the base's sha256;
-- a run stopped after an adapter-only checkpoint and resumed continues the same loss curve;
-- the chunked cross entropy (train.loss_chunk) gives the loss and gradients of the whole one.
+- `worldvla lora-merge` merges an adapter-only step on request (the last step: the run's own merged weights);
+- a run stopped after an adapter-only checkpoint and resumed continues the same loss curve; another base is refused;
+- the chunked cross entropy (train.loss_chunk) gives the loss and gradients of the whole one, in the loop too, and
+  under bf16 the logits reach it in bf16 (accelerate's fp32 conversion undone).
 """
 
 import json
