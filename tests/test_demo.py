@@ -19,8 +19,8 @@ def _small(out):
     from worldvla.demo import DemoConfig
 
     return DemoConfig(out=str(out), tasks="0", episodes="0-1", train_ratio=0.5, record_resolution=64, resolution=64,
-                      train_steps=12, batch_size=4, eval_trials=1, eval_max_steps=10, workers=1, horizon=2,
-                      imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan_fit_seconds=10)
+                      train_steps=12, batch_size=4, eval_trials=1, eval_held_out=1, eval_max_steps=10, workers=1,
+                      horizon=2, imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan_fit_steps=3)
 
 
 def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
@@ -53,7 +53,13 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
 
     expert = json.loads((tmp_path / "demo" / "raw" / "success_report.json").read_text())
     assert expert["tasks"]["0"]["successes"] == 2  # one demonstration trains, the other is held out
-    assert "| 0 | 0 |" in summary  # the eval table lists task 0, trial 0
+    assert "| 0 | 0 |" in summary  # the eval table lists task 0, trial 0 (its demonstration trained)
+    assert "| 0 | 2 |" in summary and "never recorded nor trained on" in summary  # held out: after the recorded 0-1
+    assert summary.count("Wilson 95 % interval") == 2
+    held_run = json.loads((tmp_path / "demo" / "eval-held-out" / "run.json").read_text())
+    assert held_run["protocol"]["first_trial"] == 2
+    tok = json.loads((tmp_path / "demo" / "tokenizer_report.json").read_text())
+    assert tok["steps"] == 3 and "fitted to the demo's frames for 3 steps" in summary  # by steps, not wall clock
     log = [json.loads(line) for line in (tmp_path / "demo" / "train" / "train_log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in log if "loss" in r) == cfg.train_steps
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)

@@ -2,6 +2,8 @@
 lower its encode -> decode error, and the rewritten vqgan.ckpt must load through the real tokenizer."""
 
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -42,19 +44,23 @@ def test_fit_lowers_reconstruction_error_and_ckpt_loads(tmp_path):
     assets = make_tiny_assets(tmp_path / "assets")
     tok_dir = assets.vqgan_ckpt.parent
     frames = _scenes(12)
-    frame_dir = tmp_path / "frames" / "trj_0"
-    frame_dir.mkdir(parents=True)
-    for i, f in enumerate(frames):
-        Image.fromarray(f).save(frame_dir / f"image_{i}.png")
+    for i, f in enumerate(frames):  # three trajectories of four frames, in the export layout
+        frame_dir = tmp_path / "frames" / f"trj_{i // 4}" / "imgs"
+        frame_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(f).save(frame_dir / f"image_{i % 4}.png")
     keys_before = set(torch.load(assets.vqgan_ckpt, weights_only=True)["state_dict"])
     random_mse = _tokenizer_mse(tok_dir, frames)
 
-    stats = fit_vqgan_files(FitVQGANConfig(tokenizer=str(tok_dir), frames=str(tmp_path / "frames"), seconds=12,
-                                           max_steps=60, batch_size=8, lr=1e-3))
-    # it stops at the step cap or the wall-clock budget, whichever comes first (no wall-clock assertion:
-    # the machine may be loaded)
-    assert stats["steps"] == 60 or stats["seconds"] >= 12, stats
-    assert stats["steps"] > 0 and stats["frames"] == len(frames)
+    report = tmp_path / "fit.json"
+    stats = fit_vqgan_files(FitVQGANConfig(tokenizer=str(tok_dir), frames=str(tmp_path / "frames"), max_steps=60,
+                                           batch_size=8, lr=1e-3, holdout=3, report=str(report)))
+    assert stats["steps"] == 60  # the budget is steps: no wall clock, whatever the machine's load
+    assert stats["frames"] == 8  # trj_2 (every third trajectory) is held out whole
+    held = stats["held_out"]
+    assert held["frames"] == 4 and held["trajectories"] == 1 and held["codes_per_frame"] == (RES // 16) ** 2
+    assert held["psnr_db"] > 10 and 1 <= held["distinct_codes"] <= 4 * held["codes_per_frame"]
+    assert 0 <= held["position_entropy_bits"] <= 2  # 4 frames: at most log2(4) bits per position
+    assert json.loads(report.read_text())["held_out"] == held
 
     blob = torch.load(assets.vqgan_ckpt, weights_only=True)  # same official layout, loss.* kept
     assert set(blob["state_dict"]) == keys_before and "loss.discriminator.main.0.weight" in keys_before
@@ -93,7 +99,7 @@ def test_refit_of_a_converted_safetensors_vqgan_keeps_the_format(tmp_path):
     for i, f in enumerate(frames):
         Image.fromarray(f).save(frame_dir / f"image_{i}.png")
 
-    stats = fit_vqgan_files(FitVQGANConfig(tokenizer=str(tok_dir), frames=str(frame_dir), seconds=5, max_steps=3,
+    stats = fit_vqgan_files(FitVQGANConfig(tokenizer=str(tok_dir), frames=str(frame_dir), max_steps=3,
                                            batch_size=4, lr=1e-3))
     assert stats["steps"] == 3
     assert is_safetensors(assets.vqgan_ckpt) and assets.vqgan_ckpt.read_bytes()[:2] != b"PK"  # not a torch zip

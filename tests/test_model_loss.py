@@ -115,3 +115,35 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5)
+
+
+def test_logits_at_supervised_positions_give_the_same_loss_and_gradients():
+    """Training asks the model for the logits the loss reads only (`at=`): same total, terms and gradients
+    as the full (B, L, V) logits, for both loss forms, with padding, prompt and both sample kinds."""
+    from worldvla.train.loss import predicting_positions
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(4, 16640, (3, 30), generator=g)
+    labels = torch.full_like(ids, IGN)
+    labels[0, 12:25] = ids[0, 12:25]  # action-like row: supervised tail, padding after
+    labels[1, 8:30] = ids[1, 8:30]
+    labels[1, 9] = V.BOI_ID  # a world row (its targets hold an image)
+    labels[2, 20:22] = ids[2, 20:22]
+    for form in ("official", "paper"):
+        results = []
+        for packed in (False, True):
+            model = make_tiny_model(seed=4).train()
+            torch.manual_seed(0)  # the same dropout draws
+            logits = model(ids, at=predicting_positions(labels) if packed else None)
+            out = compute_loss(logits, labels, LossConfig(form=form))
+            out.total.backward()
+            results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (full, g_full), (part, g_part) = results
+        assert part.total.shape == () and int(predicting_positions(labels).sum()) == 13 + 22 + 2
+        for term in ("total", "ce", "action_ce", "world_ce", "z_loss"):
+            torch.testing.assert_close(getattr(part, term), getattr(full, term), rtol=1e-6, atol=1e-6, msg=term)
+        assert (part.n_action, part.n_world) == (full.n_action, full.n_world)
+        for name, grad in g_full.items():
+            torch.testing.assert_close(g_part[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    with pytest.raises(ValueError, match="one row per supervised label"):
+        compute_loss(torch.zeros(5, 16640), labels)

@@ -41,11 +41,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from worldvla.config import parse_cli
+from worldvla.data.conversations import ConversationsConfig, output_names
 from worldvla.data.recording import machine_info, parse_ids
 from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
+from worldvla.eval.results import wilson_interval
 from worldvla.testing.fixtures import make_tiny_assets
 
 log = logging.getLogger("worldvla.demo")
@@ -61,24 +64,31 @@ class DemoConfig:
     episodes: str = "0-9"  # init states recorded per task (only successes become demos)
     train_ratio: float = 0.7  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
-    resolution: int = 64  # model / regenerated image px (multiple of 16); the tiny VQ-GAN makes (px/8)^2 codes
+    resolution: int = 128  # model / regenerated image px (multiple of 16): (px/16)^2 VQ codes per view
+    with_state: bool = True  # RynnVLA-002's 8-D proprio state in the action prompt (Recipe.with_state)
+    with_wrist: bool = False  # RynnVLA-002's wrist view next to the third view (Recipe.with_wrist)
     chunk_size: int = 5  # K actions per chunk
+    train_config: str = "configs/tiny.yaml"  # the train preset; the fields below override it
     train_steps: int = 300  # tiny-model optimizer steps (both runs)
     causal: bool = True  # also train the causal-mask ablation (configs/ablation_no_action_mask.yaml's switch)
     model_dim: int = 64  # tiny model width (64 = the tiny preset)
     model_layers: int = 2
     batch_size: int = 8
     lr: float = 3.0e-3  # a toy model on a few demos learns at a toy learning rate
+    min_lr: float = 0.0  # end of the cosine schedule (0 = lr: constant)
     world_weight: float = 0.04  # official world-loss weight
-    eval_trials: int = 2  # LIBERO episodes per task in the eval stage (0 = no LIBERO rollouts)
-    eval_max_steps: int = 100  # policy steps per eval episode (protocol: 280 for libero_object)
+    kinds: str = "action,world"  # sample kinds trained (official: both; action = the action-only ablation)
+    eval_trials: int = 2  # LIBERO episodes per task on init states the policy trained on (0 = none)
+    eval_held_out: int = 0  # LIBERO episodes per task on init states after the recorded ones (never trained)
+    eval_max_steps: int = 0  # policy steps per eval episode (0 = the suite's protocol budget: 280 for libero_object)
     workers: int = 2  # simulator processes (regenerate, eval)
     horizon: int = 6  # imagined frames per trajectory
     imagine_trajectories: int = 3  # held-out (val_ind) trajectories imagined with true / shuffled / zero actions
     open_loop_samples: int = 0  # held-out action samples decoded per model (0 = all)
+    claims: bool = True  # the open-loop and imagine stages on the held-out (val_ind) demos (needs train_ratio < 1)
     report_videos: int = 2  # rollout videos copied into the report
-    vqgan_fit: bool = True  # fit the random tiny VQ-GAN to the demo's frames, so decoded images show the scene
-    vqgan_fit_seconds: float = 30.0  # its optimisation budget (wall clock)
+    vqgan: str = ""  # a tokenizer folder (text_tokenizer.json, vqgan.yaml, vqgan.ckpt) to use as is; "" = fit one
+    vqgan_fit_steps: int = 200  # optimizer steps of the tiny VQ-GAN's fit to the demo's frames (machine-independent)
     data_from: str = ""  # another demo's out folder: reuse its recorded + regenerated data (no record/regenerate)
 
 
@@ -168,10 +178,58 @@ def held_out(manifest: Path) -> dict:
             "names": data["splits"]["val_ind"]}
 
 
+def _kinds(cfg: DemoConfig) -> list[str]:
+    """Sample kinds to tokenise and train, world first (the official concat order)."""
+    kinds = [k.strip() for k in cfg.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"action", "world"}:
+        raise SystemExit(f"[demo] kinds={cfg.kinds!r}: a non-empty subset of action,world")
+    return sorted(set(kinds), key=["world", "action"].index)
+
+
+def _tokenizer(cfg: DemoConfig, out: Path, export: Path) -> tuple[Path, float]:
+    """The tokenizer folder: `cfg.vqgan` as given, else the tiny assets with their VQ-GAN fitted to the
+    demo's frames for `vqgan_fit_steps` steps (held-out PSNR and code statistics in the fit's log)."""
+    if cfg.vqgan:
+        return Path(cfg.vqgan).resolve(), 0.0
+    assets_dir = out / "assets"
+    seconds = _make_assets(out, assets_dir)
+    tok_dir = assets_dir / "tokenizer"
+    if cfg.vqgan_fit_steps > 0:
+        fit_args = ["-m", "worldvla.testing.fit_vqgan", f"tokenizer={tok_dir}", f"frames={export}",
+                    f"max_steps={cfg.vqgan_fit_steps}", f"report={out / 'tokenizer_report.json'}"]
+        stamp = _stamp(out, "fit-vqgan")
+        refit = not (stamp.is_file() and json.loads(stamp.read_text()).get("args") == fit_args)
+        seconds += _run(out, "fit-vqgan", fit_args)
+        if refit:  # new VQ-GAN weights: the tokens and everything after them are stale, outputs included
+            for stamp_file in (out / STAMPS).glob("*.json"):
+                if stamp_file.stem.startswith(("pretokenize", "concat", "train", "eval", "open-loop", "imagine")):
+                    stamp_file.unlink()
+            for stale in ("tokens", "train", "train_causal", "eval", "eval-held-out", "open_loop", "imagine"):
+                shutil.rmtree(out / stale, ignore_errors=True)
+    return tok_dir, seconds
+
+
+def eval_init_states(cfg: DemoConfig, raw: Path, manifest: Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(first, count) of the seen and of the held-out evaluation: seen = the longest run of init states from
+    0 whose demos all trained (at most eval_trials); held-out = init states after every recorded one."""
+    report = json.loads((raw / "success_report.json").read_text())
+    train = set(json.loads(manifest.read_text())["splits"]["train"])
+    seen, last = None, -1
+    for entry in report["tasks"].values():
+        kept = [e["episode"] for e in entry["episodes"] if e["success"]]  # demo_i: the i-th successful attempt
+        trained = {ep for i, ep in enumerate(kept) if f"{entry['task_name']}/trj_{i}" in train}
+        run = 0
+        while run in trained:
+            run += 1
+        seen = run if seen is None else min(seen, run)
+        last = max([last, *(e["episode"] for e in entry["episodes"])])
+    return (0, min(cfg.eval_trials, seen or 0)), (last + 1, cfg.eval_held_out)
+
+
 def run(cfg: DemoConfig) -> Path:
     out = Path(cfg.out).resolve()
     raw, h5, export, convs, tokens = (out / d for d in ("raw", "regenerated", "export", "convs", "tokens"))
-    train_dir, eval_dir, imagine_dir = (out / d for d in ("train", "eval", "imagine"))
+    train_dir, imagine_dir = out / "train", out / "imagine"
     causal_dir, open_loop_dir = out / "train_causal", out / "open_loop"
     short = cfg.suite.removeprefix("libero_")
     task_list = ",".join(str(t) for t in parse_ids(cfg.tasks))
@@ -190,44 +248,36 @@ def run(cfg: DemoConfig) -> Path:
         times["regenerate"] = _run(out, "regenerate", [
             "libero_util/regenerate.py", f"suite={cfg.suite}", f"raw_dir={raw}", f"out_dir={h5}",
             f"tasks=[{task_list}]", f"resolution={cfg.resolution}", f"workers={cfg.workers}", f"export_dir={export}",
-            "export_layout=worldvla"])
+            "export_layout=rynnvla"])  # third view, wrist view and state: each recipe picks what it reads
+    views = "[imgs_third_view,imgs_wrist]" if cfg.with_wrist else "[imgs_third_view]"
     times["convs"] = _run(out, "convs", [
         "data/conversations.py", f"base_dir={export}", f"output_dir={convs}", f"task_name={short}",
-        f"resolution={cfg.resolution}", "his=2", f"len_action={cfg.chunk_size}", f"train_ratio={cfg.train_ratio}"])
+        f"resolution={cfg.resolution}", "his=2", f"len_action={cfg.chunk_size}", f"train_ratio={cfg.train_ratio}",
+        f"with_state={str(cfg.with_state).lower()}", f"with_wrist={str(cfg.with_wrist).lower()}", f"img_dirs={views}"])
     manifest = convs / f"libero_{short}_{cfg.resolution}_conversations_manifest.json"
-    held_out(manifest)  # fail early when nothing is held out
+    if cfg.claims:
+        held_out(manifest)  # fail early when nothing is held out
 
-    assets_dir = out / "assets"
-    times["assets"] = _make_assets(out, assets_dir)
-    tok_dir = assets_dir / "tokenizer"
-    if cfg.vqgan_fit:
-        fit_args = ["-m", "worldvla.testing.fit_vqgan", f"tokenizer={tok_dir}", f"frames={export}",
-                    f"seconds={cfg.vqgan_fit_seconds}"]
-        stamp = _stamp(out, "fit-vqgan")
-        refit = not (stamp.is_file() and json.loads(stamp.read_text()).get("args") == fit_args)
-        times["fit-vqgan"] = _run(out, "fit-vqgan", fit_args)
-        if refit:  # new VQ-GAN weights: the tokens and everything after them are stale, outputs included
-            for stage in ("pretokenize-world", "pretokenize-action", "concat", "train", "train-causal", "eval",
-                          "open-loop", "open-loop-causal", "imagine"):
-                _stamp(out, stage).unlink(missing_ok=True)
-            for stale in (tokens, train_dir, causal_dir, eval_dir, open_loop_dir, imagine_dir):
-                shutil.rmtree(stale, ignore_errors=True)
-    action_json = convs / f"libero_{short}_his_2_train_img_only_ck_{cfg.chunk_size}_{cfg.resolution}.json"
-    world_json = convs / f"libero_{short}_his_1_train_a2i_{cfg.resolution}.json"
+    tok_dir, times["tokenizer"] = _tokenizer(cfg, out, export)
+    names = output_names(ConversationsConfig(task_name=short, resolution=cfg.resolution, his=2,
+                                             len_action=cfg.chunk_size, with_state=cfg.with_state,
+                                             with_wrist=cfg.with_wrist), "train")
     common = [f"tokenizer.path={tok_dir}", f"tokenizer.resolution={cfg.resolution}", f"frame_cache={tokens / 'frames'}"]
-    times["pretokenize"] = _run(out, "pretokenize-world", [
-        "data/pretokenize.py", f"inputs=[{world_json}]", f"out_dir={tokens / 'world'}", *common])
-    times["pretokenize"] += _run(out, "pretokenize-action", [
-        "data/pretokenize.py", f"inputs=[{action_json}]", f"out_dir={tokens / 'action'}", *common])
-    train_set = tokens / f"libero_{short}_his_2_train_img_only_ck_{cfg.chunk_size}_a2i_{cfg.resolution}.json"
+    times["pretokenize"] = 0.0
+    for kind in _kinds(cfg):
+        times["pretokenize"] += _run(out, f"pretokenize-{kind}", [
+            "data/pretokenize.py", f"inputs=[{convs / names[kind]}]", f"out_dir={tokens / kind}", *common])
+    train_set = tokens / f"train_{'_'.join(_kinds(cfg))}.json"
     times["concat"] = _run(out, "concat", [
-        "data/concatenate.py", f"inputs=[{tokens / 'world'},{tokens / 'action'}]", f"output={train_set}"])
+        "data/concatenate.py", f"inputs=[{','.join(str(tokens / k) for k in _kinds(cfg))}]", f"output={train_set}"])
 
     def train_args(folder: Path, extra: list[str]) -> list[str]:
-        return ["-m", "worldvla.train", "--config", "configs/tiny.yaml", f"data.train=[{train_set}]",
+        return ["-m", "worldvla.train", "--config", cfg.train_config, f"data.train=[{train_set}]",
                 f"data.tokenizer={tok_dir}", f"data.resolution={cfg.resolution}", f"data.chunk_size={cfg.chunk_size}",
+                f"data.with_state={str(cfg.with_state).lower()}", f"data.with_wrist={str(cfg.with_wrist).lower()}",
+                f"data.kinds=[{','.join(_kinds(cfg))}]",
                 f"train.output_dir={folder}", f"train.max_steps={cfg.train_steps}", f"train.batch_size={cfg.batch_size}",
-                f"train.lr={cfg.lr}", f"train.min_lr={cfg.lr}", f"train.world_weight={cfg.world_weight}",
+                f"train.lr={cfg.lr}", f"train.min_lr={cfg.min_lr or cfg.lr}", f"train.world_weight={cfg.world_weight}",
                 f"train.save_every_steps={cfg.train_steps}", "train.keep_last=1", "logging.wandb=false",
                 *_model_args(cfg), *extra]
 
@@ -238,11 +288,16 @@ def run(cfg: DemoConfig) -> Path:
         times["train-causal"] = _run(out, "train-causal", train_args(causal_dir, ["model.action_mask=false"]))
         causal_ckpt = _newest(causal_dir / "checkpoints", "step_*")
 
-    if cfg.eval_trials > 0:
-        times["eval"] = _run(out, "eval", [
-            "-m", "worldvla.eval.libero", f"policy={ckpt}", f"suites=[{cfg.suite}]", f"tasks=[{task_list}]",
-            f"num_trials={cfg.eval_trials}", f"max_steps={cfg.eval_max_steps}", f"num_workers={cfg.workers}",
-            f"output_dir={eval_dir}", "videos=all", "video_fps=20"])
+    seen, unseen = eval_init_states(cfg, raw, manifest)
+    for stage, (first, count) in (("eval", seen), ("eval-held-out", unseen)):
+        if count > 0:  # the suite's step budget unless eval_max_steps says otherwise
+            times[stage] = _run(out, stage, [
+                "-m", "worldvla.eval.libero", f"policy={ckpt}", f"suites=[{cfg.suite}]", f"tasks=[{task_list}]",
+                f"first_trial={first}", f"num_trials={count}", f"num_workers={cfg.workers}",
+                *([f"max_steps={cfg.eval_max_steps}"] if cfg.eval_max_steps else []),
+                f"output_dir={out / stage}", "videos=all", "video_fps=20"])
+    if not cfg.claims:
+        return write_report(cfg, out, ckpt, times, time.time() - started, raw, None)
     for stage, model, folder in (("open-loop", ckpt, "mask"), ("open-loop-causal", causal_ckpt, "causal")):
         if model is not None:  # decode mode from the checkpoint's mask: parallel (mask) / sequential (causal)
             times[stage] = _run(out, stage, [
@@ -278,11 +333,42 @@ def _loss_summary(train_dir: Path) -> dict:
 
 def _eval_table(eval_dir: Path) -> tuple[list[str], dict]:
     episodes = [json.loads(line) for line in (eval_dir / "episodes.jsonl").read_text().splitlines() if line.strip()]
-    lines = ["| task | trial | result | steps | seconds |", "|---|---|---|---|---|"]
+    lines = ["| task | init state | result | steps | seconds |", "|---|---|---|---|---|"]
     for e in sorted(episodes, key=lambda e: (e["task"], e["trial"])):
         lines.append(f"| {e['task']} | {e['trial']} | {e['status']} | {e['steps']} | {e['seconds']:.0f} |")
     n_ok = sum(e["status"] == "success" for e in episodes)
-    return lines, {"episodes": len(episodes), "successes": n_ok}
+    lo, hi = wilson_interval(n_ok, len(episodes))
+    return lines, {"episodes": len(episodes), "successes": n_ok, "wilson95": [lo, hi]}
+
+
+def _eval_section(cfg: DemoConfig, out: Path) -> list[str]:
+    """Success on the init states the policy trained on and on held-out ones, each with its Wilson interval."""
+    lines = []
+    for stage, what in (("eval", "init states whose demonstrations trained the policy (seen)"),
+                        ("eval-held-out", "init states never recorded nor trained on (held out)")):
+        if not (out / stage / "episodes.jsonl").is_file():
+            continue
+        rows, c = _eval_table(out / stage)
+        budget = f"max {cfg.eval_max_steps} policy steps" if cfg.eval_max_steps else "the suite's protocol step budget"
+        lines += [f"### {what}", "",
+                  (f"**{c['successes']} / {c['episodes']}** episodes succeeded ({c['successes'] / c['episodes']:.0%}, "
+                   f"Wilson 95 % interval {c['wilson95'][0]:.0%} - {c['wilson95'][1]:.0%}; {budget}, 10 wait steps, "
+                   f"`{stage}/` has the per-episode JSON lines and videos)."), "", *rows, ""]
+    return lines or ["Not run (eval_trials=0, eval_held_out=0)."]
+
+
+def _tokenizer_line(cfg: DemoConfig, out: Path) -> str:
+    path = out / "tokenizer_report.json"
+    if cfg.vqgan:
+        return f"Tokenizer: `{cfg.vqgan}` as given."
+    if not path.is_file():
+        return "Tokenizer: the tiny VQ-GAN, random (not fitted): decoded images are not meant to look like the scene."
+    r = json.loads(path.read_text())
+    held = r.get("held_out", {})
+    return (f"Tokenizer: the tiny VQ-GAN fitted to the demo's frames for {r['steps']} steps (MSE only, so decoded "
+            f"images are blurry); on {held.get('frames', 0)} held-out frames: PSNR {held.get('psnr_db', float('nan')):.1f} dB, "
+            f"{held.get('codes_per_frame', '?')} codes per frame, {held.get('distinct_codes', '?')} distinct codes, "
+            f"per-position code entropy {held.get('position_entropy_bits', float('nan')):.2f} bits.")
 
 
 def _overview(loss_png: Path, strip_png: Path | None, path: Path) -> None:
@@ -300,6 +386,19 @@ def _overview(loss_png: Path, strip_png: Path | None, path: Path) -> None:
         canvas.paste(part, (0, y))
         y += part.height
     canvas.save(path, optimize=True)
+
+
+def rollout_strip(video: Path, path: Path, frames: int = 8) -> Path | None:
+    """Evenly spaced frames of a rollout video side by side (what the README shows of a successful episode)."""
+    import imageio.v2 as imageio  # noqa: PLC0415 - its ffmpeg plugin loads only when a report is written
+
+    with imageio.get_reader(video) as reader:
+        images = [np.asarray(f) for f in reader]
+    if not images:
+        return None
+    picked = [images[i] for i in np.linspace(0, len(images) - 1, frames).round().astype(int)]
+    Image.fromarray(np.concatenate(picked, axis=1)).save(path, optimize=True)
+    return path
 
 
 def _fmt_curve(values: list[float]) -> str:
@@ -375,19 +474,20 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
     shutil.rmtree(report, ignore_errors=True)
     report.mkdir(parents=True)
     loss_png = _copy([out / "train" / "loss_curve.png"], report)
-    videos = _copy(sorted((out / "eval" / "videos").rglob("*.mp4"))[: cfg.report_videos], report) \
+    videos = _copy(sorted((out / "eval" / "videos").rglob("*success*.mp4"))[: cfg.report_videos]
+                   or sorted((out / "eval" / "videos").rglob("*.mp4"))[: cfg.report_videos], report) \
         if (out / "eval" / "videos").is_dir() else []
     strips = sorted((out / "imagine" / "strips").glob("*.png"))
     gifs = _copy([s.with_suffix(".gif") for s in strips], report)
     pngs = _copy(strips, report)
     plots = [n for n in _copy(sorted((out / "imagine").glob("*.png")), report)
              if not n.endswith("_action_gap_vs_horizon.png")]  # the gap plot is shown in section 5
-    _overview(report / loss_png[0], report / pngs[0] if pngs else None, report / "overview.png")
+    wins = sorted((out / "eval" / "videos").rglob("*success*.mp4")) if (out / "eval" / "videos").is_dir() else []
+    strip = rollout_strip(wins[0], report / "success_strip.png") if wins else None
+    _overview(report / loss_png[0], report / pngs[0] if pngs else strip, report / "overview.png")
     expert = json.loads(((raw or out / "raw") / "success_report.json").read_text())
     losses = _loss_summary(out / "train")
     causal_losses = _loss_summary(out / "train_causal") if (out / "train_causal" / "train_log.jsonl").is_file() else None
-    has_eval = (out / "eval" / "episodes.jsonl").is_file()
-    eval_lines, eval_counts = _eval_table(out / "eval") if has_eval else ([], {})
     claims = _claims(cfg, out, report, manifest) if manifest is not None else []
     metrics_md = sorted((out / "imagine").glob("*.md"))
     machine = machine_info()
@@ -398,15 +498,11 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
         "# worldvla demo report", "",
         "![overview: loss curve; ground truth vs imagined frames](overview.png)", "",
         (f"{cfg.suite}, tasks {cfg.tasks}, {cfg.resolution} px, chunk K = {cfg.chunk_size}, history M = 2; "
-         f"tiny random-initialised model trained for {cfg.train_steps} steps on CPU; "
-         + (f"VQ-GAN fitted to the demo frames for {cfg.vqgan_fit_seconds:.0f} s. " if cfg.vqgan_fit
-            else "VQ-GAN random. ")
-         + f"Checkpoint: `{ckpt.relative_to(out)}` (under `{out.name}/`)."), "",
-        ("The tiny model learns from a handful of scripted demos in minutes: it shows that every stage runs, "
-         "not what WorldVLA reaches. "
-         + ("Its tiny VQ-GAN is fitted for seconds with an MSE loss only, so decoded images are blurry."
-            if cfg.vqgan_fit else "Its VQ-GAN is random, so decoded images are not meant to look like the scene.")),
-        "",
+         f"{'with' if cfg.with_state else 'without'} the proprio state, {'with' if cfg.with_wrist else 'without'} "
+         f"the wrist view; tiny random-initialised model (`{cfg.train_config}`, width {cfg.model_dim}, "
+         f"{cfg.model_layers} layers) trained for {cfg.train_steps} steps on CPU on {cfg.kinds} samples. "
+         f"Checkpoint: `{ckpt.relative_to(out)}` (under `{out.name}/`)."), "",
+        _tokenizer_line(cfg, out), "",
         "## 1. Scripted expert demonstrations", "",
         "| task | attempts | successes | mean steps | file |", "|---|---|---|---|---|", *expert_rows, "",
         "## 2. Training", "",
@@ -415,10 +511,8 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
         *[f"![loss curve]({n})" for n in loss_png], "",
         *([(f"Causal-mask ablation (same data, steps, seed): first logged {json.dumps(causal_losses['first'])}, "
             f"last {json.dumps(causal_losses['last'])}."), ""] if causal_losses else []),
-        "## 3. LIBERO evaluation of the tiny model", "",
-        *([(f"{eval_counts['successes']} / {eval_counts['episodes']} episodes succeeded "
-            f"(max {cfg.eval_max_steps} policy steps each; the protocol's budget for libero_object is 280)."), "",
-           *eval_lines] if has_eval else ["Not run (eval_trials=0)."]), "",
+        "## 3. LIBERO evaluation of the tiny model (closed loop, the standard protocol)", "",
+        *_eval_section(cfg, out),
         *[f"- [{n}]({n})" for n in videos], "",
         "## 4. World-model imagination (left or top: ground truth, right or bottom: imagined)", "",
         *[f"![{n}]({n})" for n in gifs + pngs], "",

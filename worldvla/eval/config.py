@@ -29,6 +29,7 @@ class EvalConfig:
     suites: list[str] = field(default_factory=lambda: ["libero_goal"], metadata={"help": "LIBERO suites, e.g. [libero_goal,libero_10]"})
     tasks: list[int] | None = field(default=None, metadata={"help": "task ids (None = all tasks of each suite)"})
     num_trials: int = field(default=50, metadata={"help": "episodes per task (protocol: 50 init states)"})
+    first_trial: int = field(default=0, metadata={"help": "init state of the first episode: trials first_trial .. first_trial + num_trials - 1 (e.g. init states held out of training)"})
     # protocol knobs (protocol values are the defaults)
     max_steps: int | None = field(default=None, metadata={"help": "policy steps per episode (None = suite value: 220/280/300/520/400)"})
     wait_steps: int = field(default=10, metadata={"help": "dummy steps before the policy acts, not counted in max_steps"})
@@ -60,8 +61,8 @@ class EvalConfig:
             raise ValueError(f"videos must be one of {VIDEO_MODES}, got {self.videos!r}")
         if not self.suites:
             raise ValueError("suites is empty; e.g. suites=[libero_goal]")
-        if self.num_trials < 1 or self.num_workers < 0 or self.wait_steps < 0:
-            raise ValueError("num_trials >= 1, num_workers >= 0 and wait_steps >= 0 are required")
+        if self.num_trials < 1 or self.first_trial < 0 or self.num_workers < 0 or self.wait_steps < 0:
+            raise ValueError("num_trials >= 1, first_trial >= 0, num_workers >= 0 and wait_steps >= 0 are required")
         if self.max_batch < 0:
             raise ValueError(f"max_batch must be >= 0 (0 = no limit), got {self.max_batch}")
         parse_shard(self.shard)

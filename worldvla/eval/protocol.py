@@ -43,7 +43,8 @@ def all_episodes(cfg: EvalConfig, num_tasks=suite_num_tasks) -> list[EpisodeKey]
         bad = [t for t in tasks if not 0 <= t < n]
         if bad:
             raise ValueError(f"{suite} has tasks 0..{n - 1}; got {bad}")
-        keys += [EpisodeKey(suite, t, j) for t in tasks for j in range(cfg.num_trials)]
+        trials = range(cfg.first_trial, cfg.first_trial + cfg.num_trials)
+        keys += [EpisodeKey(suite, t, j) for t in tasks for j in trials]
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate episodes: a suite or task is listed twice")
     return sorted(keys)
@@ -91,6 +92,8 @@ def deviations(cfg: EvalConfig, info: dict, num_tasks=suite_num_tasks) -> list[s
             out.append(f"max_steps={cfg.max_steps} (protocol {MAX_STEPS[suite]} for {suite})")
     if cfg.num_trials != PROTOCOL_TRIALS:
         out.append(f"num_trials={cfg.num_trials} (protocol {PROTOCOL_TRIALS})")
+    if cfg.first_trial:
+        out.append(f"first_trial={cfg.first_trial} (protocol: init states from 0)")
     if cfg.tasks is not None:
         short = [s for s in cfg.suites if sorted(set(cfg.tasks)) != list(range(num_tasks(s)))]
         if short:
@@ -129,6 +132,7 @@ def protocol_record(cfg: EvalConfig, info: dict) -> dict:
         "wait_steps_counted_in_max_steps": False,
         "max_steps": {s: suite_max_steps(cfg, s) for s in cfg.suites},
         "num_trials": cfg.num_trials,
+        "first_trial": cfg.first_trial,
         "render_resolution": cfg.resolution or info["resolution"],
         "model_resolution": info["resolution"],
         "rotate180": cfg.rotate180,

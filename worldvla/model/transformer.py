@@ -391,6 +391,10 @@ class Transformer(nn.Module):
             out[..., self.image_token_ids.to(out.device)] = torch.finfo(out.dtype).min
         return out
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None) -> torch.Tensor:
-        """tokens (B, L) -> logits (B, L, V). See the module docstring for `input_pos` and `mask`."""
-        return self.logits(self.forward_hidden(tokens, input_pos, mask))
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) -> logits (B, L, V). See the module docstring for `input_pos` and `mask`.
+        `at` (B, L) bool: only those positions' logits, packed (N, V) in row-major order: training reads
+        the logits of supervised positions only, and the LM head is the largest matmul of a small model."""
+        hidden = self.forward_hidden(tokens, input_pos, mask)
+        return self.logits(hidden if at is None else hidden[at])

@@ -3,10 +3,13 @@
     python -m worldvla.testing.fit_vqgan tokenizer=<dir with vqgan.yaml + vqgan.ckpt> frames=<png folder>
 
 The demo's VQ-GAN (worldvla.testing.fixtures.write_vqgan) is random, so decoded images are noise
-even for ground-truth codes. This fits it for a fixed budget on the demo's own frames: MSE
+even for ground-truth codes. This fits it on the demo's own frames for `max_steps` optimizer steps
+(so the same command gives the same tokenizer on any machine; `seconds` is only a safety cap): MSE
 reconstruction + VQ codebook and commitment losses with a straight-through estimator, the codebook
 first filled with encoder outputs of real frames. No GAN or perceptual loss: the images are blurry,
-but show the scene. The result overwrites `vqgan.ckpt` in the format it has: the Lightning-style torch
+but show the scene. Every `holdout`-th trajectory is kept out of the fit; the report (logged, and returned)
+gives their reconstruction PSNR and what the tokens can tell apart: codes per frame, distinct codes
+used, and the mean per-position entropy of the codes (bits) over the frames. The result overwrites `vqgan.ckpt` in the format it has: the Lightning-style torch
 file (top-level `state_dict` with the keys `load_vqgan` reads; the file's other keys, `loss.*` included,
 are kept) or safetensors (after `python -m worldvla.model.vqgan convert`; recognised by content).
 """
@@ -14,6 +17,7 @@ are kept) or safetensors (after `python -m worldvla.model.vqgan convert`; recogn
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -39,24 +43,31 @@ log = logging.getLogger("worldvla.fit_vqgan")
 class FitVQGANConfig:
     tokenizer: str = ""  # folder with vqgan.yaml + vqgan.ckpt; vqgan.ckpt is overwritten
     frames: str = ""  # folder searched recursively for *.png frames (all of one size, a multiple of 16)
-    seconds: float = 60.0  # wall-clock budget of the optimisation (the init and save come on top)
-    max_steps: int = 5000  # stop earlier after this many optimizer steps
+    max_steps: int = 300  # optimizer steps: the budget (machine-independent)
+    seconds: float = 0.0  # optional wall-clock cap on top (0 = none); a capped fit depends on the machine's load
+    holdout: int = 10  # every holdout-th trajectory folder is measured, never fitted (0 = fit on all)
     batch_size: int = 16
     lr: float = 2.0e-3
     beta: float = 0.25  # commitment-loss weight
     max_frames: int = 2000  # frames kept (evenly spaced) from the folder
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0: torch's default
+    report: str = ""  # also write the returned statistics (steps, MSE, held-out PSNR, code usage) to this JSON
 
 
-def load_frames(folder: str | Path, max_frames: int = 2000) -> np.ndarray:
-    """All `*.png` under `folder` (sorted, evenly thinned to `max_frames`) -> (N, H, W, 3) uint8."""
+def frame_files(folder: str | Path, max_frames: int = 2000) -> list[Path]:
+    """All `*.png` under `folder`, sorted, evenly thinned to `max_frames`."""
     files = sorted(Path(folder).rglob("*.png"))
     if not files:
         raise FileNotFoundError(f"no *.png frames under {folder}")
     if len(files) > max_frames:
         files = [files[i] for i in np.linspace(0, len(files) - 1, max_frames).round().astype(int)]
-    frames = [to_rgb_array(f) for f in files]
+    return files
+
+
+def load_frames(folder: str | Path, max_frames: int = 2000, files: list[Path] | None = None) -> np.ndarray:
+    """All `*.png` under `folder` (sorted, evenly thinned to `max_frames`), or `files` -> (N, H, W, 3) uint8."""
+    frames = [to_rgb_array(f) for f in (files if files is not None else frame_files(folder, max_frames))]
     if len({f.shape for f in frames}) != 1:
         raise ValueError(f"frames under {folder} differ in size: {sorted({f.shape for f in frames})}")
     return np.stack(frames)
@@ -66,6 +77,41 @@ def to_pixels(frames: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) fp32 in [-1, 1], as ImageTokenizer.preprocess."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).float()
     return (x / 255.0 * 2.0 - 1.0).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def token_report(model: VQGAN, pixels: torch.Tensor) -> dict:
+    """What the codes can tell apart on `pixels`: reconstruction PSNR (dB, images in [0, 1]), codes per
+    frame, distinct codes used, and the per-position code entropy in bits (mean over positions)."""
+    model.eval()
+    codes, mse = [], []
+    for i in range(len(pixels)):
+        x = pixels[i : i + 1]
+        z = _latents(model, x)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        emb = model.quantize.embedding.weight
+        idx = (flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()).argmin(1)
+        codes.append(idx.numpy())
+        mse.append(F.mse_loss(model.decode(model.encode(x)), x).item() / 4.0)  # [-1, 1] -> [0, 1] units
+    codes = np.stack(codes)  # (N, h*w)
+    entropy = []
+    for pos in codes.T:
+        p = np.unique(pos, return_counts=True)[1] / len(pos)
+        entropy.append(float(-(p * np.log2(p)).sum()))
+    return {"frames": len(pixels), "psnr_db": float(10 * np.log10(1.0 / max(np.mean(mse), 1e-12))),
+            "codes_per_frame": int(codes.shape[1]), "distinct_codes": len(np.unique(codes)),
+            "position_entropy_bits": float(np.mean(entropy))}
+
+
+def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    """(fit files, held-out files): every `every`-th trajectory folder (the folder above a view's folder,
+    export layout `<task>/trj_<i>/<view>/image_<j>.png`) is held out whole, so the measure is on frames of
+    episodes the fit never saw; none when every <= 1 or there are fewer than 2 trajectories to hold one out."""
+    trajectories = sorted({f.parent.parent for f in files})
+    held = {t for i, t in enumerate(trajectories) if every > 1 and i % every == every - 1}
+    if not held or len(held) == len(trajectories):
+        return files, []
+    return [f for f in files if f.parent.parent not in held], [f for f in files if f.parent.parent in held]
 
 
 @torch.no_grad()
@@ -112,7 +158,7 @@ def fit(model: VQGAN, frames: np.ndarray, cfg: FitVQGANConfig) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     emb = model.quantize.embedding
     steps, last = 0, {}
-    while steps < cfg.max_steps and time.time() - t0 < cfg.seconds:
+    while steps < cfg.max_steps and (cfg.seconds <= 0 or time.time() - t0 < cfg.seconds):
         x = pixels[torch.randint(len(pixels), (min(cfg.batch_size, len(pixels)),), generator=gen)]
         z = _latents(model, x)
         b, c, h, w = z.shape
@@ -164,12 +210,19 @@ def fit_vqgan_files(cfg: FitVQGANConfig) -> dict:
     """Load `cfg.tokenizer`'s VQ-GAN, fit it on the frames under `cfg.frames`, overwrite its ckpt."""
     tok = Path(cfg.tokenizer)
     model = load_vqgan(tok / "vqgan.yaml", tok / "vqgan.ckpt")
-    frames = load_frames(cfg.frames, cfg.max_frames)
-    stats = fit(model, frames, cfg)
+    fit_files, held_files = split_holdout(frame_files(cfg.frames, cfg.max_frames), cfg.holdout)
+    stats = fit(model, load_frames(cfg.frames, files=fit_files), cfg)
     save_ckpt(model, tok / "vqgan.ckpt")
     log.info("fitted %s on %d frames: %d steps in %.0f s, reconstruction MSE %.4f -> %.4f",
              tok / "vqgan.ckpt", stats["frames"], stats["steps"], stats["seconds"], stats["mse_before"],
              stats["mse_after"])
+    if held_files:
+        stats["held_out"] = token_report(model, to_pixels(load_frames(cfg.frames, files=held_files)))
+        stats["held_out"]["trajectories"] = len({f.parent.parent for f in held_files})
+        log.info("held-out frames: %s", {k: round(v, 3) for k, v in stats["held_out"].items()})
+    if cfg.report:
+        atomic_write(Path(cfg.report), json.dumps(stats, indent=1).encode())
+        log.info("statistics written to %s", cfg.report)
     return stats
 
 

@@ -68,10 +68,12 @@ class WithActionHead(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.model.layers
 
-    def forward(self, tokens: torch.Tensor, mask=None, world: torch.Tensor | None = None) -> tuple[torch.Tensor, HeadOutput]:
-        """`world` (B,) bool: the batch's world-model rows (sample kinds); the head reads only action rows."""
+    def forward(self, tokens: torch.Tensor, mask=None, world: torch.Tensor | None = None,
+                at: torch.Tensor | None = None) -> tuple[torch.Tensor, HeadOutput]:
+        """`world` (B,) bool: the batch's world-model rows (sample kinds); the head reads only action rows.
+        `at` (B, L) bool: LM logits of those positions only, packed (N, V) (Transformer.forward)."""
         hidden = self.core.forward_hidden(tokens, mask=mask)  # (B, L, D) after the final RMSNorm
-        logits = self.core.logits(hidden)  # (B, L, V)
+        logits = self.core.logits(hidden if at is None else hidden[at])  # (B, L, V) or (N, V)
         rows = selectable_rows(tokens, world)  # (B,)
         if bool(rows.any()):
             return logits, HeadOutput(self.action_head(hidden[rows], prefix_lengths(tokens[rows])), rows)  # (n, K, 7)

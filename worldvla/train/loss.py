@@ -61,53 +61,63 @@ def world_rows(labels: torch.Tensor) -> torch.Tensor:
     return (labels == V.BOI_ID).any(dim=1)
 
 
-def _lse_target(logits: torch.Tensor, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _lse_target(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = logits.float()
-    return torch.logsumexp(logits, dim=-1), logits.gather(-1, safe[..., None])[..., 0]
+    return torch.logsumexp(logits, dim=-1), logits.gather(-1, target[..., None])[..., 0]
 
 
-def chunked_lse_target(logits: torch.Tensor, safe: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logsumexp, target logit), each (B, T) fp32, of logits (B, T, V) read `chunk` positions at a time.
-    Each chunk's fp32 copy is recomputed in backward (non-reentrant checkpoint), so only one chunk's copy
-    exists at a time instead of the whole (B, T, V) fp32 tensor; the values are the unchunked ones."""
+def chunked_lse_target(logits: torch.Tensor, target: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp, target logit), each fp32 of shape logits.shape[:-1], of logits (B, T, V) or packed (N, V)
+    read `chunk` positions at a time. Each chunk's fp32 copy is recomputed in backward (non-reentrant
+    checkpoint), so only one chunk's copy exists at a time instead of the whole fp32 tensor; the values
+    are the unchunked ones."""
+    dim = logits.dim() - 2  # the positions: T of (B, T, V), N of (N, V)
     # split, not slices: one backward node concatenates the chunks' gradients (slices would each add a
     # zero-filled full-size gradient)
     parts = [checkpoint(_lse_target, piece, idx, use_reentrant=False)
-             for piece, idx in zip(logits.split(chunk, dim=1), safe.split(chunk, dim=1))]
-    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+             for piece, idx in zip(logits.split(chunk, dim=dim), target.split(chunk, dim=dim))]
+    return torch.cat([p[0] for p in parts], dim=dim), torch.cat([p[1] for p in parts], dim=dim)
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the positions whose logits the loss reads (position t predicts label t + 1)."""
+    at = torch.zeros_like(labels, dtype=torch.bool)
+    at[:, :-1] = labels[:, 1:] != V.IGNORE_INDEX
+    return at
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | None = None,
                  world: torch.Tensor | None = None) -> LossOutput:
-    """logits (B, L, V) for inputs (B, L), labels (B, L) aligned with the inputs (-100 = ignored);
+    """logits (B, L, V) for inputs (B, L), or (N, V) packed at `predicting_positions(labels)` (the model's
+    `at=`: the same loss, the only logits it reads); labels (B, L) aligned with the inputs (-100 = ignored);
     `world` (B,) bool: the world-model rows, the batch's sample kinds (None: read from the labels)."""
     cfg = cfg or LossConfig()
-    if logits.shape[:2] != labels.shape:
+    at = predicting_positions(labels)
+    if logits.dim() == 2:
+        if logits.shape[0] != int(at.sum()):
+            raise ValueError(f"packed logits {tuple(logits.shape)}: expected one row per supervised label ({int(at.sum())})")
+        picked = logits  # (N, V)
+    elif logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
-    target = labels[:, 1:]  # (B, L-1)
-    valid = target != V.IGNORE_INDEX
-    safe = target.clamp(min=0)
-    if cfg.chunk > 0:
-        logits = logits[:, :-1]  # (B, L-1, V): position t predicts label t + 1; fp32 per chunk
-        lse, picked = chunked_lse_target(logits, safe, cfg.chunk)
     else:
-        logits = logits[:, :-1].float()  # (B, L-1, V): position t predicts label t + 1
-        lse = torch.logsumexp(logits, dim=-1)  # (B, L-1)
-        picked = logits.gather(-1, safe[..., None])[..., 0]
-    nll = (lse - picked) * valid  # (B, L-1)
-    n_valid = valid.sum()
+        picked = logits[at]
+    target = labels[:, 1:][at[:, :-1]]  # (N,) the supervised labels, in the same order
+    n_valid = target.numel()
+    # fp32 per chunk of positions when cfg.chunk > 0 (the logits stay in their dtype), else all at once
+    lse, target_logit = chunked_lse_target(picked, target, cfg.chunk) if cfg.chunk > 0 else _lse_target(picked, target)
+    nll = lse - target_logit  # (N,)
     zero = logits.sum().float() * 0.0  # keeps the graph when nothing is supervised
-    z = (lse.pow(2) * valid).sum() / n_valid if n_valid else zero
+    z = lse.pow(2).sum() / n_valid if n_valid else zero
 
-    is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))[:, None]  # (B, 1)
-    world = is_world & valid  # (B, L-1)
-    action = ~is_world & valid
+    is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))  # (B,)
+    world = is_world[:, None].expand_as(at)[at]  # (N,) the kind of each supervised label
+    action = ~world
     n_world, n_action = int(world.sum()), int(action.sum())
     world_ce = (nll * world).sum() / n_world if n_world else None
     action_ce = (nll * action).sum() / n_action if n_action else None
 
     if cfg.form == "official":
-        w = class_weights(cfg, logits.shape[-1], logits.device)[safe] * valid  # (B, L-1)
+        w = class_weights(cfg, picked.shape[-1], picked.device)[target]  # (N,)
         ce = (w * nll).sum() / w.sum() if n_valid else zero
     else:
         ce = (action_ce if action_ce is not None else zero) + cfg.world_weight * (

@@ -22,7 +22,7 @@ from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.recipe import Recipe, tokenizer_files
 from worldvla.train import lora
 from worldvla.train.continuous import WithActionHead, head_config, head_l1, load_head_weights
-from worldvla.train.loss import LossConfig
+from worldvla.train.loss import LossConfig, predicting_positions
 from worldvla.train.loss import compute_loss as loss_fn
 
 log = logging.getLogger("worldvla.train")
@@ -127,13 +127,13 @@ def forward_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask, loss_cfg,
     a model with the continuous head adds `head_weight` x its L1 to "loss" and reports "action_l1"
     (mean over "n_action_l1" rows; None when the micro-batch has no action sample). `world` (B,) bool: the
     batch's world-model rows (Batch.world_rows); the loss and the head read the sample kinds from it."""
+    at = predicting_positions(labels)  # logits only where the loss reads them: same loss, a smaller LM head
     if world is not None and _has_action_head(model):
-        out = model(ids, mask=mask, world=world.to(ids.device))
+        out = model(ids, mask=mask, world=world.to(ids.device), at=at)
     else:
-        out = model(ids, mask=mask)
+        out = model(ids, mask=mask, at=at)
     if not isinstance(out, tuple):
-        return compute_loss(out, labels, loss_cfg, world)  # (B, L, V) logits
-
+        return compute_loss(out, labels, loss_cfg, world)  # (N, V) packed logits
     logits, head_out = out
     res = compute_loss(logits, labels, loss_cfg, world)
     l1, n_rows = head_l1(head_out, labels, chunk_size)

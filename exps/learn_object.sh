@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The closed-loop learning recipe on CPU (configs/pipeline/learn_object_seen.yaml, or the preset given
+# first): scripted-expert demos of a libero_object task -> regenerate -> conversations -> pretokenize ->
+# train (configs/tiny_learn.yaml) -> LIBERO evaluation on seen and held-out init states.
+#   bash exps/learn_object.sh [configs/pipeline/<preset>.yaml] [key=value ...]
+# Installs nothing: run `bash exps/setup.sh` once (or activate your own environment) first.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PRESET=configs/pipeline/learn_object_seen.yaml
+if [[ "${1:-}" == *.yaml ]]; then PRESET="$1"; shift; fi
+PY=python
+if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
+exec "$PY" -m worldvla.demo --config "$PRESET" "$@"
