@@ -40,6 +40,7 @@ TARGETS = {
     "worldvla.data.lerobot": ("worldvla.data.lerobot:LeRobotImportConfig", None),
     "worldvla.train": ("worldvla.train.config:TrainConfig", None),
     "worldvla.train.tiny_data": ("worldvla.train.tiny_data:TinyDataConfig", "out_dir"),
+    "worldvla.train.lora_merge": ("worldvla.train.lora_merge:MergeConfig", "checkpoint"),
     "worldvla.eval.libero": ("worldvla.eval.config:EvalConfig", None),
     "worldvla.eval.libero merge": ("worldvla.eval.libero:MergeConfig", "dirs"),
     "worldvla.eval.imagine": ("worldvla.eval.imagine:ImagineConfig", None),

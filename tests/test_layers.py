@@ -355,7 +355,7 @@ def test_eval_workers_and_simulator_clis_import_neither_torch_nor_the_serve_extr
 # torch-free modules below keep a LIBERO worker and the simulator-side CLIs' --help quick), or on the short
 # allow-list with its reason. Everything else stands at the top of its module.
 HEAVY_OPTIONAL = frozenset({"libero", "robosuite", "mujoco", "deepspeed", "wandb", "pyarrow", "av", "cv2",
-                            "imageio_ffmpeg", "matplotlib", "lpips", "websockets", "msgpack"})
+                            "imageio_ffmpeg", "matplotlib", "lpips", "websockets", "msgpack", "peft"})
 LIGHT_DEFERRED = frozenset({"torch", "transformers", "safetensors", "accelerate", "tokenizers", "h5py", "imageio"})
 # The worldvla modules that the TORCH_FREE modules import (checked below against what they really import).
 LIGHT_MODULES = frozenset({

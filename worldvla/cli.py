@@ -19,6 +19,7 @@ COMMANDS = {
     "pretokenize": ("worldvla.data.pretokenize", "conversation JSON -> token shards"),
     "concat": ("worldvla.data.concat", "concatenate action + world shards into one training set"),
     "train": ("worldvla.train", "train (accelerate: single process, FSDP or DeepSpeed)"),
+    "lora-merge": ("worldvla.train.lora_merge", "a LoRA run's adapter checkpoint -> merged inference checkpoint"),
     "eval": ("worldvla.eval.libero", "LIBERO rollout evaluation"),
     "imagine": ("worldvla.eval.imagine", "world-model imagination and video metrics"),
     "open-loop": ("worldvla.eval.open_loop", "free-running action error vs the expert, by chunk position"),

@@ -128,6 +128,7 @@ class Recipe:
     text_tokenizer_sha256: str | None = None
     tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
     step: int | None = None
+    lora: dict = field(default_factory=dict)  # a LoRA fine-tune's settings and base (worldvla.train.lora.settings)
     extra: dict = field(default_factory=dict)  # not read from worldvla.json (an unknown key there is an error)
 
     # -- worldvla.json ------------------------------------------------------------------------------
@@ -163,6 +164,8 @@ class Recipe:
                     raise InputFileError(path, str(err), key) from None
         if not isinstance(data.get("tokenizer_sha256", {}), dict):
             raise InputFileError(path, "expected {file name: sha256}", "tokenizer_sha256")
+        if not isinstance(data.get("lora", {}), dict):
+            raise InputFileError(path, "expected {LoRA setting: value}", "lora")
         if not isinstance(data.get("action_head", {}), dict):
             raise InputFileError(path, "expected {ActionHeadConfig field: value}", "action_head")
         return cls(**data)
@@ -183,6 +186,8 @@ class Recipe:
             out["state_stats"] = stats_json(self.state_stats)
         if self.action_head:  # RynnVLA-002 continuous head: its weights are the action_head.* tensors
             out["action_head"] = dict(self.action_head)
+        if self.lora:  # merged from a LoRA fine-tune: its rank / alpha / targets and the base's sha256
+            out["lora"] = dict(self.lora)
         for key in ("action_mode", "family"):
             if getattr(self, key) != Recipe.__dataclass_fields__[key].default:
                 out[key] = getattr(self, key)

@@ -20,6 +20,8 @@ PRECISIONS = ("bf16", "fp32")
 SAVE_DTYPES = ("bfloat16", "float32")
 WANDB_MODES = ("offline", "online", "disabled")
 LOSS_FORMS = ("official", "paper")  # worldvla.train.loss.LOSS_FORMS
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # decoder-layer linears
+LORA_MERGE = ("end", "every_save")
 
 
 @dataclass
@@ -69,6 +71,18 @@ class DataOptions:
 
 
 @dataclass
+class LoraOptions:
+    # LoRA (peft) on the decoder layers' linears: the base stays frozen (bf16 on a GPU with train.precision=bf16,
+    # else fp32), adapters (and a continuous action head, whole) train in fp32. Step checkpoints then hold the
+    # adapters alone; the merged inference checkpoint is written at the end (or at every save, merge=every_save).
+    rank: int = 0  # 0 = off (full fine-tuning)
+    alpha: float = 0.0  # scaling alpha / rank; 0 = rank (scaling 1)
+    dropout: float = 0.05  # on the adapters' input
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    merge: str = "end"  # end | every_save: which step folders get the merged model (eval / serve load those)
+
+
+@dataclass
 class TrainOptions:
     output_dir: Path = Path("outputs/run")  # logs, resolved config, checkpoints/
     epochs: float = 40.0  # official 40
@@ -97,6 +111,10 @@ class TrainOptions:
     # > 0: after each validation and at the end, decode up to this many action samples of data.val free-running
     # (worldvla.eval.open_loop: L1 to the expert by chunk position; single process only). 0 = off
     open_loop_samples: int = 0
+    # > 0: the loss reads the logits this many positions at a time, each chunk's fp32 copy recomputed in
+    # backward (same loss to fp32 rounding; saves the B x T x 65536 fp32 copy, benchmarks/lora_budget.py)
+    loss_chunk: int = 0
+    lora: LoraOptions = field(default_factory=LoraOptions)
 
 
 @dataclass
@@ -149,6 +167,15 @@ class TrainConfig:
         need(lg.wandb_mode in WANDB_MODES, f"logging.wandb_mode: {lg.wandb_mode!r} not one of {list(WANDB_MODES)}")
         need(lg.log_every >= 1, "logging.log_every must be >= 1")
         need(t.action_head_weight >= 0, f"train.action_head_weight must be >= 0, got {t.action_head_weight}")
+        need(t.loss_chunk >= 0, f"train.loss_chunk must be >= 0 (0 = whole logits), got {t.loss_chunk}")
+        lo = t.lora
+        need(lo.rank >= 0, f"train.lora.rank must be >= 0 (0 = off), got {lo.rank}")
+        need(lo.alpha >= 0, f"train.lora.alpha must be >= 0 (0 = rank), got {lo.alpha}")
+        need(0 <= lo.dropout < 1, f"train.lora.dropout must be in [0, 1), got {lo.dropout}")
+        bad = sorted(set(lo.target_modules) - set(LORA_TARGETS))
+        need(not bad and bool(lo.target_modules),
+             f"train.lora.target_modules: {lo.target_modules} not a non-empty subset of {list(LORA_TARGETS)}")
+        need(lo.merge in LORA_MERGE, f"train.lora.merge: {lo.merge!r} not one of {list(LORA_MERGE)}")
         need(not self.model.action_head or d.chunk_size >= 2,
              "model.action_head needs data.chunk_size >= 2 (the head reads rows with more than one action block)")
         return self

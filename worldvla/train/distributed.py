@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from functools import partial
+from types import MethodType
 
 import torch
 from accelerate import Accelerator
@@ -127,6 +128,19 @@ def set_wrap_classes(acc, block_cls: type) -> None:
     plugin = acc.state.fsdp_plugin
     if not plugin.transformer_cls_names_to_wrap:
         plugin.transformer_cls_names_to_wrap = [block_cls.__name__]
+
+
+def keep_low_precision_outputs(model) -> bool:
+    """Undo accelerate's fp32 conversion of the prepared model's outputs, keeping its autocast: under bf16 it
+    turns the (B, T, 65536) logits into a whole fp32 copy before the loss, the tensor `train.loss_chunk`
+    avoids. Returns False (and changes nothing) when the forward is not accelerate's wrapper as known."""
+    forward = model.__dict__.get("forward")
+    func = getattr(forward, "__func__", forward)
+    inner = getattr(getattr(func, "__wrapped__", None), "model_forward", None)  # accelerate's ConvertOutputsToFp32
+    if inner is None:
+        return False
+    model.forward = MethodType(inner, model) if hasattr(forward, "__func__") else inner
+    return True
 
 
 def apply_activation_checkpointing(model: torch.nn.Module, block_cls: type) -> int:

@@ -16,16 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldvla.config import parse_cli, save_config, to_dict
+from worldvla.config import ConfigError, parse_cli, save_config, to_dict
 from worldvla.data.collate import collate
 from worldvla.errors import exit_on_input_errors
 from worldvla.policy.open_loop import trainer_metrics
 from worldvla.recipe import Recipe
-from worldvla.train import modeling
+from worldvla.train import lora, modeling
 from worldvla.train.checkpoint import CheckpointError, CheckpointManager
 from worldvla.train.config import TrainConfig
 from worldvla.train.data import TrainSet, check_shards, check_views, make_loader
-from worldvla.train.distributed import apply_activation_checkpointing, make_accelerator, set_wrap_classes
+from worldvla.train.distributed import (
+    apply_activation_checkpointing,
+    is_deepspeed,
+    is_fsdp,
+    keep_low_precision_outputs,
+    make_accelerator,
+    set_wrap_classes,
+)
 from worldvla.train.optim import EpochSchedule, build_optimizer
 from worldvla.train.sampler import BatchPlan
 from worldvla.train.tracking import RunLogger, flops_per_token, guess_peak_tflops
@@ -54,6 +61,7 @@ class Run:
     total_steps: int
     out_dir: Path
     recipe: Recipe = field(default_factory=Recipe)  # of the data section: checked against the shards, exported
+    lora_base: dict | None = None  # a LoRA run's starting weights (init_from + sha256), recorded in its checkpoints
 
 
 def setup(cfg: TrainConfig) -> tuple[Run, int]:
@@ -71,6 +79,10 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     total = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * plan.steps_per_epoch)
     schedule = EpochSchedule(t.lr, t.min_lr, t.warmup_epochs, t.epochs, plan.steps_per_epoch)
 
+    if lora.enabled(cfg) and (is_fsdp(acc) or is_deepspeed(acc)):
+        raise ConfigError(f"train.lora: not with {acc.distributed_type} (its shards would mix the frozen bf16 base "
+                          "and fp32 adapters); run one process: NGPU=1")
+    lora_base = lora.base_info(cfg) if lora.enabled(cfg) else None
     torch.manual_seed(t.seed)  # same initial weights on every process
     model, model_cfg = modeling.build_model(cfg)
     dataset.check_vocab(model_cfg.vocab_size)  # a bad id fails here, naming the shard, not as an IndexError later
@@ -80,21 +92,25 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     set_wrap_classes(acc, block)
     optimizer = build_optimizer(model.parameters(), t.lr, t.weight_decay, t.betas, t.eps)
     model, optimizer = acc.prepare(model, optimizer)
+    if t.loss_chunk > 0 and getattr(acc, "native_amp", False) and not keep_low_precision_outputs(model):
+        log.warning("train.loss_chunk: the model's outputs stay fp32 (accelerate's wrapper not recognised): the "
+                    "loss is the same, but the whole fp32 copy of the logits is made before it")
     if acc.is_main_process:  # which engine really trains (e.g. deepspeed.runtime.engine.DeepSpeedEngine)
         log.info("model engine: %s.%s", type(model).__module__, type(model).__qualname__)
 
-    ckpt = CheckpointManager(out_dir / "checkpoints", acc, t.keep_last)
+    ckpt = CheckpointManager(out_dir / "checkpoints", acc, t.keep_last, trainable_only=lora.enabled(cfg))
     ckpt.clean_partial()
-    start = _resume(cfg, ckpt, model, optimizer, plan, acc)
+    start = _resume(cfg, ckpt, model, optimizer, plan, acc, lora_base)
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     run = Run(cfg, acc, model, optimizer, model_cfg, modeling.loss_config(cfg), dataset, plan, schedule, ckpt,
-              None, total, out_dir, recipe)
+              None, total, out_dir, recipe, lora_base)
     return run, start
 
 
-def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: BatchPlan, acc) -> int:
+def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: BatchPlan, acc,
+            lora_base: dict | None = None) -> int:
     t = cfg.train
     path = None
     if t.resume == "auto":
@@ -110,6 +126,8 @@ def _resume(cfg: TrainConfig, ckpt: CheckpointManager, model, optimizer, plan: B
         torch.manual_seed(t.seed + acc.process_index)  # dropout differs across processes
         np.random.seed(t.seed + acc.process_index)
         return 0
+    if lora_base is not None:
+        lora.check_base(path, lora_base)
     state = ckpt.load(path, model, optimizer)
     if (state.get("n_samples"), state.get("global_batch")) != (len(plan.lengths), plan.global_batch):
         log.warning("resuming %s with another data set size / global batch (%s, %s -> %d, %d): the batch order "
@@ -286,7 +304,8 @@ def open_loop(run: Run, val: TrainSet, step: int) -> dict:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-def save(run: Run, step: int) -> Path:
+def save(run: Run, step: int, final: bool = False) -> Path:
+    """Checkpoint `step`; a LoRA run writes the merged inference files only when `final` or merge=every_save."""
     plan = run.plan
     state = {"epoch": step // plan.steps_per_epoch, "step_in_epoch": step % plan.steps_per_epoch,
              "steps_per_epoch": plan.steps_per_epoch, "global_batch": plan.global_batch,
@@ -295,11 +314,17 @@ def save(run: Run, step: int) -> Path:
 
     head = modeling.head_settings(run.acc.unwrap_model(run.model))
 
+    merged = run.lora_base is None or final or run.cfg.train.lora.merge == "every_save"
+
     def export(full_state: dict, folder: Path) -> None:
-        modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step, head, run.recipe)
+        if run.lora_base is None:
+            modeling.export_checkpoint(full_state, folder, run.model_cfg, run.cfg, step, head, run.recipe)
+        else:
+            modeling.export_lora(full_state, folder, run.model_cfg, run.cfg, step, head, run.recipe, run.lora_base,
+                                 merged)
         save_config(run.cfg, folder / "train_config.yaml")
 
-    return run.ckpt.save(step, run.model, run.optimizer, state, export)
+    return run.ckpt.save(step, run.model, run.optimizer, state, export, whole=merged)
 
 
 def _due(run: Run, step: int) -> bool:
@@ -341,12 +366,12 @@ def train(cfg: TrainConfig) -> dict:
                 logger.log(window.record(run, step, res))
             if step % spe == 0 and val is not None:
                 logger.log({"step": step, "epoch": step / spe, **evaluate(run, val), **open_loop(run, val, step)})
-            if _due(run, step):
-                save(run, step)
+            if _due(run, step) and not (run.lora_base is not None and step == run.total_steps):
+                save(run, step)  # (a LoRA run's last step is saved below, merged)
         del batches, loader
     if val is not None and cfg.train.open_loop_samples > 0 and step % spe != 0:
         logger.log({"step": step, "epoch": step / spe, **open_loop(run, val, step)})  # the final model too
-    last_saved = save(run, step)  # the final state (returns the folder when this step is already saved)
+    last_saved = save(run, step, final=True)  # the final state (returns the folder when this step is already saved)
     plot = logger.close(cfg.logging.plot)
     acc.wait_for_everyone()
     acc.end_training()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from worldvla import vocab as V
 
@@ -29,6 +30,7 @@ class LossConfig:
     z_loss_weight: float = 1e-5  # official z-loss weight
     form: str = "official"  # official (class-weighted mean) | paper (L_action + w * L_world)
     image_code_slice: tuple[int, int] = V.IMAGE_CODE_LOSS_SLICE  # class ids [lo, hi) given world_weight
+    chunk: int = 0  # > 0: positions per chunk of chunked_lse_target (0 = the whole logits in one fp32 copy)
 
     def __post_init__(self) -> None:
         if self.form not in LOSS_FORMS:
@@ -59,6 +61,24 @@ def world_rows(labels: torch.Tensor) -> torch.Tensor:
     return (labels == V.BOI_ID).any(dim=1)
 
 
+def _lse_target(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1), logits.gather(-1, target[..., None])[..., 0]
+
+
+def chunked_lse_target(logits: torch.Tensor, target: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp, target logit), each fp32 of shape logits.shape[:-1], of logits (B, T, V) or packed (N, V)
+    read `chunk` positions at a time. Each chunk's fp32 copy is recomputed in backward (non-reentrant
+    checkpoint), so only one chunk's copy exists at a time instead of the whole fp32 tensor; the values
+    are the unchunked ones."""
+    dim = logits.dim() - 2  # the positions: T of (B, T, V), N of (N, V)
+    # split, not slices: one backward node concatenates the chunks' gradients (slices would each add a
+    # zero-filled full-size gradient)
+    parts = [checkpoint(_lse_target, piece, idx, use_reentrant=False)
+             for piece, idx in zip(logits.split(chunk, dim=dim), target.split(chunk, dim=dim))]
+    return torch.cat([p[0] for p in parts], dim=dim), torch.cat([p[1] for p in parts], dim=dim)
+
+
 def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: the positions whose logits the loss reads (position t predicts label t + 1)."""
     at = torch.zeros_like(labels, dtype=torch.bool)
@@ -76,16 +96,17 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig | N
     if logits.dim() == 2:
         if logits.shape[0] != int(at.sum()):
             raise ValueError(f"packed logits {tuple(logits.shape)}: expected one row per supervised label ({int(at.sum())})")
-        picked = logits.float()  # (N, V)
+        picked = logits  # (N, V)
     elif logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, L)")
     else:
-        picked = logits[at].float()
+        picked = logits[at]
     target = labels[:, 1:][at[:, :-1]]  # (N,) the supervised labels, in the same order
     n_valid = target.numel()
-    lse = torch.logsumexp(picked, dim=-1)  # (N,)
-    nll = lse - picked.gather(-1, target[:, None])[:, 0]
-    zero = logits.sum() * 0.0  # keeps the graph when nothing is supervised
+    # fp32 per chunk of positions when cfg.chunk > 0 (the logits stay in their dtype), else all at once
+    lse, target_logit = chunked_lse_target(picked, target, cfg.chunk) if cfg.chunk > 0 else _lse_target(picked, target)
+    nll = lse - target_logit  # (N,)
+    zero = logits.sum().float() * 0.0  # keeps the graph when nothing is supervised
     z = lse.pow(2).sum() / n_valid if n_valid else zero
 
     is_world = (world_rows(labels) if world is None else world.to(labels.device, torch.bool))  # (B,)

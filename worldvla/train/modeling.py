@@ -20,6 +20,7 @@ from worldvla.model.loading import load_checkpoint, save_state_dict
 from worldvla.model.masks import ActionLayout, batch_mask
 from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.recipe import Recipe, tokenizer_files
+from worldvla.train import lora
 from worldvla.train.continuous import WithActionHead, head_config, head_l1, load_head_weights
 from worldvla.train.loss import LossConfig, predicting_positions
 from worldvla.train.loss import compute_loss as loss_fn
@@ -31,11 +32,20 @@ log = logging.getLogger("worldvla.train")
 def build_model(cfg):
     """(fp32 model, its ModelConfig): `model.preset` (+ overrides) at random init, or `model.init_from` weights;
     with `model.action_head` the RynnVLA-002 continuous head is added (train/continuous.py), loaded from
-    `init_from` when that checkpoint has `action_head.*` tensors, else at random init.
+    `init_from` when that checkpoint has `action_head.*` tensors, else at random init. With `train.lora.rank`
+    > 0 the model gets peft adapters and only they (and the head) train, in fp32; the frozen base is in
+    lora.base_dtype (bf16 on a GPU with bf16 training) (train/lora.py).
 
     The model's own `gradient_checkpointing` stays off: the trainer wraps the layers itself
     (distributed.apply_activation_checkpointing), the same way in every parallel mode.
     """
+    model, mcfg = _build(cfg)
+    if lora.enabled(cfg):  # after the head is attached: it trains whole, the backbone through adapters
+        lora.apply(model, cfg.train.lora, lora.base_dtype(cfg))
+    return model, mcfg
+
+
+def _build(cfg):
     m = cfg.model
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(m.overrides) - fields)
@@ -44,7 +54,8 @@ def build_model(cfg):
     settings = {**m.overrides, "dropout": m.dropout, "max_seq_len": cfg.data.max_seq_len}
     extras = {}
     if m.init_from:
-        loaded = load_checkpoint(m.init_from, dtype=torch.float32, device="cpu", **settings)
+        dtype = lora.base_dtype(cfg) if lora.enabled(cfg) else torch.float32  # a frozen 7B base: no fp32 copy
+        loaded = load_checkpoint(m.init_from, dtype=dtype, device="cpu", **settings)
         model, mcfg, extras = loaded.model, loaded.model.cfg, loaded.extras
     else:
         try:
@@ -98,7 +109,7 @@ def attention_mask(batch, action_mask: bool, device) -> torch.Tensor | None:
 
 def loss_config(cfg):
     t = cfg.train
-    return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight, form=t.loss_form)
+    return LossConfig(world_weight=t.world_weight, z_loss_weight=t.z_loss_weight, form=t.loss_form, chunk=t.loss_chunk)
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss_cfg, world: torch.Tensor | None = None) -> dict:
@@ -168,3 +179,15 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
     # the hashes are of the copies: they are what from_pretrained verifies
     recipe = recipe if recipe is not None else data_recipe(cfg.data)
     recipe.with_tokenizer(folder / "tokenizer").replace(step=step, action_head=head or {}).save(folder)
+
+
+def export_lora(state_dict: dict, folder: Path, model_cfg, cfg, step: int, head: dict | None, recipe: Recipe,
+                base: dict, merged: bool) -> None:
+    """A LoRA run's step folder: the adapters (+ head) and lora.json always; with `merged` also the inference
+    files of export_checkpoint from the merged weights (`state_dict` then holds the whole model), their
+    worldvla.json recording the LoRA settings and the base's sha256."""
+    opts = cfg.train.lora
+    lora.write_adapters(state_dict, folder, {**lora.settings(opts, base, merged), "step": step, "action_head": head})
+    if merged:
+        recipe = recipe.replace(lora=lora.settings(opts, base, True))
+        export_checkpoint(lora.merge(state_dict, lora.scaling(opts)), folder, model_cfg, cfg, step, head, recipe)
