@@ -41,6 +41,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 from safetensors import safe_open
@@ -422,7 +423,6 @@ def _overview(loss_png: Path, strip_png: Path | None, path: Path) -> None:
 
 def rollout_strip(video: Path, path: Path, frames: int = 8) -> Path | None:
     """Evenly spaced frames of a rollout video side by side (what the README shows of a successful episode)."""
-    import imageio.v2 as imageio
 
     with imageio.get_reader(video) as reader:
         images = [np.asarray(f) for f in reader]
