@@ -20,7 +20,8 @@ def _small(out):
 
     return DemoConfig(out=str(out), tasks="0", episodes="0-1", train_ratio=0.5, record_resolution=64, resolution=64,
                       train_steps=12, batch_size=4, eval_trials=1, eval_held_out=1, eval_max_steps=10, workers=1,
-                      horizon=2, imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan_fit_steps=3)
+                      horizon=2, imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan="", vqgan_fit_steps=3,
+                      train_config="configs/tiny.yaml", train_epochs=0, causal=True)
 
 
 def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):

@@ -67,26 +67,26 @@ class DemoConfig:
     out: str = "outputs/demo"  # everything the demo writes
     suite: str = "libero_object"  # tasks the scripted expert solves (docs/scripted_expert.md)
     tasks: str = "0"  # task ids, e.g. 0 or 0,1 or 0-2
-    episodes: str = "0-9"  # init states recorded per task (only successes become demos)
-    train_ratio: float = 0.7  # share of each task's demos that train; the other whole trajectories are val_ind
+    episodes: str = "0-5"  # init states recorded per task (only successes become demos)
+    train_ratio: float = 0.8  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
     resolution: int = 128  # model / regenerated image px (multiple of 16): (px/16)^2 VQ codes per view
     with_state: bool = True  # RynnVLA-002's 8-D proprio state in the action prompt (Recipe.with_state)
     with_wrist: bool = False  # RynnVLA-002's wrist view next to the third view (Recipe.with_wrist)
     chunk_size: int = 5  # K actions per chunk
-    train_config: str = "configs/tiny.yaml"  # the train preset; the fields below override it
+    train_config: str = "configs/tiny_learn.yaml"  # the train preset; the fields below override it
     train_steps: int = 300  # tiny-model optimizer steps (both runs); with train_epochs > 0 the epochs decide
-    train_epochs: float = 0.0  # > 0: train this many epochs, the cosine schedule (lr -> min_lr) spanning them
-    causal: bool = True  # also train the causal-mask ablation (configs/ablation_no_action_mask.yaml's switch)
+    train_epochs: float = 8.0  # > 0: train this many epochs, the cosine schedule (lr -> min_lr) spanning them
+    causal: bool = False  # also train the causal-mask ablation (configs/ablation_no_action_mask.yaml's switch)
     model_dim: int = 0  # model width (0 = train_config's)
     model_layers: int = 0  # decoder layers (0 = train_config's)
     batch_size: int = 8
-    lr: float = 3.0e-3  # a toy model on a few demos learns at a toy learning rate
-    min_lr: float = 0.0  # end of the cosine schedule (0 = lr: constant)
+    lr: float = 2.0e-3  # a small model on a few demos learns at a toy learning rate
+    min_lr: float = 2.0e-4  # end of the cosine schedule (0 = lr: constant)
     world_weight: float = 0.04  # official world-loss weight
     kinds: str = "action,world"  # sample kinds trained (official: both; action = the action-only ablation)
-    eval_trials: int = 2  # LIBERO episodes per task on init states the policy trained on (0 = none)
-    eval_held_out: int = 0  # LIBERO episodes per task on init states after the recorded ones (never trained)
+    eval_trials: int = 5  # LIBERO episodes per task on init states the policy trained on (0 = none)
+    eval_held_out: int = 5  # LIBERO episodes per task on init states after the recorded ones (never trained)
     eval_max_steps: int = 0  # policy steps per eval episode (0 = the suite's protocol budget: 280 for libero_object)
     workers: int = 2  # simulator processes (regenerate, eval)
     horizon: int = 6  # imagined frames per trajectory
@@ -94,7 +94,7 @@ class DemoConfig:
     open_loop_samples: int = 0  # held-out action samples decoded per model (0 = all)
     claims: bool = True  # the open-loop and imagine stages on the held-out (val_ind) demos (needs train_ratio < 1)
     report_videos: int = 2  # rollout videos copied into the report
-    vqgan: str = ""  # "" = fit the tiny VQ-GAN here; "embedded" = the one shipped in worldvla/assets (fitted on
+    vqgan: str = "embedded"  # "" = fit the tiny VQ-GAN here; "embedded" = the one shipped in worldvla/assets (fitted on
     # libero_object frames at 128 px); or a tokenizer folder (text_tokenizer.json, vqgan.yaml, vqgan.ckpt) used as is
     vqgan_fit_steps: int = 200  # optimizer steps of the tiny VQ-GAN's fit to the demo's frames (machine-independent)
     data_from: str = ""  # another demo's out folder: reuse its recorded + regenerated data (no record/regenerate)
