@@ -1,32 +1,32 @@
-"""The whole WorldVLA pipeline on an embedded default, on CPU, in minutes.
+"""The whole WorldVLA pipeline on an embedded default, on CPU, in minutes: a policy that is trained and then
+evaluated in the LIBERO simulator under the standard protocol.
 
-    bash exps/demo.sh [key=value ...]        (or: python -m worldvla.demo [key=value ...])
+    bash exps/demo.sh [key=value ...]        (or: python -m worldvla.demo [--config PRESET] [key=value ...])
 
 Stages (each through the same CLI a full-scale user runs):
   record       scripted-expert demos in LIBERO -> raw LIBERO demo HDF5      libero_util/record_scripted_demos.py
-  regenerate   replay at the demo resolution, no-op filter, export PNG/npy  libero_util/regenerate.py
-  convs        action (M=2, K) and world samples, official splits          data/conversations.py
-  assets       tiny tokenizer files in the official formats                worldvla.testing.fixtures
-  fit-vqgan    fit the tiny VQ-GAN to the regenerated frames (vqgan_fit)    python -m worldvla.testing.fit_vqgan
-  pretokenize  world and action token shards, one frame cache              data/pretokenize.py
-  concat       world + action -> one training set                          data/concatenate.py
-  train        tiny Chameleon, action mask, official loss                  python -m worldvla.train (configs/tiny.yaml)
-  train-causal the same run (data, steps, seed) with the causal mask         ... model.action_mask=false
-  eval         LIBERO rollouts of the demo tasks, videos                   python -m worldvla.eval.libero
-  open-loop    both models decode the held-out action samples free-running  python -m worldvla.eval.open_loop
-  imagine      world-model rollouts of held-out trajectories with true,   python -m worldvla.eval.imagine
+  regenerate   replay at the model resolution, no-op filter, export          libero_util/regenerate.py
+  convs        action (M=2, K, state) and world samples, official splits    data/conversations.py
+  tokenizer    the embedded fitted VQ-GAN (vqgan=embedded), or the tiny one  worldvla/assets, worldvla.testing.fit_vqgan
+               fitted here for vqgan_fit_steps steps (vqgan="")
+  pretokenize  token shards of each sample kind, one frame cache            data/pretokenize.py
+  concat       the kinds -> one training set                                data/concatenate.py
+  train        small Chameleon (train_config), action mask, official loss   python -m worldvla.train
+  train-causal (causal=true) the same run with the causal mask               ... model.action_mask=false
+  eval         LIBERO rollouts on seen init states (eval_trials)            python -m worldvla.eval.libero
+  eval-held-out  ... and on init states never recorded (eval_held_out)      ... first_trial=<after the recorded>
+  open-loop    the held-out demos' action samples decoded free-running       python -m worldvla.eval.open_loop
+  imagine      world-model rollouts of held-out trajectories with true,     python -m worldvla.eval.imagine
                shuffled and zero actions: GIFs, metrics, the action gap
-and a report folder `<out>/report/` with the loss curve, videos, GIFs and summary.md.
+and a report folder `<out>/report/` with the success tables (Wilson intervals), a frame strip of a
+successful rollout, the loss curve, videos, GIFs and summary.md.
 
-Held out: `train_ratio` of each task's demos train the models, the remaining whole trajectories
-(the official `val_ind` split) are where the open-loop error and the imagination are measured.
+Held out: `train_ratio` of each task's demos train the models, the remaining whole trajectories (the
+official `val_ind` split) are where the open-loop error and the imagination are measured (`claims`).
+Presets for longer runs: configs/pipeline/*.yaml (exps/learn_object.sh; results in benchmarks/README.md).
 
 Resumable: a finished stage leaves `<out>/.stages/<stage>.json` (its arguments and time) and is
 skipped when rerun with the same arguments; an interrupted stage resumes through its own CLI.
-The tiny model is random-initialised and trained for minutes on a handful of demos (its VQ-GAN is
-fitted for 30 s, MSE only, so decoded frames are blurry but show the scene):
-the numbers show that every stage runs, not what WorldVLA reaches (README: from the demo to the real
-thing).
 """
 
 from __future__ import annotations
