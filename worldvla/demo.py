@@ -333,7 +333,8 @@ def run(cfg: DemoConfig) -> Path:
     times["imagine"] = _run(out, "imagine", [
         "-m", "worldvla.eval.imagine", f"checkpoint={ckpt}", f"data_dir={export}", "split=val_ind",
         f"horizon={cfg.horizon}", f"max_trajectories={cfg.imagine_trajectories}", f"suite={cfg.suite}",
-        f"train_ratio={cfg.train_ratio}", "sensitivity=true", f"out_dir={imagine_dir}"])
+        f"train_ratio={cfg.train_ratio}", "sensitivity=true", f"out_dir={imagine_dir}",
+        "image_dir=imgs_third_view", f"wrist={str(cfg.with_wrist).lower()}"])  # the rynnvla export layout
     return write_report(cfg, out, ckpt, times, time.time() - started, raw, manifest)
 
 
