@@ -87,12 +87,9 @@ def token_report(model: VQGAN, pixels: torch.Tensor) -> dict:
     codes, mse = [], []
     for i in range(len(pixels)):
         x = pixels[i : i + 1]
-        z = _latents(model, x)
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        emb = model.quantize.embedding.weight
-        idx = (flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()).argmin(1)
-        codes.append(idx.numpy())
-        mse.append(F.mse_loss(model.decode(model.encode(x)), x).item() / 4.0)  # [-1, 1] -> [0, 1] units
+        idx = model.encode(x)  # (1, h, w): the codes the tokenizer gives this frame
+        codes.append(idx.reshape(-1).numpy())
+        mse.append(F.mse_loss(model.decode(idx), x).item() / 4.0)  # [-1, 1] -> [0, 1] units
     codes = np.stack(codes)  # (N, h*w)
     entropy = []
     for pos in codes.T:
