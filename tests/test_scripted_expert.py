@@ -101,3 +101,29 @@ def test_expert_solves_libero_object_task_and_recording_resumes(tmp_path, monkey
     assert se.record_scripted_demos(cfg, progress=False)["tasks"] == saved["tasks"]
     with pytest.raises(ValueError, match="run_key"):  # other settings into the same folder: refused
         se.record_scripted_demos(RecordScriptedConfig(**{**cfg.__dict__, "resolution": 32}), progress=False)
+
+
+@pytest.mark.sim
+def test_noisy_copies_record_the_noise_they_execute(tmp_path):
+    """`noisy_copies=1`: each init state is attempted as is and once with N(0, action_noise) on the arm
+    dims. Both start from the same settled state, so their first actions differ by exactly the noise;
+    the recorded action must be the noisy one that ran (regeneration replays what is recorded), and the
+    gripper is left alone."""
+    from worldvla.data import recording as se
+    from worldvla.data.raw_demos import read_raw_demo_file
+
+    cfg = RecordScriptedConfig(suite="libero_object", tasks="0", episodes="0", out=str(tmp_path), resolution=64,
+                               max_steps=12, keep_failures=True, noisy_copies=1, action_noise=0.3)
+    report = se.record_scripted_demos(cfg, progress=False)
+    task = report["tasks"]["0"]
+    assert task["attempts"] == 2 and task["noisy_copies"] == 1
+    assert [(e["episode"], e["copy"], e["action_noise"]) for e in task["episodes"]] == [(0, 0, 0.0), (0, 1, 0.3)]
+    _, (clean, noisy) = read_raw_demo_file(tmp_path / task["file"])
+    np.testing.assert_array_equal(clean.states[0], noisy.states[0])  # same init state
+    first = noisy.actions[0, :6] - clean.actions[0, :6]
+    assert 0.05 < np.abs(first).max() < 4 * 0.3, first  # the noise itself, in the recorded label
+    np.testing.assert_array_equal(clean.actions[:, 6], noisy.actions[:, 6])  # gripper untouched
+    assert np.abs(noisy.actions[:, :6]).max() <= 1.0
+    with pytest.raises(ValueError, match="noisy_copies"):
+        se.record_scripted_demos(RecordScriptedConfig(**{**cfg.__dict__, "out": str(tmp_path / "b"),
+                                                          "noisy_copies": -1}), progress=False)

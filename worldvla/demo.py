@@ -68,6 +68,8 @@ class DemoConfig:
     suite: str = "libero_object"  # tasks the scripted expert solves (docs/scripted_expert.md)
     tasks: str = "0"  # task ids, e.g. 0 or 0,1 or 0-2
     episodes: str = "0-5"  # init states recorded per task (only successes become demos)
+    noisy_copies: int = 0  # per init state, extra expert attempts with action noise (recovery demos)
+    action_noise: float = 0.2  # std of that noise on the six arm dims, action units
     train_ratio: float = 0.8  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
     resolution: int = 128  # model / regenerated image px (multiple of 16): (px/16)^2 VQ codes per view
@@ -271,7 +273,8 @@ def run(cfg: DemoConfig) -> Path:
     else:
         times["record"] = _run(out, "record", [
             "libero_util/record_scripted_demos.py", f"suite={cfg.suite}", f"tasks={task_list}",
-            f"episodes={cfg.episodes}", f"out={raw}", f"resolution={cfg.record_resolution}"])
+            f"episodes={cfg.episodes}", f"out={raw}", f"resolution={cfg.record_resolution}",
+            *([f"noisy_copies={cfg.noisy_copies}", f"action_noise={cfg.action_noise}"] if cfg.noisy_copies else [])])
         times["regenerate"] = _run(out, "regenerate", [
             "libero_util/regenerate.py", f"suite={cfg.suite}", f"raw_dir={raw}", f"out_dir={h5}",
             f"tasks=[{task_list}]", f"resolution={cfg.resolution}", f"workers={cfg.workers}", f"export_dir={export}",

@@ -203,8 +203,14 @@ class EpisodeResult:
 
 def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, config: ExpertConfig | None = None,
                max_steps: int | None = None, record: bool = False, env=None, progress: bool = True,
-               env_seed: int = 0) -> list[EpisodeResult]:
+               env_seed: int = 0, action_noise: float = 0.0, noise_seed: int = 0) -> list[EpisodeResult]:
     """Run the expert on init states `episode_ids` of one task; success is the env's `done`.
+
+    `action_noise` > 0 adds N(0, action_noise) to the six arm dims of every action the expert
+    chooses, and the noisy action is what runs and what is recorded. The expert plans from the
+    simulator each step, so it steers back: the demos then show states off its own path and the way
+    back to it, which a policy drifting in closed loop needs (the noise-injection idea of DART,
+    Laskey et al. 2017, with the executed action as the label so that regeneration replays it).
 
     With `record=True` each result carries a `RawDemo` (worldvla.data.raw_demos) with images at
     `resolution`. `max_steps` defaults to the suite's evaluation budget. Pass `env` (a LiberoEnv of
@@ -221,9 +227,18 @@ def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, 
             iterator = tqdm(iterator, desc=f"{suite} task {task_id}", unit="ep")
         for ep in iterator:
             expert.reset()
+            rng = np.random.default_rng([env_seed, ep, noise_seed])
+
+            def act(t: int, obs: dict):
+                if expert.finished:
+                    return None
+                action = np.array(expert.act(obs), dtype=np.float64)
+                if action_noise > 0:
+                    action[:6] = np.clip(action[:6] + rng.normal(0.0, action_noise, 6), -1.0, 1.0)
+                return action
+
             t0 = time.perf_counter()
-            demo = record_rollout(env, lambda t, obs: None if expert.finished else expert.act(obs), episode=ep,
-                                  max_steps=max_steps, record_obs=record)
+            demo = record_rollout(env, act, episode=ep, max_steps=max_steps, record_obs=record)
             wall = time.perf_counter() - t0
             expert.mem.phase_log.append((expert.mem.phase, expert.mem.phase_steps))
             res = EpisodeResult(suite, task_id, ep, demo.success, len(demo), wall, list(expert.mem.phase_log),
@@ -274,6 +289,8 @@ class RecordScriptedConfig:
     max_steps: int = 0  # policy-step budget per attempt; 0 = the suite's evaluation budget
     env_seed: int = 0
     keep_failures: bool = False  # also write failed attempts (real LIBERO files hold successes only)
+    noisy_copies: int = 0  # per init state, this many extra attempts with action noise (recovery demos; run_expert)
+    action_noise: float = 0.2  # std of that noise on the six arm dims, in action units (the gripper is left alone)
     overwrite: bool = False  # redo every attempt instead of resuming from <out>/.parts/
 
 
@@ -303,8 +320,11 @@ def machine_info() -> dict:
 
 def _run_key(cfg: RecordScriptedConfig, expert_config: ExpertConfig) -> dict:
     """What makes a recorded attempt reusable: anything else changes the demos."""
-    return {"suite": cfg.suite, "resolution": cfg.resolution, "max_steps": cfg.max_steps, "env_seed": cfg.env_seed,
-            "keep_failures": cfg.keep_failures, "expert": asdict(expert_config)}
+    key = {"suite": cfg.suite, "resolution": cfg.resolution, "max_steps": cfg.max_steps, "env_seed": cfg.env_seed,
+           "keep_failures": cfg.keep_failures, "expert": asdict(expert_config)}
+    if cfg.noisy_copies > 0:  # clean attempts do not depend on it: runs without copies keep their old key
+        key["action_noise"] = cfg.action_noise
+    return key
 
 
 def _load_report(path: Path, cfg: RecordScriptedConfig, key: dict) -> dict:
@@ -332,22 +352,27 @@ def _check_parts(part_dir: Path, key: dict) -> None:
     _atomic_write_json(stamp, key)
 
 
-def _task_done(entry: dict | None, episodes: list[int], out: Path) -> bool:
-    return bool(entry) and entry.get("episode_ids") == episodes and (
+def _task_done(entry: dict | None, episodes: list[int], copies: int, out: Path) -> bool:
+    return bool(entry) and entry.get("episode_ids") == episodes and entry.get("noisy_copies", 0) == copies and (
         entry.get("file") is None or (out / entry["file"]).is_file())
 
 
-def _attempt(cfg: RecordScriptedConfig, expert_config: ExpertConfig, env, meta: dict, part_dir: Path, ep: int) -> dict:
-    """One attempt, saved as `ep_<ep>.json` (+ `ep_<ep>.hdf5` when kept) in `part_dir`; reused on rerun."""
-    entry_path = part_dir / f"ep_{ep}.json"
+def _attempt(cfg: RecordScriptedConfig, expert_config: ExpertConfig, env, meta: dict, part_dir: Path, ep: int,
+             copy: int = 0) -> dict:
+    """One attempt from init state `ep` (copy > 0: the copy-th noisy one), saved as `ep_<ep>[_noisy<copy>].json`
+    (+ the .hdf5 when kept) in `part_dir`; reused on rerun."""
+    stem = f"ep_{ep}" if copy == 0 else f"ep_{ep}_noisy{copy}"
+    entry_path = part_dir / f"{stem}.json"
     if entry_path.is_file():
         return json.loads(entry_path.read_text())
+    noise = cfg.action_noise if copy else 0.0
     (res,) = run_expert(cfg.suite, env.task_id, [ep], config=expert_config, env=env, record=True,
-                        max_steps=cfg.max_steps or None, progress=False)
+                        max_steps=cfg.max_steps or None, progress=False, env_seed=cfg.env_seed,
+                        action_noise=noise, noise_seed=copy)
     entry = res.to_dict()
-    entry["part"] = None
+    entry.update(copy=copy, action_noise=noise, part=None)
     if res.success or cfg.keep_failures:
-        entry["part"] = write_raw_demo_file(part_dir / f"ep_{ep}.hdf5", meta, [res.demo]).name
+        entry["part"] = write_raw_demo_file(part_dir / f"{stem}.hdf5", meta, [res.demo]).name
     _atomic_write_json(entry_path, entry)  # written last: the attempt counts as done only with its demo
     return entry
 
@@ -399,11 +424,14 @@ def _record(cfg: RecordScriptedConfig, expert_config: ExpertConfig, progress: bo
     report.update({"suite": cfg.suite, "resolution": cfg.resolution, "env_seed": cfg.env_seed, "run_key": key,
                    "success_predicate": "env.step done (the task's BDDL goal)"})
     report.setdefault("tasks", {})
-    bar = tqdm(total=len(task_ids) * len(episodes), desc=f"record {cfg.suite}", unit="ep", disable=not progress)
+    if cfg.noisy_copies < 0 or cfg.action_noise < 0:
+        raise ValueError(f"noisy_copies={cfg.noisy_copies}, action_noise={cfg.action_noise}: both must be >= 0")
+    attempts = [(ep, c) for ep in episodes for c in range(1 + cfg.noisy_copies)]  # demo order: by init state
+    bar = tqdm(total=len(task_ids) * len(attempts), desc=f"record {cfg.suite}", unit="ep", disable=not progress)
     for tid in task_ids:
-        if _task_done(report["tasks"].get(str(tid)), episodes, out):
+        if _task_done(report["tasks"].get(str(tid)), episodes, cfg.noisy_copies, out):
             log.info("%s task %d: already recorded (%s), skipped", cfg.suite, tid, report["tasks"][str(tid)]["file"])
-            bar.update(len(episodes))
+            bar.update(len(attempts))
             continue
         part_dir = out / PARTS_DIR / f"task_{tid}"
         _check_parts(part_dir, key)
@@ -412,8 +440,8 @@ def _record(cfg: RecordScriptedConfig, expert_config: ExpertConfig, progress: bo
             meta = {**task_meta_from_env(env), "source": "worldvla scripted expert"}
             PickPlaceExpert(env, expert_config)  # raises ExpertError now on an unsupported goal
             entries = []
-            for ep in episodes:
-                entries.append(_attempt(cfg, expert_config, env, meta, part_dir, ep))
+            for ep, copy in attempts:
+                entries.append(_attempt(cfg, expert_config, env, meta, part_dir, ep, copy))
                 bar.update(1)
                 bar.set_postfix(task=tid, ok=f"{sum(e['success'] for e in entries)}/{len(entries)}")
             path = out / raw_demo_filename(env.task.name)
@@ -426,7 +454,8 @@ def _record(cfg: RecordScriptedConfig, expert_config: ExpertConfig, progress: bo
                 e.pop("part", None)
             report["tasks"][str(tid)] = {
                 "task_name": env.task.name, "language": env.language, "file": path.name if names else None,
-                "episode_ids": episodes, "attempts": len(entries), "successes": n_ok,
+                "episode_ids": episodes, "noisy_copies": cfg.noisy_copies, "action_noise": cfg.action_noise,
+                "attempts": len(entries), "successes": n_ok,
                 "success_rate": n_ok / len(entries), "mean_steps_success": float(np.mean(steps)) if steps else None,
                 "wall_s": round(sum(e["wall_s"] for e in entries), 1), "episodes": entries,
             }
