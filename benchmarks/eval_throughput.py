@@ -52,7 +52,8 @@ def build_policy(args, work: Path):
     import torch
 
     from worldvla.model import generate as G
-    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
+    from worldvla.recipe import Recipe
     from worldvla.testing.fixtures import make_tiny_assets
 
     assets = make_tiny_assets(work / "assets")
@@ -83,7 +84,7 @@ def build_policy(args, work: Path):
         vq_cfg = VQGANConfig() if args.vqgan == "full" else VQGANConfig(ch=32, num_res_blocks=1, z_channels=32,
                                                                         embed_dim=32)
         images = ImageTokenizer(VQGAN(vq_cfg).to(args.device), text.vocab, args.resolution)
-        settings = PolicySettings(chunk_size=args.chunk, resolution=args.resolution)
+        settings = Recipe(chunk_size=args.chunk, resolution=args.resolution)
         policy = WorldVLAPolicy(model, text, images, settings, compile_step=args.compile, name="7b-random")
         desc = (f"random-init Chameleon-7B shape ({cfg.n_layers} layers, width {cfg.dim}, {dtype}), "
                 f"{args.vqgan} VQ-GAN (random)")

@@ -151,11 +151,12 @@ def policy_parts(text_tokenizer, image_tokenizer):
 
 
 def scripted_policy(parts, script, family="worldvla", decode="official", chunk_size=5):
-    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
+    from worldvla.recipe import Recipe
 
     text, images = parts
     frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    pol = WorldVLAPolicy(None, text, images, PolicySettings(chunk_size=chunk_size, family=family), decode=decode)
+    pol = WorldVLAPolicy(None, text, images, Recipe(chunk_size=chunk_size, family=family), decode=decode)
     n = len(pol.prompt_ids("pick it up", [frame]))
     pol.model = ScriptedModel([script], [n])
     return pol, frame
@@ -298,11 +299,12 @@ def test_unpairable_generation_stops_only_its_row():
 
 def two_query_policy(parts):
     """A policy whose batch of two identical prompts gets one good and one unparsable generation."""
-    from worldvla.policy.policy import PolicySettings, WorldVLAPolicy
+    from worldvla.policy.policy import WorldVLAPolicy
+    from worldvla.recipe import Recipe
 
     text, images = parts
     frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    pol = WorldVLAPolicy(None, text, images, PolicySettings(chunk_size=5, family="worldvla"), decode="official")
+    pol = WorldVLAPolicy(None, text, images, Recipe(chunk_size=5, family="worldvla"), decode="official")
     n = len(pol.prompt_ids("pick it up", [frame]))
     good, _ = grammar_script(14, 5)
     pol.model = ScriptedModel([good, unpairable_script()], [n, n])

@@ -100,14 +100,14 @@ def _summary(entry):
 
 def test_every_released_checkpoint_resolves_by_hub_id_folder_and_cache_path(tmp_path):
     from worldvla.policy.official_checkpoints import OFFICIAL_CHECKPOINTS, find_official
-    from worldvla.policy.policy import PolicySettings
+    from worldvla.recipe import Recipe
 
     assert {c.hub_id for c in OFFICIAL_CHECKPOINTS} == set(EXPECTED)
     sha = "0123456789abcdef0123456789abcdef01234567"
     for hub_id, want in EXPECTED.items():
         entry = find_official(hub_id)
         assert entry is not None and entry.hub_id == hub_id and _summary(entry) == want, hub_id
-        PolicySettings(**entry.settings)  # every field is a real setting
+        Recipe(**entry.settings)  # every field is a real setting
         owner, name, *sub = hub_id.split("/")
         local = tmp_path / "ckpts" / name.lower() / Path(*sub) if sub else tmp_path / "ckpts" / name
         cache = tmp_path / "hub" / f"models--{owner}--{name}" / "snapshots" / sha / Path(*sub)
@@ -163,7 +163,7 @@ def test_hub_id_arrives_through_the_cache_and_gets_the_table(released_layout, tm
 
 def test_unknown_family_is_an_error(official_layout):
     ckpt, tok = official_layout
-    with pytest.raises(ValueError, match="family='openvla'"):
+    with pytest.raises(ValueError, match="family: 'openvla' not one of"):
         load_policy(str(ckpt), tokenizer=str(tok), settings={"chunk_size": 5, "resolution": 256,
                                                              "action_stats": "worldvla", "family": "openvla"})
 

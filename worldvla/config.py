@@ -9,7 +9,13 @@ The one override grammar of every CLI: `key.sub=value`, `--key.sub=value` and `-
 dashes and underscores in keys are the same (`--train.max-steps 3`); `--config FILE` (alias
 `--config_path`). A value is read as the type the field declares: `train.lr=1e-5` is a float,
 `true`/`false` a bool, a `str` field takes the text as it is, lists and sections are YAML/JSON
-(`data.kinds=[world]`, `policy_settings={chunk_size: 10}`), and `null` clears an optional field.
+(`data.kinds=[world]`, `policy.recipe={chunk_size: 10}`), and `null` clears an optional field.
+
+A `Literal[...]` field is a choice: any other value is one error naming the field and the choices.
+A config class may list `renamed = {"old_key": "new.dotted.key"}` (a ClassVar): an old key in a YAML
+file, an override or `from_dict` is moved to its new place with a one-line deprecation note. A section
+class may name a `shorthand` field (a ClassVar): a scalar where the section belongs sets that field
+(`policy=CKPT` is `policy.path=CKPT`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import shlex
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +39,10 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+class ChoiceError(ConfigError):
+    """A value outside a `Literal` field's choices (the message names the field and the choices)."""
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -76,6 +87,8 @@ def _coerce(value, tp, where: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if len([a for a in args if a is not type(None)]) == 1:  # X | None: X's own error is the clearer one
+            return _coerce(value, next(a for a in args if a is not type(None)), where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -84,9 +97,16 @@ def _coerce(value, tp, where: str):
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and not isinstance(value, bool):
+            return value
+        raise ChoiceError(f"{where}: {value!r} not one of {list(choices)}")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
+        if getattr(tp, "shorthand", None) and not isinstance(value, dict):
+            value = {tp.shorthand: value}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where)
@@ -119,8 +139,75 @@ def _coerce(value, tp, where: str):
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+def _set_path(data: dict, path: list[str], value) -> None:
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    old = node.get(path[-1])
+    node[path[-1]] = merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+
+
+def upgrade(cls, data: dict, where: str = "config") -> dict:
+    """`data` (a partial mapping of `cls`) with the old keys of `cls.renamed` (and of its sections) moved
+    to their new places, each with a one-line deprecation note, and section shorthands expanded."""
+    if not isinstance(data, dict) or not _is_dataclass_type(cls):
+        return data
+    renamed = getattr(cls, "renamed", {})
+    out: dict = {}
+    moved = []
+    for key, value in data.items():
+        if key in renamed and key not in _field_types(cls):
+            warnings.warn(f"{where}: `{key}` is deprecated, write `{renamed[key]}`", FutureWarning, stacklevel=3)
+            moved.append((renamed[key].split("."), value))
+        else:
+            out[key] = value
+    for path, value in moved:  # after the new keys: the old key is what this file / override said
+        _set_path(out, path, value)
+    types_ = _field_types(cls)
+    for key, value in out.items():
+        section = _section_type(types_[key]) if key in types_ else None
+        if section is None:
+            continue
+        if getattr(section, "shorthand", None) and value is not None and not isinstance(value, (dict, section)):
+            value = {section.shorthand: value}
+        out[key] = upgrade(section, value, f"{where}.{key}") if isinstance(value, dict) else value
+    return out
+
+
+def literal_errors(obj, prefix: str = "") -> list[str]:
+    """One line per `Literal` field of the dataclass `obj` (and its sections) holding another value."""
+    bad = []
+    for name, tp in _field_types(type(obj)).items():
+        value = getattr(obj, name)
+        args = [tp] if typing.get_origin(tp) is typing.Literal else [
+            a for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal]
+        if typing.get_origin(tp) in (list, tuple) and isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)[:1] or (Any,)
+            if typing.get_origin(item) is typing.Literal:
+                bad += [f"{prefix}{name}: {v!r} not one of {list(typing.get_args(item))}"
+                        for v in value if v not in typing.get_args(item)]
+        elif args and not (value is None and type(None) in typing.get_args(tp)):
+            choices = [c for a in args for c in typing.get_args(a)]
+            if value not in choices:
+                bad.append(f"{prefix}{name}: {value!r} not one of {choices}")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            bad += literal_errors(value, f"{prefix}{name}.")
+    return bad
+
+
+def check_literals(obj) -> None:
+    """Raise ValueError naming the first `Literal` field of `obj` that holds none of its choices (for a
+    config built in Python, which skips the loader's check)."""
+    bad = literal_errors(obj)
+    if bad:
+        raise ValueError(bad[0])
+
+
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build `cls` from a (partial) mapping; unknown keys raise with the valid names."""
+    data = upgrade(cls, data, where)
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
@@ -162,7 +249,8 @@ def _section_type(tp):
 def check_sections(cls, data: dict, where: str, prefix: str = "") -> None:
     """Check one YAML file's own keys against the schema before it is merged with its `base:` chain
     (after the merge a scalar in one file can be hidden by a mapping in another): unknown keys and a
-    scalar or list where a section belongs are errors naming `where` (the file) and the dotted field."""
+    scalar or list where a section belongs are errors naming `where` (the file) and the dotted field.
+    `data` has been through `upgrade` (old keys moved)."""
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
@@ -171,6 +259,8 @@ def check_sections(cls, data: dict, where: str, prefix: str = "") -> None:
     for key, value in data.items():
         section = _section_type(types_[key])
         if section is None or isinstance(value, section) or (value is None and section is not types_[key]):
+            continue
+        if getattr(section, "shorthand", None) and not isinstance(value, (dict, list, tuple)):
             continue
         if not isinstance(value, dict):
             kind = ("nothing (null)" if value is None else "a list" if isinstance(value, (list, tuple))
@@ -195,6 +285,7 @@ def load_yaml_dict(path: str | Path, schema: type | None = None) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("base", None)  # `base: other.yaml` inherits another preset (relative path)
     if schema is not None:
+        data = upgrade(schema, data, str(path))
         check_sections(schema, data, str(path))
     if base:
         data = merge(load_yaml_dict(path.parent / base, schema), data)
@@ -206,11 +297,14 @@ _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no"
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _from_text(raw: str, tp):
-    """Read one CLI value as the declared type. Raises ValueError (caller names key and value)."""
+def _from_text(raw: str, tp, where: str = "value"):
+    """Read one CLI value as the declared type. Raises ValueError (caller names key and value), or
+    ChoiceError naming `where` for a list item outside its Literal choices."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -227,6 +321,12 @@ def _from_text(raw: str, tp):
             raw = yaml_load(raw)
         except yaml.YAMLError:
             pass  # not one quoted scalar (e.g. 'a'b'): the text as it is
+    if origin is typing.Literal:  # a choice outside the list is reported by from_dict, naming the field
+        try:
+            value = yaml_load(raw)
+        except yaml.YAMLError:
+            return raw
+        return value if value in typing.get_args(tp) else raw
     if tp is str:
         return raw
     if tp is Path:
@@ -244,21 +344,30 @@ def _from_text(raw: str, tp):
         value = yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         raise ValueError from None
-    return _coerce(value, tp, "value")
+    return _coerce(value, tp, where)
 
 
-def _resolve_key(cls, key: str) -> tuple[list[str], Any]:
-    """`train.max-steps` -> (["train", "max_steps"], int). Dashes match underscores. Below a plain
+def _resolve_key(cls, key: str, renames: list | None = None) -> tuple[list[str], Any]:
+    """`train.max-steps` -> (["train", "max_steps"], int). Dashes match underscores; an old key of a
+    `renamed` table resolves to its new place (appended to `renames` as (old, new)). Below a plain
     dict (or an unknown key, which `from_dict` reports with the valid names) the rest is kept as typed."""
-    parts, tp = [], cls
-    for i, part in enumerate(key.split(".")):
+    parts, tp, todo = [], cls, key.split(".")
+    while todo:
+        part = todo.pop(0)
         section = _section_type(tp)
         if section is None:
-            return parts + key.split(".")[i:], Any
+            return parts + [part] + todo, Any
         fields_ = _field_types(section)
         name = part if part in fields_ else part.replace("-", "_")
+        renamed = getattr(section, "renamed", {})
+        if name not in fields_ and (part in renamed or name in renamed):
+            new = renamed.get(part) or renamed[name]
+            if renames is not None:
+                renames.append((".".join(parts + [part]), ".".join(parts + [new])))
+            todo = new.split(".") + todo
+            continue
         if name not in fields_:
-            return parts + key.split(".")[i:], Any
+            return parts + [part] + todo, Any
         parts.append(name)
         tp = fields_[name]
     return parts, tp
@@ -273,9 +382,17 @@ def parse_override(text: str, cls: type | None = None) -> dict:
     key = key.lstrip("-").strip()
     if not key:
         raise ConfigError(f"override {text!r} has no key (write key.sub=value)")
-    parts, tp = _resolve_key(cls, key) if cls is not None else (key.split("."), Any)
+    renames: list = []
+    parts, tp = _resolve_key(cls, key, renames) if cls is not None else (key.split("."), Any)
+    for old, new in renames:
+        warnings.warn(f"override {old}: `{old}` is deprecated, write `{new}`", FutureWarning, stacklevel=2)
+    section = _section_type(tp)
+    if section is not None and getattr(section, "shorthand", None) and not raw.lstrip().startswith("{"):
+        parts, tp = parts + [section.shorthand], _field_types(section)[section.shorthand]  # policy=CKPT
     try:
-        value = _from_text(raw, tp)
+        value = _from_text(raw, tp, ".".join(parts))
+    except ChoiceError as err:
+        raise ConfigError(f"override {key}={raw}: {err}") from None
     except (ValueError, ConfigError):
         raise ConfigError(f"override {key}={raw}: cannot read {raw!r} as {_type_name(tp)} "
                           f"(the type of {'.'.join(parts)})") from None
@@ -319,7 +436,7 @@ def describe(cls, prefix: str = "", values=None) -> list[str]:
             lines += describe(type(val), f"{prefix}{f.name}.", val)
         else:
             doc = f.metadata.get("help", "")
-            lines.append(f"  {prefix}{f.name} ({getattr(tp, '__name__', str(tp))}) = {val!r}  {doc}".rstrip())
+            lines.append(f"  {prefix}{f.name} ({_type_name(tp)}) = {val!r}  {doc}".rstrip())
     return lines
 
 

@@ -18,10 +18,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from worldvla.atomic import atomic_write_json
+from worldvla.config import literal_errors
 from worldvla.errors import InputFileError
 from worldvla.stats import ACTION_DIM, STATE_DIM, NormStats, load_stats
 
@@ -30,7 +32,11 @@ TOKENIZER_FILES = ("text_tokenizer.json", "vqgan.yaml", "vqgan.ckpt")
 # ../../chameleon/tokenizer: a full download of the WorldVLA hub repo keeps it next to model_<px>/<suite>
 TOKENIZER_DIRS = ("tokenizer", "chameleon/tokenizer", "ckpts/chameleon/tokenizer", "../tokenizer",
                   "../../chameleon/tokenizer")
-SAMPLE_KINDS = ("action", "world")  # what a training sample teaches: the action model or the world model
+SampleKind = Literal["action", "world"]  # what a training sample teaches: the action model or the world model
+SAMPLE_KINDS = get_args(SampleKind)
+ActionMode = Literal["discrete", "continuous"]  # action tokens | RynnVLA-002's continuous action head
+Family = Literal["worldvla", "rynnvla002"]  # whose official parsing rule decode=official applies
+ACTION_MODES, FAMILIES = get_args(ActionMode), get_args(Family)
 _POSITIVE = ("chunk_size", "history", "resolution")
 _BOOLS = ("with_state", "with_wrist")
 _STATS = ("action_stats", "world_action_stats", "state_stats")
@@ -122,14 +128,21 @@ class Recipe:
     state_stats: object = "rynnvla_state"
     with_state: bool = False  # RynnVLA-002 proprio-state block in the prompt
     with_wrist: bool = False  # RynnVLA-002 wrist view after each third-person frame
-    action_mode: str = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
-    family: str = "worldvla"  # "worldvla" | "rynnvla002": which official parsing rule decode=official uses
+    action_mode: ActionMode = "discrete"  # discrete (action tokens) | continuous (RynnVLA-002 action head)
+    family: Family = "worldvla"  # which official parsing rule decode=official uses
     action_head: dict = field(default_factory=dict)  # ActionHeadConfig fields not visible in the tensors (num_heads)
     text_tokenizer_sha256: str | None = None
     tokenizer_sha256: dict = field(default_factory=dict)  # bundled file name -> sha256, verified on load
     step: int | None = None
     lora: dict = field(default_factory=dict)  # a LoRA fine-tune's settings and base (worldvla.train.lora.settings)
     extra: dict = field(default_factory=dict)  # not read from worldvla.json (an unknown key there is an error)
+
+    def __post_init__(self) -> None:
+        if self.world_action_stats == "":  # the configs' old spelling of "same as action_stats"
+            self.world_action_stats = None
+        bad = literal_errors(self)
+        if bad:
+            raise ValueError(bad[0])
 
     # -- worldvla.json ------------------------------------------------------------------------------
     @classmethod
@@ -168,7 +181,11 @@ class Recipe:
             raise InputFileError(path, "expected {LoRA setting: value}", "lora")
         if not isinstance(data.get("action_head", {}), dict):
             raise InputFileError(path, "expected {ActionHeadConfig field: value}", "action_head")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as err:  # a Literal choice: "field: 'value' not one of [...]"
+            key, _, message = str(err).partition(": ")
+            raise InputFileError(path, message, key) from None
 
     def to_json(self) -> dict:
         """The worldvla.json object, in the key order and with the keys training has always written

@@ -27,14 +27,7 @@ from worldvla.model.action_head import ActionHead, ActionHeadConfig, prefix_leng
 
 log = logging.getLogger(__name__)
 
-ACTION_MODES = ("discrete", "continuous")
 PREFIX = "action_head."
-
-
-def check_action_mode(mode: str) -> str:
-    if mode not in ACTION_MODES:
-        raise ValueError(f"action_mode={mode!r}; valid: {ACTION_MODES}")
-    return mode
 
 
 def head_config_from_tensors(tensors: dict[str, torch.Tensor], settings: dict | None = None,

@@ -6,25 +6,28 @@ Kept torch-free so that configs parse without importing the model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from worldvla.config import check_literals
 
 # How action chunks are decoded (docs/official_format.md, the official eval loop):
 #   parallel   - K constrained blocks decoded at once under the action mask (worldvla's fast path)
 #   sequential - the same constrained blocks token by token (reference for parallel)
 #   official   - free greedy generation (300 new tokens, stop at 8710) and the official parsing rules
 #   auto       - parallel for worldvla checkpoints, official for official checkpoint folders
-DECODE_MODES = ("auto", "parallel", "sequential", "official")
+DecodeMode = Literal["auto", "parallel", "sequential", "official"]
+DECODE_MODES = get_args(DecodeMode)
 
 
 @dataclass
 class DecodeConfig:
     """Decoding of the policy (shared by eval and serve)."""
 
-    mode: str = field(default="auto", metadata={"help": "auto | parallel | sequential | official"})
+    mode: DecodeMode = field(default="auto", metadata={"help": "how action chunks are decoded (above)"})
     compile: bool | None = field(default=None, metadata={"help": "static-shape decode step, CUDA graphs on CUDA (None = COMPILE_ON_CUDA: off until proven on a GPU)"})
 
     def __post_init__(self) -> None:
-        if self.mode not in DECODE_MODES:
-            raise ValueError(f"decode.mode must be one of {DECODE_MODES}, got {self.mode!r}")
+        check_literals(self)  # built in Python: the loader's check of `mode` did not run
 
 
 # What decode.compile=None means on CUDA. Off until benchmarks/gpu.sh has shown on a GPU that the CUDA-graph

@@ -37,7 +37,6 @@ from pathlib import PurePath
 
 from worldvla.recipe import Recipe
 
-FAMILIES = ("worldvla", "rynnvla002")  # Recipe.family: whose official parsing rule applies
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 WORLDVLA_REPO = "Alibaba-DAMO-Academy/WorldVLA"
 RYNNVLA_REPO = "Alibaba-DAMO-Academy/RynnVLA-002"

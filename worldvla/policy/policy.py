@@ -36,8 +36,8 @@ from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer,
 from worldvla.tokenizers.image import image_token_count, tokens_to_codes
 from worldvla.tokenizers.text import file_sha256
 
-from .continuous import build_action_head, check_action_mode, predict_normalised
-from .official_checkpoints import FAMILIES, REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
+from .continuous import build_action_head, predict_normalised
+from .official_checkpoints import REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
 
 log = logging.getLogger(__name__)
 SETTINGS_NAME = RECIPE_FILE
@@ -49,11 +49,6 @@ def resolve_decode(mode: str, is_worldvla_checkpoint: bool) -> str:
     if mode == "auto":
         return "parallel" if is_worldvla_checkpoint else "official"
     return mode
-
-
-# The inference settings of a checkpoint are its Recipe (worldvla.json): one class for training and eval.
-# `PolicySettings` is only an alias of it, kept for code written against the old name.
-PolicySettings = Recipe
 
 
 @dataclass
@@ -93,9 +88,6 @@ class WorldVLAPolicy:
                  action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES} (auto is resolved by from_pretrained)")
-        if settings.family not in G.OFFICIAL_FAMILIES:
-            raise ValueError(f"family={settings.family!r}; valid: {G.OFFICIAL_FAMILIES}")
-        check_action_mode(settings.action_mode)
         if settings.action_mode == "continuous":
             if action_head is None:
                 raise ValueError("action_mode=continuous needs the checkpoint's action head (action_head=...)")
@@ -147,8 +139,6 @@ class WorldVLAPolicy:
         else:
             raise unknown_folder_error(folder, given)
         base = base.replace(**given)  # keyword settings win over worldvla.json / the table
-        if base.family not in FAMILIES:
-            raise ValueError(f"{folder}: family={base.family!r}; valid: {FAMILIES}")
         base.verify_tokenizer(tok_dir, path)
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
@@ -158,7 +148,6 @@ class WorldVLAPolicy:
                                            base.resolution, device=device)
         if dtype is None:
             dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-        check_action_mode(base.action_mode)
         loaded = load_checkpoint(folder, dtype=dtype, device=device)
         check_chunk_fits(base, loaded.model.cfg.max_seq_len, path if "chunk_size" not in given else None)
         head = None
