@@ -28,6 +28,7 @@ from tests.reference_masks import reference_mask
 from worldvla import vocab as V
 from worldvla.model import generate as G
 from worldvla.model.masks import RowMasker, to_additive
+from worldvla.stats import ACTION_DIM
 
 TIMER = {"now": time.perf_counter}  # decode.py --clock cpu switches it to time.process_time
 
@@ -74,7 +75,7 @@ def decode_action_chunks(model, prompts: list[list[int]], chunk_size: int, mode:
     device, K = model.device, chunk_size
     tokens, lengths = G.pad_right(prompts, device)
     total = G.cache_length(model, int(lengths.max()) + G.BLOCK_LEN * K, False)
-    block = [V.ACTION_START_ID] + [G.FIRST_BIN_ID] * G.ACTION_DIM + [V.ACTION_END_ID]
+    block = [V.ACTION_START_ID] + [G.FIRST_BIN_ID] * ACTION_DIM + [V.ACTION_END_ID]
     masker = RowMasker(G.planned_layouts(prompts, block * K, total), total, action_mask, device)
     out = torch.full((len(prompts), K, G.BLOCK_LEN), V.ACTION_START_ID, dtype=torch.long, device=device)
     out[..., -1] = V.ACTION_END_ID  # (B, K, 9): starts and ends forced, bins filled in below
@@ -97,7 +98,7 @@ def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Ten
     seq = torch.cat([tokens, torch.zeros(B, G.BLOCK_LEN * K, dtype=torch.long, device=tokens.device)], 1)
     for i in range(K):
         base = lengths + G.BLOCK_LEN * i  # (B,) position of block i's start token
-        for t in range(G.ACTION_DIM):
+        for t in range(ACTION_DIM):
             seq[rows, base + t] = out[:, i, t]
             L = int((base + t).max()) + 1
             positions = torch.arange(L, device=tokens.device)
@@ -105,7 +106,7 @@ def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Ten
             out[:, i, t + 1] = _greedy_bin(model, hidden[rows, base + t])
             stats.forward_steps += 1
             stats.tokens_fed += B * L
-        for t in (G.ACTION_DIM, G.ACTION_DIM + 1):
+        for t in (ACTION_DIM, ACTION_DIM + 1):
             seq[rows, base + t] = out[:, i, t]
     stats.decode_s += G.clock(tokens.device, stats.now) - t0
     return out
@@ -128,7 +129,7 @@ def _sequential_dense(model, prompts, tokens, lengths, out, masker, total, actio
                            for b, p in enumerate(prompts)]
                 mask = official_rows(running, total, action_mask, model.dtype, device)  # (B, 1, 1, S)
                 nxt = step(out[:, i, t : t + 1], starts[:, i : i + 1] + t, mask, bins)  # (B, 1)
-                if t < G.ACTION_DIM:  # later tokens are forced; the step only fills the cache
+                if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
                     out[:, i, t + 1] = nxt[:, 0]
                 stats.forward_steps += 1
                 stats.tokens_fed += B

@@ -9,6 +9,7 @@ import torch
 
 from worldvla import vocab as V
 from worldvla.model import generate as G
+from worldvla.recipe import FAMILIES
 
 S, E, EOT = V.ACTION_START_ID, V.ACTION_END_ID, V.END_OF_TURN_ID
 VOCAB = 65536
@@ -82,7 +83,7 @@ def test_rynnvla002_rule_stops_at_the_first_malformed_block():
     assert first_bad.blocks == [] and "empty action list" in first_bad.failure
 
 
-@pytest.mark.parametrize("family", G.OFFICIAL_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_no_block_and_end_before_start_fail(family):
     assert "empty action list" in G.parse_official([1, 2, 3, EOT], family).failure
     bad = G.parse_official([E] + block(*range(10010, 10017)), family)
@@ -111,7 +112,7 @@ def grammar_script(seed, K):
     return [t for row in bins for t in block(*row.tolist())] + [EOT], bins
 
 
-@pytest.mark.parametrize("family", G.OFFICIAL_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_three_modes_agree_when_the_argmax_follows_the_grammar(family):
     K = 5
     prompts = [prompt(20, 1), prompt(27, 2)]

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from worldvla.data.recording import RecordScriptedConfig, parse_ids
+from worldvla.config import parse_ids
+from worldvla.data.recording import RecordScriptedConfig
 from worldvla.envs.scripted_expert import (
     ExpertConfig,
     _mat_to_axisangle,

@@ -554,3 +554,30 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = ""
         return load_config(cls, config, overrides)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
+
+
+_ID_PART = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_ids(text: str | int | list) -> list[int]:
+    """Ids as the CLIs take them: `'0,1,5-7'` -> [0, 1, 5, 6, 7] (ranges inclusive, order kept); an int or
+    a list passes through. The one id-range parser (tasks, episodes, init states)."""
+    if isinstance(text, int):
+        return [text]
+    if isinstance(text, (list, tuple)):
+        return [int(x) for x in text]
+    out: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        m = _ID_PART.fullmatch(part)
+        if not m:
+            raise ValueError(f"{part!r} in {text!r} is not an index or an inclusive range (use e.g. 0,1,5-7)")
+        lo = int(m.group(1))
+        hi = lo if m.group(2) is None else int(m.group(2))
+        if hi < lo:
+            raise ValueError(f"range {part!r} in {text!r} ends before it starts (use e.g. 0-9)")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise ValueError(f"no ids in {text!r}")
+    return out

@@ -46,9 +46,9 @@ import numpy as np
 from PIL import Image
 from safetensors import safe_open
 
-from worldvla.config import parse_cli
+from worldvla.config import parse_cli, parse_ids
 from worldvla.data.conversations import ConversationsConfig, output_names
-from worldvla.data.recording import machine_info, parse_ids
+from worldvla.data.recording import machine_info
 from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
 from worldvla.eval.results import wilson_interval
 from worldvla.testing.fixtures import make_tiny_assets

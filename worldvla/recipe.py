@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -103,8 +104,10 @@ def find_tokenizer_dir(folder: str | Path, tokenizer: str | Path | None = None) 
 _HASHES: dict[tuple, str] = {}
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime): a 7B VQ-GAN checkpoint is hashed once per process."""
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised by (path, size, mtime): a 7B VQ-GAN checkpoint is hashed once per process.
+    The package's one file hash (tokenizers, checkpoints, metric weights)."""
+    path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:

@@ -39,7 +39,7 @@ from worldvla.atomic import atomic_write_json
 from worldvla.config import parse_cli, to_dict
 from worldvla.data.frame_cache import FrameCache, frame_key, key_path
 from worldvla.data.sequence import RecordError
-from worldvla.data.shards import SAMPLE_KINDS, shard_name, write_shard
+from worldvla.data.shards import shard_name, write_shard
 from worldvla.data.stage_cli import run, setup_logging
 from worldvla.data.tokenization import (
     SampleTokenizer,
@@ -51,7 +51,7 @@ from worldvla.data.tokenization import (
 )
 from worldvla.errors import InputFileError
 from worldvla.lockfile import FolderLock
-from worldvla.recipe import Recipe
+from worldvla.recipe import SAMPLE_KINDS, Recipe
 from worldvla.tokenizers import ImageTokenizer
 from worldvla.tokenizers.image import to_rgb_array
 from worldvla.vocab import Vocab

@@ -35,12 +35,12 @@ import numpy as np
 
 from worldvla.atomic import fsync_dir, fsync_file
 from worldvla.envs.libero import quat2axisangle
+from worldvla.stats import ACTION_DIM
 # Imported where used: libero (the libero extra) and h5py (~60 ms), as the simulator-side CLIs that import
 # this module keep a quick --help (tests/test_layers.py LIGHT_MODULES).
 
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states")
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
-ACTION_DIM = 7
 DEMO_RE = re.compile(r"^demo_(\d+)$")
 DEMO_SUFFIX = "_demo.hdf5"  # <task.name>_demo.hdf5, LIBERO's and the official regenerate script's file name
 

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from worldvla.config import parse_ids
 from worldvla.data.raw_demos import (
     ACTION_DIM,
     RawDemo,
@@ -255,30 +256,6 @@ def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, 
 
 
 # -- recording --------------------------------------------------------------------------------------
-def parse_ids(text: str | int | list) -> list[int]:
-    """'0,1,5-7' -> [0, 1, 5, 6, 7] (ranges inclusive); ints and lists pass through."""
-    if isinstance(text, int):
-        return [text]
-    if isinstance(text, (list, tuple)):
-        return [int(x) for x in text]
-    out: list[int] = []
-    for part in str(text).replace(" ", "").split(","):
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            if not lo.isdigit() or not hi.isdigit() or int(hi) < int(lo):
-                raise ValueError(f"bad id range {part!r} in {text!r} (use e.g. 0-9)")
-            out.extend(range(int(lo), int(hi) + 1))
-        elif part.isdigit():
-            out.append(int(part))
-        else:
-            raise ValueError(f"bad id {part!r} in {text!r} (use e.g. 0,1,5-7)")
-    if not out:
-        raise ValueError(f"no ids in {text!r}")
-    return out
-
-
 @dataclass
 class RecordScriptedConfig:
     suite: str = "libero_object"  # LIBERO suite

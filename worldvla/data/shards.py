@@ -25,11 +25,11 @@ import numpy as np
 from worldvla.atomic import fsync_dir, fsync_tree
 from worldvla.data.sequence import Sample
 from worldvla.errors import InputFileError
+from worldvla.recipe import SAMPLE_KINDS
 from worldvla.spans import Span
 
 SPAN_KINDS = ("image", "action", "state")
 SPAN_CODE = {k: i for i, k in enumerate(SPAN_KINDS)}
-SAMPLE_KINDS = ("action", "world")
 ARRAYS = ("input_ids", "labels", "offsets", "spans", "span_offsets", "kinds", "record_ids")
 
 

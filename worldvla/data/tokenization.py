@@ -18,7 +18,6 @@ import numpy as np
 from worldvla.data.frame_cache import frame_key
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder, sample_kind
 from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files are the Recipe's)
-    SAMPLE_KINDS,
     TOKENIZER_FILES,
     Recipe,
     same_stats,
@@ -30,8 +29,6 @@ from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer,
 from worldvla.tokenizers.image import codes_to_tokens, resize_square, to_rgb_array
 
 log = logging.getLogger(__name__)
-
-KINDS = SAMPLE_KINDS
 
 
 def vqgan_fingerprint(recipe: Recipe) -> dict:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worldvla.policy.decode import COMPILE_ON_CUDA, DECODE_MODES, DecodeConfig, compile_step_for  # noqa: F401 (re-exported)
+from worldvla.recipe import ACTION_MODES
 
 VIDEO_MODES = ("none", "failures", "all")
-ACTION_MODES = ("discrete", "continuous")  # worldvla.policy.continuous (kept torch-free here)
+
+
 @dataclass
 class EvalConfig:
     # what to evaluate

@@ -51,7 +51,8 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     score,
     trainer_metrics,
 )
-from worldvla.policy.policy import DECODE_MODES, WorldVLAPolicy
+from worldvla.policy.decode import DECODE_MODES
+from worldvla.policy.policy import WorldVLAPolicy
 # matplotlib (slow to import, only for the plot) is imported where the plot is drawn.
 
 log = logging.getLogger("worldvla.open_loop")
@@ -222,7 +223,7 @@ def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
         policy.action_mask = mask
         decode = ("parallel" if mask else "sequential") if cfg.decode == "auto" else cfg.decode
         if decode not in DECODE_MODES:
-            raise ValueError(f"decode={cfg.decode!r}; valid: auto, {', '.join(DECODE_MODES)}")
+            raise ValueError(f"decode={cfg.decode!r}; valid: {', '.join(DECODE_MODES)}")
         policy.decode = decode
         log.info("decoding with decode=%s, action_mask=%s", decode, mask)
     named: dict[str, Path] = split_files(cfg.manifest, cfg.splits) if cfg.manifest else {}

@@ -1,7 +1,7 @@
 """Greedy decoding with a static KV cache: action chunks (parallel or sequential), official
 generate-then-parse, and constrained image generation for the world model.
 
-Modes of action decoding (`MODES`): `parallel` and `sequential` force K well-formed blocks (bins
+Modes of action decoding (worldvla.policy.decode.DECODE_MODES): `parallel` and `sequential` force K well-formed blocks (bins
 among 10006..10261); `official` is the official eval: free greedy generation (300 new tokens, stop at
 8710) and the official parsing rule of the checkpoint's family (`parse_official`): WorldVLA executes
 every block (longer ones cut to 7, a short one fails the episode when its turn comes), RynnVLA-002
@@ -43,15 +43,14 @@ from worldvla import vocab as V
 from worldvla.model.masks import ActionLayout, RowMasker, to_additive
 from worldvla.model.static_step import GRAMMAR_FLAG, batch_bucket, greedy_ids, static_decoder
 from worldvla.model.transformer import CAUSAL_PREFILL, Transformer
+from worldvla.recipe import FAMILIES
 from worldvla.spans import SpanError
+from worldvla.stats import ACTION_DIM  # tokens between an action block's start and end
 # torch._dynamo (torch's compiler stack, ~2 s to import) is imported only when a model is compiled.
 
-ACTION_DIM = 7  # tokens between the block's start and end
 BLOCK_LEN = ACTION_DIM + 2  # [10004, 7 bins, 15004]
 FIRST_BIN_ID, LAST_BIN_ID = V.ACTION_FIRST_BIN_ID, V.ACTION_LAST_BIN_ID  # 10006..10261 (official_format §2.2)
 OFFICIAL_MAX_NEW_TOKENS = 300  # official eval: action_steps (25) * 12
-MODES = ("parallel", "sequential", "official", "unconstrained")
-OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")  # which official eval loop `official` reproduces
 STRUCTURAL_IDS = frozenset((V.BOI_ID, V.EOI_ID, V.ACTION_START_ID, V.ACTION_END_ID))  # the mask changes only at these
 CACHE_BUCKET = 256  # compiled steps: cache lengths rounded up to this, so shapes (and graphs) repeat
 COMPILED_SHAPES = 64  # dynamo graphs kept per compiled step
@@ -343,12 +342,12 @@ def parse_official_rynnvla002(ids: list[int]) -> ParsedActions:
 
 
 def parse_official(ids: list[int], family: str) -> ParsedActions:
-    """The official parsing rule of a checkpoint family (OFFICIAL_FAMILIES)."""
+    """The official parsing rule of a checkpoint family (worldvla.recipe.FAMILIES)."""
     if family == "worldvla":
         return parse_official_worldvla(ids)
     if family == "rynnvla002":
         return parse_official_rynnvla002(ids)
-    raise ValueError(f"family must be one of {OFFICIAL_FAMILIES}, got {family!r}")
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
 @torch.no_grad()

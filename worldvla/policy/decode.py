@@ -14,8 +14,10 @@ from worldvla.config import check_literals
 #   parallel   - K constrained blocks decoded at once under the action mask (worldvla's fast path)
 #   sequential - the same constrained blocks token by token (reference for parallel)
 #   official   - free greedy generation (300 new tokens, stop at 8710) and the official parsing rules
+#   unconstrained - free greedy generation, every complete 7-token block kept (the older lenient parse)
 #   auto       - parallel for worldvla checkpoints, official for official checkpoint folders
-DecodeMode = Literal["auto", "parallel", "sequential", "official"]
+# The one list of modes; the policy takes every one but auto (from_pretrained resolves auto).
+DecodeMode = Literal["auto", "parallel", "sequential", "official", "unconstrained"]
 DECODE_MODES = get_args(DecodeMode)
 
 

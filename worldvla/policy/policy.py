@@ -30,18 +30,17 @@ from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, 
 from worldvla.errors import InputFileError
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
-from worldvla.recipe import FILE_NAME as RECIPE_FILE
 from worldvla.recipe import Recipe, stats_of
+from worldvla.recipe import FILE_NAME as RECIPE_FILE
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count, tokens_to_codes
-from worldvla.tokenizers.text import file_sha256
 
 from .continuous import build_action_head, predict_normalised
+from .decode import DECODE_MODES
 from .official_checkpoints import REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
 
 log = logging.getLogger(__name__)
 SETTINGS_NAME = RECIPE_FILE
-DECODE_MODES = G.MODES
 
 
 def resolve_decode(mode: str, is_worldvla_checkpoint: bool) -> str:
@@ -86,8 +85,8 @@ class WorldVLAPolicy:
     def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: Recipe,
                  decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
                  action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES} (auto is resolved by from_pretrained)")
+        if decode not in DECODE_MODES or decode == "auto":
+            raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES[1:]} (auto is resolved by from_pretrained)")
         if settings.action_mode == "continuous":
             if action_head is None:
                 raise ValueError("action_mode=continuous needs the checkpoint's action head (action_head=...)")
@@ -143,7 +142,7 @@ class WorldVLAPolicy:
         text = TextTokenizer(tok_dir / "text_tokenizer.json")
         if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
             raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "
-                             f"(sha256 {file_sha256(text.path)[:12]} != {base.text_tokenizer_sha256[:12]})")
+                             f"(sha256 {text.sha256()[:12]} != {base.text_tokenizer_sha256[:12]})")
         images = ImageTokenizer.from_files(tok_dir / "vqgan.yaml", tok_dir / "vqgan.ckpt", text.vocab,
                                            base.resolution, device=device)
         if dtype is None:

@@ -17,9 +17,9 @@ import torch
 
 from worldvla.model.loading import save_model
 from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.recipe import sha256_file
 from worldvla.testing.fixtures import FIXTURE_VOCAB_SIZE, TinyAssets
 from worldvla.tokenizers import load_stats
-from worldvla.tokenizers.text import file_sha256
 
 # Random-init std of tiny models: larger than transformers' 0.02 so that a random model's greedy
 # choices depend on its context (with 0.02 the residual stream is almost only the token embedding).
@@ -72,7 +72,7 @@ def write_tiny_checkpoint(directory: str | Path, assets: TinyAssets, chunk_size:
         "chunk_size": chunk_size, "history": history, "resolution": resolution,
         "action_stats": {"min": list(stats.min), "max": list(stats.max)},
         "with_state": with_state, "with_wrist": with_wrist,
-        "text_tokenizer_sha256": file_sha256(tok_dir / "text_tokenizer.json"),
+        "text_tokenizer_sha256": sha256_file(tok_dir / "text_tokenizer.json"),
         "step": 0,
     }
     if with_state:

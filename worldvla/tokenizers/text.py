@@ -7,13 +7,13 @@ huggingface_hub). The official code prepends BOS itself and never appends EOS; s
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 from tokenizers import Tokenizer
 
 from worldvla.errors import InputFileError
+from worldvla.recipe import sha256_file
 from worldvla.vocab import OFFICIAL_NAMES, Vocab
 
 TOKENIZER_FILENAME = "text_tokenizer.json"
@@ -45,10 +45,6 @@ def resolve_tokenizer_file(source: str | Path, filename: str = TOKENIZER_FILENAM
             "pass a local directory instead"
         )
     raise FileNotFoundError(f"tokenizer source {source!r} is neither a file, a directory nor a hub id")
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class TextTokenizer:
@@ -88,4 +84,4 @@ class TextTokenizer:
         return self._tok.get_vocab_size()
 
     def sha256(self) -> str:
-        return file_sha256(self.path)
+        return sha256_file(self.path)

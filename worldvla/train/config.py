@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worldvla.config import ConfigError
+from worldvla.recipe import SAMPLE_KINDS
 
-SAMPLE_KINDS = ("action", "world")  # worldvla.data.shards.SAMPLE_KINDS
 DATA_SOURCES = ("shards", "conversations")
 BATCHING_MODES = ("random", "length_grouped")
 PRECISIONS = ("bf16", "fp32")

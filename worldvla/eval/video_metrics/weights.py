@@ -7,13 +7,14 @@ file, so an evaluation can never silently drop a metric.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
 from pathlib import Path
 
 import torch.hub
+
+from worldvla.recipe import sha256_file
 
 DEFAULT_METRICS_DIR = Path("ckpts/metrics")  # relative to the working directory; see ckpts/README.md
 METRICS_DIR_ENV = "WORLDVLA_METRICS_DIR"
@@ -103,14 +104,6 @@ def resolve_weight(name: str, explicit: str | os.PathLike | None = None, folder:
     raise MissingWeightsError(
         f"{label} not found: expected {default.as_posix()} (absolute: {default.resolve()}). "
         f"Get it from {where}, or pass an explicit path. No weights are downloaded at run time.")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_sha256(path: str | os.PathLike, expected: str | None, what: str, strict: bool = False) -> str:

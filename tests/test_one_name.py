@@ -1,0 +1,124 @@
+"""One knob, one name: each shared concept of the package is defined in one module and imported elsewhere.
+
+Read with ast over worldvla/ (nothing is imported), so a second definition is found wherever it hides: a
+module-level constant, a class attribute, a function. One test per check; a new check gets its own test.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "worldvla"
+
+# constant -> the module (relative to worldvla/) that holds its one definition
+CONSTANTS = {
+    "ACTION_DIM": "stats.py",
+    "SAMPLE_KINDS": "recipe.py",
+    "ACTION_MODES": "recipe.py",
+    "FAMILIES": "recipe.py",
+    "DECODE_MODES": "policy/decode.py",
+}
+# helper -> its one home
+HELPERS = {
+    "sha256_file": "recipe.py",
+    "parse_ids": "config.py",
+}
+
+
+def sources(package: Path = PACKAGE) -> dict[str, ast.Module]:
+    return {str(p.relative_to(package)): ast.parse(p.read_text(), str(p)) for p in sorted(package.rglob("*.py"))}
+
+
+def assigned_names(node: ast.AST) -> list[tuple[str, int, ast.AST | None]]:
+    """(name, line, value) of every assignment to a plain name, at any depth (module, class or function)."""
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Assign):
+            out += [(t.id, n.lineno, n.value) for t in n.targets if isinstance(t, ast.Name)]
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            out.append((n.target.id, n.lineno, n.value))
+    return out
+
+
+def literal(value: ast.AST | None):
+    try:
+        return ast.literal_eval(value) if value is not None else None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def constant_offenders(trees: dict[str, ast.Module], constants: dict[str, str]) -> list[str]:
+    """Where a constant is assigned other than once in its home, or its value is spelled under another
+    name (a mirrored tuple such as `OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")`)."""
+    bad, values = [], {}
+    for name, home in constants.items():
+        found = [(path, line, value) for path, tree in trees.items()
+                 for n, line, value in assigned_names(tree) if n == name]
+        where = [f"{path}:{line}" for path, line, _ in found]
+        if len(found) != 1 or found[0][0] != home:
+            bad.append(f"{name}: assigned at {where or 'nowhere'}; want once, in worldvla/{home}")
+        for path, _, value in found:
+            if path == home and isinstance(literal(value), tuple) and len(literal(value)) > 1:
+                values[frozenset(literal(value))] = name
+    for path, tree in trees.items():
+        for n, line, value in assigned_names(tree):
+            same = values.get(frozenset(v)) if isinstance(v := literal(value), (tuple, list)) and v else None
+            if same and n != same:
+                bad.append(f"{path}:{line}: {n} = {v!r} spells {same} again (import it from "
+                           f"worldvla/{constants[same]})")
+    return bad
+
+
+def helper_offenders(trees: dict[str, ast.Module], helpers: dict[str, str]) -> list[str]:
+    bad = []
+    for name, home in helpers.items():
+        found = [(path, n.lineno) for path, tree in trees.items() for n in ast.walk(tree)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+        if len(found) != 1 or found[0][0] != home:
+            where = [f"{path}:{line}" for path, line in found]
+            bad.append(f"{name}: defined at {where or 'nowhere'}; want once, in worldvla/{home}")
+    return bad
+
+
+def test_each_constant_has_one_definition():
+    bad = constant_offenders(sources(), CONSTANTS)
+    assert not bad, "constants defined more than once (import them from their home):\n" + "\n".join(bad)
+
+
+def test_each_helper_has_one_definition():
+    bad = helper_offenders(sources(), HELPERS)
+    assert not bad, "helpers defined more than once:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(("files", "found"), [
+    ({"stats.py": "ACTION_DIM = 7\n"}, False),
+    ({"stats.py": "ACTION_DIM = 7\n", "model/g.py": "ACTION_DIM = 7\n"}, True),  # a second home
+    ({"model/g.py": "ACTION_DIM = 7\n"}, True),  # the wrong home
+    ({"stats.py": "ACTION_DIM = 7\n", "data/r.py": "class R:\n    ACTION_DIM: int = 7\n"}, True),  # class level
+    ({"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worldvla", "rynnvla002")\n',
+      "model/g.py": 'OFFICIAL_FAMILIES = ("rynnvla002", "worldvla")\n'}, True),  # the value, renamed
+    ({"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worldvla", "rynnvla002")\n',
+      "model/g.py": "from worldvla.recipe import FAMILIES\nOFFICIAL = FAMILIES\n"}, False),  # an import, not a copy
+])
+def test_the_constant_check_finds_what_it_should(tmp_path, files, found):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    want = {k: v for k, v in CONSTANTS.items() if k in ("ACTION_DIM", "FAMILIES") and
+            (k == "ACTION_DIM" or "recipe.py" in files)}
+    assert bool(constant_offenders(sources(tmp_path), want)) is found
+
+
+@pytest.mark.parametrize(("files", "found"), [
+    ({"config.py": "def parse_ids(t):\n    pass\n"}, False),
+    ({"config.py": "def parse_ids(t):\n    pass\n", "data/rec.py": "def parse_ids(t):\n    pass\n"}, True),
+    ({"data/rec.py": "class A:\n    def parse_ids(self):\n        pass\n"}, True),  # a method, elsewhere
+])
+def test_the_helper_check_finds_what_it_should(tmp_path, files, found):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert bool(helper_offenders(sources(tmp_path), {"parse_ids": "config.py"})) is found
