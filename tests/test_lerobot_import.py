@@ -169,7 +169,7 @@ def test_v3_inconsistent_metadata_is_refused(tmp_path):
         convert(_cfg(root, tmp_path / "out2", episodes="1"))
 
 
-def test_cli_with_official_and_dashed_flags(tmp_path):
+def test_cli_with_official_and_dashed_flags(tmp_path, capsys):
     root = FIXTURES / "lr_v21_0"
     out = tmp_path / "cli"
     res = main(["--input", str(root), "--out", str(out), "--episodes", "1",
@@ -178,8 +178,9 @@ def test_cli_with_official_and_dashed_flags(tmp_path):
     res = main(["--lerobot_input_dir", str(root), "--hdf5_output_dir", str(out), "--episode_start_idx", "0",
                 "--episode_end_idx", "1", f"front_key={KEYS[0]}", f"wrist_key={KEYS[1]}"])
     assert res.written == [0] and res.skipped == [1] and (out / "action_stats.json").is_file()
-    with pytest.raises(SystemExit, match="not in"):
+    with pytest.raises(SystemExit) as exit_:
         main(["--input", str(root), "--out", str(out), "--episodes", "0-5"])
+    assert exit_.value.code == 2 and "not in" in capsys.readouterr().err  # one line, the bad-input status
 
 
 def test_script_help():

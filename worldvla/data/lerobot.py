@@ -43,9 +43,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from worldvla.config import parse_cli, save_config
+from worldvla.config import parse_cli, parse_ids, save_config
 from worldvla.data.lerobot_episodes import EPISODE_FILE, LeRobotError, episode_files
 from worldvla.data.lerobot_export import export_lerobot_hdf5
+from worldvla.errors import exit_on_input_errors
 from worldvla.tokenizers.action import NormStats
 from worldvla.tokenizers.image import resize_square
 # pyarrow and imageio_ffmpeg (the lerobot extra) are imported by the functions that use them.
@@ -575,22 +576,15 @@ def _format_episode_list(idx: Sequence[int]) -> str:
 
 
 def parse_episode_spec(spec: str) -> list[int] | None:
-    """`"0-9"` (inclusive), `"3"`, `"0-4,7,9-12"` -> sorted unique indices; `""` / `"all"` -> None (all)."""
+    """`"0-9"` (inclusive), `"3"`, `"0-4,7,9-12"` -> sorted unique indices (worldvla.config.parse_ids);
+    `""` / `"all"` -> None (all)."""
     spec = str(spec).strip()
     if spec in ("", "all"):
         return None
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m:
-            raise LeRobotError(f"episodes={spec!r}: {part!r} is not an index or an inclusive range like 0-9")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise LeRobotError(f"episodes={spec!r}: range {part!r} ends before it starts")
-        out.update(range(lo, hi + 1))
-    return sorted(out)
+    try:
+        return sorted(set(parse_ids(spec)))
+    except ValueError as err:
+        raise LeRobotError(f"episodes={spec!r}: {err}") from None
 
 
 def select_episodes(ds: LeRobotDataset, spec: str = "", start: int | None = None, end: int | None = None) -> list[int]:
@@ -889,10 +883,7 @@ def main(argv: Sequence[str] | None = None) -> ImportResult:
     argv = _normalise_argv(sys.argv[1:] if argv is None else argv)
     cfg = parse_cli(LeRobotImportConfig, argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", datefmt="%H:%M:%S")
-    try:
-        result = convert(cfg)
-    except LeRobotError as err:
-        raise SystemExit(f"error: {err}") from None
+    result = exit_on_input_errors(convert, LeRobotError)(cfg)
     cfg_path = Path(cfg.out) / "lerobot_to_hdf5_config.yaml"
     tmp = cfg_path.with_name(f"{cfg_path.name}.tmp{os.getpid()}")
     save_config(cfg, tmp)

@@ -42,12 +42,8 @@ def record(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Expected failures (bad input, an expert that cannot plan) print one `error:` line and exit 1."""
-    try:
-        run(record, argv)
-    except ExpertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Expected failures (bad input, an expert that cannot plan) print one `error:` line and exit 2."""
+    run(record, argv, ExpertError)
     return 0
 
 
