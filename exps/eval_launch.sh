@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by exps/eval_<suite>_<res>.sh (sourced, after exps/setup.sh):
+# Shared by exps/eval_<suite>_<res>.sh (sourced, after exps/env.sh):
 #   launch_eval <config.yaml> <CKPT_DIR | ws://host:port | module:factory> [overrides...]
 # Environment (optional): DEVICE (default cuda when available, else cpu); EVAL_WORKERS simulator
 # processes (default: CPU cores - 1, at least 1); MUJOCO_GL (default egl). Rerun the same command to

@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
-source "$ROOT/exps/setup.sh"
+source "$ROOT/exps/env.sh"
 # shellcheck disable=SC1091
 source "$ROOT/exps/eval_launch.sh"
 cd "$ROOT"

@@ -3,6 +3,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
-source "$ROOT/exps/setup.sh"
+source "$ROOT/exps/env.sh"
 cd "$ROOT"
 python -m worldvla.eval.libero merge "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by exps/train_<preset>.sh (sourced, after exps/setup.sh): `launch_train <config.yaml> [overrides...]`.
+# Shared by exps/train_<preset>.sh (sourced, after exps/env.sh): `launch_train <config.yaml> [overrides...]`.
 # Environment (all optional):
 #   NGPU               processes per node (default: visible GPUs, 1 on a CPU-only machine)
 #   ACCELERATE_CONFIG  accelerate config; default configs/accelerate/fsdp.yaml when more than one process.

@@ -163,7 +163,7 @@ def test_shown_command_parses(where, command):
 
 def test_every_train_and_eval_script_is_one_launcher_call():
     boilerplate = {"set -euo pipefail", 'ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"',
-                   'source "$ROOT/exps/setup.sh"', 'cd "$ROOT"'}
+                   'source "$ROOT/exps/env.sh"', 'cd "$ROOT"'}
     scripts = [p for p in sorted((ROOT / "exps").glob("*.sh")) if re.match(r"(train|eval)_(libero|rynnvla|tiny|abl)",
                                                                            p.name)]
     assert len(scripts) >= 40
@@ -174,3 +174,15 @@ def test_every_train_and_eval_script_is_one_launcher_call():
         rest = [line for line in code if line not in boilerplate and line != f'source "$ROOT/exps/{kind}_launch.sh"']
         assert len(rest) == 1 and re.fullmatch(rf'launch_{kind} configs/\S+\.yaml "\$@"', rest[0]), (script.name, rest)
         assert (ROOT / rest[0].split()[1]).is_file(), script.name
+
+
+def test_train_and_eval_scripts_never_install():
+    """The per-suite scripts use the environment they find (exps/env.sh); installing is exps/setup.sh's job,
+    which only the README's two commands (exps/demo.sh, exps/test.sh) run."""
+    env = (ROOT / "exps" / "env.sh").read_text()
+    code = "\n".join(line for line in env.splitlines() if not line.strip().startswith("#"))
+    assert not re.search(r"\bpip\b|-m venv|\bconda\b|\buv\b|setup\.sh", code), code
+    scripts = sorted(p for p in (ROOT / "exps").glob("*.sh") if p.name.startswith(("train_", "eval_")))
+    assert len(scripts) >= 40
+    for script in scripts:
+        assert "setup.sh" not in re.sub(r"#.*", "", script.read_text()), f"{script.name} runs the installer"

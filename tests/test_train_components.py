@@ -163,7 +163,7 @@ def test_every_preset_has_a_launcher_and_back():
     assert scripts == {f"train_{p}.sh" for p in presets}
     for name in scripts:
         text = (ROOT / "exps" / name).read_text()
-        assert 'source "$ROOT/exps/setup.sh"' in text and '"$@"' in text
+        assert 'source "$ROOT/exps/env.sh"' in text and '"$@"' in text
         (config,) = re.findall(r"launch_train (configs/\S+\.yaml)", text)
         assert (ROOT / config).is_file()
 
