@@ -1,12 +1,13 @@
 """One knob, one name: each shared concept of the package is defined in one module and imported elsewhere.
 
-Read with ast over worldvla/ (nothing is imported), so a second definition is found wherever it hides: a
-module-level constant, a class attribute, a function. One test per check; a new check gets its own test.
+Definitions are read with ast over worldvla/, so a second one is found wherever it hides: a module-level
+constant, a class attribute, a function. One test per check; a new check gets its own test.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,16 @@ def sources(package: Path = PACKAGE) -> dict[str, ast.Module]:
 
 
 def assigned_names(node: ast.AST) -> list[tuple[str, int, ast.AST | None]]:
-    """(name, line, value) of every assignment to a plain name, at any depth (module, class or function)."""
+    """(name, line, value) of every assignment to a plain name, at any depth (module, class or function);
+    `A, B = ...` counts for both names (value None: not read element by element)."""
     out = []
     for n in ast.walk(node):
         if isinstance(n, ast.Assign):
-            out += [(t.id, n.lineno, n.value) for t in n.targets if isinstance(t, ast.Name)]
+            for target in n.targets:
+                if isinstance(target, ast.Name):
+                    out.append((target.id, n.lineno, n.value))
+                elif isinstance(target, (ast.Tuple, ast.List)):
+                    out += [(e.id, n.lineno, None) for e in target.elts if isinstance(e, ast.Name)]
         elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
             out.append((n.target.id, n.lineno, n.value))
     return out
@@ -50,26 +56,29 @@ def literal(value: ast.AST | None):
         return None
 
 
-def constant_offenders(trees: dict[str, ast.Module], constants: dict[str, str]) -> list[str]:
-    """Where a constant is assigned other than once in its home, or its value is spelled under another
-    name (a mirrored tuple such as `OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")`)."""
-    bad, values = [], {}
+def constant_offenders(trees: dict[str, ast.Module], constants: dict[str, str], values: dict[str, tuple]) -> list[str]:
+    """Where a constant is assigned other than once in its home, or its value (`values`) is spelled as a
+    literal under another name (a mirrored tuple such as `OFFICIAL_FAMILIES = ("worldvla", "rynnvla002")`)."""
+    bad = []
     for name, home in constants.items():
-        found = [(path, line, value) for path, tree in trees.items()
-                 for n, line, value in assigned_names(tree) if n == name]
-        where = [f"{path}:{line}" for path, line, _ in found]
-        if len(found) != 1 or found[0][0] != home:
-            bad.append(f"{name}: assigned at {where or 'nowhere'}; want once, in worldvla/{home}")
-        for path, _, value in found:
-            if path == home and isinstance(literal(value), tuple) and len(literal(value)) > 1:
-                values[frozenset(literal(value))] = name
+        found = [f"{path}:{line}" for path, tree in trees.items() for n, line, _ in assigned_names(tree) if n == name]
+        if len(found) != 1 or not found[0].startswith(f"{home}:"):
+            bad.append(f"{name}: assigned at {found or 'nowhere'}; want once, in worldvla/{home}")
+    owner = {frozenset(v): name for name, v in values.items() if isinstance(v, tuple) and len(v) > 1}
     for path, tree in trees.items():
         for n, line, value in assigned_names(tree):
-            same = values.get(frozenset(v)) if isinstance(v := literal(value), (tuple, list)) and v else None
+            v = literal(value)
+            same = owner.get(frozenset(v)) if isinstance(v, (tuple, list)) and v else None
             if same and n != same:
                 bad.append(f"{path}:{line}: {n} = {v!r} spells {same} again (import it from "
                            f"worldvla/{constants[same]})")
     return bad
+
+
+def home_values(constants: dict[str, str]) -> dict[str, object]:
+    """Each constant's value, read from its home module (all of them import without torch)."""
+    return {name: getattr(importlib.import_module("worldvla." + home.removesuffix(".py").replace("/", ".")), name)
+            for name, home in constants.items()}
 
 
 def helper_offenders(trees: dict[str, ast.Module], helpers: dict[str, str]) -> list[str]:
@@ -84,7 +93,7 @@ def helper_offenders(trees: dict[str, ast.Module], helpers: dict[str, str]) -> l
 
 
 def test_each_constant_has_one_definition():
-    bad = constant_offenders(sources(), CONSTANTS)
+    bad = constant_offenders(sources(), CONSTANTS, home_values(CONSTANTS))
     assert not bad, "constants defined more than once (import them from their home):\n" + "\n".join(bad)
 
 
@@ -93,23 +102,26 @@ def test_each_helper_has_one_definition():
     assert not bad, "helpers defined more than once:\n" + "\n".join(bad)
 
 
+PLANTED_HOMES = {"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worldvla", "rynnvla002")\n'}
+
+
 @pytest.mark.parametrize(("files", "found"), [
-    ({"stats.py": "ACTION_DIM = 7\n"}, False),
-    ({"stats.py": "ACTION_DIM = 7\n", "model/g.py": "ACTION_DIM = 7\n"}, True),  # a second home
-    ({"model/g.py": "ACTION_DIM = 7\n"}, True),  # the wrong home
-    ({"stats.py": "ACTION_DIM = 7\n", "data/r.py": "class R:\n    ACTION_DIM: int = 7\n"}, True),  # class level
-    ({"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worldvla", "rynnvla002")\n',
-      "model/g.py": 'OFFICIAL_FAMILIES = ("rynnvla002", "worldvla")\n'}, True),  # the value, renamed
-    ({"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worldvla", "rynnvla002")\n',
-      "model/g.py": "from worldvla.recipe import FAMILIES\nOFFICIAL = FAMILIES\n"}, False),  # an import, not a copy
+    ({}, False),
+    ({"model/g.py": "ACTION_DIM = 7\n"}, True),  # a second home
+    ({"stats.py": "X = 7\n", "model/g.py": "ACTION_DIM = 7\n"}, True),  # the wrong home
+    ({"data/r.py": "class R:\n    ACTION_DIM: int = 7\n"}, True),  # class level
+    ({"stats.py": "ACTION_DIM, STATE_DIM = 7, 8\n"}, False),  # a tuple target counts
+    ({"data/r.py": "ACTION_DIM, X = 7, 8\n"}, True),
+    ({"model/g.py": 'OFFICIAL_FAMILIES = ("rynnvla002", "worldvla")\n'}, True),  # the value, renamed
+    ({"model/g.py": "from worldvla.recipe import FAMILIES\nOFFICIAL = FAMILIES\n"}, False),  # an import
 ])
 def test_the_constant_check_finds_what_it_should(tmp_path, files, found):
-    for rel, text in files.items():
+    for rel, text in {**PLANTED_HOMES, **files}.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    want = {k: v for k, v in CONSTANTS.items() if k in ("ACTION_DIM", "FAMILIES") and
-            (k == "ACTION_DIM" or "recipe.py" in files)}
-    assert bool(constant_offenders(sources(tmp_path), want)) is found
+    bad = constant_offenders(sources(tmp_path), {"ACTION_DIM": "stats.py", "FAMILIES": "recipe.py"},
+                             {"ACTION_DIM": 7, "FAMILIES": ("worldvla", "rynnvla002")})
+    assert bool(bad) is found, bad
 
 
 @pytest.mark.parametrize(("files", "found"), [

@@ -30,8 +30,8 @@ from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, 
 from worldvla.errors import InputFileError
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
-from worldvla.recipe import Recipe, stats_of
 from worldvla.recipe import FILE_NAME as RECIPE_FILE
+from worldvla.recipe import Recipe, stats_of
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count, tokens_to_codes
 
