@@ -116,7 +116,7 @@ def scan(base_dir: Path, img_dirs: list[str], with_state: bool, strict: bool = T
     """Tasks (sorted) -> trajectories (lexicographic), each with its common frame indices."""
     base_dir = Path(base_dir)
     if not base_dir.is_dir():
-        raise FileNotFoundError(f"{base_dir}: not a folder (run libero_util/regenerate.py with export_dir=...)")
+        raise FileNotFoundError(f"{base_dir}: not a folder (run `worldvla regenerate` with export_dir=<this folder>)")
     tasks: dict[str, list[Trajectory]] = {}
     for task in sorted(os.listdir(base_dir)):
         tdir = base_dir / task

@@ -128,7 +128,7 @@ def export(cfg: ExportConfig) -> Path:
         raise ValueError(f"export layout must be one of {LAYOUTS}, got {cfg.layout!r}")
     files = sorted(Path(cfg.hdf5_dir).glob(f"*{DEMO_SUFFIX}"))
     if not files:
-        raise FileNotFoundError(f"no *{DEMO_SUFFIX} files in {cfg.hdf5_dir} (run libero_util/regenerate.py first)")
+        raise FileNotFoundError(f"no *{DEMO_SUFFIX} files in {cfg.hdf5_dir} (run `worldvla regenerate` first)")
     save_dir = Path(cfg.save_dir)
     tmp_root = save_dir / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def export_lerobot_hdf5(hdf5_dir: str | Path, save_dir: str | Path, layout: str 
         raise LeRobotError(f"export layout must be one of {LAYOUTS}, got {layout!r}")
     files = episode_files(hdf5_dir)
     if not files:
-        raise LeRobotError(f"no episode_*.hdf5 files in {hdf5_dir} (run data/lerobot_to_hdf5.py first)")
+        raise LeRobotError(f"no episode_*.hdf5 files in {hdf5_dir} (run `worldvla lerobot-import` first)")
     save_dir = Path(save_dir)
     tmp_root = save_dir / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ def load_records(paths: list[Path]) -> tuple[list[dict], list[dict]]:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"conversation file not found: {path} (run data/conversations.py)") from None
+            raise FileNotFoundError(f"conversation file not found: {path} (run `worldvla conversations`)") from None
         except json.JSONDecodeError as err:
             raise InputFileError(path, f"not valid JSON ({err})") from None
         except UnicodeDecodeError as err:

@@ -126,7 +126,7 @@ def split_files(manifest: str | os.PathLike, splits: Sequence[str]) -> dict[str,
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"manifest={path}: not found (data/conversations.py writes it next to the JSONs)") from None
+        raise FileNotFoundError(f"manifest={path}: not found (`worldvla conversations` writes it next to the JSONs)") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
         raise ValueError(f"{path}: no 'files' mapping (not a conversations manifest)")  # noqa: TRY004 - callers catch ValueError
