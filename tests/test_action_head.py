@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldvla.model.action_head import (
-    ActionHead,
-    ActionHeadConfig,
-    action_head_loss,
-    bin_centre_targets,
-    prefix_lengths,
-)
+from worldvla.model.action_head import ActionHead, ActionHeadConfig, bin_centre_targets, prefix_lengths
+from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.tokenizers.action import ActionTokenizer
+from worldvla.train.continuous import WithActionHead, head_l1
 
 CFG = ActionHeadConfig(hidden_size=32, chunk_size=3, proj_dim=16, num_heads=4, ffn_dim=32, dropout=0.0)
 
@@ -68,25 +64,30 @@ def test_targets_are_bin_centres_and_prefix():
 
 
 def test_l1_loss_falls_and_skips_world_samples():
+    """head_l1, the term training adds (worldvla.train.modeling), on what WithActionHead gives it: training the
+    head alone on a fixed tiny backbone brings it down, and a batch without action samples contributes 0."""
     torch.manual_seed(0)
     tok = ActionTokenizer()
     rng = np.random.default_rng(1)
     rows = [_sample(tok, rng.uniform(-0.5, 0.5, size=(3, 7))) for _ in range(4)]
     ids = torch.tensor([r[0] for r in rows])
+    ids[:, :6] = torch.from_numpy(rng.integers(10, 8000, (4, 6)))  # prompts that differ: the head reads them
     labels = torch.tensor([r[1] for r in rows])
-    hidden = torch.randn(4, ids.shape[1], 32)
-    head = ActionHead(CFG)
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    backbone = Transformer(ModelConfig.preset("tiny")).requires_grad_(False)
+    model = WithActionHead(backbone, ActionHead(dataclasses.replace(CFG, hidden_size=backbone.cfg.dim)))
+    no_logits = torch.zeros_like(ids, dtype=torch.bool)  # the head's term only
+    opt = torch.optim.Adam(model.action_head.parameters(), lr=3e-3)
     first = None
     for _ in range(200):
-        loss = action_head_loss(head, hidden, ids, labels)
+        loss, n_rows = head_l1(model(ids, at=no_logits)[1], labels, CFG.chunk_size)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.3 * first
+    assert n_rows == 4 and loss.item() < 0.3 * first
     world_ids = torch.tensor([[5] * 5 + tok.encode_block(np.zeros(7)) + [8710]])  # one action block only
-    assert action_head_loss(head, torch.randn(1, world_ids.shape[1], 32), world_ids, world_ids).item() == 0.0
+    loss, n_rows = head_l1(model(world_ids)[1], world_ids, CFG.chunk_size)
+    assert n_rows == 0 and loss.item() == 0.0
 
 
 def _padded_direct(head, hidden, lens):

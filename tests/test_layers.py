@@ -128,7 +128,7 @@ ALLOWED_LOCAL: dict[tuple[str, str], str] = {
     ("worldvla.policy.interface", "worldvla.policy.client"):
         "msgpack + websockets (the serve extra): only a ws:// policy needs them, evaluating a checkpoint does not",
     ("worldvla.policy.interface", "worldvla.policy.policy"):
-        "torch + transformers: eval's LIBERO worker processes import interface (as_chunk, import_object) and stay "
+        "torch: eval's LIBERO worker processes import interface (as_chunk, import_object) and stay "
         "torch-free (no torch._dynamo before their GL context, envs.libero.load_compiler_before_gl)",
 }
 
@@ -459,3 +459,19 @@ def test_light_modules_are_what_the_torch_free_modules_import():
     assert set(TORCH_FREE) <= loaded
     assert loaded == LIGHT_MODULES, (f"imported but not in LIGHT_MODULES: {sorted(loaded - LIGHT_MODULES)}; "
                                      f"in LIGHT_MODULES but not imported: {sorted(LIGHT_MODULES - loaded)}")
+
+
+def test_the_package_never_imports_transformers():
+    """transformers is a test-only dependency (the parity tests compare against its Chameleon): it sits in
+    pyproject's dev extra, so no module of the package may import it."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for n in names
+                      if n.split(".")[0] == "transformers"]
+    assert not found, f"transformers imported by the package (move it back to the core dependencies): {found}"
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    core = pyproject[pyproject.index("dependencies = ["):pyproject.index("[project.optional-dependencies]")]
+    assert '"transformers' not in core and '"transformers>=' in pyproject

@@ -146,15 +146,6 @@ def bin_centre_targets(labels: torch.Tensor, chunk_size: int, action_dim: int = 
     return torch.stack(out)
 
 
-def action_head_loss(head: ActionHead, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Official L1 term (unweighted); 0 when no row of the batch is an action sample."""
-    rows = selectable_rows(input_ids)
-    if not rows.any():
-        return hidden.sum() * 0.0  # keeps the graph connected for distributed training
-    pred = head(hidden[rows], prefix_lengths(input_ids[rows]))
-    return l1_to_bin_centres(pred, labels[rows], head.cfg.chunk_size)
-
-
 def l1_to_bin_centres(pred: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """The official L1 term: mean |pred - bin centres of the label action tokens|, in fp32.
 
