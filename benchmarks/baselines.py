@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:  # run as a script or loaded by file path: the tes
 
 from tests.reference_masks import reference_mask
 from worldvla import vocab as V
+from worldvla.model import free_decode as FD
 from worldvla.model import generate as G
 from worldvla.model.masks import RowMasker, to_additive
 from worldvla.stats import ACTION_DIM
@@ -67,7 +68,7 @@ def decode_action_chunks(model, prompts: list[list[int]], chunk_size: int, mode:
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
     if mode == "parallel" and dense_official_mask:
         raise ValueError("dense_official_mask is a sequential-decoding baseline")
-    if G._static(compile_step, static):
+    if G.resolve_static(compile_step, static):
         raise ValueError("use_cache=False and dense_official_mask=True are eager baselines (static=False)")
     if mode != "sequential" or grammar is not None:
         raise ValueError("the baselines are supported for mode=sequential without the grammar check only")
@@ -102,7 +103,8 @@ def _sequential_nocache(model, tokens, lengths, out, masker, stats) -> torch.Ten
             seq[rows, base + t] = out[:, i, t]
             L = int((base + t).max()) + 1
             positions = torch.arange(L, device=tokens.device)
-            hidden = model.forward_hidden(seq[:, :L], mask=masker(positions)[..., :L])  # (B, L, dim)
+            mask = to_additive(masker(positions)[..., :L], model.dtype)
+            hidden = model.forward_hidden(seq[:, :L], mask=mask)  # (B, L, dim)
             out[:, i, t + 1] = _greedy_bin(model, hidden[rows, base + t])
             stats.forward_steps += 1
             stats.tokens_fed += B * L
@@ -119,7 +121,7 @@ def _sequential_dense(model, prompts, tokens, lengths, out, masker, total, actio
     device = model.device
     starts = lengths[:, None] + G.BLOCK_LEN * torch.arange(K, device=device)  # (B, K) block start positions
     bins = (G.FIRST_BIN_ID, G.LAST_BIN_ID)
-    with G.decode_session(model, B, total) as step:
+    with G.decode_session(model, B, total) as run:
         t0 = G.clock(device, stats.now)
         G.prefill(model, tokens, lengths, masker)
         t1 = G.clock(device, stats.now)
@@ -128,7 +130,7 @@ def _sequential_dense(model, prompts, tokens, lengths, out, masker, total, actio
                 running = [list(p) + out[b, :i].flatten().tolist() + out[b, i, : t + 1].tolist()
                            for b, p in enumerate(prompts)]
                 mask = official_rows(running, total, action_mask, model.dtype, device)  # (B, 1, 1, S)
-                nxt = step(out[:, i, t : t + 1], starts[:, i : i + 1] + t, mask, bins)  # (B, 1)
+                nxt, _ = run(out[:, i, t : t + 1], starts[:, i : i + 1] + t, mask, bins)  # (B, 1)
                 if t < ACTION_DIM:  # later tokens are forced; the step only fills the cache
                     out[:, i, t + 1] = nxt[:, 0]
                 stats.forward_steps += 1
@@ -139,16 +141,16 @@ def _sequential_dense(model, prompts, tokens, lengths, out, masker, total, actio
 
 
 @torch.no_grad()
-def generate_greedy(model, prompts: list[list[int]], max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
+def generate_greedy(model, prompts: list[list[int]], max_new_tokens: int = FD.OFFICIAL_MAX_NEW_TOKENS,
                     eos_id: int = V.END_OF_TURN_ID, action_mask: bool = True, dense_official_mask: bool = False,
                     compile_step: bool = False, stats: G.DecodeStats | None = None,
                     static: bool | None = None) -> list[list[int]]:
-    """generate.generate_greedy, or (`dense_official_mask=True`) the same loop with every step's mask row
+    """free_decode.generate_greedy, or (`dense_official_mask=True`) the same loop with every step's mask row
     rebuilt the official way (full L x L mask of the running ids, additive, last row): same result."""
     if not dense_official_mask:
-        return G.generate_greedy(model, prompts, max_new_tokens, eos_id, action_mask=action_mask,
-                                 compile_step=compile_step, stats=stats, static=static)
-    if G._static(compile_step, static):
+        return FD.generate_greedy(model, prompts, max_new_tokens, eos_id, action_mask=action_mask,
+                                  compile_step=compile_step, stats=stats, static=static)
+    if G.resolve_static(compile_step, static):
         raise ValueError("dense_official_mask=True is an eager baseline (static=False)")
     stats = stats if stats is not None else G.DecodeStats()
     device, B = model.device, len(prompts)
@@ -156,10 +158,10 @@ def generate_greedy(model, prompts: list[list[int]], max_new_tokens: int = G.OFF
     total = G.cache_length(model, int(lengths.max()) + max_new_tokens, False)
     seqs = [list(p) for p in prompts]
     done = [False] * B
-    with G.decode_session(model, B, total) as step:
+    with G.decode_session(model, B, total) as run:
         t0 = G.clock(device, stats.now)
         masker = RowMasker(G.planned_layouts(prompts, [], total), total, action_mask, device)
-        nxt = G.greedy_ids(model, G.prefill(model, tokens, lengths, masker), None)  # (B,)
+        nxt, _ = G.choose(model, G.prefill(model, tokens, lengths, masker), None)  # (B,)
         t1 = G.clock(device, stats.now)
         for i in range(max_new_tokens):
             for b, tok in enumerate(nxt.tolist()):
@@ -169,7 +171,7 @@ def generate_greedy(model, prompts: list[list[int]], max_new_tokens: int = G.OFF
             if all(done) or i == max_new_tokens - 1:
                 break
             mask = official_rows(seqs, total, action_mask, model.dtype, device)  # (B, 1, 1, S)
-            nxt = step(nxt[:, None], (lengths + i)[:, None], mask, None)[:, 0]
+            nxt = run(nxt[:, None], (lengths + i)[:, None], mask, None)[0][:, 0]
             stats.forward_steps += 1
             stats.tokens_fed += B
         stats.prefill_s += t1 - t0

@@ -35,11 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below, also when loaded by path
 
 import baselines as BL
-from flex_masks import flex_block_mask
+from flex_masks import flex_attention_in, flex_block_mask
 
 from worldvla import vocab as V
 from worldvla.model import generate as G
-from worldvla.model.masks import ActionLayout, RowMasker, batch_mask
+from worldvla.model import image_decode as ID
+from worldvla.model.masks import ActionLayout, RowMasker, batch_mask, to_additive
 from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.testing.tiny_model import make_tiny_model
 
@@ -202,8 +203,8 @@ def mask_work_per_step(prompt: list[int], steps: int, repeats: int, chunk: int =
     ids = prompt + [10102] * steps
     best = lambda fn: statistics.median([_timed(fn) for _ in range(repeats)])
     return {
-        "planned": best(lambda: G.to_additive(RowMasker(layouts, S)(positions))) / (G.BLOCK_LEN * chunk - 1),
-        "incremental": best(lambda: G.to_additive(masker(torch.tensor([[S - 1]])))),
+        "planned": best(lambda: to_additive(RowMasker(layouts, S)(positions))) / (G.BLOCK_LEN * chunk - 1),
+        "incremental": best(lambda: to_additive(masker(torch.tensor([[S - 1]])))),
         "official": best(lambda: BL.official_rows([ids], len(ids) + 1, True, torch.float32, "cpu")),
     }
 
@@ -259,8 +260,15 @@ def bench_flex(model, repeats: int, batch: int, backward: bool, out: dict) -> di
     dense = batch_mask(rows, L).to(device)
     block = flex_block_mask(rows, L, device=device)
     masks = {"sdpa": dense, "flex": block}
+
+    def run(m):  # the dense mask is made additive inside the timed forward, as the model used to do itself
+        if m is block:
+            with flex_attention_in(block):
+                return model(tokens)
+        return model(tokens, mask=to_additive(m, model.dtype))
+
     with torch.no_grad():
-        logits = {k: model(tokens, mask=m).float() for k, m in masks.items()}  # also compiles flex (CUDA)
+        logits = {k: run(m).float() for k, m in masks.items()}  # also compiles flex (CUDA)
     diff = (logits["sdpa"] - logits["flex"]).abs()
     out["max_abs_logit_diff"] = float(diff.max())
     out["logit_scale"] = float(logits["sdpa"].abs().max())
@@ -269,10 +277,10 @@ def bench_flex(model, repeats: int, batch: int, backward: bool, out: dict) -> di
 
     def forward(m):
         with torch.no_grad():
-            model(tokens, mask=m)
+            run(m)
 
     def forward_backward(m):
-        loss = model(tokens, mask=m).float().logsumexp(-1).mean()
+        loss = run(m).float().logsumexp(-1).mean()
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -335,12 +343,12 @@ def bench_world(model, repeats: int, resolution: int, graph: bool) -> dict:
     side = resolution // 16
     prompt = world_prompt(resolution, seed=5)
     image_ids = torch.arange(4, 4 + V.NUM_IMAGE_CODES)
-    out = {"resolution": resolution, "prompt_tokens": len(prompt), "generated_tokens": len(G.image_span_plan(side, side))}
+    out = {"resolution": resolution, "prompt_tokens": len(prompt), "generated_tokens": len(ID.image_span_plan(side, side))}
     results = {}
     for name, kw in step_variants(graph).items():
-        G.generate_image(model, [prompt], side, side, image_ids, **kw)  # warm-up / capture
+        ID.generate_image(model, [prompt], side, side, image_ids, **kw)  # warm-up / capture
         times = [_timed(lambda kw=kw, name=name: results.__setitem__(
-            name, G.generate_image(model, [prompt], side, side, image_ids, **kw)), model.device) for _ in range(repeats)]
+            name, ID.generate_image(model, [prompt], side, side, image_ids, **kw)), model.device) for _ in range(repeats)]
         out[name] = {"frame_ms": spread(times),
                      "equal_tokens_vs_eager": same_tokens(results[name], results["eager"], f"world {name} vs eager")}
     return out

@@ -2,15 +2,51 @@
 
 Training uses the dense SDPA mask (`masks.batch_mask`); this form is kept here, outside the package, as
 the measured alternative: benchmarks/decode.py ("flex") compares a training-shape forward (and backward)
-with it against SDPA, and tests check it against the official rule. The model's `attend` accepts a
-BlockMask as its mask, so nothing else is needed to run it.
+with it against SDPA, and tests check it against the official rule. The model takes only additive masks;
+`flex_attention_in(block_mask)` runs its full-sequence forward (`model(tokens)`) with FlexAttention
+under the block mask instead, by swapping the model's attention kernel for the duration of the block.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
+from worldvla.model import transformer as T
 from worldvla.model.masks import ActionLayout, MaskError, _as_layout, _bounds, _membership, _relations
+
+_COMPILED: dict = {}
+
+
+def flex_attention_for(device: torch.device):
+    """FlexAttention: compiled on CUDA (the fused kernel; eager would materialise the L x L scores),
+    eager elsewhere (CPU tests, where it is only a reference path)."""
+    from torch.nn.attention.flex_attention import flex_attention  # optional kernel module: only here
+
+    if device.type != "cuda":
+        return flex_attention
+    if "cuda" not in _COMPILED:
+        _COMPILED["cuda"] = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED["cuda"]
+
+
+@contextmanager
+def flex_attention_in(block_mask):
+    """Inside the block, a full-sequence `model(tokens)` (mask=None, no cache) attends with FlexAttention
+    under `block_mask` instead of SDPA's causal kernel."""
+    sdpa = T.attend
+
+    def attend(q, k, v, mask):
+        if mask is not None:
+            raise ValueError("under flex_attention_in call the model with mask=None (the block mask is used)")
+        return flex_attention_for(q.device)(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+    T.attend = attend
+    try:
+        yield
+    finally:
+        T.attend = sdpa
 
 
 def flex_tables(layouts: list[ActionLayout], length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

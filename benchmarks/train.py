@@ -140,7 +140,7 @@ def time_stack(model, batch, args, device, peak_tflops: float) -> dict:
 
     opt = build_optimizer(model.parameters(), 5e-6, 0.1, [0.9, 0.95])
     ids, labels = batch.input_ids.to(device), batch.labels.to(device)
-    mask = modeling.attention_mask(batch, True, device)
+    mask = modeling.attention_mask(batch, True, device, model.dtype)
     autocast = args.precision == "autocast"
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cuda = device.type == "cuda"

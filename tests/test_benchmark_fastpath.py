@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from worldvla.model import generate as G
+from worldvla.model import image_decode as ID
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -31,7 +32,7 @@ def test_decode_fastpath_and_world_sections(tmp_path):
         assert r["static"]["equal_tokens_vs_eager"] == 1.0 and "graph" not in r
         assert r["eager"]["chunk_ms"]["min"] <= r["eager"]["chunk_ms"]["median"] <= r["eager"]["chunk_ms"]["max"]
     world = result["world"]
-    assert world["generated_tokens"] == len(G.image_span_plan(4, 4)) and world["static"]["equal_tokens_vs_eager"] == 1.0
+    assert world["generated_tokens"] == len(ID.image_span_plan(4, 4)) and world["static"]["equal_tokens_vs_eager"] == 1.0
 
 
 def test_eval_throughput_on_the_toy_env(tmp_path):

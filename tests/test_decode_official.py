@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from worldvla import vocab as V
+from worldvla.model import free_decode as FD
 from worldvla.model import generate as G
+from worldvla.model.masks import to_additive
+from worldvla.policy import official_decode as OD
 from worldvla.recipe import FAMILIES
+from worldvla.spans import SpanError
 
 S, E, EOT = V.ACTION_START_ID, V.ACTION_END_ID, V.END_OF_TURN_ID
 VOCAB = 65536
@@ -58,51 +62,51 @@ def prompt(n, seed=0):
 # -- the parsing rules ---------------------------------------------------------------------------
 def test_worldvla_rule_cuts_long_blocks_to_7():
     ids = block(*range(10010, 10019)) + block(*range(10020, 10027)) + [EOT]  # 9 bins, then 7
-    parsed = G.parse_official_worldvla(ids)
+    parsed = OD.parse_official_worldvla(ids)
     assert parsed.failure is None
     assert parsed.blocks == [list(range(10010, 10017)), list(range(10020, 10027))]
 
 
 def test_worldvla_rule_short_block_fails_after_the_earlier_blocks():
     ids = block(*range(10010, 10017)) + block(10030, 10031, 10032) + block(*range(10040, 10047)) + [EOT]
-    parsed = G.parse_official_worldvla(ids)
+    parsed = OD.parse_official_worldvla(ids)
     assert parsed.blocks == [list(range(10010, 10017))]  # executed before the failing one
     assert "block 1 has 3 ids" in parsed.failure
     # one id broadcasts to the 7 dimensions (numpy broadcasting in the official un-normalisation)
-    assert G.parse_official_worldvla(block(10050) + [EOT]) == G.ParsedActions([[10050] * 7])
-    assert "has 0 ids" in G.parse_official_worldvla(block() + [EOT]).failure
+    assert OD.parse_official_worldvla(block(10050) + [EOT]) == OD.ParsedActions([[10050] * 7])
+    assert "has 0 ids" in OD.parse_official_worldvla(block() + [EOT]).failure
 
 
 def test_rynnvla002_rule_stops_at_the_first_malformed_block():
     ids = (block(*range(10010, 10017)) + block(*range(10020, 10029)) + block(*range(10040, 10047)) + [EOT])
-    parsed = G.parse_official_rynnvla002(ids)
-    assert parsed == G.ParsedActions([list(range(10010, 10017))])  # the 9-long block and all after: dropped
-    assert G.parse_official_worldvla(ids).blocks == [list(range(10010, 10017)), list(range(10020, 10027)),
+    parsed = OD.parse_official_rynnvla002(ids)
+    assert parsed == OD.ParsedActions([list(range(10010, 10017))])  # the 9-long block and all after: dropped
+    assert OD.parse_official_worldvla(ids).blocks == [list(range(10010, 10017)), list(range(10020, 10027)),
                                                      list(range(10040, 10047))]
-    first_bad = G.parse_official_rynnvla002(block(10010, 10011) + block(*range(10020, 10027)))
+    first_bad = OD.parse_official_rynnvla002(block(10010, 10011) + block(*range(10020, 10027)))
     assert first_bad.blocks == [] and "empty action list" in first_bad.failure
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_block_and_end_before_start_fail(family):
-    assert "empty action list" in G.parse_official([1, 2, 3, EOT], family).failure
-    bad = G.parse_official([E] + block(*range(10010, 10017)), family)
+    assert "empty action list" in OD.parse_official([1, 2, 3, EOT], family).failure
+    bad = OD.parse_official([E] + block(*range(10010, 10017)), family)
     assert bad.blocks == [] and "before any start token" in bad.failure
     with pytest.raises(ValueError, match="family"):
-        G.parse_official([], "openvla")
+        OD.parse_official([], "openvla")
 
 
 def test_8710_ends_generation():
     p = prompt(12)
     script = block(*range(10010, 10017)) + [EOT] + block(*range(10020, 10027)) + [EOT]
     model = ScriptedModel([script], [len(p)])
-    out = G.generate_greedy(model, [p], max_new_tokens=G.OFFICIAL_MAX_NEW_TOKENS)[0]
+    out = FD.generate_greedy(model, [p], max_new_tokens=FD.OFFICIAL_MAX_NEW_TOKENS)[0]
     assert out == block(*range(10010, 10017)) + [EOT]  # stops at (and keeps) 8710
-    assert G.parse_official_worldvla(out).blocks == [list(range(10010, 10017))]
+    assert OD.parse_official_worldvla(out).blocks == [list(range(10010, 10017))]
     # without the 8710 the budget ends it: 300 new tokens at most, an unclosed block is not parsed
     endless = ScriptedModel([block(*range(10010, 10017)) * 40], [len(p)])
-    out = G.generate_greedy(endless, [p], max_new_tokens=G.OFFICIAL_MAX_NEW_TOKENS)[0]
-    assert len(out) == 300 and len(G.parse_official_worldvla(out).blocks) == 300 // 9
+    out = FD.generate_greedy(endless, [p], max_new_tokens=FD.OFFICIAL_MAX_NEW_TOKENS)[0]
+    assert len(out) == 300 and len(OD.parse_official_worldvla(out).blocks) == 300 // 9
 
 
 # -- the three modes -----------------------------------------------------------------------------
@@ -123,8 +127,8 @@ def test_three_modes_agree_when_the_argmax_follows_the_grammar(family):
         out = G.decode_action_chunks(model, prompts, K, mode=mode, grammar=grammar)
         np.testing.assert_array_equal(out[..., 1:-1].numpy(), np.stack(want))
         assert grammar == [False, False]
-    for b, ids in enumerate(G.generate_greedy(model, prompts)):
-        np.testing.assert_array_equal(np.asarray(G.parse_official(ids, family).blocks), want[b])
+    for b, ids in enumerate(FD.generate_greedy(model, prompts)):
+        np.testing.assert_array_equal(np.asarray(OD.parse_official(ids, family).blocks), want[b])
 
 
 def test_grammar_violation_is_flagged_per_prompt():
@@ -141,8 +145,25 @@ def test_grammar_violation_is_flagged_per_prompt():
         out = G.decode_action_chunks(model, prompts, K, mode=mode, grammar=grammar)
         assert grammar == [False, True, True], mode
         assert out[1, 1, 6] == G.LAST_BIN_ID  # constrained: the nearest bin to 15004 (hand-made logits)
-    free = G.generate_greedy(ScriptedModel([short], [len(prompts[1])]), prompts[1:2])[0]
-    assert "block 1 has 5 ids" in G.parse_official_worldvla(free).failure
+    free = FD.generate_greedy(ScriptedModel([short], [len(prompts[1])]), prompts[1:2])[0]
+    assert "block 1 has 5 ids" in OD.parse_official_worldvla(free).failure
+
+
+def test_grammar_check_stops_once_every_prompt_is_flagged(monkeypatch):
+    """The flag is per prompt: after the step that flags the last unflagged prompt, no step computes the
+    check (its full LM-head rows) any more; the flags are those of the full check."""
+    K = 3
+    prompts = [prompt(15, 5), prompt(15, 6)]
+    good, _ = grammar_script(8, K)
+    short, late = list(good), list(good)
+    short[9 + 6] = E  # flagged at the parallel step that predicts bin 6 (the 6th of 7)
+    late[0] = 42  # flagged at the prompt's end
+    model = ScriptedModel([late, short], [len(p) for p in prompts])
+    checked, step = [], G.step
+    monkeypatch.setattr(G, "step", lambda *a: checked.append(a[5]) or step(*a))
+    grammar = []
+    G.decode_action_chunks(model, prompts, K, "parallel", grammar=grammar)
+    assert grammar == [True, True] and checked == [True] * 6 + [False]
 
 
 # -- the policy in official mode -----------------------------------------------------------------
@@ -230,24 +251,24 @@ def test_released_folders_pick_their_parsing_rule(folder, family):
 
     assert find_official(f"ckpts/{folder}").settings.get("family", "worldvla") == family
     ids = block(*range(10010, 10017)) + block(10020, 10021) + [EOT]  # a short second block
-    parsed = G.parse_official(ids, family)
+    parsed = OD.parse_official(ids, family)
     assert parsed.blocks == [list(range(10010, 10017))]
     assert (parsed.failure is None) == (family == "rynnvla002")
 
 
-def test_grammar_head_flags_where_the_free_argmax_leaves_the_range():
-    from worldvla.model.static_step import GRAMMAR_FLAG, greedy_ids
+def test_grammar_flag_is_where_the_free_argmax_leaves_the_range():
     from worldvla.testing.tiny_model import make_tiny_model
 
     model = make_tiny_model(seed=30)
     hidden = torch.randn(4, 50, model.lm_head.weight.shape[1], generator=torch.Generator().manual_seed(0))
     lo, hi = 0, model.lm_head.weight.shape[0] // 2  # a wide range, so both cases occur
-    got = greedy_ids(model, hidden, ("grammar", lo, hi))
+    ids, flag = G.choose(model, hidden, (lo, hi), grammar=True)
     free = model.logits(hidden).argmax(-1)
     outside = (free < lo) | (free > hi)
     assert 0 < int(outside.sum()) < outside.numel()
-    assert torch.equal(got >= GRAMMAR_FLAG, outside)
-    assert torch.equal(got % GRAMMAR_FLAG, greedy_ids(model, hidden, (lo, hi)))
+    assert flag.dtype == torch.bool and torch.equal(flag, outside)  # its own output, not packed into the ids
+    assert torch.equal(ids, G.choose(model, hidden, (lo, hi))[0]) and G.choose(model, hidden, (lo, hi))[1] is None
+    assert torch.equal(ids, model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo)
 
 
 @pytest.mark.parametrize("mode", ["parallel", "sequential"])
@@ -272,7 +293,7 @@ def test_grammar_check_static_step_equals_eager_and_a_full_forward(mode):
     for b, p in enumerate(prompts):  # the free argmax at the prompt end and at every bin, by a full forward
         ids = p + out[b].flatten().tolist()
         with torch.no_grad():
-            free = model(torch.tensor([ids]), mask=reference_mask(ids)[None, None])[0].argmax(-1)
+            free = model(torch.tensor([ids]), mask=to_additive(reference_mask(ids))[None, None])[0].argmax(-1)
         n = len(p)
         bins = free[[n + 9 * i + t for i in range(K) for t in range(7)]]
         ref.append(bool(free[n - 1] != S) or bool(((bins < G.FIRST_BIN_ID) | (bins > G.LAST_BIN_ID)).any()))
@@ -290,12 +311,12 @@ def test_unpairable_generation_stops_only_its_row():
     good, want = grammar_script(13, 2)
     model = ScriptedModel([good, unpairable_script()], [len(p) for p in prompts])
     failures = []
-    out = G.generate_greedy(model, prompts, failures=failures)
+    out = FD.generate_greedy(model, prompts, failures=failures)
     assert failures[0] is None and "not pairable" in failures[1]
-    np.testing.assert_array_equal(np.asarray(G.parse_official(out[0], "worldvla").blocks), want)
+    np.testing.assert_array_equal(np.asarray(OD.parse_official(out[0], "worldvla").blocks), want)
     assert out[1] == [S, 10010, 10011, S]  # stopped at the token the official mask code raises on
-    with pytest.raises(G.SpanError):  # without a failures list: the old behaviour, an exception
-        G.generate_greedy(model, prompts)
+    with pytest.raises(SpanError):  # without a failures list: the old behaviour, an exception
+        FD.generate_greedy(model, prompts)
 
 
 def two_query_policy(parts):

@@ -40,7 +40,7 @@ def test_batched_equals_one_at_a_time(policy):
 def test_bi_view_rollout_batched_and_against_the_decoder(policy):
     """Third-person + wrist: two next images per step; batching changes nothing; step 1 is exactly
     the constrained two-image decode of the bi-view world prompt."""
-    from worldvla.model.generate import generate_image, split_image_spans
+    from worldvla.model.image_decode import generate_image, split_image_spans
     from worldvla.tokenizers.image import tokens_to_codes
 
     pol, _ = policy

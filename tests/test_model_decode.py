@@ -6,7 +6,11 @@ from reference_masks import reference_mask
 
 from benchmarks import baselines as BL
 from worldvla import vocab as V
+from worldvla.model import free_decode as FD
 from worldvla.model import generate as G
+from worldvla.model import image_decode as ID
+from worldvla.model.masks import to_additive
+from worldvla.policy import official_decode as OD
 from worldvla.testing.tiny_model import make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -90,7 +94,7 @@ def greedy_by_full_forward(model, prompt, n):
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            mask = reference_mask(ids)[None, None]
+            mask = to_additive(reference_mask(ids))[None, None]
             ids.append(int(model(torch.tensor([ids]), mask=mask)[0, -1].argmax()))
     return ids[len(prompt):]
 
@@ -99,7 +103,7 @@ def test_unconstrained_greedy_matches_full_recompute():
     model = make_tiny_model(seed=6)
     # a prompt that already opened action blocks, so the per-step mask rows matter
     prompts = [random_prompt(60) + [V.ACTION_START_ID, 10100, 10200], random_prompt(61, n_images=1)]
-    fast = G.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1)
+    fast = FD.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1)
     dense = BL.generate_greedy(model, prompts, max_new_tokens=12, eos_id=-1, dense_official_mask=True)
     assert fast == dense
     for p, out in zip(prompts, fast):
@@ -109,15 +113,15 @@ def test_unconstrained_greedy_matches_full_recompute():
 def test_unconstrained_stops_at_eos():
     model = make_tiny_model(seed=7)
     prompt = random_prompt(70)
-    first = G.generate_greedy(model, [prompt], max_new_tokens=3, eos_id=-1)[0]
-    out = G.generate_greedy(model, [prompt], max_new_tokens=50, eos_id=first[1])[0]
+    first = FD.generate_greedy(model, [prompt], max_new_tokens=3, eos_id=-1)[0]
+    out = FD.generate_greedy(model, [prompt], max_new_tokens=50, eos_id=first[1])[0]
     assert out == first[:2]
 
 
 def test_parse_action_blocks_follows_the_official_rule():
     ids = [1, G.V.ACTION_START_ID, 10010, 10011, G.V.ACTION_END_ID, 5, G.V.ACTION_END_ID,
            G.V.ACTION_START_ID, 10020, G.V.ACTION_START_ID, 10030, 10031, G.V.ACTION_END_ID, G.V.ACTION_START_ID, 10040]
-    assert G.parse_action_blocks(ids) == [[10010, 10011], [10030, 10031]]
+    assert OD.parse_action_blocks(ids) == [[10010, 10011], [10030, 10031]]
 
 
 def test_constrained_image_generation(tiny_assets, text_tokenizer):
@@ -126,7 +130,7 @@ def test_constrained_image_generation(tiny_assets, text_tokenizer):
     model = make_tiny_model(seed=8)
     image_ids = torch.as_tensor(text_tokenizer.vocab.image_ids())
     prompt = random_prompt(80, n_images=1) + [V.ACTION_START_ID] + [10100] * 7 + [V.ACTION_END_ID, V.END_OF_TURN_ID]
-    span = G.generate_image(model, [prompt, prompt[:-3] + [V.END_OF_TURN_ID]], 4, 4, image_ids)
+    span = ID.generate_image(model, [prompt, prompt[:-3] + [V.END_OF_TURN_ID]], 4, 4, image_ids)
     assert span.shape == (2, 4 + 4 * 5)
     for row in span.tolist():
         codes = tokens_to_codes(row, text_tokenizer.vocab)  # valid layout, image ids only
@@ -136,7 +140,7 @@ def test_constrained_image_generation(tiny_assets, text_tokenizer):
     with torch.no_grad():
         logits = model(torch.tensor([ids]))[0]
     P = len(prompt)
-    for t, plan in enumerate(G.image_span_plan(4, 4)):
+    for t, plan in enumerate(ID.image_span_plan(4, 4)):
         if plan is None:
             assert ids[P + t] == int(image_ids[logits[P + t - 1, image_ids].argmax()])
 
@@ -154,23 +158,23 @@ def test_bi_view_world_model_generates_two_images(text_tokenizer):
     model = make_tiny_model(seed=9)
     image_ids = torch.as_tensor(text_tokenizer.vocab.image_ids())
     prompts = [world_prompt(90 + i, views=2) for i in range(3)]  # different text lengths
-    both = G.generate_image(model, prompts, 4, 4, image_ids, n_images=2)
+    both = ID.generate_image(model, prompts, 4, 4, image_ids, n_images=2)
     span = 4 + 4 * 5
     assert both.shape == (3, 2 * span)
     for i, p in enumerate(prompts):  # batching over prompts of different lengths changes nothing
-        assert torch.equal(G.generate_image(model, [p], 4, 4, image_ids, n_images=2)[0], both[i])
-    single = G.generate_image(model, prompts, 4, 4, image_ids)  # the first image is the one-image answer
+        assert torch.equal(ID.generate_image(model, [p], 4, 4, image_ids, n_images=2)[0], both[i])
+    single = ID.generate_image(model, prompts, 4, 4, image_ids)  # the first image is the one-image answer
     assert torch.equal(both[:, :span], single)
     for row in both.tolist():
-        third, wrist = G.split_image_spans(row, 2)
+        third, wrist = ID.split_image_spans(row, 2)
         assert tokens_to_codes(third, text_tokenizer.vocab).shape == (4, 4)  # two well-formed images
         assert tokens_to_codes(wrist, text_tokenizer.vocab).shape == (4, 4)
     # greedy among image ids at every code position of both images, given everything before it
     ids = prompts[0] + both[0].tolist()
     with torch.no_grad():
-        logits = model(torch.tensor([ids]), mask=reference_mask(ids)[None, None])[0]
+        logits = model(torch.tensor([ids]), mask=to_additive(reference_mask(ids))[None, None])[0]
     P = len(prompts[0])
-    plan = G.image_span_plan(4, 4, n_images=2)
+    plan = ID.image_span_plan(4, 4, n_images=2)
     assert sum(t is None for t in plan) == 32
     for t, token in enumerate(plan):
         if token is None:
@@ -179,7 +183,7 @@ def test_bi_view_world_model_generates_two_images(text_tokenizer):
             assert ids[P + t] == token
     assert len(set(both[:, span:].flatten().tolist())) > 4  # the random model does not emit one code
     with pytest.raises(ValueError, match="n_images"):
-        G.generate_image(model, prompts, 4, 4, image_ids, n_images=0)
+        ID.generate_image(model, prompts, 4, 4, image_ids, n_images=0)
 
 
 def test_decode_benchmark_cli_on_a_scaled_down_7b_stack(tmp_path):

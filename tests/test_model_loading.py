@@ -125,8 +125,8 @@ def test_sharded_bin_and_prefixed_official_layouts(tmp_path):
 
 
 def test_load_options(ckpt):
-    model = load_model(ckpt, dtype=torch.bfloat16, dropout=0.05, gradient_checkpointing=True)
-    assert model.dtype == torch.bfloat16 and model.cfg.dropout == 0.05 and model.cfg.gradient_checkpointing
+    model = load_model(ckpt, dtype=torch.bfloat16, dropout=0.05)
+    assert model.dtype == torch.bfloat16 and model.cfg.dropout == 0.05
     assert not model.training
     with pytest.raises(TypeError, match="override"):
         load_model(ckpt, n_experts=4)
@@ -169,6 +169,7 @@ def test_unreachable_sources_fail_clearly(tmp_path):
 
 
 def test_unconstrained_policy_mode_parses_blocks(ckpt, monkeypatch):
+    from worldvla.model import free_decode as FD
     from worldvla.model import generate as G
     from worldvla.policy.policy import WorldVLAPolicy
 
@@ -179,7 +180,7 @@ def test_unconstrained_policy_mode_parses_blocks(ckpt, monkeypatch):
     good = [G.V.ACTION_START_ID, *range(10100, 10107), G.V.ACTION_END_ID]
     short = [G.V.ACTION_START_ID, 10100, 10101, G.V.ACTION_END_ID]  # malformed: skipped
     scripted = good + short + [G.V.ACTION_START_ID, *range(10200, 10207), G.V.ACTION_END_ID, G.V.END_OF_TURN_ID]
-    monkeypatch.setattr(G, "generate_greedy", lambda *a, **k: [scripted])
+    monkeypatch.setattr(FD, "generate_greedy", lambda *a, **k: [scripted])
     actions = pol.predict(INSTRUCTION, frames(7))
     want = ActionTokenizer().decode(np.array([list(range(10100, 10107)), list(range(10200, 10207))]))
     np.testing.assert_allclose(actions, want)

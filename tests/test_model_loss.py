@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldvla import vocab as V
-from worldvla.model.masks import batch_mask
+from worldvla.model.masks import batch_mask, to_additive
 from worldvla.testing.tiny_model import make_tiny_model
 from worldvla.train.loss import LossConfig, compute_loss
 
@@ -98,21 +98,29 @@ def test_gradients_reach_every_parameter():
     for b, (row, n_prompt) in enumerate(((action, len(prompt)), (world, len(prompt) + 9))):
         ids[b, : len(row)] = torch.tensor(row)
         labels[b, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
-    out = compute_loss(model(ids, mask=batch_mask([action, world], L)), labels, LossConfig())
+    out = compute_loss(model(ids, mask=to_additive(batch_mask([action, world], L))), labels, LossConfig())
     out.total.backward()
     assert out.action_ce is not None and out.world_ce is not None
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_gives_the_same_gradients():
+    """The trainer's activation checkpointing (the only one: the model has no knob of its own)."""
+    from worldvla.model.convert import clean_key
+    from worldvla.train.distributed import apply_activation_checkpointing
+    from worldvla.train.modeling import block_class
+
     ids = torch.randint(0, 16640, (2, 24), generator=torch.Generator().manual_seed(3))
     labels = ids.clone()
     grads = []
     for ckpt in (False, True):
-        model = make_tiny_model(seed=2, gradient_checkpointing=ckpt).train()
+        model = make_tiny_model(seed=2).train()
+        if ckpt:
+            assert apply_activation_checkpointing(model, block_class(model)) == len(model.layers)
         compute_loss(model(ids), labels).total.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
+        grads.append({clean_key(n): p.grad for n, p in model.named_parameters()})  # without the wrapper prefix
+    assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5)
 

@@ -93,15 +93,17 @@ def test_config_is_read_from_the_hf_config_json(hf_pair):
     assert not cfg.mask_image_logits
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+@pytest.mark.parametrize("mask_kind", ["none", "additive"])
 def test_logits_match_transformers_with_causal_mask(hf_pair, mask_kind):
     hf, ours, image_ids = hf_pair
     ids = random_ids()
     L = ids.shape[1]
     causal = dense_mask([], L, action_mask=True)
-    our_mask = {"none": None, "bool": causal, "additive": to_additive(causal)}[mask_kind]
+    our_mask = {"none": None, "additive": to_additive(causal)}[mask_kind]
     logits = compare(hf, ours, ids, image_ids, our_mask=our_mask)
     assert logits[..., image_ids].abs().max() > 0  # ours does not mask image logits
+    with pytest.raises(TypeError, match="additive"):  # one mask form: a boolean mask is converted by the caller
+        ours(ids, mask=causal)
 
 
 def test_per_head_qk_norm_and_swin_norm(tiny_assets, tmp_path):
@@ -134,7 +136,7 @@ def test_action_mask_matches_reference_fed_to_transformers(tiny_assets, tmp_path
     ref = torch.stack([to_additive(reference_mask(r)) for r in rows])[:, None]  # (B, 1, L, L)
     ours_mask = torch.stack([dense_mask(r) for r in rows])[:, None]
     assert not torch.equal(ours_mask[0, 0], torch.tril(torch.ones_like(ours_mask[0, 0])))  # really masked
-    logits = compare(hf, ours, ids, image_ids, hf_mask=ref, our_mask=ours_mask)
+    logits = compare(hf, ours, ids, image_ids, hf_mask=ref, our_mask=to_additive(ours_mask))
     causal = ours(ids)
     assert (logits - causal).abs().max() > 1e-3  # the mask changes the action positions
 
@@ -145,7 +147,7 @@ def test_kv_cache_decoding_equals_full_forward():
     model = make_tiny_model(seed=2)
     ids = torch.tensor([action_sequence(11, n_blocks=3), action_sequence(12, n_blocks=3)])
     L = ids.shape[1]
-    full_mask = torch.stack([dense_mask(r) for r in ids])[:, None]  # (B, 1, L, L)
+    full_mask = to_additive(torch.stack([dense_mask(r) for r in ids])[:, None])  # (B, 1, L, L)
     with torch.no_grad():
         full = model(ids, mask=full_mask)
         model.setup_caches(2, L + 5)
@@ -153,7 +155,7 @@ def test_kv_cache_decoding_equals_full_forward():
         pos = torch.arange(P)
         steps = [model(ids[:, :P], input_pos=pos, mask=full_mask[..., :P, :P])]
         for t in range(P, L):  # one token at a time; keys = all L + 5 slots, the mask row padded with False
-            row = torch.zeros(2, 1, 1, L + 5, dtype=torch.bool)
+            row = torch.full((2, 1, 1, L + 5), torch.finfo(torch.float32).min)
             row[..., :L] = full_mask[:, :, t : t + 1]
             steps.append(model(ids[:, t : t + 1], input_pos=torch.tensor([t]), mask=row))
         model.clear_caches()
@@ -161,7 +163,6 @@ def test_kv_cache_decoding_equals_full_forward():
 
 
 def test_causal_prefill_without_a_mask_tensor():
-    from worldvla.model.transformer import CAUSAL_PREFILL
     from worldvla.testing.tiny_model import make_tiny_model
 
     model = make_tiny_model(seed=3)
@@ -169,13 +170,14 @@ def test_causal_prefill_without_a_mask_tensor():
     with torch.no_grad():
         full = model(ids)
         model.setup_caches(2, 40)
-        pre = model(ids[:, :24], input_pos=torch.arange(24), mask=CAUSAL_PREFILL)
-        step = model(ids[:, 24:], input_pos=torch.arange(24, 30))  # the cache holds the prefill's keys
-        with pytest.raises(ValueError, match="CAUSAL_PREFILL"):
-            model(ids[:, :4], input_pos=torch.arange(4).repeat(2, 1), mask=CAUSAL_PREFILL)
+        pre = model(ids[:, :24], input_pos=torch.arange(24))  # mask=None: causal over slots [0, 24)
+        causal = to_additive(torch.arange(40) <= torch.arange(24, 30)[:, None])  # (6, 40) rows over the cache
+        step = model(ids[:, 24:], input_pos=torch.arange(24, 30), mask=causal)  # the cache holds the prefill's keys
+        with pytest.raises(ValueError, match="causal prefill"):
+            model(ids[:, :4], input_pos=torch.arange(4).repeat(2, 1))
+        with pytest.raises(ValueError, match="causal prefill"):
+            model(ids[:, 24:], input_pos=torch.arange(24, 30))
         model.clear_caches()
-        with pytest.raises(ValueError, match="CAUSAL_PREFILL"):
-            model(ids, mask=CAUSAL_PREFILL)
     torch.testing.assert_close(torch.cat([pre, step], 1), full, atol=ATOL, rtol=0)
 
 
@@ -205,7 +207,7 @@ def test_image_logit_masking_switch():
 
 
 def test_flex_attention_block_mask_path_matches_sdpa():
-    from benchmarks.flex_masks import flex_block_mask
+    from benchmarks.flex_masks import flex_attention_in, flex_block_mask
     from worldvla.model.masks import batch_mask
     from worldvla.testing.tiny_model import make_tiny_model
 
@@ -215,9 +217,11 @@ def test_flex_attention_block_mask_path_matches_sdpa():
     ids = torch.tensor(rows)
     with torch.no_grad(), warnings.catch_warnings():  # eager flex on CPU warns once per process
         warnings.simplefilter("ignore", UserWarning)
-        flex = model(ids, mask=flex_block_mask(rows, L, block_size=16))
+        with flex_attention_in(flex_block_mask(rows, L, block_size=16)):
+            flex = model(ids)
     with torch.no_grad():
-        sdpa = model(ids, mask=batch_mask(rows, L))
+        sdpa = model(ids, mask=to_additive(batch_mask(rows, L)))
+        assert (sdpa - model(ids)).abs().max() > 1e-3  # the action mask matters here, and the kernel is back
     torch.testing.assert_close(flex, sdpa, atol=ATOL, rtol=0)
 
 

@@ -23,7 +23,7 @@ def pol(tiny_assets, tmp_path_factory):
 
 def _decode_direct(pol, prompt, n_images):
     """The constrained decode of `prompt` -> per view (image, span), bypassing the policy."""
-    from worldvla.model.generate import generate_image, split_image_spans
+    from worldvla.model.image_decode import generate_image, split_image_spans
 
     span = generate_image(pol.model, [prompt], R // 16, R // 16, pol.image_ids, n_images=n_images)[0].tolist()
     return [(pol.images.tokens_to_image(s), s) for s in split_image_spans(span, n_images)]

@@ -10,7 +10,9 @@ from test_model_decode import random_prompt, rynnvla_prompt
 
 from benchmarks import baselines as BL
 from worldvla import vocab as V
+from worldvla.model import free_decode as FD
 from worldvla.model import generate as G
+from worldvla.model import image_decode as ID
 from worldvla.model import static_step as S
 from worldvla.testing.tiny_model import make_tiny_model
 
@@ -77,8 +79,8 @@ def test_least_recently_used_bucket_goes_first(model):
 
 def test_unconstrained_static_equals_eager(model):
     prompts = prompts_of(3, 60)
-    eager = G.generate_greedy(model, prompts, max_new_tokens=24)
-    assert G.generate_greedy(model, prompts, max_new_tokens=24, static=True) == eager
+    eager = FD.generate_greedy(model, prompts, max_new_tokens=24)
+    assert FD.generate_greedy(model, prompts, max_new_tokens=24, static=True) == eager
     assert [len(s) for s in eager] == [24] * 3
 
 
@@ -87,9 +89,9 @@ def test_unconstrained_static_equals_eager(model):
 def test_world_model_frames_static_equal_eager(model, n_images, batch):
     image_ids = torch.arange(4, 8196)  # code ids of the fixture vocabulary
     prompts = [random_prompt(70 + i, n_images=1 + i % 2) + [V.ACTION_START_ID] for i in range(batch)]
-    eager = G.generate_image(model, prompts, 4, 4, image_ids, n_images=n_images)
-    static = G.generate_image(model, prompts, 4, 4, image_ids, n_images=n_images, static=True)
-    assert static.shape == eager.shape == (batch, n_images * len(G.image_span_plan(4, 4)))
+    eager = ID.generate_image(model, prompts, 4, 4, image_ids, n_images=n_images)
+    static = ID.generate_image(model, prompts, 4, 4, image_ids, n_images=n_images, static=True)
+    assert static.shape == eager.shape == (batch, n_images * len(ID.image_span_plan(4, 4)))
     assert torch.equal(static, eager)
     codes = eager[:, 3:3 + 4]
     assert len(set(codes.reshape(-1).tolist())) > 1  # the random model is not degenerate
@@ -99,19 +101,25 @@ def test_one_tensor_per_head_id_list(model):
     """Image generation passes its id list anew each call; the same ids must find the same program."""
     image_ids = torch.arange(4, 8196)
     prompt = [random_prompt(80) + [V.ACTION_START_ID]]
-    G.generate_image(model, prompt, 2, 2, image_ids, static=True)
+    ID.generate_image(model, prompt, 2, 2, image_ids, static=True)
     bucket = next(reversed(model._static_decoder.buckets.values()))
     n = len(bucket.programs)
-    G.generate_image(model, prompt, 2, 2, image_ids.clone(), static=True)
+    ID.generate_image(model, prompt, 2, 2, image_ids.clone(), static=True)
     assert len(bucket.programs) == n
 
 
-def test_step_traces_to_one_graph_without_host_syncs(model):
+@pytest.mark.parametrize("grammar", [False, True])
+def test_step_traces_to_one_graph_without_host_syncs(model, grammar):
     """No .item()/.tolist() or Python branching on device values inside the step: dynamo traces the
-    whole static step (all layers, head and argmax included) as one graph (fullgraph=True)."""
+    whole static step (all layers, head and argmax included, and the grammar flag) as one graph."""
     G.decode_action_chunks(model, prompts_of(1, 90), 5, "parallel", static=True)
-    bucket = model._static_decoder.buckets[(1, G.CACHE_BUCKET)]
-    program = bucket.programs[(5, ("range", G.FIRST_BIN_ID, G.LAST_BIN_ID))]
+    dec = model._static_decoder
+    bucket = dec.buckets[(1, G.CACHE_BUCKET)]
+    bins = (G.FIRST_BIN_ID, G.LAST_BIN_ID)
+    if not grammar:
+        assert (G.step, 5, ("range", *bins), False) in bucket.programs  # the program the decode ran
+    program = dec.program(G.step, bucket, 5, bins, grammar)
+    assert (program.flag is not None) == grammar
     torch._dynamo.reset()
     torch.compile(program._body, backend="eager", fullgraph=True)()
 

@@ -21,7 +21,7 @@ import re
 
 import torch
 
-from worldvla.model.transformer import ModelConfig
+from worldvla.model.config import ModelConfig
 
 # Official key templates ({i} = layer index); every backbone tensor must match exactly one.
 GLOBAL_KEYS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")

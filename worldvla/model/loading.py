@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from worldvla.errors import InputFileError
 from worldvla.model import convert
-from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.model.config import ModelConfig
+from worldvla.model.transformer import Transformer
 from worldvla.recipe import TOKENIZER_DIRS, find_tokenizer_dir  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ class Loaded:
 
 
 def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device="cpu",
-                    mask_image_logits: bool = False, gradient_checkpointing: bool = False,
-                    **overrides) -> Loaded:
+                    mask_image_logits: bool = False, **overrides) -> Loaded:
     """Build the Transformer of `source`'s config.json and load its weights (see load_model)."""
     folder = resolve_source(source)
     cfg = read_config(folder)
@@ -139,8 +139,7 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype | None = None, device
     if rows and rows != cfg.model_parallel_size and not convert.heads_share_qk_norm(backbone, cfg.model_parallel_size):
         log.warning("%s: q/k-norm parameters differ per head; using model_parallel_size=%d", folder, rows)
         overrides.setdefault("model_parallel_size", rows)
-    for k, v in dict(overrides, mask_image_logits=mask_image_logits,
-                     gradient_checkpointing=gradient_checkpointing).items():
+    for k, v in dict(overrides, mask_image_logits=mask_image_logits).items():
         if not hasattr(cfg, k):
             raise TypeError(f"unknown ModelConfig override {k!r}")
         setattr(cfg, k, v)
@@ -194,8 +193,7 @@ def load_model(source: str | Path, dtype: torch.dtype | None = None, device="cpu
     """Official HF-layout checkpoint (local folder or hub id) -> Transformer in eval mode.
 
     `dtype=None` keeps the stored dtype. `mask_image_logits` defaults to False (as every released
-    WorldVLA script runs); `gradient_checkpointing` and ModelConfig overrides (e.g. dropout=0.05)
-    are keyword arguments.
+    WorldVLA script runs); ModelConfig overrides (e.g. dropout=0.05) are keyword arguments.
     """
     return load_checkpoint(source, dtype, device, **kwargs).model
 

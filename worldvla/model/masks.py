@@ -10,75 +10,24 @@ Official rule (`generate_att_mask_3`, official_format.md §5), per sequence of l
 
 The two forms the package uses (both checked in tests against a literal transcription of the official
 loops, tests/reference_masks.py):
-- `ActionLayout`: the blocks of one sequence, from token ids (`worldvla.spans.spans_from_ids`) or `Span` metadata;
+- `ActionLayout` (worldvla.model.layout): the blocks of one sequence, from token ids or `Span` metadata;
 - `dense_mask` / `batch_mask`: full (L, L) / (B, 1, L, L) boolean masks, the SDPA path for training
   (causal fill + one row-slice update per isolated block: ~20 ms at L = 4096 on one CPU core);
 - `RowMasker` / `mask_rows(layouts, q_pos, S)`: (B, 1, Lq, S) rows for arbitrary query positions over
   S cache slots, built as causal & ~(Q R K) from block memberships: the cached-decoding path;
-- `to_additive`: 0 / dtype-min float form of a boolean mask.
+- `to_additive`: the 0 / dtype-min float form of a boolean mask, the only mask form the model takes.
 `action_mask=False` everywhere gives the plain causal mask (the paper's no-action-mask ablation).
 A FlexAttention BlockMask of the same rule is benchmarked in benchmarks/flex_masks.py (training uses SDPA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from worldvla import vocab as V
-from worldvla.spans import Span, spans_from_ids  # noqa: F401 (spans_from_ids: re-exported)
+from worldvla.model.layout import ActionLayout
 from worldvla.spans import SpanError as MaskError  # noqa: F401 (re-exported)
-from worldvla.spans import pair_blocks as _pairs
-
-
-def _id_array(ids) -> np.ndarray:
-    return np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
-
-
-@dataclass(frozen=True)
-class ActionLayout:
-    """Inclusive action blocks of one sequence (official pairing order) and the last image end."""
-
-    length: int
-    blocks: tuple[tuple[int, int], ...]
-    last_image_end: int = -1
-
-    @classmethod
-    def from_spans(cls, spans: Sequence[Span], length: int) -> ActionLayout:
-        """Spans past `length` are clipped (a truncated block ends at L-1, as an unmatched start does)."""
-        clip = lambda s: (s.start, min(s.end, length) - 1)
-        images = [clip(s) for s in spans if s.kind == "image" and s.start < length]
-        blocks = tuple(clip(s) for s in spans if s.kind == "action" and s.start < length)
-        return cls(length, blocks, images[-1][1] if images else -1)
-
-    @classmethod
-    def from_ids(cls, ids, open_until: int | None = None) -> ActionLayout:
-        """Same pairing as `spans_from_ids`, without building Span objects.
-
-        `open_until=S`: a layout over S slots in which an unclosed block or image extends to S - 1. For
-        every later query position q < S whose ids add no start/end token, its rows equal the rows of
-        the official rule applied to ids[:q + 1] (there the open span ends at q: it holds q either way,
-        and no block after it exists to be denied). So a decoder rebuilds it only at start/end tokens."""
-        arr = _id_array(ids)
-        end = None if open_until is None else open_until - 1
-        images = _pairs(arr, V.BOI_ID, V.EOI_ID, "image", end)
-        blocks = tuple(_pairs(arr, V.ACTION_START_ID, V.ACTION_END_ID, "action", end))
-        return cls(len(arr) if open_until is None else open_until, blocks, images[-1][1] if images else -1)
-
-    def isolated(self) -> list[int]:
-        """Indices of blocks that may not see earlier blocks (start after the last image)."""
-        return [i for i, (s, _) in enumerate(self.blocks) if s > self.last_image_end]
-
-    def relation(self) -> np.ndarray:
-        """(n_blocks, n_blocks) bool: R[i, j] = block i is isolated and block j ends before i starts."""
-        n = len(self.blocks)
-        rel = np.zeros((n, n), dtype=bool)
-        for i in self.isolated():
-            rel[i] = [e < self.blocks[i][0] for _, e in self.blocks]
-        return rel
+from worldvla.spans import spans_from_ids  # noqa: F401 (re-exported)
 
 
 def _is_span(item) -> bool:
@@ -191,7 +140,10 @@ def batch_mask(spans_or_ids_per_row, length: int, action_mask: bool = True) -> t
     return torch.stack([_full_mask(_as_layout(x, length), length, action_mask) for x in spans_or_ids_per_row])[:, None]
 
 
-def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Boolean mask -> additive float mask (0 where allowed, finfo(dtype).min elsewhere)."""
+def to_additive(mask: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """Boolean mask -> additive float mask (0 where allowed, finfo(dtype).min elsewhere), in the dtype the
+    attention runs in (the model's; bf16 under bf16 training). None (plain causal) stays None."""
+    if mask is None:
+        return None
     out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return out.masked_fill_(~mask, torch.finfo(dtype).min)

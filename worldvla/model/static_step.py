@@ -1,14 +1,16 @@
-"""A static-shape greedy decode step that can be captured as one CUDA graph (gpt-fast's recipe).
+"""The static-shape wrapper of the decode step (worldvla.model.generate.step) that CUDA can capture as one
+graph (gpt-fast's recipe): the step function is the same, only how it is run differs.
 
 What makes a step capturable, and what this module does for it:
 - static KV caches per (batch bucket, cache bucket), allocated once and kept across calls (graphs hold
   their addresses; the eager path frees and re-allocates them per call instead);
 - the key length is the whole cache bucket (masks are S = bucket wide), never sliced per step;
 - every per-step input (token ids, positions, mask rows) is copied in place into preallocated tensors,
-  and the chosen ids are written into a preallocated output: the caller reads them on the device;
+  and the step's outputs (chosen ids, grammar flag) are written into preallocated ones: the caller reads
+  them on the device;
 - the greedy choice (argmax over the allowed ids) is part of the step, so nothing returns to the host.
 
-On CUDA with `capture=True` each (batch bucket, cache bucket, query rows, head) gets one explicit
+On CUDA with `capture=True` each (batch bucket, cache bucket, query rows, head, grammar) gets one explicit
 `torch.cuda.CUDAGraph` (warm-up on a side stream, then capture; all graphs share one memory pool). On
 CPU the same code runs without capture (optionally with each decoder layer through one `torch.compile`d
 function shared by all layers): the tests compare it token for token with the eager reference step.
@@ -32,9 +34,6 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 KEPT_CACHE_BUCKETS = 10
 WARMUP_RUNS = 2  # eager runs on a side stream before a capture (cuBLAS / allocator set-up)
 
-# A step's `head` says which ids its greedy choice ranges over: an inclusive (lo, hi) id range, a 1-D id
-# tensor, or None for the full vocabulary (with the model's image-logit masking, as Transformer.logits).
-
 
 def batch_bucket(batch: int) -> int:
     """Smallest bucket >= batch (multiples of the largest bucket beyond it)."""
@@ -47,33 +46,10 @@ def batch_bucket(batch: int) -> int:
     return -(-batch // top) * top
 
 
-GRAMMAR_FLAG = 1 << 40  # ("grammar", lo, hi) heads add this to an id whose free argmax is outside lo..hi
-
-
-def greedy_ids(model: Transformer, hidden: torch.Tensor, head) -> torch.Tensor:
-    """Greedy ids from hidden states (..., dim), computing only the head's logits (ties: lowest position).
-
-    The eager reference path and the static step share this function, so both choose alike. A head
-    ("grammar", lo, hi) chooses like (lo, hi) and also runs the full head: + GRAMMAR_FLAG where the
-    unconstrained argmax is outside lo..hi (one output, so the static step keeps its shape)."""
-    if head is None:
-        return model.logits(hidden).argmax(-1)
-    if isinstance(head, tuple) and len(head) == 3 and head[0] == "grammar":
-        _, lo, hi = head
-        ids = model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
-        free = model.logits(hidden).argmax(-1)
-        return ids + GRAMMAR_FLAG * ((free < lo) | (free > hi)).long()
-    if isinstance(head, tuple):
-        lo, hi = head
-        return model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
-    return head[model.logits(hidden, head).argmax(-1)]
-
-
 def _head_key(head) -> tuple:
+    """A step's `head` (generate.choose): None, an inclusive (lo, hi) id range or a 1-D id tensor."""
     if head is None:
         return ("full",)
-    if isinstance(head, tuple) and len(head) == 3:
-        return ("grammar", int(head[1]), int(head[2]))
     if isinstance(head, tuple):
         return ("range", int(head[0]), int(head[1]))
     return ("ids", head.data_ptr(), head.numel())  # the same id tensor object is passed at every step
@@ -82,20 +58,23 @@ def _head_key(head) -> tuple:
 class StepProgram:
     """One static step shape: preallocated inputs and output, optionally captured as a CUDA graph."""
 
-    def __init__(self, model: Transformer, batch: int, rows: int, keys: int, head,
+    def __init__(self, fn: Callable, model: Transformer, batch: int, rows: int, keys: int, head, grammar: bool,
                  run_layer: Callable | None, capture: bool, pool):
         device = model.device
-        self.model, self.head, self.run_layer = model, head, run_layer
+        self.fn, self.model, self.head, self.grammar, self.run_layer = fn, model, head, grammar, run_layer
         self.tokens = torch.zeros(batch, rows, dtype=torch.long, device=device)
         self.pos = torch.zeros(batch, rows, dtype=torch.long, device=device)
         self.mask = torch.zeros(batch, 1, rows, keys, dtype=model.dtype, device=device)
         self.out = torch.zeros(batch, rows, dtype=torch.long, device=device)
+        self.flag = torch.zeros(batch, rows, dtype=torch.bool, device=device) if grammar else None
         self.capture, self.pool = capture, pool
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _body(self) -> None:
-        hidden = self.model.forward_hidden(self.tokens, self.pos, self.mask, run_layer=self.run_layer)
-        self.out.copy_(greedy_ids(self.model, hidden, self.head))
+        ids, flag = self.fn(self.model, self.tokens, self.pos, self.mask, self.head, self.grammar, self.run_layer)
+        self.out.copy_(ids)
+        if self.flag is not None:
+            self.flag.copy_(flag)
 
     def _capture(self) -> None:
         side = torch.cuda.Stream(device=self.tokens.device)
@@ -109,9 +88,9 @@ class StepProgram:
             self._body()
         self.graph = graph
 
-    def __call__(self, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Copy the step's inputs in place, run it; returns the static output (B, rows): read it before
-        the next call."""
+    def __call__(self, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor):
+        """Copy the step's inputs in place, run it; returns the static outputs (ids (B, rows), flag or None):
+        read them before the next call."""
         self.tokens.copy_(tokens)
         self.pos.copy_(pos)
         self.mask.copy_(mask)
@@ -122,7 +101,7 @@ class StepProgram:
             self.graph.replay()  # the capture itself ran nothing
         else:
             self.graph.replay()
-        return self.out
+        return self.out, self.flag
 
 
 class CacheBucket:
@@ -183,13 +162,31 @@ class StaticDecoder:
         found.install(self.model)
         return found
 
-    def step(self, bucket: CacheBucket, rows: int, head) -> StepProgram:
-        key = (rows, _head_key(head))
+    def program(self, fn: Callable, bucket: CacheBucket, rows: int, head, grammar: bool) -> StepProgram:
+        key = (fn, rows, _head_key(head), bool(grammar))
         prog = bucket.programs.get(key)
         if prog is None:
-            prog = bucket.programs[key] = StepProgram(self.model, bucket.batch, rows, bucket.keys, head,
-                                                      self.run_layer, self.capture, self.pool)
+            prog = bucket.programs[key] = StepProgram(fn, self.model, bucket.batch, rows, bucket.keys, head,
+                                                      bool(grammar), self.run_layer, self.capture, self.pool)
         return prog
+
+    def runner(self, fn: Callable, batch: int, keys: int) -> StaticRunner:
+        """`fn` (the decode step) run statically in the (batch, keys) bucket, installed as the model's caches."""
+        return StaticRunner(self, fn, self.bucket(batch, keys))
+
+
+class StaticRunner:
+    """`run(tokens, pos, mask, head, grammar=False) -> (ids, flag)`, the step's own signature, through the
+    bucket's static programs; `constant(ids)` gives a head's id tensor that finds its programs again."""
+
+    def __init__(self, decoder: StaticDecoder, fn: Callable, bucket: CacheBucket):
+        self.decoder, self.fn, self.bucket = decoder, fn, bucket
+
+    def __call__(self, tokens, pos, mask, head, grammar: bool = False):
+        return self.decoder.program(self.fn, self.bucket, tokens.shape[1], head, grammar)(tokens, pos, mask)
+
+    def constant(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.constant(ids)
 
 
 def static_decoder(model: Transformer, capture: bool, run_layer: Callable | None = None) -> StaticDecoder:

@@ -16,81 +16,24 @@ transformers' `ChameleonForConditionalGeneration`, which the parity tests compar
 - q/k-norm affine parameters keep the original (model_parallel_size, head_dim) shape and are
   repeat-interleaved over heads at run time, as in the Lumina-mGPT code the checkpoints were trained
   with (transformers >= 4.45 stores them expanded to (n_heads, head_dim); convert.py handles both);
-- a static KV cache (`setup_caches`) and arbitrary masks: a (B|1, 1|H, L, S) boolean/additive tensor for
-  SDPA (worldvla.model.masks builds them) or a FlexAttention `BlockMask` (benchmarks/flex_masks.py).
-Cache semantics: cache slot = position. The cache is used iff caches are set up and `input_pos` is given;
-queries then attend to slots [0, S) where S is the mask's last dimension (the full cache if mask=None;
-L with mask=CAUSAL_PREFILL, a causal prefill from slot 0 without a mask tensor).
+- a static KV cache (`setup_caches`). `mask` is an additive float mask (0 = may attend, a large negative
+  number = may not; worldvla.model.masks builds it from the action rule: `to_additive`) of shape
+  (L, S), (B, L, S) or (B, 1|H, L, S), or None for plain causal attention (SDPA's causal kernel, no mask
+  tensor). Cache slot = position. The cache is used iff caches are set up and `input_pos` is given;
+  queries then attend to slots [0, S) where S is the mask's last dimension; mask=None there means a
+  causal prefill of slots [0, L) (input_pos = arange(L)).
 """
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.flex_attention import flex_attention
-from torch.utils.checkpoint import checkpoint
 
-from worldvla import vocab as V
+from worldvla.model.config import PRESETS, ModelConfig  # noqa: F401 (PRESETS: re-exported)
 
 QK_NORM_EPS = 1e-5  # hard-coded in Chameleon's qk LayerNorm (not the config's rms_norm_eps)
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 65536  # Chameleon BPE + image codes (official 65536)
-    dim: int = 4096  # hidden_size
-    n_layers: int = 32  # num_hidden_layers
-    n_heads: int = 32  # num_attention_heads (head_dim = dim / n_heads = 128)
-    n_kv_heads: int = 32  # num_key_value_heads (Chameleon-7B: no GQA)
-    intermediate_size: int = 11008  # SwiGLU width
-    rms_norm_eps: float = 1e-5  # official config.json
-    rope_theta: float = 10000.0  # official, no RoPE scaling
-    max_seq_len: int = 4096  # max_position_embeddings (training truncation; eval passes 8192)
-    model_parallel_size: int = 1  # rows of the q/k-norm parameters (Chameleon's shard count; 7B: 1)
-    swin_norm: bool = False  # True only for the 30B variant
-    attention_bias: bool = False
-    mlp_bias: bool = False
-    tie_word_embeddings: bool = False
-    dropout: float = 0.0  # residual-branch dropout (Lumina-mGPT); 0.05 in WorldVLA training (§6.2)
-    mask_image_logits: bool = False  # official runs pass --unmask_image_logits
-    pad_token_id: int | None = None  # embedding padding_idx, as transformers uses it
-    bos_token_id: int | None = 0
-    eos_token_id: int | None = V.END_OF_TURN_ID  # generation stops at the end-of-turn token (8710)
-    initializer_range: float = 0.02  # std of the random init (transformers default)
-    gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
-    extra: dict = field(default_factory=dict)  # other config.json keys (z_loss_weight, ...), written back unchanged
-
-    def __post_init__(self) -> None:
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-        for heads in (self.n_heads, self.n_kv_heads):
-            if heads % self.model_parallel_size:
-                raise ValueError(f"{heads} heads cannot be split over model_parallel_size {self.model_parallel_size}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> ModelConfig:
-        """`7b` (Chameleon-7B / Lumina-mGPT-7B / WorldVLA) or `tiny` (tests, CPU benchmarks)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; valid: {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
-
-
-PRESETS = {
-    "7b": ModelConfig(),
-    # 2 layers, width 64, real id ranges: vocab covers every official special id (fixtures.FIXTURE_VOCAB_SIZE)
-    "tiny": ModelConfig(vocab_size=16640, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=176),
-}
 
 
 # -- building blocks ---------------------------------------------------------------------------
@@ -167,29 +110,9 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-_COMPILED_FLEX: dict = {}
-
-
-def flex_attention_for(device: torch.device):
-    """FlexAttention: compiled on CUDA (the fused kernel; eager would materialise the L x L scores),
-    eager elsewhere (CPU tests, where it is only a reference path)."""
-    if device.type != "cuda":
-        return flex_attention
-    if "cuda" not in _COMPILED_FLEX:
-        _COMPILED_FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED_FLEX["cuda"]
-
-
-# `mask=CAUSAL_PREFILL` with input_pos = arange(L): the first L cache slots are filled and attended
-# causally with SDPA's is_causal kernel (no mask tensor); for prompts in which no row needs the action mask.
-CAUSAL_PREFILL = "causal_prefill"
-
-
-def attend(q, k, v, mask) -> torch.Tensor:
-    """q (B, H, L, D), k/v (B, H_kv, S, D); mask: None (causal, L == S), tensor (SDPA) or BlockMask."""
+def attend(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """q (B, H, L, D), k/v (B, H_kv, S, D); mask: None (causal, L == S) or additive (see the module docstring)."""
     gqa = q.shape[1] != k.shape[1]
-    if mask is not None and not isinstance(mask, torch.Tensor):  # FlexAttention BlockMask
-        return flex_attention_for(q.device)(q, k, v, block_mask=mask, enable_gqa=gqa)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     if mask.ndim == 2:
@@ -226,9 +149,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:  # cached decoding: keys are cache slots [0, S)
             k, v = self.kv_cache.update(input_pos, k, v)
-            S = mask.shape[-1] if isinstance(mask, torch.Tensor) else (L if mask is CAUSAL_PREFILL else k.shape[2])
+            S = L if mask is None else mask.shape[-1]  # None: a causal prefill of slots [0, L)
             k, v = k[:, :, :S], v[:, :, :S]
-        y = attend(q, k, v, None if mask is CAUSAL_PREFILL else mask)  # (B, H, L, D)
+        y = attend(q, k, v, mask)  # (B, H, L, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
 
@@ -337,12 +260,14 @@ class Transformer(nn.Module):
         self.cache_shape = None
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None,
-                       run_layer=None) -> torch.Tensor:
+    def forward_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None, run_layer=None) -> torch.Tensor:
         """Final-norm hidden states (B, L, dim). `run_layer(layer, x, cos, sin, mask, input_pos)`, if given,
         runs each decoder layer (decoding passes one compiled function shared by all layers)."""
         L = tokens.shape[1]
         cached = input_pos is not None and self.cache_shape is not None
+        if mask is not None and not mask.is_floating_point():
+            raise TypeError(f"mask must be additive float (masks.to_additive), got {mask.dtype}")
         if input_pos is None:
             if L > self.cfg.max_seq_len:
                 raise ValueError(f"{L} tokens exceed max_seq_len {self.cfg.max_seq_len}; truncate the batch")
@@ -351,30 +276,19 @@ class Transformer(nn.Module):
             positions = input_pos.to(tokens.device)
             if positions.shape[-1] != L:
                 raise ValueError(f"input_pos {tuple(positions.shape)} does not match tokens {tuple(tokens.shape)}")
-        if mask is CAUSAL_PREFILL and not (cached and positions.ndim == 1):
-            raise ValueError("mask=CAUSAL_PREFILL needs set-up caches and input_pos = arange(L) (one row for all)")
-        if cached and mask is None:  # causal over cache slots: slot <= position
-            slots = torch.arange(self.cache_shape[1], device=tokens.device)
-            mask = slots <= positions[..., None]  # (B|L, L, S) or (L, S)
-            mask = mask[:, None] if mask.ndim == 3 else mask  # (B, 1, L, S)
-        if mask is not None and not cached and isinstance(mask, torch.Tensor) and mask.shape[-1] != L:
+        if cached and mask is None and (positions.ndim != 1 or int(positions[0]) != 0):
+            raise ValueError("mask=None with the cache is a causal prefill: input_pos = arange(L), one row for all")
+        if mask is not None and not cached and mask.shape[-1] != L:
             raise ValueError(f"mask covers {mask.shape[-1]} keys but the input has {L} tokens (no cache in use)")
-        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # additive once, not once per layer
-            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
-                ~mask, torch.finfo(self.dtype).min)
         x = self.model.embed_tokens(tokens)  # (B, L, dim)
         if self._rope is None or self._rope.device != x.device:
             self._rope = rope_table(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device)
         pos = positions if positions.ndim == 2 else positions[None]  # (B|1, L)
         cos, sin = self._rope[:, pos].to(x.dtype)[:, :, None]  # each (B|1, 1, L, D)
         pos_arg = positions if cached else None
+        run_layer = run_layer or (lambda layer, *args: layer(*args))
         for layer in self.layers:
-            if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, mask, pos_arg, use_reentrant=False)
-            elif run_layer is not None:
-                x = run_layer(layer, x, cos, sin, mask, pos_arg)
-            else:
-                x = layer(x, cos, sin, mask, pos_arg)
+            x = run_layer(layer, x, cos, sin, mask, pos_arg)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor, vocab_ids: torch.Tensor | slice | None = None) -> torch.Tensor:
@@ -391,7 +305,7 @@ class Transformer(nn.Module):
             out[..., self.image_token_ids.to(out.device)] = torch.finfo(out.dtype).min
         return out
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask=None,
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 at: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L) -> logits (B, L, V). See the module docstring for `input_pos` and `mask`.
         `at` (B, L) bool: only those positions' logits, packed (N, V) in row-major order: training reads

@@ -5,7 +5,7 @@ placeholder per history frame (the first query of an episode has one frame), hum
 with 8710; the frames of a batch are tokenised by the bundled VQ-GAN in one batched call whose codes
 equal encoding each alone (ImageTokenizer.encode). The K action blocks are decoded greedily under the
 action mask — in parallel by default, sequentially, or `official`: free generation and the official
-parsing rule of the checkpoint's `family` (worldvla.model.generate; a chunk may then hold another
+parsing rule of the checkpoint's `family` (worldvla.policy.official_decode; a chunk may then hold another
 number of actions than K, or end the episode as a failure) — and de-normalised with the checkpoint's
 statistics. After each `predict_batch`, `last_decode_info` holds per query the failure of an official
 parse (or None) and, in the constrained modes, whether the unconstrained argmax would have left the
@@ -28,6 +28,7 @@ import torch
 
 from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, world_conversation
 from worldvla.errors import InputFileError
+from worldvla.model import free_decode, image_decode
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
 from worldvla.recipe import FILE_NAME as RECIPE_FILE
@@ -35,6 +36,7 @@ from worldvla.recipe import Recipe, stats_of
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count, tokens_to_codes
 
+from . import official_decode
 from .continuous import build_action_head, predict_normalised
 from .decode import DECODE_MODES
 from .official_checkpoints import REQUIRED_FOR_UNKNOWN, find_official, unknown_folder_error
@@ -83,7 +85,7 @@ def check_chunk_fits(settings: Recipe, max_seq_len: int, path: Path | None) -> N
 
 class WorldVLAPolicy:
     def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: Recipe,
-                 decode: str = "parallel", max_new_tokens: int = G.OFFICIAL_MAX_NEW_TOKENS,
+                 decode: str = "parallel", max_new_tokens: int = free_decode.OFFICIAL_MAX_NEW_TOKENS,
                  action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
         if decode not in DECODE_MODES or decode == "auto":
             raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES[1:]} (auto is resolved by from_pretrained)")
@@ -219,18 +221,18 @@ class WorldVLAPolicy:
         """One `DecodedChunk` per prompt, decoded in `self.decode` mode."""
         if self.decode in ("official", "unconstrained"):
             failures: list[str | None] | None = [] if self.decode == "official" else None
-            outs = G.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
-                                     compile_step=self.compile_step, static=self.static, failures=failures)
+            outs = free_decode.generate_greedy(self.model, prompts, self.max_new_tokens, action_mask=self.action_mask,
+                                               compile_step=self.compile_step, static=self.static, failures=failures)
             result = []
             for b, ids in enumerate(outs):
                 if failures and failures[b] is not None:  # unpairable tokens: no action, this episode fails
                     result.append(DecodedChunk(_bins([]), failures[b]))
                     continue
                 if self.decode == "official":
-                    parsed = G.parse_official(ids, self.settings.family)
+                    parsed = official_decode.parse_official(ids, self.settings.family)
                     result.append(DecodedChunk(_bins(parsed.blocks), parsed.failure))
                     continue
-                blocks = [blk for blk in G.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
+                blocks = [blk for blk in official_decode.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
                 if not blocks:
                     raise RuntimeError(f"prompt {b}: unconstrained decoding produced no complete action block "
                                        f"(generated {ids[:20]}...)")
@@ -302,13 +304,13 @@ class WorldVLAPolicy:
         prompt = self.world_prompt_ids(image, action, wrist)
         views = 1 if wrist is None else 2
         latent = self.resolution // 16  # VQ-GAN downsampling
-        span = G.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
-                                self.compile_step, n_images=views, static=self.static)[0]
+        span = image_decode.generate_image(self.model, [prompt], latent, latent, self.image_ids, self.action_mask,
+                                           self.compile_step, n_images=views, static=self.static)[0]
         span = span.cpu().tolist()
         if wrist is None:
             picture = self.images.tokens_to_image(span)
             return (picture, span) if return_tokens else picture
-        spans = tuple(G.split_image_spans(span, views))
+        spans = tuple(image_decode.split_image_spans(span, views))
         pictures = tuple(self.images.tokens_to_image(s) for s in spans)
         return (pictures, spans) if return_tokens else pictures
 
@@ -333,9 +335,9 @@ class WorldVLAPolicy:
         constrained decode. Returns the frames (B, views, R, R, 3) uint8 and the image token span of
         each (B lists of `views` token lists)."""
         latent = self.resolution // 16  # VQ-GAN downsampling
-        spans = G.generate_image(self.model, prompts, latent, latent, self.image_ids, self.action_mask,
-                                 self.compile_step, n_images=views, static=self.static).cpu().numpy()
-        per_view = [[v.tolist() for v in G.split_image_spans(s, views)] for s in spans]
+        spans = image_decode.generate_image(self.model, prompts, latent, latent, self.image_ids, self.action_mask,
+                                            self.compile_step, n_images=views, static=self.static).cpu().numpy()
+        per_view = [[v.tolist() for v in image_decode.split_image_spans(s, views)] for s in spans]
         codes = np.stack([tokens_to_codes(v, self.text.vocab) for row in per_view for v in row])
         res = self.resolution
         return self.images.decode(codes).reshape(len(prompts), views, res, res, 3), per_view

@@ -186,7 +186,7 @@ def train_step(run: Run, batches, step: int) -> dict:
         batch = next(batches)
         ids = batch.input_ids.to(acc.device, non_blocking=True)  # (B, L)
         labels = batch.labels.to(acc.device, non_blocking=True)  # (B, L)
-        mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
+        mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device, modeling.mask_dtype(cfg))
         with acc.accumulate(model):
             out = modeling.forward_loss(model, ids, labels, mask, run.loss_cfg, cfg.train.action_head_weight,
                                         cfg.data.chunk_size, batch.world_rows())
@@ -274,7 +274,7 @@ def evaluate(run: Run, val: TrainSet) -> dict:
     for b in range(n_batches):
         lo = (b * acc.num_processes + acc.process_index) * per
         batch = collate([val[int(i)] for i in order[lo: lo + per]], cfg.data.max_seq_len)
-        mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device)
+        mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device, modeling.mask_dtype(cfg))
         out = modeling.forward_loss(run.model, batch.input_ids.to(acc.device), batch.labels.to(acc.device), mask,
                                     run.loss_cfg, cfg.train.action_head_weight, cfg.data.chunk_size, batch.world_rows())
         part_sums, part_counts = {k: 0.0 for k in TERMS}, {k: 0 for k in TERMS}

@@ -17,7 +17,8 @@ import torch
 from worldvla.config import ConfigError
 from worldvla.model.action_head import ActionHead
 from worldvla.model.loading import load_checkpoint, save_state_dict
-from worldvla.model.masks import ActionLayout, batch_mask
+from worldvla.model.layout import ActionLayout
+from worldvla.model.masks import batch_mask, to_additive
 from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.recipe import Recipe, tokenizer_files
 from worldvla.train import lora
@@ -36,8 +37,8 @@ def build_model(cfg):
     > 0 the model gets peft adapters and only they (and the head) train, in fp32; the frozen base is in
     lora.base_dtype (bf16 on a GPU with bf16 training) (train/lora.py).
 
-    The model's own `gradient_checkpointing` stays off: the trainer wraps the layers itself
-    (distributed.apply_activation_checkpointing), the same way in every parallel mode.
+    Activation checkpointing is the trainer's (distributed.apply_activation_checkpointing), the same way in
+    every parallel mode.
     """
     model, mcfg = _build(cfg)
     if lora.enabled(cfg):  # after the head is attached: it trains whole, the backbone through adapters
@@ -98,13 +99,18 @@ def size(model_cfg) -> tuple[int, int, int]:
 
 
 # -- mask and loss ------------------------------------------------------------------------------
-def attention_mask(batch, action_mask: bool, device) -> torch.Tensor | None:
-    """(B, 1, L, L) bool mask with WorldVLA's action rule, or None (plain causal: SDPA's fused causal
-    kernel) when `action_mask` is off or no row has an action block that the rule isolates."""
+def attention_mask(batch, action_mask: bool, device, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """(B, 1, L, L) additive mask in `dtype` with WorldVLA's action rule, or None (plain causal: SDPA's fused
+    causal kernel) when `action_mask` is off or no row has an action block that the rule isolates."""
     L = batch.input_ids.shape[1]
     if not action_mask or not any(ActionLayout.from_spans(s, L).isolated() for s in batch.spans):
         return None
-    return batch_mask(batch.spans, L, action_mask=True).to(device, non_blocking=True)
+    return to_additive(batch_mask(batch.spans, L, action_mask=True).to(device, non_blocking=True), dtype)
+
+
+def mask_dtype(cfg) -> torch.dtype:
+    """The dtype attention runs in under `train.precision` (the additive mask's dtype)."""
+    return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
 
 def loss_config(cfg):
