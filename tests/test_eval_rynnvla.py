@@ -140,9 +140,12 @@ def test_head_sizes_are_read_from_its_tensors():
 def run_cli(ckpt, out, *extra):
     from worldvla.eval.libero import main
 
-    return main([f"policy={ckpt}", "env_factory=worldvla.eval.fake_env:FakeEnv", "suites=[libero_goal]",
-                 "tasks=[0]", "num_trials=2", "max_steps=6", "num_workers=0", "policy_threads=1", "videos=none",
-                 f"output_dir={out}", *extra])
+    try:  # bad input ends the CLI with SystemExit(2): return that status, as a shell sees it
+        return main([f"policy={ckpt}", "env_factory=worldvla.eval.fake_env:FakeEnv", "suites=[libero_goal]",
+                     "tasks=[0]", "num_trials=2", "max_steps=6", "num_workers=0", "policy_threads=1", "videos=none",
+                     f"output_dir={out}", *extra])
+    except SystemExit as exit_:
+        return exit_.code
 
 
 def test_cli_runs_both_modes_and_records_the_mode(ckpt, tmp_path, capsys):

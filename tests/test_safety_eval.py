@@ -28,7 +28,9 @@ def test_resume_with_swapped_weights_is_refused(tiny_assets, tmp_path, capsys):
     episodes = (out / "episodes.jsonl").read_bytes()
     write_tiny_checkpoint(ckpt, tiny_assets, seed=1)  # other weights at the same path
     capsys.readouterr()
-    assert main(args) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"{out / 'run.json'}: weights: the policy's files differ" in err and "mix two models" in err
     assert (out / "episodes.jsonl").read_bytes() == episodes  # nothing recorded was changed
@@ -87,4 +89,6 @@ def test_merge_refuses_shards_of_different_weights(tiny_assets, tmp_path, caplog
     assert f"{tmp_path / 's1b'} and {tmp_path / 's0'} ran different weights" in msg
     assert f"weights.sha256 {fb[:12]}" in msg and fa[:12] in msg
     assert not (tmp_path / "m2").exists()  # nothing written for a refused merge
-    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1b"), "--out", str(tmp_path / "m3")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1b"), "--out", str(tmp_path / "m3")])
+    assert exit_.value.code == 2

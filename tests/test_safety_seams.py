@@ -233,7 +233,9 @@ def test_corrupt_eval_run_json_is_named(tiny_assets, tmp_path, capsys):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "run.json").write_text('{"config": {"suites": [')  # killed mid-write by another tool
-    assert main(FAKE + [f"policy={ckpt}", f"output_dir={out}"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(FAKE + [f"policy={ckpt}", f"output_dir={out}"])
+    assert exit_.value.code == 2
     assert f"error: {out / 'run.json'}: not valid JSON" in capsys.readouterr().err
 
 
@@ -243,7 +245,9 @@ def test_chunk_size_beyond_the_context_is_refused_before_any_episode(tiny_assets
 
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt", tiny_assets, seed=0, chunk_size=100000)
     out = tmp_path / "eval"
-    assert main(FAKE + [f"policy={ckpt}", f"output_dir={out}"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(FAKE + [f"policy={ckpt}", f"output_dir={out}"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"error: {ckpt / 'worldvla.json'}: chunk_size: chunk_size=100000" in err and "max_seq_len" in err
     assert not (out / "episodes.jsonl").exists()

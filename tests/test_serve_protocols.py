@@ -212,8 +212,9 @@ def test_serve_config_fields_from_the_cli():
 def test_worldvla_serve_command_parses_the_serve_config(capsys):
     from worldvla.cli import main
 
-    assert main(["serve", "protocol=grpc"]) == 2
-    assert "protocol must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "protocol=grpc"])
+    assert exit_.value.code == 2 and "protocol must be one of" in capsys.readouterr().err
 
 
 def test_openpi_and_vla_eval_survive_garbage(rng):

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 from worldvla.config import ConfigError, parse_cli
+from worldvla.errors import exit_on_input_errors
 
 from .config import EvalConfig
 from .merge import merge_runs
@@ -34,15 +35,8 @@ def _merge_main(argv: list[str]) -> int:
     cfg = parse_cli(MergeConfig, argv, description="merge shard outputs of one evaluation into one summary",
                     prog="python -m worldvla.eval.libero merge", positional="dirs")
     if not cfg.dirs:
-        print("error: name the shard output directories (merge DIR [DIR ...] [--out DIR])", file=sys.stderr)
-        return 2
-
-    try:
-        summary = merge_runs(cfg.dirs, cfg.out)
-    except (FileNotFoundError, ValueError) as err:  # shards of different runs or weights: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    _print_summary(summary)
+        raise ConfigError("name the shard output directories (merge DIR [DIR ...] [--out DIR])")
+    _print_summary(merge_runs(cfg.dirs, cfg.out))  # shards of different runs or weights: one line (main)
     return 0
 
 
@@ -59,26 +53,22 @@ def _print_summary(summary: dict) -> None:
         print(f"warning: {w}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "merge":
         return _merge_main(argv[1:])
-    try:
-        cfg = parse_cli(EvalConfig, argv, description=__doc__)
-    except (ValueError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
+    cfg = parse_cli(EvalConfig, argv, description=__doc__)
     try:
         summary = Evaluation(cfg).execute()
-    except (ResumeMismatch, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     _print_summary(summary)
     return 0
+
+
+# A bad value, a resume into a run of other weights or settings, a missing file: one `error:` line, exit 2.
+main = exit_on_input_errors(_main, ResumeMismatch, FileNotFoundError, ValueError)
 
 
 if __name__ == "__main__":

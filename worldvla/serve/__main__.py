@@ -8,6 +8,7 @@ import logging
 import sys
 
 from worldvla.config import ConfigError, parse_cli
+from worldvla.errors import exit_on_input_errors
 from worldvla.policy import interface
 from worldvla.policy.decode import compile_step_for
 from worldvla.policy.seeding import seed_everything
@@ -15,23 +16,20 @@ from worldvla.policy.seeding import seed_everything
 from .server import PolicyServer, ServeConfig
 
 
+def _config_and_policy(argv: list[str] | None) -> tuple[ServeConfig, object]:
+    cfg = parse_cli(ServeConfig, argv, description=__doc__)
+    if cfg.policy.startswith(("ws://", "wss://")):
+        raise ConfigError("policy must be a checkpoint dir or module:factory, not another server")
+    seed_everything(cfg.seed)
+    policy = interface.load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
+                                   compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
+    return cfg, policy
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = parse_cli(ServeConfig, argv, description=__doc__)
-    except (ValueError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if cfg.policy.startswith(("ws://", "wss://")):
-        print("error: policy must be a checkpoint dir or module:factory, not another server", file=sys.stderr)
-        return 2
-    seed_everything(cfg.seed)
-    try:
-        policy = interface.load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                             compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # a bad value or checkpoint: one `error:` line, exit 2 (errors while serving keep their traceback)
+    cfg, policy = exit_on_input_errors(_config_and_policy, ValueError)(argv)
     seed_everything(cfg.seed)  # again: torch is imported by now
     server = PolicyServer.from_config(policy, cfg)
     try:
