@@ -30,6 +30,7 @@ TARGETS = {
     "worldvla.data.regenerate": ("worldvla.data.regenerate:RegenerateConfig", None),
     "libero_util/regenerate.py": ("worldvla.data.regenerate:RegenerateConfig", None),
     "libero_util/save_img_action.py": ("worldvla.data.export:ExportConfig", None),
+    "worldvla.data.export": ("worldvla.data.export:ExportConfig", None),
     "worldvla.data.conversations": ("worldvla.data.conversations:ConversationsConfig", None),
     "data/conversations.py": ("worldvla.data.conversations:ConversationsConfig", None),
     "worldvla.data.pretokenize": ("worldvla.data.pretokenize:PretokenizeConfig", None),

@@ -15,6 +15,7 @@ COMMANDS = {
     "record-demos": ("worldvla.data.record_scripted", "scripted expert -> raw LIBERO demo HDF5"),
     "lerobot-import": ("worldvla.data.lerobot", "LeRobot v2.x / v3.0 dataset -> per-episode HDF5 (+ frame folders)"),
     "regenerate": ("worldvla.data.regenerate", "replay raw demos at 256/512 px with the no-op filter"),
+    "export": ("worldvla.data.export", "regenerated HDF5 -> the official per-frame folders (regenerate does it with export_dir)"),
     "conversations": ("worldvla.data.conversations", "regenerated HDF5 -> conversation JSON splits"),
     "pretokenize": ("worldvla.data.pretokenize", "conversation JSON -> token shards"),
     "concat": ("worldvla.data.concat", "concatenate action + world shards into one training set"),
