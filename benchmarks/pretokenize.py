@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from worldvla.config import parse_cli
+from worldvla.recipe import Recipe
 
 
 @dataclass
@@ -58,8 +59,7 @@ def run(cfg: BenchConfig, res: int, root: Path) -> dict:
 
     assets = make_tiny_assets(root / "assets")
     write_export(root / f"exp{res}", res, cfg.n_traj, cfg.n_frames, cfg.seed)
-    files = generate(ConversationsConfig(base_dir=root / f"exp{res}", output_dir=root / f"convs{res}", resolution=res,
-                                         train_ratio=1.0))
+    files = generate(ConversationsConfig(base_dir=root / f"exp{res}", output_dir=root / f"convs{res}", train_ratio=1.0, recipe=Recipe(resolution=res)))
     inputs = [files["train"]["world"], files["train"]["action"]]
     n = sum(len(json.loads(p.read_text())) for p in inputs)
     t0 = time.perf_counter()

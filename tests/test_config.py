@@ -85,10 +85,10 @@ def test_train_overrides_read_by_the_declared_type_in_every_form():
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1e-5
     assert type(cfg.train.max_steps) is int and cfg.train.max_steps == 3
     assert cfg.model.action_mask is False and cfg.data.kinds == ["world"] and cfg.train.betas == [0.9, 0.99]
-    assert cfg.data.resolution == 64  # from configs/tiny.yaml: --config_path is --config
+    assert cfg.data.recipe.resolution == 64  # from configs/tiny.yaml: --config_path is --config
     for flag in (["--config", str(ROOT / "configs" / "tiny.yaml")], [f"--config={ROOT / 'configs' / 'tiny.yaml'}"],
                  ["--config-path", str(ROOT / "configs" / "tiny.yaml")]):
-        assert parse_cli(TrainConfig, flag).data.resolution == 64
+        assert parse_cli(TrainConfig, flag).data.recipe.resolution == 64
 
 
 def test_values_follow_the_field_type_not_yaml_guessing():

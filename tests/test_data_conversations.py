@@ -14,6 +14,7 @@ from worldvla.data.conversations import (
     scan,
     split_assignment,
 )
+from worldvla.recipe import Recipe
 
 TINY = np.zeros((4, 4, 3), np.uint8)
 
@@ -39,8 +40,7 @@ def make_export(root, tasks: dict[str, int], n_frames=3, wrist=False, state=Fals
 
 def test_action_and_world_windows(tmp_path):
     base = make_export(tmp_path / "exp", {"put_the_bowl_on_the_stove": 1}, n_frames=7, wrist=True, state=True)
-    cfg = ConversationsConfig(base_dir=base, output_dir=tmp_path / "convs", task_name="goal", his=2, len_action=5,
-                              with_wrist=True, with_state=True)
+    cfg = ConversationsConfig(base_dir=base, output_dir=tmp_path / "convs", task_name="goal", recipe=Recipe(history=2, chunk_size=5, with_wrist=True, with_state=True))
     files = generate(cfg)
     action = json.loads(files["train"]["action"].read_text())
     world = json.loads(files["train"]["world"].read_text())
@@ -65,7 +65,7 @@ def test_action_and_world_windows(tmp_path):
 
 def test_worldvla_mode_and_names(tmp_path):
     base = make_export(tmp_path / "exp", {"a_task": 1}, n_frames=3)
-    cfg = ConversationsConfig(base_dir=base, output_dir=tmp_path / "c", task_name="goal", his=2, len_action=2)
+    cfg = ConversationsConfig(base_dir=base, output_dir=tmp_path / "c", task_name="goal", recipe=Recipe(history=2, chunk_size=2))
     files = generate(cfg)
     assert files["train"]["action"].name == "libero_goal_his_2_train_img_only_ck_2_256.json"
     assert files["val_ood"]["world"].name == "libero_goal_his_1_val_ood_a2i_256.json"
@@ -75,7 +75,7 @@ def test_worldvla_mode_and_names(tmp_path):
     world = json.loads(files["train"]["world"].read_text())
     assert world[0]["conversations"][0]["value"].endswith("actions.<|image|><|action|>")
     assert world[0]["conversations"][1]["value"] == "<|image|>"
-    names = output_names(ConversationsConfig(task_name="10", with_state=True, len_action=10, resolution=512), "val_ind")
+    names = output_names(ConversationsConfig(task_name="10", recipe=Recipe(with_state=True, chunk_size=10, resolution=512)), "val_ind")
     assert names["action"] == "libero_10_his_2_val_ind_third_view_w_state_10_512.json"
 
 
@@ -92,9 +92,9 @@ def test_official_split_is_lexicographic_disjoint_and_deterministic(tmp_path):
     all_pairs = [p for s in split.values() for p in s]
     assert len(all_pairs) == len(set(all_pairs)) == 121
     # files are byte-identical across runs; random mode is seeded, same sizes, disjoint
-    cfg = ConversationsConfig(base_dir=base, output_dir=tmp_path / "c1", len_action=1)
+    cfg = ConversationsConfig(base_dir=base, output_dir=tmp_path / "c1", recipe=Recipe(chunk_size=1))
     f1 = generate(cfg)
-    f2 = generate(ConversationsConfig(base_dir=base, output_dir=tmp_path / "c2", len_action=1))
+    f2 = generate(ConversationsConfig(base_dir=base, output_dir=tmp_path / "c2", recipe=Recipe(chunk_size=1)))
     for s in f1:
         for k in f1[s]:
             assert f1[s][k].read_bytes() == f2[s][k].read_bytes()
@@ -109,8 +109,7 @@ def test_official_split_is_lexicographic_disjoint_and_deterministic(tmp_path):
 
 def test_shuffle_is_seeded(tmp_path):
     base = make_export(tmp_path / "exp", {"t": 3}, n_frames=6)
-    runs = [generate(ConversationsConfig(base_dir=base, output_dir=tmp_path / f"s{i}", shuffle=True, seed=s,
-                                         len_action=1, world_model=False))["train"]["action"]
+    runs = [generate(ConversationsConfig(base_dir=base, output_dir=tmp_path / f"s{i}", shuffle=True, seed=s, world_model=False, recipe=Recipe(chunk_size=1)))["train"]["action"]
             for i, s in enumerate((1, 1, 2))]
     a, b, c = (json.loads(p.read_text()) for p in runs)
     assert a == b and a != c and sorted(map(json.dumps, a)) == sorted(map(json.dumps, c))
@@ -128,8 +127,7 @@ def test_missing_image_names_trajectory(tmp_path):
 def test_language_instruction_option(tmp_path):
     base = make_export(tmp_path / "exp", {"LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket": 1},
                        n_frames=2)
-    f = generate(ConversationsConfig(base_dir=base, output_dir=tmp_path / "c", instruction="language", len_action=1,
-                                     world_model=False))
+    f = generate(ConversationsConfig(base_dir=base, output_dir=tmp_path / "c", instruction="language", world_model=False, recipe=Recipe(chunk_size=1)))
     text = json.loads(f["train"]["action"].read_text())[0]["conversations"][0]["value"]
     assert text.startswith("What action should the robot take to put both the alphabet soup and the tomato sauce")
     assert "LIVING" not in text

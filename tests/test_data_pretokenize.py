@@ -15,6 +15,7 @@ from PIL import Image
 from worldvla.data.conversations import ConversationsConfig, generate
 from worldvla.data.pretokenize import TokenizerOptions
 from worldvla.data.sequence import RecordError, SequenceBuilder
+from worldvla.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 256
@@ -35,13 +36,12 @@ def convs(tmp_path_factory):
             for d in ("imgs_third_view", "imgs_wrist"):
                 img = rng.integers(0, 256, (RES // 8, RES // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
                 Image.fromarray(img).save(trj / d / f"image_{j}.png")
-    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", his=2, len_action=2,
-                                         with_wrist=True, with_state=True, train_ratio=1.0))
+    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", train_ratio=1.0, recipe=Recipe(history=2, chunk_size=2, with_wrist=True, with_state=True)))
     return root, files["train"]["action"], files["train"]["world"]
 
 
 def tok_cfg(assets, **kw):
-    return TokenizerOptions(path=assets.root, resolution=RES, **kw)
+    return TokenizerOptions(path=assets.root, recipe=Recipe(resolution=RES, **kw))
 
 
 def run_pretok(inputs, out, assets, **kw):
@@ -68,7 +68,8 @@ def test_pretokenized_equals_on_the_fly_and_builder(convs, tiny_assets, text_tok
     ids = np.load(tmp_path / "tok" / "shards" / "shard_00000" / "input_ids.npy", mmap_mode="r")
     assert ids.dtype == np.uint32 and isinstance(ids, np.memmap)
     pre = PretokenizedDataset(tmp_path / "tok")
-    fly = OnTheFlyDataset([action_json, world_json], tok_cfg(tiny_assets).recipe(), tiny_assets.root)
+    fly = OnTheFlyDataset([action_json, world_json], tok_cfg(tiny_assets).recipe.with_tokenizer(tiny_assets.root),
+                          tiny_assets.root)
     builder = SequenceBuilder(text_tokenizer, image_tokenizer.image_to_tokens)  # independent path, default stats
     records = json.loads(action_json.read_text()) + json.loads(world_json.read_text())
     assert len(pre) == len(fly) == 12 and pre.lengths.sum() == manifest["n_tokens"]
@@ -143,7 +144,8 @@ def test_frame_cache_is_shared_between_runs(convs, tiny_assets, tmp_path):
     assert a["timing"]["frames_encoded_this_run"] == 0  # the action set uses the same frames
     from worldvla.data.datasets import OnTheFlyDataset, PretokenizedDataset
 
-    fly = OnTheFlyDataset([action_json], tok_cfg(tiny_assets).recipe(), tiny_assets.root, frame_cache=cache)
+    fly = OnTheFlyDataset([action_json], tok_cfg(tiny_assets).recipe.with_tokenizer(tiny_assets.root), tiny_assets.root,
+                          frame_cache=cache)
     same_sample(fly[3], PretokenizedDataset(tmp_path / "a")[3])
     assert fly.sources[0].tok.n_encoded == 0  # read from the cache
     (cache / "cache.json").write_text(json.dumps({"resolution": 512}))

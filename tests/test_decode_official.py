@@ -227,7 +227,7 @@ def test_auto_resolves_by_checkpoint_kind():
 def test_auto_is_official_for_an_official_folder_and_parallel_for_ours(tiny_assets, tmp_path):
     import shutil
 
-    from worldvla.policy.interface import load_policy, policy_info
+    from worldvla.policy.interface import PolicySource, load_policy, policy_info
     from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "ours", tiny_assets, chunk_size=5)
@@ -238,7 +238,7 @@ def test_auto_is_official_for_an_official_folder_and_parallel_for_ours(tiny_asse
     with one_torch_thread():
         assert policy_info(load_policy(str(ckpt)))["decode_mode"] == "parallel"
         settings = {"chunk_size": 5, "resolution": 256, "action_stats": "worldvla"}
-        pol = load_policy(str(official), tokenizer=str(ckpt / "tokenizer"), settings=settings)
+        pol = load_policy(PolicySource(str(official), tokenizer=str(ckpt / "tokenizer"), recipe=settings))
         assert policy_info(pol)["decode_mode"] == "official"
         assert load_policy(str(ckpt), decode="sequential").decode_mode == "sequential"
 

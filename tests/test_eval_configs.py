@@ -37,7 +37,7 @@ def test_preset_loads_and_is_protocol_exact(path):
     assert cfg.resolution == res and cfg.num_trials == 50 and cfg.max_steps is None and not cfg.invert_gripper
     assert cfg.suites == (list(SUITES) if suite.endswith("4suites") else [suite])
     rynn = path.stem.startswith("rynnvla002_")
-    assert cfg.action_mode == mode and (mode is not None) == rynn
+    assert cfg.policy.action_mode == mode and (mode is not None) == rynn
     assert (cfg.expect_wrist, cfg.expect_state) == ((True, True) if rynn else (None, None))
     info = policy_info(HashPolicy(resolution=res, uses_wrist=rynn, uses_state=rynn))
     assert deviations(cfg, info, lambda s: 90 if s == "libero_90" else 10) == []

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worldvla.config import parse_cli
+from worldvla.config import ConfigError, parse_cli
 from worldvla.eval.config import EvalConfig
-from worldvla.policy.interface import load_policy
+from worldvla.policy.interface import PolicySource, load_policy
 from worldvla.serve.server import ServeConfig
 from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
 from worldvla.tokenizers import load_stats
@@ -31,12 +31,11 @@ def official_layout(tmp_path_factory, tiny_assets):
 
 def test_settings_and_tokenizer_from_the_command_line(official_layout):
     ckpt, tok = official_layout
-    cfg = parse_cli(EvalConfig, [f"policy={ckpt}", f"tokenizer={tok}",
-                                 "policy_settings={chunk_size: 10, resolution: 256, action_stats: worldvla}",
+    cfg = parse_cli(EvalConfig, [f"policy={ckpt}", f"policy.tokenizer={tok}",
+                                 "policy.recipe={chunk_size: 10, resolution: 256, action_stats: worldvla}",
                                  "decode.mode=parallel"])  # K constrained blocks (auto: official for this folder)
     with one_torch_thread():
-        policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                             decode=cfg.decode.mode)
+        policy = load_policy(cfg.policy, cfg.device, decode=cfg.decode.mode)
         frame = np.zeros((256, 256, 3), np.uint8)
         actions = policy.predict("pick up the bowl", [frame, frame])
     assert policy.chunk_size == 10 and actions.shape == (10, 7)
@@ -46,10 +45,10 @@ def test_unknown_official_folder_without_settings_is_refused(official_layout):
     """No warning-and-guess: an unlisted folder without worldvla.json needs the fields that differ
     between released setups, and the error names the ones missing."""
     ckpt, tok = official_layout
-    with pytest.raises(ValueError, match=r"chunk_size, resolution, action_stats.*policy_settings"):
-        load_policy(str(ckpt), tokenizer=str(tok))
+    with pytest.raises(ValueError, match=r"chunk_size, resolution, action_stats.*policy.recipe"):
+        load_policy(PolicySource(str(ckpt), tokenizer=str(tok)))
     with pytest.raises(ValueError, match=r"Pass resolution, action_stats \("):
-        load_policy(str(ckpt), tokenizer=str(tok), settings={"chunk_size": 10})
+        load_policy(PolicySource(str(ckpt), tokenizer=str(tok), recipe={"chunk_size": 10}))
 
 
 def test_missing_tokenizer_names_the_folder_and_the_fix(official_layout):
@@ -60,19 +59,19 @@ def test_missing_tokenizer_names_the_folder_and_the_fix(official_layout):
 
 def test_settings_are_refused_for_non_checkpoints(official_layout):
     with pytest.raises(ValueError, match="checkpoint directory"):
-        load_policy("ws://127.0.0.1:1", settings={"chunk_size": 10})
+        load_policy(PolicySource("ws://127.0.0.1:1", recipe={"chunk_size": 10}))
 
 
 def test_unknown_setting_is_an_error(official_layout):
     ckpt, tok = official_layout
-    with pytest.raises(TypeError, match="chunk_sise"):
-        load_policy(str(ckpt), tokenizer=str(tok), settings={"chunk_sise": 10})
+    with pytest.raises(ConfigError, match=r"policy.recipe: unknown key\(s\) \['chunk_sise'\] for Recipe"):
+        load_policy(PolicySource(str(ckpt), tokenizer=str(tok), recipe={"chunk_sise": 10}))
 
 
 def test_serve_accepts_the_same_fields(official_layout):
     ckpt, tok = official_layout
-    cfg = parse_cli(ServeConfig, [f"policy={ckpt}", f"tokenizer={tok}", "policy_settings={resolution: 512}"])
-    assert cfg.tokenizer == str(tok) and cfg.policy_settings == {"resolution": 512}
+    cfg = parse_cli(ServeConfig, [f"policy={ckpt}", f"policy.tokenizer={tok}", "policy.recipe={resolution: 512}"])
+    assert cfg.policy == PolicySource(str(ckpt), str(tok), {"resolution": 512})
 
 
 # --- the table of released checkpoints -------------------------------------------------------------
@@ -132,11 +131,11 @@ def released_layout(official_layout, tmp_path_factory):
 def test_released_folder_gets_its_settings_from_the_table(released_layout):
     local, tok = released_layout
     with one_torch_thread():
-        policy = load_policy(str(local), tokenizer=str(tok))  # no policy_settings: libero_10 is K = 10
+        policy = load_policy(PolicySource(str(local), tokenizer=str(tok)))  # no recipe given: libero_10 is K = 10
         assert (policy.chunk_size, policy.history, policy.resolution, policy.settings.family) == (10, 2, 256, "worldvla")
         assert policy.settings.extra["official_checkpoint"] == "Alibaba-DAMO-Academy/WorldVLA/model_256/libero_10"
         assert policy.action_tok.stats == load_stats("worldvla")
-        explicit = load_policy(str(local), tokenizer=str(tok), settings={"chunk_size": 3})  # explicit values win
+        explicit = load_policy(PolicySource(str(local), str(tok), {"chunk_size": 3}))  # explicit values win
         assert explicit.chunk_size == 3 and explicit.resolution == 256
         shutil.copytree(tok, local.parents[1] / "chameleon" / "tokenizer")  # a full download of the hub repo
         assert load_policy(str(local)).chunk_size == 10  # finds ckpts/worldvla/chameleon/tokenizer itself
@@ -156,7 +155,7 @@ def test_hub_id_arrives_through_the_cache_and_gets_the_table(released_layout, tm
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with one_torch_thread():
-        policy = load_policy("Alibaba-DAMO-Academy/WorldVLA/model_512/libero_goal", tokenizer=str(tok))
+        policy = load_policy(PolicySource("Alibaba-DAMO-Academy/WorldVLA/model_512/libero_goal", tokenizer=str(tok)))
     assert (policy.chunk_size, policy.resolution) == (5, 512)
     assert policy.settings.extra["official_checkpoint"] == "Alibaba-DAMO-Academy/WorldVLA/model_512/libero_goal"
 
@@ -164,8 +163,8 @@ def test_hub_id_arrives_through_the_cache_and_gets_the_table(released_layout, tm
 def test_unknown_family_is_an_error(official_layout):
     ckpt, tok = official_layout
     with pytest.raises(ValueError, match="family: 'openvla' not one of"):
-        load_policy(str(ckpt), tokenizer=str(tok), settings={"chunk_size": 5, "resolution": 256,
-                                                             "action_stats": "worldvla", "family": "openvla"})
+        load_policy(PolicySource(str(ckpt), str(tok), {"chunk_size": 5, "resolution": 256, "action_stats": "worldvla",
+                                                       "family": "openvla"}))
 
 
 def test_released_rynnvla002_folder_runs_with_wrist_state_and_head(tiny_assets, tmp_path):
@@ -177,7 +176,7 @@ def test_released_rynnvla002_folder_runs_with_wrist_state_and_head(tiny_assets, 
     (folder / "worldvla.json").unlink()
     shutil.move(str(folder / "tokenizer"), str(tmp_path / "tok"))
     with one_torch_thread():
-        policy = load_policy(str(folder), tokenizer=str(tmp_path / "tok"))
+        policy = load_policy(PolicySource(str(folder), tokenizer=str(tmp_path / "tok")))
         assert (policy.uses_wrist, policy.uses_state, policy.action_mode, policy.settings.family) == \
             (True, True, "continuous", "rynnvla002")
         assert policy.action_tok.stats == load_stats("rynnvla_action")

@@ -152,15 +152,15 @@ def test_cli_runs_both_modes_and_records_the_mode(ckpt, tmp_path, capsys):
     fingerprints = {}
     for mode in ("discrete", "continuous"):
         out = tmp_path / mode
-        assert run_cli(ckpt, out, f"action_mode={mode}", "expect_wrist=true", "expect_state=true") == 0
+        assert run_cli(ckpt, out, f"policy.recipe.action_mode={mode}", "expect_wrist=true", "expect_state=true") == 0
         run = json.loads((out / "run.json").read_text())
-        assert run["config"]["action_mode"] == mode and run["policy"]["action_mode"] == mode
+        assert run["config"]["policy"]["recipe"]["action_mode"] == mode and run["policy"]["action_mode"] == mode
         assert run["policy"]["uses_wrist"] and run["policy"]["uses_state"]
         recs = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
         assert len(recs) == 2 and all(r["status"] != "error" for r in recs), recs
         fingerprints[mode] = {r["fingerprint"] for r in recs}
     assert not fingerprints["discrete"] & fingerprints["continuous"]  # the modes executed different actions
-    assert run_cli(ckpt, tmp_path / "continuous", "action_mode=discrete") == 2  # resume with the other mode: refused
+    assert run_cli(ckpt, tmp_path / "continuous", "policy.recipe.action_mode=discrete") == 2  # resume with the other mode: refused
     assert "different settings" in capsys.readouterr().err
     assert run_cli(ckpt, tmp_path / "x", "expect_wrist=false") == 2
     assert "reads the wrist view" in capsys.readouterr().err
@@ -168,15 +168,15 @@ def test_cli_runs_both_modes_and_records_the_mode(ckpt, tmp_path, capsys):
 
 def test_server_round_trip_in_continuous_mode(ckpt, rng):
     pytest.importorskip("websockets")
-    from worldvla.policy.interface import load_policy
+    from worldvla.policy.interface import PolicySource, load_policy
     from worldvla.serve.server import PolicyServer
 
     with one_torch_thread():
-        policy = load_policy(str(ckpt), action_mode="continuous")
+        policy = load_policy(PolicySource(str(ckpt), recipe={"action_mode": "continuous"}))
         server = PolicyServer(policy, port=0)
         url = server.start_in_thread()
         try:
-            remote = load_policy(url, action_mode="continuous")
+            remote = load_policy(PolicySource(url, recipe={"action_mode": "continuous"}))
             assert remote.action_mode == "continuous" and remote.uses_wrist and remote.uses_state
             texts = ["open the drawer", "turn on the stove"]
             thirds, wrists = [frames(rng, 1), frames(rng, 2)], [frames(rng, 1), frames(rng, 2)]
@@ -184,7 +184,7 @@ def test_server_round_trip_in_continuous_mode(ckpt, rng):
             got = remote.predict_batch(texts, thirds, wrists, states)
             want = [policy.predict(t, th, w, s) for t, th, w, s in zip(texts, thirds, wrists, states)]
             with pytest.raises(ValueError, match="runs action_mode=continuous"):
-                load_policy(url, action_mode="discrete")
+                load_policy(PolicySource(url, recipe={"action_mode": "discrete"}))
             remote.close()
         finally:
             server.stop()

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from worldvla.data.conversations import ConversationsConfig, output_names
+from worldvla.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "lerobot" / "lr_v30_image"
@@ -54,8 +55,7 @@ def test_lerobot_v3_dataset_to_training_shards(tiny_assets, tmp_path):
 
     cli("data/conversations.py", f"base_dir={exp}", f"output_dir={convs}", "task_name=lerobot", f"resolution={RES}",
         f"his={HIS}", f"len_action={K}", "with_wrist=true", "with_state=true")
-    names = output_names(ConversationsConfig(task_name="lerobot", resolution=RES, his=HIS, len_action=K,
-                                             with_wrist=True, with_state=True), "train")
+    names = output_names(ConversationsConfig(task_name="lerobot", recipe=Recipe(resolution=RES, history=HIS, chunk_size=K, with_wrist=True, with_state=True)), "train")
     action_json, world_json = convs / names["action"], convs / names["world"]
     actions = json.loads(action_json.read_text())
     assert len(actions) == sum(n - K + 1 for n in LENGTHS)  # 3 tasks x 1 episode, all in train

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from worldvla.eval import open_loop as OL
+from worldvla.recipe import Recipe
 from worldvla.tokenizers.action import NORM_EPS, ActionTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -68,8 +69,7 @@ def test_hand_set_policy_gives_the_exact_per_position_errors(tmp_path):
     bins = np.concatenate([rng.integers(60, 190, (n_frames, 6)), np.where(np.arange(n_frames) % 3 == 0, 12, 250)[:, None]],
                           axis=1) + tok.first_bin_id - 1  # bins well inside the range: no clipping at +k
     _export(tmp_path / "export", n_frames, bins, tok)
-    files = generate(ConversationsConfig(base_dir=tmp_path / "export", output_dir=tmp_path / "convs", task_name="t",
-                                         resolution=R, len_action=K, his=2, train_ratio=1.0))
+    files = generate(ConversationsConfig(base_dir=tmp_path / "export", output_dir=tmp_path / "convs", task_name="t", train_ratio=1.0, recipe=Recipe(resolution=R, chunk_size=K, history=2)))
     policy = ShiftedPolicy(bins)
     res = OL.run(OL.OpenLoopConfig(inputs=[str(files["train"]["action"])], out_dir=str(tmp_path / "out"), batch_size=3),
                  policy=policy)

@@ -17,7 +17,6 @@ from worldvla.recipe import Recipe, sha256_file
 from worldvla.stats import RYNNVLA_ACTION_STATS, WORLDVLA_ACTION_STATS
 from worldvla.train.config import DataOptions
 from worldvla.train.data import check_shards
-from worldvla.train.modeling import data_recipe
 
 W = {"min": list(WORLDVLA_ACTION_STATS.min), "max": list(WORLDVLA_ACTION_STATS.max)}
 R = {"min": list(RYNNVLA_ACTION_STATS.min), "max": list(RYNNVLA_ACTION_STATS.max)}
@@ -94,7 +93,8 @@ def test_fingerprint_is_the_manifest_format(tiny_assets):
 
     recipe = Recipe(resolution=64).with_tokenizer(tiny_assets.root)
     assert recipe.fingerprint() == _old_fingerprint(tiny_assets)
-    assert json.dumps(TokenizerOptions(path=tiny_assets.root, resolution=64).recipe().fingerprint()) == \
+    opts = TokenizerOptions(path=tiny_assets.root, recipe=Recipe(resolution=64))
+    assert json.dumps(opts.recipe.with_tokenizer(opts.path).fingerprint()) == \
         json.dumps(_old_fingerprint(tiny_assets))  # same keys, same order
     back = Recipe.from_fingerprint(_old_fingerprint(tiny_assets, world=R))
     assert back.resolution == 64 and back.world_action_stats == R and back.tokenizer_sha256 == _hashes(tiny_assets)
@@ -122,27 +122,28 @@ def _manifest(tok: dict, kinds=None) -> dict:
 def test_shard_mismatch_messages_are_unchanged(tiny_assets):
     """The messages the field-by-field check gave before the Recipe, for the same manifests and data sections
     (now check_shards: the data section's Recipe against each manifest's, by Recipe.diff)."""
-    cfg = DataOptions(tokenizer=tiny_assets.root, resolution=256)
+    cfg = DataOptions(tokenizer=tiny_assets.root, recipe=Recipe(resolution=256))
     with pytest.raises(ConfigError) as err:
-        check_shards([_manifest(_old_fingerprint(tiny_assets, resolution=64))], data_recipe(cfg))
-    assert str(err.value) == ("data/shards_x was tokenised at 64 px but data.resolution=256; fix data.resolution "
+        check_shards([_manifest(_old_fingerprint(tiny_assets, resolution=64))], cfg.recipe)
+    assert str(err.value) == ("data/shards_x was tokenised at 64 px but data.recipe.resolution=256; fix data.recipe.resolution "
                               "or point data.train at the matching shards")
-    cfg = DataOptions(tokenizer=tiny_assets.root, resolution=64)
+    cfg = DataOptions(tokenizer=tiny_assets.root, recipe=Recipe(resolution=64))
     with pytest.raises(ConfigError) as err:
-        check_shards([_manifest(_old_fingerprint(tiny_assets, action=R, world=W))], data_recipe(cfg))
-    assert str(err.value) == (f"data/shards_x was tokenised with action min/max {R} but data.action_stats='worldvla' "
+        check_shards([_manifest(_old_fingerprint(tiny_assets, action=R, world=W))], cfg.recipe)
+    assert str(err.value) == (f"data/shards_x was tokenised with action min/max {R} but data.recipe.action_stats='worldvla' "
                               f"is {W}")
     with pytest.raises(ConfigError) as err:
-        check_shards([_manifest(_old_fingerprint(tiny_assets, world=R))], data_recipe(cfg))
+        check_shards([_manifest(_old_fingerprint(tiny_assets, world=R))], cfg.recipe)
     assert str(err.value) == (f"data/shards_x was tokenised with world action stats min/max {R} but "
-                              f"data.world_action_stats (empty: data.action_stats)='worldvla' is {W}")
+                              f"data.recipe.world_action_stats (null: data.recipe.action_stats)='worldvla' is {W}")
     # world statistics of shards without world samples are not compared; matching shards pass
-    check_shards([_manifest(_old_fingerprint(tiny_assets, world=R), {"action": 3, "world": 0})], data_recipe(cfg))
-    check_shards([_manifest(_old_fingerprint(tiny_assets))], data_recipe(cfg))
-    cfg = DataOptions(tokenizer=tiny_assets.root, resolution=64, with_state=True, state_stats="rynnvla_action")
-    with pytest.raises(ConfigError, match="tokenised with state stats min/max .* but data.state_stats="
+    check_shards([_manifest(_old_fingerprint(tiny_assets, world=R), {"action": 3, "world": 0})], cfg.recipe)
+    check_shards([_manifest(_old_fingerprint(tiny_assets))], cfg.recipe)
+    cfg = DataOptions(tokenizer=tiny_assets.root, recipe=Recipe(resolution=64, with_state=True,
+                                                                     state_stats="rynnvla_action"))
+    with pytest.raises(ConfigError, match="tokenised with state stats min/max .* but data.recipe.state_stats="
                                           "'rynnvla_action' is"):
-        check_shards([_manifest(_old_fingerprint(tiny_assets))], data_recipe(cfg))
+        check_shards([_manifest(_old_fingerprint(tiny_assets))], cfg.recipe)
 
 
 def test_official_table_gives_a_recipe():
@@ -195,11 +196,11 @@ def pipeline(tmp_path_factory, tiny_assets):
     root = tmp_path_factory.mktemp("recipe_pipeline")
     recipe = Recipe(chunk_size=K, history=2, resolution=64, action_stats="rynnvla_action")
     write_trajectories(root / "export", n_tasks=1, n_traj=2, n_frames=K + 2, resolution=64)
-    files = generate(ConversationsConfig.from_recipe(recipe, base_dir=root / "export", output_dir=root / "convs",
-                                                     task_name="t", train_ratio=1.0))
+    files = generate(ConversationsConfig(recipe=recipe, base_dir=root / "export", output_dir=root / "convs",
+                                         task_name="t", train_ratio=1.0))
     manifest = pretokenize(PretokenizeConfig(inputs=[files["train"]["action"], files["train"]["world"]],
                                              out_dir=root / "tokens",
-                                             tokenizer=TokenizerOptions.from_recipe(recipe, tiny_assets.root)))
+                                             tokenizer=TokenizerOptions(path=tiny_assets.root, recipe=recipe)))
     return recipe, files["train"], root / "tokens", manifest
 
 
@@ -213,30 +214,31 @@ def test_conversations_take_k_history_and_views_from_the_recipe(pipeline):
     assert files["action"].name == f"libero_t_his_2_train_img_only_ck_{K}_64.json"  # the official name carries K
 
 
-def test_conversations_config_is_a_recipe_under_its_cli_names():
+def test_conversations_config_holds_a_recipe_and_reads_its_official_cli_names():
+    from worldvla.config import load_config
     from worldvla.data.conversations import ConversationsConfig
 
     recipe = Recipe(chunk_size=10, history=3, resolution=512, with_state=True, with_wrist=True)
-    cfg = ConversationsConfig.from_recipe(recipe, task_name="10")
-    assert (cfg.len_action, cfg.his, cfg.resolution, cfg.with_state, cfg.with_wrist) == (10, 3, 512, True, True)
-    assert cfg.recipe().differing(recipe, ["chunk_size", "history", "resolution", "with_state", "with_wrist"]) == []
-    with pytest.raises(TypeError, match=r"\['len_action'\] come from the recipe \(chunk_size\)"):
-        ConversationsConfig.from_recipe(recipe, len_action=5)
+    with pytest.warns(FutureWarning, match="`len_action` is deprecated, write `recipe.chunk_size`"):
+        cfg = load_config(ConversationsConfig, None, ["task_name=10", "len_action=10", "his=3", "resolution=512",
+                                                      "with_state=true", "with_wrist=true"])
+    assert cfg == ConversationsConfig(recipe=recipe, task_name="10")
+    assert cfg.recipe.differing(recipe, ["chunk_size", "history", "resolution", "with_state", "with_wrist"]) == []
 
 
 def test_manifest_fingerprint_is_the_training_recipes(pipeline, tiny_assets):
     """The shards record Recipe.fingerprint of the recipe they were made with, and that is the fingerprint of
-    the training config's Recipe (data_recipe) when the config says the same; the training set accepts them."""
+    the training config's Recipe (data.recipe) when the config says the same; the training set accepts them."""
     from worldvla.train.data import TrainSet
 
     recipe, _, shards, manifest = pipeline
-    data = DataOptions(train=[shards], tokenizer=tiny_assets.root, resolution=64, chunk_size=K,
-                       action_stats="rynnvla_action")
+    data = DataOptions(train=[shards], tokenizer=tiny_assets.root,
+                       recipe=Recipe(resolution=64, chunk_size=K, action_stats="rynnvla_action"))
     assert manifest["tokenizer"] == recipe.with_tokenizer(tiny_assets.root).fingerprint()
-    assert manifest["tokenizer"] == data_recipe(data).with_tokenizer(tiny_assets.root).fingerprint()
+    assert manifest["tokenizer"] == data.recipe.with_tokenizer(tiny_assets.root).fingerprint()
     assert Recipe.from_fingerprint(manifest["tokenizer"]).differing(recipe, ["resolution", "action_stats"]) == []
     dataset = TrainSet([shards], ["action", "world"], 4096, data=data)
-    check_shards(dataset.manifests(), data_recipe(data))  # agrees: no error
+    check_shards(dataset.manifests(), data.recipe)  # agrees: no error
     action = next(dataset[i] for i in range(len(dataset)) if dataset.parts[0].kind(i) == "action")
     assert len(action.spans_of("action")) == K
 
@@ -246,18 +248,16 @@ def test_shards_of_another_recipe_are_refused_naming_the_field(pipeline, tiny_as
 
     _, _, shards, _ = pipeline
     dataset = TrainSet([shards], ["action", "world"], 4096)
-    base = {"train": [shards], "tokenizer": tiny_assets.root, "chunk_size": K, "action_stats": "rynnvla_action"}
-    with pytest.raises(ConfigError, match=f"^{shards} was tokenised at 64 px but data.resolution=128; "):
-        check_shards(dataset.manifests(), data_recipe(DataOptions(**base, resolution=128)))
+    base = {"chunk_size": K, "action_stats": "rynnvla_action"}
+    with pytest.raises(ConfigError, match=f"^{shards} was tokenised at 64 px but data.recipe.resolution=128; "):
+        check_shards(dataset.manifests(), Recipe(**base, resolution=128))
     with pytest.raises(ConfigError, match=fr"^{shards} was tokenised with action min/max .* but "
-                                          r"data.action_stats='worldvla' is"):
-        check_shards(dataset.manifests(), data_recipe(DataOptions(**{**base, "action_stats": "worldvla"},
-                                                                  resolution=64)))
+                                          r"data.recipe.action_stats='worldvla' is"):
+        check_shards(dataset.manifests(), Recipe(**{**base, "action_stats": "worldvla"}, resolution=64))
     # the world samples were binned with the action statistics too: naming others for them is refused
     with pytest.raises(ConfigError, match=r"tokenised with world action stats min/max .* but "
-                                          r"data.world_action_stats='worldvla' is"):
-        check_shards(dataset.manifests(), data_recipe(DataOptions(**base, resolution=64,
-                                                                  world_action_stats="worldvla")))
+                                          r"data.recipe.world_action_stats='worldvla' is"):
+        check_shards(dataset.manifests(), Recipe(**base, resolution=64, world_action_stats="worldvla"))
 
 
 def test_on_the_fly_set_tokenises_with_the_recipe_and_checks_its_tokenizer_files(pipeline, tiny_assets):
@@ -279,14 +279,14 @@ def test_on_the_fly_set_tokenises_with_the_recipe_and_checks_its_tokenizer_files
 
 def test_checkpoint_export_writes_the_runs_recipe_and_from_pretrained_reads_it(tiny_assets, tmp_path):
     """export_checkpoint saves the run's Recipe (Recipe.save) with the step, the head and the copies' hashes
-    (by default the data section's, data_recipe); WorldVLAPolicy.from_pretrained runs with that recipe."""
+    (by default the data section's, data.recipe); WorldVLAPolicy.from_pretrained runs with that recipe."""
     from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.testing.tiny_model import make_tiny_model
     from worldvla.train.config import TrainConfig
     from worldvla.train.modeling import export_checkpoint
 
     cfg = TrainConfig()
-    cfg.data.tokenizer, cfg.data.chunk_size, cfg.data.resolution = tiny_assets.root, K, 64
+    cfg.data.tokenizer, cfg.data.recipe.chunk_size, cfg.data.recipe.resolution = tiny_assets.root, K, 64
     model = make_tiny_model(0)
     run_recipe = Recipe(chunk_size=K, history=1, resolution=64, action_stats="rynnvla_action", with_wrist=True)
     for folder, recipe in ((tmp_path / "given", run_recipe), (tmp_path / "default", None)):
@@ -296,6 +296,6 @@ def test_checkpoint_export_writes_the_runs_recipe_and_from_pretrained_reads_it(t
     assert back.differing(run_recipe, ["chunk_size", "history", "resolution", "action_stats", "with_wrist"]) == []
     assert (back.step, back.tokenizer_sha256) == (3, _hashes(tiny_assets))
     default = Recipe.from_file(tmp_path / "default" / "worldvla.json")
-    assert default.differing(data_recipe(cfg.data).with_tokenizer(tiny_assets.root).replace(step=3)) == []
+    assert default.differing(cfg.data.recipe.with_tokenizer(tiny_assets.root).replace(step=3)) == []
     policy = WorldVLAPolicy.from_pretrained(tmp_path / "given")
     assert policy.settings.differing(back) == [] and policy.chunk_size == K

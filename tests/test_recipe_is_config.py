@@ -91,6 +91,141 @@ def test_old_keys_move_to_their_new_place_with_a_note(tmp_path):
                      "override len_action: `len_action` is deprecated, write `recipe.chunk_size`"]
     new, none = loaded(Stage, None, ["recipe.history=3", "recipe.chunk_size=10", "name=s"])
     assert new == cfg and none == []
-    assert from_dict(Stage, {"his": 4}).recipe.history == 4
-    with pytest.raises(ConfigError, match="override len_action=ten: cannot read 'ten' as int"):
+    with pytest.warns(FutureWarning, match="`his` is deprecated"):
+        assert from_dict(Stage, {"his": 4}).recipe.history == 4
+    with pytest.raises(ConfigError, match="override len_action=ten: cannot read 'ten' as int"), \
+            pytest.warns(FutureWarning):
         load_config(Stage, overrides=["len_action=ten"])  # the old key is read as the new field's type
+
+
+# -- the stage configs -------------------------------------------------------------------------------
+def stage_configs() -> list[type]:
+    from worldvla.data.conversations import ConversationsConfig
+    from worldvla.data.pretokenize import PretokenizeConfig
+    from worldvla.eval.config import EvalConfig
+    from worldvla.serve.server import ServeConfig
+    from worldvla.train.config import TrainConfig
+
+    return [ConversationsConfig, PretokenizeConfig, TrainConfig, EvalConfig, ServeConfig]
+
+
+# Fields of a stage config named like a Recipe field on purpose, each with the reason.
+ALLOWED = {
+    ("EvalConfig", "resolution"): "rollout override: the render resolution (a protocol deviation, reported)",
+    ("EvalConfig", "history"): "rollout override: frames per query (a protocol deviation, reported)",
+    ("ModelOptions", "action_head"): "another knob: whether training attaches the continuous head (a bool)",
+    ("TrainOptions", "lora"): "the LoRA settings of the run; Recipe.lora is their record in the checkpoint",
+}
+
+
+def sections(cls) -> list[type]:
+    """`cls` and every config section below it (the Recipe itself excluded)."""
+    import typing
+
+    from worldvla.config import _section_type
+
+    found = [cls]
+    for tp in typing.get_type_hints(cls).values():
+        section = _section_type(tp)
+        if section is not None and section is not Recipe and section not in found:
+            found += sections(section)
+    return found
+
+
+def test_no_stage_config_redeclares_a_recipe_field():
+    recipe_fields = set(Recipe.__dataclass_fields__)
+    seen, clashes = set(), []
+    for root in stage_configs():
+        for cls in sections(root):
+            for name in cls.__dataclass_fields__:
+                seen.add((cls.__name__, name))
+                if name in recipe_fields and (cls.__name__, name) not in ALLOWED:
+                    clashes.append(f"{cls.__name__}.{name}")
+    assert clashes == [], f"these fields copy the Recipe's: nest `recipe: Recipe` instead: {clashes}"
+    assert set(ALLOWED) <= seen, f"allow-listed fields that no longer exist: {sorted(set(ALLOWED) - seen)}"
+
+
+def test_the_stages_hold_the_recipe_itself():
+    import typing
+
+    from worldvla.data.conversations import ConversationsConfig
+    from worldvla.data.pretokenize import TokenizerOptions
+    from worldvla.train.config import DataOptions
+
+    for cls in (ConversationsConfig, TokenizerOptions, DataOptions):
+        assert typing.get_type_hints(cls)["recipe"] is Recipe, cls
+
+
+def sample_value(new_key: str) -> str:
+    """A value for the field at `new_key` other than its default, as CLI text."""
+    leaf = new_key.split(".")[-1]
+    return {"chunk_size": "7", "history": "3", "resolution": "128", "action_stats": "rynnvla_action",
+            "world_action_stats": "worldvla", "state_stats": "worldvla", "with_state": "true", "with_wrist": "true",
+            "tokenizer": "some/tokenizer", "recipe": "{chunk_size: 10, action_stats: worldvla}",
+            "action_mode": "continuous"}[leaf]
+
+
+def renamed_keys() -> list[tuple[type, str, str]]:
+    """(root config, old dotted key, new dotted key) for every `renamed` entry of every stage config."""
+    import typing
+
+    out = []
+
+    def walk(cls, prefix, root):
+        for old, new in getattr(cls, "renamed", {}).items():
+            out.append((root, prefix + old, prefix + new))
+        for name, tp in typing.get_type_hints(cls).items():
+            from worldvla.config import _section_type
+
+            section = _section_type(tp)
+            if section is not None and section is not Recipe:
+                walk(section, f"{prefix}{name}.", root)
+
+    for root in stage_configs():
+        walk(root, "", root)
+    return out
+
+
+@pytest.mark.parametrize("root, old, new", renamed_keys(), ids=lambda x: getattr(x, "__name__", x))
+def test_old_keys_still_load_to_the_same_values_with_a_note(root, old, new):
+    value = sample_value(new)
+    got, notes = loaded(root, None, [f"{old}={value}"])
+    want, none = loaded(root, None, [f"{new}={value}"])
+    assert got == want and got != root() and none == []
+    assert notes == [f"override {old}: `{old}` is deprecated, write `{new}`"]
+
+
+def test_the_keys_of_before_load_from_yaml_files(tmp_path):
+    from worldvla.eval.config import EvalConfig
+    from worldvla.train.config import TrainConfig
+
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  chunk_size: 10\n  resolution: 512\n  world_action_stats: ''\n  with_state: true\n")
+    new = tmp_path / "new.yaml"
+    new.write_text("data:\n  recipe: {chunk_size: 10, resolution: 512, with_state: true}\n")
+    (got, notes), (want, none) = loaded(TrainConfig, old), loaded(TrainConfig, new)
+    assert got == want and none == [] and len(notes) == 4
+    assert notes[0] == f"{old}: `data.chunk_size` is deprecated, write `data.recipe.chunk_size`"
+    assert got.data.recipe.world_action_stats is None  # "" was the old spelling of "same as action_stats"
+    old.write_text("policy: ckpt\ntokenizer: tok\npolicy_settings: {chunk_size: 10}\naction_mode: continuous\n")
+    cfg, notes = loaded(EvalConfig, old, ["policy=other"])  # the shorthand keeps the section's other keys
+    assert (cfg.policy.path, cfg.policy.tokenizer, cfg.policy.recipe) == (
+        "other", "tok", {"chunk_size": 10, "action_mode": "continuous"})
+    assert len(notes) == 3
+
+
+@pytest.mark.parametrize("stage, override, named", [
+    ("train", "data.source=jsonl", "data.source: 'jsonl' not one of ['shards', 'conversations']"),
+    ("train", "data.kinds=[action,reward]", "data.kinds[1]: 'reward' not one of ['action', 'world']"),
+    ("train", "data.recipe.family=openvla", "data.recipe.family: 'openvla' not one of ['worldvla', 'rynnvla002']"),
+    ("conversations", "recipe.action_mode=regression", "recipe.action_mode: 'regression' not one of"),
+    ("eval", "decode.mode=fastest", "decode.mode: 'fastest' not one of ['auto', 'parallel', 'sequential'"),
+    ("eval", "videos=sometimes", "videos: 'sometimes' not one of ['none', 'failures', 'all']"),
+    ("eval", "policy.recipe={action_mode: regression}", "policy.recipe.action_mode: 'regression' not one of"),
+    ("serve", "protocol=grpc", "protocol: 'grpc' not one of ['worldvla', 'openpi', 'vla-eval']"),
+])
+def test_stage_choices_reject_a_bad_value_in_one_line(stage, override, named):
+    root = dict(zip(("conversations", "pretokenize", "train", "eval", "serve"), stage_configs()))[stage]
+    with pytest.raises(ValueError) as err:
+        load_config(root, None, [override])
+    assert named in str(err.value) and "\n" not in str(err.value)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from worldvla.data.lerobot import LeRobotError, LeRobotImportConfig, convert
+from worldvla.recipe import Recipe
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +55,7 @@ def wide_convs(tmp_path_factory):
         np.save(trj / "action" / f"action_{j}.npy", rng.uniform(-0.9, 0.9, 7))
         img = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)  # 96 x 128
         Image.fromarray(img).save(trj / "imgs" / f"image_{j}.png")
-    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", his=1, len_action=1,
-                                         train_ratio=1.0))
+    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", train_ratio=1.0, recipe=Recipe(history=1, chunk_size=1)))
     return root / "exp", files["train"]["action"]
 
 
@@ -69,7 +69,7 @@ def test_pretokenize_refuses_other_sizes_and_resizes_on_request(wide_convs, tiny
 
     def cfg(out, **tok):
         return PretokenizeConfig(inputs=[convs], out_dir=out, tokenizer=TokenizerOptions(
-            path=tiny_assets.root, resolution=RES, **tok))
+            path=tiny_assets.root, recipe=Recipe(resolution=RES), **tok))
 
     refused = r"frame is 128x96 px, the model resolution is 64: resize it .* tokenizer.resize=true \(pretokenize\)"
     with pytest.raises(RecordError, match=refused):
@@ -91,10 +91,10 @@ def test_on_the_fly_training_data_resizes_as_pretokenize(wide_convs, tiny_assets
     from worldvla.data.shards import ShardReader
 
     _, convs = wide_convs
-    opts = TokenizerOptions(path=tiny_assets.root, resolution=RES, resize=True)
+    opts = TokenizerOptions(path=tiny_assets.root, recipe=Recipe(resolution=RES), resize=True)
     pretokenize(PretokenizeConfig(inputs=[convs], out_dir=tmp_path / "set", tokenizer=opts))
     shard = ShardReader(tmp_path / "set" / "shards" / "shard_00000")
-    fly = OnTheFlyDataset([convs], opts.recipe(), tiny_assets.root, resize=True)
+    fly = OnTheFlyDataset([convs], opts.recipe.with_tokenizer(tiny_assets.root), tiny_assets.root, resize=True)
     assert [fly[i].input_ids for i in range(len(fly))] == [shard.sample(i).input_ids for i in range(len(shard))]
     with pytest.raises(RecordError, match="data.resize=true"):
-        OnTheFlyDataset([convs], opts.recipe(), tiny_assets.root)[0]
+        OnTheFlyDataset([convs], opts.recipe.with_tokenizer(tiny_assets.root), tiny_assets.root)[0]

@@ -15,6 +15,7 @@ from PIL import Image
 from worldvla.data.conversations import ConversationsConfig, generate
 from worldvla.data.pretokenize import TokenizerOptions
 from worldvla.errors import InputFileError
+from worldvla.recipe import Recipe
 
 RES = 256
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -35,15 +36,14 @@ def convs(tmp_path_factory):
             for d in ("imgs_third_view", "imgs_wrist"):
                 img = rng.integers(0, 256, (RES // 8, RES // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
                 Image.fromarray(img).save(trj / d / f"image_{j}.png")
-    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", his=2, len_action=2,
-                                         with_wrist=True, with_state=True, train_ratio=1.0))
+    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", train_ratio=1.0, recipe=Recipe(history=2, chunk_size=2, with_wrist=True, with_state=True)))
     return root, files["train"]["action"]
 
 
 def cfg_for(inputs, out, assets, **kw):
     from worldvla.data.pretokenize import PretokenizeConfig
 
-    kw.setdefault("tokenizer", TokenizerOptions(path=assets.root, resolution=RES))
+    kw.setdefault("tokenizer", TokenizerOptions(path=assets.root, recipe=Recipe(resolution=RES)))
     return PretokenizeConfig(inputs=list(inputs), out_dir=out, **kw)
 
 
@@ -75,8 +75,8 @@ def test_refused_rerun_keeps_the_finished_set_and_names_the_difference(convs, ti
     assert f"inputs: ['{action_json}'] -> ['{changed}']" in msg and ".sha256" in msg
     with pytest.raises(FinishedSetError, match=r"tokenizer\.action_stats: .*shard_size: 2 -> 3"):
         pretokenize(cfg_for([action_json], out, tiny_assets, shard_size=3,
-                            tokenizer=TokenizerOptions(path=tiny_assets.root, resolution=RES,
-                                                      action_stats="rynnvla_action")))
+                            tokenizer=TokenizerOptions(path=tiny_assets.root, recipe=Recipe(
+                                resolution=RES, action_stats="rynnvla_action"))))
     assert snapshot(out) == before  # nothing finished was deleted or changed
     assert len(PretokenizedDataset(out)) == len(records)
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from worldvla.config import ConfigError, load_config
 from worldvla.errors import InputFileError
+from worldvla.recipe import Recipe
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,15 +33,14 @@ def convs(tmp_path_factory):
     for j in range(2):
         np.save(trj / "action" / f"action_{j}.npy", rng.uniform(-0.9, 0.9, 7))
         Image.fromarray(rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)).save(trj / "imgs" / f"image_{j}.png")
-    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", his=1, len_action=1,
-                                         train_ratio=1.0))
+    files = generate(ConversationsConfig(base_dir=root / "exp", output_dir=root / "convs", train_ratio=1.0, recipe=Recipe(history=1, chunk_size=1)))
     return files["train"]["action"]
 
 
 def pretok_cfg(inputs, out, assets, **kw):
     from worldvla.data.pretokenize import PretokenizeConfig, TokenizerOptions
 
-    tok = TokenizerOptions(path=assets.root, resolution=RES, **kw.pop("tokenizer", {}))
+    tok = TokenizerOptions(path=assets.root, recipe=Recipe(resolution=RES, **kw.pop("tokenizer", {})))
     return PretokenizeConfig(inputs=list(inputs), out_dir=out, tokenizer=tok, **kw)
 
 

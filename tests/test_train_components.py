@@ -30,7 +30,7 @@ def test_every_preset_loads_and_validates(path):
     overrides = ["data.train=[shared/base/has/no/data]"] if path.name in BASES else []
     cfg = load_config(TrainConfig, path, overrides)
     cfg.validate()
-    assert cfg.data.history == 2 and cfg.train.world_weight == 0.04
+    assert cfg.data.recipe.history == 2 and cfg.train.world_weight == 0.04
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -38,7 +38,7 @@ def test_every_preset_loads_and_validates(path):
 def test_suite_presets_follow_the_paper(suite, res):
     cfg = load_config(TrainConfig, CONFIGS / f"libero_{suite}_{res}.yaml")
     t = cfg.train
-    assert (cfg.data.resolution, cfg.data.chunk_size) == (res, SUITES[suite])
+    assert (cfg.data.recipe.resolution, cfg.data.recipe.chunk_size) == (res, SUITES[suite])
     assert (t.lr, t.min_lr, t.warmup_epochs, t.weight_decay, t.betas) == (5e-6, 5e-6, 0.01, 0.1, [0.9, 0.95])
     assert (t.epochs, t.batch_size, t.clip_grad, t.seed, t.z_loss_weight) == (40, 8, 4.0, 0, 1e-5)
     assert (cfg.model.dropout, cfg.data.max_seq_len, cfg.model.action_mask) == (0.05, 4096, True)
@@ -68,14 +68,14 @@ def test_rynnvla002_presets_follow_the_released_scripts(suite):
     disc = load_config(TrainConfig, CONFIGS / f"rynnvla002_{suite}_256_discrete.yaml").validate()
     cont = load_config(TrainConfig, CONFIGS / f"rynnvla002_{suite}_256_continuous.yaml").validate()
     for cfg in (disc, cont):
-        d, t = cfg.data, cfg.train
+        d, t = cfg.data.recipe, cfg.train
         assert (d.resolution, d.history, d.chunk_size, d.with_wrist, d.with_state) == (256, 2, k, True, True)
         assert (d.action_stats, d.world_action_stats, d.state_stats) == ("rynnvla_action", "worldvla", "rynnvla_state")
         assert (t.lr, t.min_lr, t.weight_decay, cfg.model.dropout) == (lr, lr, wd, dropout)
         assert (t.epochs, t.batch_size, t.warmup_epochs, t.clip_grad, t.z_loss_weight, t.world_weight) == (
             40, 8, 0.01, 4.0, 1e-5, 0.04)
-        assert d.val == [] and sorted(d.kinds) == ["action", "world"]  # --train_only on all splits
-        (train,) = d.train
+        assert cfg.data.val == [] and sorted(cfg.data.kinds) == ["action", "world"]  # --train_only on all splits
+        (train,) = cfg.data.train
         assert train.name == f"libero_{suite}_his_2_all_third_view_wrist_w_state_{k}_a2i_256.json"
     assert disc.model.action_head is False and cont.model.action_head is True
     assert cont.train.action_head_weight == 10.0 and cont.model.action_head_config == {}  # official head sizes
@@ -89,10 +89,10 @@ def test_continuous_head_config_errors():
     assert (cfg.proj_dim, cfg.hidden_size, cfg.chunk_size, cfg.num_layers, cfg.loss_weight) == (32, 64, 5, 2, 10.0)
     with pytest.raises(ConfigError, match=r"model.action_head_config: unknown field\(s\) \['proj'\]"):
         head_config({"proj": 32}, 64, 5, 10.0)
-    with pytest.raises(ConfigError, match="data.chunk_size"):
+    with pytest.raises(ConfigError, match="data.recipe.chunk_size"):
         head_config({"chunk_size": 3}, 64, 5, 10.0)
-    with pytest.raises(ConfigError, match="model.action_head needs data.chunk_size >= 2"):
-        load_config(TrainConfig, CONFIGS / "tiny_rynnvla002.yaml", ["data.chunk_size=1"]).validate()
+    with pytest.raises(ConfigError, match="model.action_head needs data.recipe.chunk_size >= 2"):
+        load_config(TrainConfig, CONFIGS / "tiny_rynnvla002.yaml", ["data.recipe.chunk_size=1"]).validate()
 
 
 def test_deepspeed_zero3_config_through_accelerate(monkeypatch):

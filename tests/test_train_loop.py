@@ -173,7 +173,7 @@ def test_killed_run_resumes_on_the_same_curve(tiny_data, tmp_path):
 # -- every launcher runs (a real preset, shrunk to the tiny model) ---------------------------------------
 def test_a_paper_preset_script_runs_two_steps(tiny_data, tmp_path):
     res = _script("train_libero_10_512.sh", _overrides(tiny_data, tmp_path, **{
-        "model.preset": "tiny", "model.init_from": "''", "data.val": "[]", "data.resolution": 64,
+        "model.preset": "tiny", "model.init_from": "''", "data.val": "[]", "data.recipe.resolution": 64,
         "data.num_workers": 0, "train.precision": "fp32", "train.batch_size": 2, "train.max_steps": 2}), NGPU="1")
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = tmp_path / "checkpoints" / "step_00000002"
@@ -224,8 +224,8 @@ def test_resolution_mismatch_is_named(tiny_data, tmp_path):
     from worldvla.config import ConfigError
     from worldvla.train.loop import train
 
-    cfg = load_config(TrainConfig, TINY, _overrides(tiny_data, tmp_path, **{"data.resolution": 256}))
-    with pytest.raises(ConfigError, match="tokenised at 64 px but data.resolution=256"):
+    cfg = load_config(TrainConfig, TINY, _overrides(tiny_data, tmp_path, **{"data.recipe.resolution": 256}))
+    with pytest.raises(ConfigError, match="tokenised at 64 px but data.recipe.resolution=256"):
         train(cfg)
 
 

@@ -81,8 +81,8 @@ def test_batches_equal_the_shards(tiny, tmp_path):
     # a resumed run's data position, tokenised in a loader worker process (one VQ-GAN for both files)
     _same(_batches(convs, conv_cfg, 5, 2, workers=1), _batches(shards, shards_cfg, 5, 2))
     check_views(convs, d)  # the layout check reads the records
-    with pytest.raises(ConfigError, match=r"data.train\[1\] = .*action.*hold up to 2 images, but data.history=3"):
-        check_views(convs, _conv_cfg(tiny, tmp_path, **{"data.history": 3}).data)
+    with pytest.raises(ConfigError, match=r"data.train\[1\] = .*action.*hold up to 2 images, but data.recipe.history=3"):
+        check_views(convs, _conv_cfg(tiny, tmp_path, **{"data.recipe.history": 3}).data)
 
 
 def test_kind_filter_matches_the_kind_shards(tiny, tmp_path):

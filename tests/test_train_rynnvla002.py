@@ -6,7 +6,7 @@
   and enters the total with train.action_head_weight;
 - the saved head reloads (model.init_from) and predicts what the trained head predicted;
 - every head parameter gets a gradient on every micro-batch, and FSDP on 2 CPU processes matches one process;
-- data.with_wrist / with_state that do not describe the shards are clear errors.
+- data.recipe.with_wrist / with_state that do not describe the shards are clear errors.
 """
 
 import json
@@ -47,7 +47,7 @@ def test_rynnvla002_preset_script_runs_two_steps(rynn_data, tmp_path):
     env.pop("ACCELERATE_CONFIG", None)
     args = _overrides(rynn_data, tmp_path, **{
         "model.preset": "tiny", "model.init_from": "''", "model.action_head_config": SMALL_HEAD,
-        "data.resolution": 64, "data.num_workers": 0, "train.precision": "fp32", "train.batch_size": 4,
+        "data.recipe.resolution": 64, "data.num_workers": 0, "train.precision": "fp32", "train.batch_size": 4,
         "train.max_steps": 2, "data.batching": "random"})
     res = subprocess.run(["bash", str(ROOT / "exps" / "train_rynnvla002_goal_256_continuous.sh"), *args], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -200,13 +200,13 @@ def test_every_head_parameter_gets_a_gradient_on_every_micro_batch():
 def test_view_and_state_flags_must_match_the_shards(rynn_data, tmp_path):
     from worldvla.train.loop import train
 
-    for flag, pattern in (("data.with_wrist=false", r"data.train\[0\] = .*up to 4 images.*data.with_wrist=false"),
-                          ("data.with_state=false", r"data.train\[0\] = .*carry a state block but data.with_state=false"),
-                          ("data.history=1", r"up to 4 images, but data.history=1 x 2 view")):
+    for flag, pattern in (("data.recipe.with_wrist=false", r"data.train\[0\] = .*up to 4 images.*data.recipe.with_wrist=false"),
+                          ("data.recipe.with_state=false", r"data.train\[0\] = .*carry a state block but data.recipe.with_state=false"),
+                          ("data.recipe.history=1", r"up to 4 images, but data.recipe.history=1 x 2 view")):
         cfg = load_config(TrainConfig, TINY, _overrides(rynn_data, tmp_path / flag, **dict([flag.split("=")])))
         with pytest.raises(ConfigError, match=pattern):
             train(cfg)
-    cfg = load_config(TrainConfig, TINY, _overrides(rynn_data, tmp_path / "stats", **{"data.world_action_stats": "''"}))
-    with pytest.raises(ConfigError, match=r"world action stats min/max .* but data.world_action_stats \(empty: "
-                                          r"data.action_stats\)='rynnvla_action'"):
+    cfg = load_config(TrainConfig, TINY, _overrides(rynn_data, tmp_path / "stats", **{"data.recipe.world_action_stats": "''"}))
+    with pytest.raises(ConfigError, match=r"world action stats min/max .* but data.recipe.world_action_stats \(null: "
+                                          r"data.recipe.action_stats\)='rynnvla_action'"):
         train(cfg)

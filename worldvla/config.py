@@ -149,9 +149,10 @@ def _set_path(data: dict, path: list[str], value) -> None:
     node[path[-1]] = merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
 
 
-def upgrade(cls, data: dict, where: str = "config") -> dict:
-    """`data` (a partial mapping of `cls`) with the old keys of `cls.renamed` (and of its sections) moved
-    to their new places, each with a one-line deprecation note, and section shorthands expanded."""
+def upgrade(cls, data: dict, where: str = "config", prefix: str = "") -> dict:
+    """`data` (a partial mapping of `cls`, at `prefix` in the file or override `where`) with the old keys
+    of `cls.renamed` (and of its sections) moved to their new places, each with a one-line deprecation
+    note, and section shorthands expanded."""
     if not isinstance(data, dict) or not _is_dataclass_type(cls):
         return data
     renamed = getattr(cls, "renamed", {})
@@ -159,7 +160,8 @@ def upgrade(cls, data: dict, where: str = "config") -> dict:
     moved = []
     for key, value in data.items():
         if key in renamed and key not in _field_types(cls):
-            warnings.warn(f"{where}: `{key}` is deprecated, write `{renamed[key]}`", FutureWarning, stacklevel=3)
+            warnings.warn(f"{where}: `{prefix}{key}` is deprecated, write `{prefix}{renamed[key]}`", FutureWarning,
+                          stacklevel=3)
             moved.append((renamed[key].split("."), value))
         else:
             out[key] = value
@@ -172,7 +174,7 @@ def upgrade(cls, data: dict, where: str = "config") -> dict:
             continue
         if getattr(section, "shorthand", None) and value is not None and not isinstance(value, (dict, section)):
             value = {section.shorthand: value}
-        out[key] = upgrade(section, value, f"{where}.{key}") if isinstance(value, dict) else value
+        out[key] = upgrade(section, value, where, f"{prefix}{key}.") if isinstance(value, dict) else value
     return out
 
 

@@ -51,6 +51,7 @@ from worldvla.data.conversations import ConversationsConfig, output_names
 from worldvla.data.recording import machine_info
 from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
 from worldvla.eval.results import wilson_interval
+from worldvla.recipe import Recipe
 from worldvla.testing.fixtures import make_tiny_assets
 
 log = logging.getLogger("worldvla.demo")
@@ -101,6 +102,20 @@ class DemoConfig:
     # libero_object frames at 128 px); or a tokenizer folder (text_tokenizer.json, vqgan.yaml, vqgan.ckpt) used as is
     vqgan_fit_steps: int = 200  # optimizer steps of the tiny VQ-GAN's fit to the demo's frames (machine-independent)
     data_from: str = ""  # another demo's out folder: reuse its recorded + regenerated data (no record/regenerate)
+
+
+def _recipe(cfg) -> Recipe:
+    """The demo's Recipe: its resolution, K, views and state, the official history of 2 frames."""
+    return Recipe(chunk_size=cfg.chunk_size, history=2, resolution=cfg.resolution, with_state=cfg.with_state,
+                  with_wrist=cfg.with_wrist)
+
+
+def _recipe_args(prefix: str, cfg) -> list[str]:
+    """The demo's Recipe as `prefix.field=value` overrides (the same for conversations and training)."""
+    r = _recipe(cfg)
+    return [f"{prefix}.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (
+        ("resolution", r.resolution), ("history", r.history), ("chunk_size", r.chunk_size),
+        ("with_state", r.with_state), ("with_wrist", r.with_wrist))]
 
 
 def _stamp(out: Path, stage: str) -> Path:
@@ -283,17 +298,15 @@ def run(cfg: DemoConfig) -> Path:
     views = "[imgs_third_view,imgs_wrist]" if cfg.with_wrist else "[imgs_third_view]"
     times["convs"] = _run(out, "convs", [
         "data/conversations.py", f"base_dir={export}", f"output_dir={convs}", f"task_name={short}",
-        f"resolution={cfg.resolution}", "his=2", f"len_action={cfg.chunk_size}", f"train_ratio={cfg.train_ratio}",
-        f"with_state={str(cfg.with_state).lower()}", f"with_wrist={str(cfg.with_wrist).lower()}", f"img_dirs={views}"])
+        *_recipe_args("recipe", cfg), f"train_ratio={cfg.train_ratio}", f"img_dirs={views}"])
     manifest = convs / f"libero_{short}_{cfg.resolution}_conversations_manifest.json"
     if cfg.claims:
         held_out(manifest)  # fail early when nothing is held out
 
     tok_dir, times["tokenizer"] = _tokenizer(cfg, out, export)
-    names = output_names(ConversationsConfig(task_name=short, resolution=cfg.resolution, his=2,
-                                             len_action=cfg.chunk_size, with_state=cfg.with_state,
-                                             with_wrist=cfg.with_wrist), "train")
-    common = [f"tokenizer.path={tok_dir}", f"tokenizer.resolution={cfg.resolution}", f"frame_cache={tokens / 'frames'}"]
+    names = output_names(ConversationsConfig(task_name=short, recipe=_recipe(cfg)), "train")
+    common = [f"tokenizer.path={tok_dir}", f"tokenizer.recipe.resolution={cfg.resolution}",
+              f"frame_cache={tokens / 'frames'}"]
     times["pretokenize"] = 0.0
     for kind in _kinds(cfg):
         times["pretokenize"] += _run(out, f"pretokenize-{kind}", [
@@ -304,8 +317,7 @@ def run(cfg: DemoConfig) -> Path:
 
     def train_args(folder: Path, extra: list[str]) -> list[str]:
         return ["-m", "worldvla.train", "--config", cfg.train_config, f"data.train=[{train_set}]",
-                f"data.tokenizer={tok_dir}", f"data.resolution={cfg.resolution}", f"data.chunk_size={cfg.chunk_size}",
-                f"data.with_state={str(cfg.with_state).lower()}", f"data.with_wrist={str(cfg.with_wrist).lower()}",
+                f"data.tokenizer={tok_dir}", *_recipe_args("data.recipe", cfg),
                 f"data.kinds=[{','.join(_kinds(cfg))}]",
                 f"train.output_dir={folder}", *_length(cfg), f"train.batch_size={cfg.batch_size}",
                 f"train.lr={cfg.lr}", f"train.min_lr={cfg.min_lr or cfg.lr}", f"train.world_weight={cfg.world_weight}",

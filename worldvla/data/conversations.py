@@ -11,8 +11,8 @@ imgs_wrist, eef_gripper_state}`). Rules (official_format.md §3.2, §10.1):
   `split_mode=random` draws the held-out tasks / trajectories with `seed` instead (same sizes).
 - prompt text: task folder name with underscores -> spaces (official), or the LIBERO language.
 Media paths in the JSON are `base_dir/...` exactly as `base_dir` was given (official behaviour).
-K, M, the views and the state are Recipe fields (worldvla/recipe.py): `ConversationsConfig.recipe()`
-gives them, `ConversationsConfig.from_recipe(recipe, ...)` makes the conversations a recipe trains on.
+K, M, the views and the state are Recipe fields (worldvla/recipe.py): `ConversationsConfig.recipe` holds
+them (`recipe.chunk_size=10`; the official names `his`, `len_action` still load, with a deprecation note).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from worldvla.atomic import atomic_write_json
 from worldvla.config import parse_cli, to_dict
@@ -48,44 +49,27 @@ class ConversationError(ValueError):
 
 @dataclass
 class ConversationsConfig:
+    # the official generators' names of the Recipe fields
+    renamed: ClassVar[dict[str, str]] = {"his": "recipe.history", "len_action": "recipe.chunk_size",
+                                         "resolution": "recipe.resolution", "with_wrist": "recipe.with_wrist",
+                                         "with_state": "recipe.with_state"}
     base_dir: Path = Path("data/processed/libero_goal_image_state_action_t_256")  # export.py output
     output_dir: Path = Path("data/processed/convs")
     task_name: str = "goal"  # suite short name used in the file names (goal, spatial, object, 10)
-    resolution: int = 256  # only used in the file names
-    his: int = 2  # action model: frames of history M (official 2)
-    len_action: int = 5  # action model: chunk K (official 5; 10 for libero_10 / spatial in RynnVLA-002)
+    # what the action samples hold: chunk_size K actions (official 5; 10 for libero_10 / spatial in RynnVLA-002),
+    # history M frames (official 2), with_wrist (third view + wrist per frame) and with_state (the 8-D state of
+    # the current frame, RynnVLA-002); resolution is only used in the file names
+    recipe: Recipe = field(default_factory=Recipe)
     world_his: int = 1  # world model: frames of history (official 1)
-    with_wrist: bool = False  # images per frame: third view + wrist (RynnVLA-002)
-    with_state: bool = False  # add the 8-D state of the current frame (RynnVLA-002)
     img_dirs: list[str] = field(default_factory=list)  # image folders per frame; default imgs or third+wrist
     action_model: bool = True  # write action-model files
     world_model: bool = True  # write world-model files
-    instruction: str = "name"  # name (task folder, official training) | language (LIBERO task.language)
-    split_mode: str = "official"  # official (sorted prefix) | random (seeded choice of held-out tasks/trajs)
+    instruction: Literal["name", "language"] = "name"  # name (task folder, official training) | LIBERO task.language
+    split_mode: Literal["official", "random"] = "official"  # official (sorted prefix) | random (seeded held-out choice)
     train_ratio: float = 0.9  # fraction of tasks in-distribution and of their trajectories in train
     seed: int = 0  # for split_mode=random and shuffle
     shuffle: bool = False  # shuffle the samples inside each output file (seeded)
     strict: bool = True  # a frame with an action but a missing image/state is an error (official: silently dropped)
-
-    # his, len_action, with_wrist, with_state and resolution are the CLI's (official) names of Recipe fields
-    def recipe(self) -> Recipe:
-        """The Recipe fields these conversations fix: K, history, views, state (and the file names' resolution)."""
-        return Recipe(chunk_size=self.len_action, history=self.his, resolution=self.resolution,
-                      with_state=self.with_state, with_wrist=self.with_wrist)
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, **options) -> ConversationsConfig:
-        """Conversations for `recipe` (its chunk_size, history, views, state, resolution); `options`: the
-        other fields (base_dir, output_dir, task_name, world_his, ...)."""
-        clash = sorted(set(options) & set(_RECIPE_KEYS))
-        if clash:
-            raise TypeError(f"{clash} come from the recipe ({', '.join(_RECIPE_KEYS[k] for k in clash)})")
-        return cls(len_action=recipe.chunk_size, his=recipe.history, resolution=recipe.resolution,
-                   with_state=recipe.with_state, with_wrist=recipe.with_wrist, **options)
-
-
-_RECIPE_KEYS = {"len_action": "chunk_size", "his": "history", "resolution": "resolution",
-                "with_state": "with_state", "with_wrist": "with_wrist"}  # CLI key -> Recipe field
 
 
 @dataclass
@@ -109,7 +93,7 @@ def _indexed(folder: Path, prefix: str, suffix: str) -> dict[int, str]:
 
 
 def image_dirs(cfg: ConversationsConfig) -> list[str]:
-    return list(cfg.img_dirs) or (RYNNVLA_IMG_DIRS if cfg.recipe().with_wrist else WORLDVLA_IMG_DIRS)
+    return list(cfg.img_dirs) or (RYNNVLA_IMG_DIRS if cfg.recipe.with_wrist else WORLDVLA_IMG_DIRS)
 
 
 def scan(base_dir: Path, img_dirs: list[str], with_state: bool, strict: bool = True) -> dict[str, list[Trajectory]]:
@@ -203,7 +187,7 @@ def _media(base: str, traj: Trajectory, frame: int, dirs: list[str]) -> list[str
 
 def action_samples(traj: Trajectory, base: str, cfg: ConversationsConfig) -> list[dict]:
     """Action samples of one trajectory, by the recipe of `cfg` (K actions, history frames, state)."""
-    recipe = cfg.recipe()
+    recipe = cfg.recipe
     dirs, frames, out = image_dirs(cfg), traj.frames, []
     instr = instruction_for(traj.task, cfg.instruction)
     root = f"{base}/{traj.task}/{traj.name}"
@@ -237,7 +221,7 @@ def world_samples(traj: Trajectory, base: str, cfg: ConversationsConfig) -> list
 
 def output_names(cfg: ConversationsConfig, split: str) -> dict[str, str]:
     """Official file names: WorldVLA's when neither wrist nor state, else RynnVLA-002's pattern."""
-    recipe = cfg.recipe()
+    recipe = cfg.recipe
     t, r, his, k = cfg.task_name, recipe.resolution, recipe.history, recipe.chunk_size
     if recipe.with_wrist or recipe.with_state:
         img_item = "third_view_wrist" if recipe.with_wrist else "third_view"
@@ -256,9 +240,9 @@ def _write_json(path: Path, data) -> None:
 
 def generate(cfg: ConversationsConfig) -> dict[str, dict[str, Path]]:
     """Write the JSON files; returns {split: {"action"|"world": path}} and a manifest next to them."""
-    recipe = cfg.recipe()
+    recipe = cfg.recipe
     if recipe.history < 1 or recipe.chunk_size < 1 or cfg.world_his < 1:
-        raise ValueError("his, len_action and world_his must be >= 1")
+        raise ValueError("recipe.history, recipe.chunk_size and world_his must be >= 1")
     dirs = image_dirs(cfg)
     tasks = scan(cfg.base_dir, dirs, recipe.with_state, cfg.strict)
     assignment = split_assignment(tasks, cfg.train_ratio, cfg.split_mode, cfg.seed)

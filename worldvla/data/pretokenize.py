@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -65,30 +66,21 @@ MANIFEST = "manifest.json"
 @dataclass
 class TokenizerOptions:
     """The `tokenizer.*` keys of the pretokenize CLI: where the tokenizer files are, how the VQ-GAN runs, and
-    the Recipe fields that change token ids (`recipe()`; the manifest's `tokenizer` is its fingerprint)."""
+    the Recipe whose fields change token ids (resolution, statistics; the manifest's `tokenizer` is the
+    fingerprint of `recipe.with_tokenizer(path)`)."""
 
+    renamed: ClassVar[dict[str, str]] = {k: f"recipe.{k}" for k in ("resolution", "action_stats",
+                                                                    "world_action_stats", "state_stats")}
     path: Path = Path("ckpts/chameleon/tokenizer")  # folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt (or its parent)
-    resolution: int = 256  # image side in px the VQ-GAN sees (256 or 512)
-    action_stats: str = "worldvla"  # preset name or JSON file (min/max of the 7-D actions)
-    world_action_stats: str = ""  # stats for world-model samples; "" = action_stats
-    state_stats: str = "rynnvla_state"  # preset name or JSON file (8-D proprio state)
+    # recipe.resolution: the image side in px the VQ-GAN sees (256 or 512); recipe.action_stats / state_stats:
+    # preset name or JSON file (min/max of the 7-D actions / 8-D state); recipe.world_action_stats: statistics
+    # of world-model samples (null = action_stats)
+    recipe: Recipe = field(default_factory=Recipe)
     device: str = "cpu"  # where the VQ-GAN runs
     resize: bool = False  # frames of another size (e.g. LeRobot 96 x 128) resized to resolution x resolution (PIL
     # bicubic, no crop: RynnVLA-002's LeRobot path); False refuses them. Frames at the resolution are never touched
     image_batch: int = 1  # images per VQ-GAN call; 1 is fastest on CPU and keeps codes independent of batching
     # (>1 speeds up GPUs but near-tie codes may then differ from the on-the-fly path, which encodes one by one)
-
-    def recipe(self) -> Recipe:
-        """The Recipe these options tokenise with, with the sha256 of the files in `path`."""
-        return Recipe(resolution=self.resolution, action_stats=self.action_stats,
-                      world_action_stats=self.world_action_stats or None,
-                      state_stats=self.state_stats).with_tokenizer(self.path)
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, path: str | Path, **options) -> TokenizerOptions:
-        """The options that tokenise with `recipe`'s resolution and statistics (`options`: device, image_batch)."""
-        return cls(path=Path(path), resolution=recipe.resolution, action_stats=recipe.action_stats,
-                   world_action_stats=recipe.world_action_stats or "", state_stats=recipe.state_stats, **options)
 
 
 @dataclass
@@ -344,7 +336,7 @@ def pretokenize(cfg: PretokenizeConfig) -> dict:
 def _pretokenize(cfg: PretokenizeConfig, out_dir: Path, frames_dir: Path) -> dict:
     t0 = time.time()
     records, inputs = load_records(cfg.inputs)
-    recipe = cfg.tokenizer.recipe()
+    recipe = cfg.tokenizer.recipe.with_tokenizer(cfg.tokenizer.path)
     recipe.check_stats()  # before phase 1: a wrong dimension would otherwise show after every frame is encoded
     tok_fp = recipe.fingerprint()
     fp = fingerprint(cfg, inputs, tok_fp)

@@ -10,21 +10,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from worldvla.config import check_literals
 from worldvla.policy.decode import COMPILE_ON_CUDA, DECODE_MODES, DecodeConfig, compile_step_for  # noqa: F401 (re-exported)
-from worldvla.recipe import ACTION_MODES
+from worldvla.policy.interface import PolicySource
 
-VIDEO_MODES = ("none", "failures", "all")
+# The keys eval and serve had before the PolicySource: still read, each with a deprecation note.
+POLICY_RENAMED = {"tokenizer": "policy.tokenizer", "policy_settings": "policy.recipe",
+                  "action_mode": "policy.recipe.action_mode"}
 
 
 @dataclass
 class EvalConfig:
+    renamed: ClassVar[dict[str, str]] = POLICY_RENAMED
     # what to evaluate
-    policy: str = field(default="", metadata={"help": "checkpoint dir, ws://host:port (policy server) or module:factory"})
+    policy: PolicySource = field(default_factory=PolicySource, metadata={"help": "policy.path (or policy=...): checkpoint dir, ws://host:port or module:factory; policy.tokenizer, policy.recipe: see PolicySource"})
     device: str = field(default="cpu", metadata={"help": "torch device of an in-process policy"})
-    action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous (RynnVLA-002 action head); None = the checkpoint's"})
-    tokenizer: str | None = field(default=None, metadata={"help": "folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt, for a checkpoint without tokenizer/ (official release)"})
-    policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one (official release), e.g. {chunk_size: 10, resolution: 512, action_stats: worldvla}"})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decode.mode / decode.compile"})
     expect_wrist: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the wrist view (None = accept either)"})
     expect_state: bool | None = field(default=None, metadata={"help": "refuse a policy that does (not) read the proprio state (None = accept either)"})
@@ -37,6 +39,8 @@ class EvalConfig:
     wait_steps: int = field(default=10, metadata={"help": "dummy steps before the policy acts, not counted in max_steps"})
     seed: int = field(default=7, metadata={"help": "python/numpy/torch seed (protocol: 7)"})
     env_seed: int = field(default=0, metadata={"help": "env.seed() value (WorldVLA/OpenVLA: 0, openpi: 7)"})
+    # The two rollout overrides of the policy's recipe (protocol deviations, reported in every output file): what
+    # the simulator renders and how many frames each query gets; the policy's own recipe is left as it is.
     resolution: int | None = field(default=None, metadata={"help": "render resolution in px (None = the policy's)"})
     rotate180: bool = field(default=True, metadata={"help": "rotate camera images 180 degrees as the training data"})
     history: int | None = field(default=None, metadata={"help": "frames per query M (None = the policy's)"})
@@ -51,16 +55,14 @@ class EvalConfig:
     env_factory: str = field(default="", metadata={"help": "module:callable replacing LiberoEnv (tests only)"})
     # outputs
     output_dir: Path | None = field(default=None, metadata={"help": "default outputs/eval/<suites>_<res>_<policy name>"})
-    videos: str = field(default="failures", metadata={"help": "none | failures | all"})
+    videos: Literal["none", "failures", "all"] = field(default="failures", metadata={"help": "which episodes get a video"})
     video_fps: int = field(default=30, metadata={"help": "mp4 frame rate (official: 30)"})
     video_wrist: bool | None = field(default=None, metadata={"help": "add the wrist view (None = when the policy uses it)"})
     retry_errors: bool = field(default=True, metadata={"help": "on resume, rerun episodes that ended with an error"})
 
     def __post_init__(self) -> None:
-        if self.action_mode is not None and self.action_mode not in ACTION_MODES:
-            raise ValueError(f"action_mode must be one of {ACTION_MODES} or null, got {self.action_mode!r}")
-        if self.videos not in VIDEO_MODES:
-            raise ValueError(f"videos must be one of {VIDEO_MODES}, got {self.videos!r}")
+        self.policy = PolicySource.of(self.policy)
+        check_literals(self)  # built in Python: the loader's check did not run
         if not self.suites:
             raise ValueError("suites is empty; e.g. suites=[libero_goal]")
         if self.num_trials < 1 or self.first_trial < 0 or self.num_workers < 0 or self.wait_steps < 0:

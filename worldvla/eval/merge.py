@@ -15,7 +15,7 @@ from worldvla.config import from_dict
 from .config import EvalConfig
 from .protocol import all_episodes
 from .results import atomic_write_json, atomic_write_text, read_records, summarize, write_summary
-from .runner import run_identity
+from .runner import current_config, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 def _identity_without_shard(run: dict) -> dict:
     """Shards may sit on machines with other paths (or reach the policy through a server)."""
     ident = run_identity(run)
-    ident["config"] = {k: v for k, v in ident["config"].items() if k not in ("shard", "policy")}
+    ident["config"] = {k: v for k, v in ident["config"].items() if k != "shard"}
+    ident["config"]["policy"] = {k: v for k, v in ident["config"]["policy"].items() if k != "path"}
     ident["policy"] = {k: v for k, v in ident["policy"].items() if k != "name"}
     return ident
 
@@ -60,7 +61,7 @@ def merge_runs(dirs: list[Path], out_dir: Path | None = None) -> dict:
         if _identity_without_shard(run) != _identity_without_shard(ref):
             raise ValueError(f"{p} and {ref_path} are not shards of the same evaluation (settings differ)")
     check_same_weights_across(runs)
-    specs = sorted({run["config"]["policy"] for _, run in runs})
+    specs = sorted({current_config(run["config"])["policy"]["path"] for _, run in runs})
     if len(specs) > 1:
         log.warning("shards name the policy differently: %s (make sure it is one checkpoint)", specs)
     shards = sorted({run["shard"] for _, run in runs})
@@ -68,7 +69,7 @@ def merge_runs(dirs: list[Path], out_dir: Path | None = None) -> dict:
     if len(n) != 1 or len(shards) != next(iter(n)):
         log.warning("shards present: %s (a complete set is 0/n .. n-1/n)", shards)
     records = read_records(sorted(p for d in dirs for p in d.glob("episodes*.jsonl") if ".merged" not in p.name))
-    cfg = from_dict(EvalConfig, {**ref["config"], "shard": "0/1"})
+    cfg = from_dict(EvalConfig, {**current_config(ref["config"]), "shard": "0/1"})
     expected = all_episodes(cfg, lambda s: ref["num_tasks"][s])
     run = {**ref, "shard": "merged"}
     summary = summarize(records, expected, run)

@@ -13,13 +13,14 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from worldvla.atomic import pid_alive
-from worldvla.config import to_dict
+from worldvla.config import from_dict, to_dict
 from worldvla.envs.libero import check_resources
 from worldvla.envs.libero_pro import perturbation_record
 from worldvla.errors import InputFileError
@@ -80,7 +81,7 @@ def shard_suffix(shard: str) -> str:
 
 
 def default_output_dir(cfg: EvalConfig, info: dict) -> Path:
-    name = Path(cfg.policy.rstrip("/")).name.replace(":", "_") or info["name"]
+    name = Path(cfg.policy.path.rstrip("/")).name.replace(":", "_") or info["name"]
     res = cfg.resolution or info["resolution"]
     mode = "" if info["action_mode"] == "discrete" else f"_{info['action_mode']}"
     return Path("outputs") / "eval" / f"{'+'.join(cfg.suites)}_{res}_{name}{mode}"
@@ -91,23 +92,34 @@ def check_policy_inputs(cfg: EvalConfig, info: dict) -> None:
     for key, want, have, what in (("expect_wrist", cfg.expect_wrist, info["uses_wrist"], "wrist view"),
                                   ("expect_state", cfg.expect_state, info["uses_state"], "proprio state")):
         if want is not None and want != have:
-            raise ValueError(f"policy {cfg.policy or info['name']} {'reads' if have else 'does not read'} the {what}, "
+            raise ValueError(f"policy {cfg.policy.path or info['name']} {'reads' if have else 'does not read'} the {what}, "
                              f"but this configuration says {key}={str(want).lower()}")
 
 
 def run_identity(run: dict) -> dict:
-    """The part of run.json that must match for a resume or a merge."""
-    cfg = {k: v for k, v in run["config"].items() if k not in RESUMABLE_FIELDS}
+    """The part of run.json that must match for a resume or a merge (a run.json of before the PolicySource
+    is read through EvalConfig's renamed keys, so it still resumes and merges)."""
+    cfg = {k: v for k, v in current_config(run["config"]).items() if k not in RESUMABLE_FIELDS}
     return {"config": cfg, "policy": {k: v for k, v in run["policy"].items() if k != "spec"},
             "protocol": run["protocol"], "deviations": run["deviations"]}
 
 
+def current_config(config: dict) -> dict:
+    """A run.json `config` in today's key names (older files name the policy's fields `tokenizer`,
+    `policy_settings` and `action_mode`; they are moved without a note: the file is not the user's to fix)."""
+    if not isinstance(config.get("policy"), str):
+        return config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return to_dict(from_dict(EvalConfig, config, "run.json"))
+
+
 def _weights(cfg: EvalConfig) -> dict | None:
     """Fingerprint of the policy checkpoint's files (eval/weights_hash.py); None for a server or a factory."""
-    if not cfg.policy or not Path(cfg.policy).is_dir():
+    if not cfg.policy.path or not Path(cfg.policy.path).is_dir():
         return None
 
-    return weights_fingerprint(Path(cfg.policy), cfg.tokenizer)
+    return weights_fingerprint(Path(cfg.policy.path), cfg.policy.tokenizer)
 
 
 def _read_run(path: Path) -> dict:
@@ -174,8 +186,8 @@ class Evaluation:
 
             torch.set_num_threads(cfg.policy_threads)
         if policy is None:
-            policy = load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                                 compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
+            policy = load_policy(cfg.policy, cfg.device, compile_step=compile_step_for(cfg.decode, cfg.device),
+                                 decode=cfg.decode.mode)
         self.policy = policy
         self.info = policy_info(self.policy)
         check_policy_inputs(cfg, self.info)
@@ -191,7 +203,7 @@ class Evaluation:
         self.out_dir = Path(cfg.output_dir or default_output_dir(cfg, self.info))
         self.suffix = shard_suffix(cfg.shard)
         self.run = {
-            "config": to_dict(cfg), "policy": {**self.info, "spec": cfg.policy},
+            "config": to_dict(cfg), "policy": {**self.info, "spec": cfg.policy.path},
             "protocol": protocol_record(cfg, self.info),
             "deviations": deviations(cfg, self.info, lambda s: self.num_tasks[s]),
             "num_tasks": self.num_tasks, "shard": cfg.shard, "episodes_in_shard": len(self.keys),

@@ -87,7 +87,7 @@ def build_action_head(extras: dict[str, torch.Tensor], settings: dict | None, wh
     tensors = head_tensors(extras)
     if not tensors:
         raise ValueError(f"{where} has no {PREFIX}* tensors: it was trained without the continuous action head; "
-                         "use action_mode=discrete")
+                         "use policy.recipe.action_mode=discrete")
     cfg = head_config_from_tensors(tensors, settings, where)
     head = ActionHead(cfg)
     load_head_tensors(head, tensors, where)

@@ -15,11 +15,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from worldvla.config import from_dict
+from worldvla.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,33 @@ def as_chunk(reply, expected_dim: int = 7) -> ActionChunk:
     return ActionChunk(check_chunk(reply, expected_dim))
 
 
+@dataclass
+class PolicySource:
+    """Where the policy of an evaluation or a server comes from (`policy.*`; `policy=X` is `policy.path=X`).
+
+    `tokenizer` and `recipe` are for checkpoint folders: the tokenizer folder of one without tokenizer/
+    (the official release) and Recipe values that override the checkpoint's own (worldvla.json, or the
+    released settings table): the values an official folder lacks (chunk_size, resolution, action_stats),
+    or `action_mode` (discrete | continuous), which also may name a server's or factory's fixed mode."""
+
+    shorthand: ClassVar[str] = "path"
+    path: str = field(default="", metadata={"help": "checkpoint dir or hub id, ws://host:port (policy server) or module:factory"})
+    tokenizer: str | None = field(default=None, metadata={"help": "folder with text_tokenizer.json, vqgan.yaml, vqgan.ckpt, for a checkpoint without tokenizer/ (official release)"})
+    recipe: dict = field(default_factory=dict, metadata={"help": "Recipe values over the checkpoint's, e.g. {chunk_size: 10, resolution: 512, action_stats: worldvla} or {action_mode: continuous}"})
+
+    def __post_init__(self) -> None:
+        self.recipe = {k: v for k, v in self.recipe.items() if v is not None}  # null: the checkpoint's own
+        from_dict(Recipe, self.recipe, "policy.recipe")  # the Recipe's own keys, types and choices (ConfigError)
+
+    @classmethod
+    def of(cls, source: PolicySource | str) -> PolicySource:
+        return source if isinstance(source, cls) else cls(path=str(source))
+
+    @property
+    def action_mode(self) -> str | None:
+        return self.recipe.get("action_mode")
+
+
 def import_object(spec: str):
     """'package.module:attribute' -> the attribute."""
     module, _, attr = spec.partition(":")
@@ -101,22 +131,23 @@ def import_object(spec: str):
     return obj
 
 
-def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, tokenizer: str | None = None,
-                settings: dict | None = None, compile_step: bool = False, decode: str = "auto"):
-    """Checkpoint directory or hub id, `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
+def load_policy(source: PolicySource | str, device: str = "cpu", compile_step: bool = False, decode: str = "auto"):
+    """A policy from its source (PolicySource; a plain string is its path): a checkpoint directory or hub id,
+    `ws://host:port` (a running `python -m worldvla.serve`), or module:factory.
 
-    `action_mode` (discrete | continuous) selects how a checkpoint produces actions; None keeps the
-    checkpoint's own setting. A server or factory policy has a fixed mode: asking for another is an error.
-    `tokenizer` and `settings` (worldvla.json values: chunk_size, resolution, action_stats, ...) are for
-    checkpoint folders that lack them, such as the official release; they only apply to a checkpoint. A
-    released checkpoint (worldvla.policy.official_checkpoints) brings its own settings, `settings` override
-    them; any other folder without worldvla.json is refused unless `settings` give chunk_size, resolution
-    and action_stats. `compile_step` (decode.compile) selects a checkpoint's static-shape / CUDA-graph
-    decode step; a server or factory policy decodes as it was set up. `decode` (auto | parallel |
-    sequential | official) is how a checkpoint decodes action chunks; for a server or factory policy a
-    mode other than auto must match its `decode_mode`."""
-    if (tokenizer or settings) and not (Path(spec).is_dir() or is_hub_id(spec)):
-        raise ValueError(f"tokenizer= and policy_settings= apply to a checkpoint directory, not to {spec!r}")
+    A checkpoint loads with `source.recipe` over its own Recipe (WorldVLAPolicy.from_pretrained: a released
+    checkpoint, worldvla.policy.official_checkpoints, brings its settings; any other folder without
+    worldvla.json is refused unless the overrides give chunk_size, resolution and action_stats) and with
+    `source.tokenizer` when it has no tokenizer/. A server or factory policy has a fixed recipe: only
+    `action_mode` may be given, and it must be the policy's. `compile_step` (decode.compile) selects a
+    checkpoint's static-shape / CUDA-graph decode step; a server or factory policy decodes as it was set up.
+    `decode` (auto | parallel | sequential | official) is how a checkpoint decodes action chunks; for a server
+    or factory policy a mode other than auto must match its `decode_mode`."""
+    source = PolicySource.of(source)
+    spec, action_mode = source.path, source.action_mode
+    checkpoint_only = source.tokenizer or set(source.recipe) - {"action_mode"}
+    if checkpoint_only and not (Path(spec).is_dir() or is_hub_id(spec)):
+        raise ValueError(f"policy.tokenizer and policy.recipe apply to a checkpoint directory, not to {spec!r}")
     if not spec:
         raise ValueError("no policy given: policy=CKPT_DIR, policy=ws://127.0.0.1:8000 or policy=module:factory")
     if spec.startswith(("ws://", "wss://")):
@@ -130,8 +161,8 @@ def load_policy(spec: str, device: str = "cpu", action_mode: str | None = None, 
         except ImportError as err:
             raise ImportError(f"cannot load checkpoint {path}: worldvla.policy.policy unavailable ({err})") from err
         log.info("loading policy from %s on %s (action_mode %s)", path, device, action_mode or "of the checkpoint")
-        return WorldVLAPolicy.from_pretrained(path, device=device, action_mode=action_mode, tokenizer=tokenizer,
-                                              compile_step=compile_step, decode=decode, **(settings or {}))
+        return WorldVLAPolicy.from_pretrained(path, device=device, tokenizer=source.tokenizer,
+                                              compile_step=compile_step, decode=decode, **source.recipe)
     if ":" in spec and not path.exists():
         factory = import_object(spec)
         is_instance = hasattr(factory, "predict_batch") and not isinstance(factory, type)
@@ -152,7 +183,7 @@ def _check_mode(policy, action_mode: str | None, spec: str):
     have = str(getattr(policy, "action_mode", "discrete"))
     if action_mode is not None and action_mode != have:
         raise ValueError(f"policy {spec} runs action_mode={have}; action_mode={action_mode} was asked for "
-                         "(a server's mode is set when it starts: python -m worldvla.serve action_mode=...)")
+                         "(a server's mode is set when it starts: python -m worldvla.serve policy.recipe.action_mode=...)")
     return policy
 
 

@@ -147,7 +147,7 @@ def unknown_folder_error(folder, given: dict) -> ValueError:
     return ValueError(
         f"{folder} has no worldvla.json and is not a released checkpoint this project knows "
         f"(worldvla.policy.official_checkpoints); its settings would be guesses. Pass {', '.join(missing)} "
-        f"(eval/serve: 'policy_settings={{{example}}}'; python: WorldVLAPolicy.from_pretrained(..., "
+        f"(eval/serve: 'policy.recipe={{{example}}}'; python: WorldVLAPolicy.from_pretrained(..., "
         f"{'=..., '.join(missing)}=...)); also with_wrist, with_state, history, family and action_mode if they differ "
         "from plain WorldVLA (no wrist, no state, history 2, discrete). Released folders: model_<256|512>/<suite>, "
         "VLA_model_256/<suite>, WorldVLA-ActionModel-LIBERO-<Suite>-<res>")

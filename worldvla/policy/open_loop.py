@@ -123,8 +123,8 @@ def _spread(items: list, n: int) -> list:
 
 # -- the trainer's hook ---------------------------------------------------------------------------------
 def policy_for_model(model, recipe: Recipe, tokenizer: str | Path, action_mask: bool, device: str = "cpu"):
-    """A WorldVLAPolicy around an in-memory model, with a training run's Recipe (its data section's,
-    worldvla.train.modeling.data_recipe) and the tokenizer files in `tokenizer`: what the trainer decodes
+    """A WorldVLAPolicy around an in-memory model, with a training run's Recipe (its `data.recipe`) and the
+    tokenizer files in `tokenizer`: what the trainer decodes
     `data.val` with."""
     files = tokenizer_files(tokenizer)
     text = TextTokenizer(files["text_tokenizer.json"])

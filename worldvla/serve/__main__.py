@@ -1,5 +1,5 @@
 """python -m worldvla.serve policy=CKPT_DIR [protocol=worldvla|openpi|vla-eval] [resize=true] [host=127.0.0.1]
-[port=8000] [device=cuda] [action_mode=continuous] [decode.mode=official]: see server.py and docs/serving.md."""
+[port=8000] [device=cuda] [policy.recipe.action_mode=continuous] [decode.mode=official]: see server.py and docs/serving.md."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from .server import PolicyServer, ServeConfig
 
 def _config_and_policy(argv: list[str] | None) -> tuple[ServeConfig, object]:
     cfg = parse_cli(ServeConfig, argv, description=__doc__)
-    if cfg.policy.startswith(("ws://", "wss://")):
+    if cfg.policy.path.startswith(("ws://", "wss://")):
         raise ConfigError("policy must be a checkpoint dir or module:factory, not another server")
     seed_everything(cfg.seed)
-    policy = interface.load_policy(cfg.policy, cfg.device, cfg.action_mode, cfg.tokenizer, cfg.policy_settings,
-                                   compile_step=compile_step_for(cfg.decode, cfg.device), decode=cfg.decode.mode)
+    policy = interface.load_policy(cfg.policy, cfg.device, compile_step=compile_step_for(cfg.decode, cfg.device),
+                                   decode=cfg.decode.mode)
     return cfg, policy
 
 

@@ -25,13 +25,17 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import ClassVar, Literal
 
 import numpy as np
 
+from worldvla.config import check_literals
 from worldvla.policy.decode import DecodeConfig
-from worldvla.policy.interface import ActionChunk, as_chunk, decode_infos, policy_info
+from worldvla.policy.interface import ActionChunk, PolicySource, as_chunk, decode_infos, policy_info
 
 from .protocols import PROTOCOLS, session_class
+
+WireProtocol = Literal[PROTOCOLS]  # the sessions of serve/protocols: the choices are that table's keys
 # websockets (the serve extra) is imported where the server starts.
 
 log = logging.getLogger(__name__)
@@ -42,13 +46,13 @@ IDLE_CLOSE_CODE = 1008  # policy violation: the server's idle limit
 
 @dataclass
 class ServeConfig:
-    policy: str = field(default="", metadata={"help": "checkpoint dir or module:factory"})
+    # the keys serve had before the PolicySource (as eval's: worldvla.eval.config.POLICY_RENAMED)
+    renamed: ClassVar[dict[str, str]] = {"tokenizer": "policy.tokenizer", "policy_settings": "policy.recipe",
+                                         "action_mode": "policy.recipe.action_mode"}
+    policy: PolicySource = field(default_factory=PolicySource, metadata={"help": "policy.path (or policy=...): checkpoint dir or module:factory; policy.tokenizer, policy.recipe: as in eval"})
     device: str = field(default="cpu", metadata={"help": "torch device of the policy"})
-    action_mode: str | None = field(default=None, metadata={"help": "discrete | continuous; None = the checkpoint's"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder for a checkpoint without tokenizer/ (official release)"})
-    policy_settings: dict = field(default_factory=dict, metadata={"help": "worldvla.json values for a checkpoint without one, e.g. {chunk_size: 10}"})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decode.mode / decode.compile"})
-    protocol: str = field(default="worldvla", metadata={"help": "worldvla | openpi | vla-eval (docs/serving.md)"})
+    protocol: WireProtocol = field(default="worldvla", metadata={"help": "the wire protocol (docs/serving.md)"})
     resize: bool = field(default=False, metadata={"help": "resize frames of another size to the policy resolution (bicubic) instead of refusing them"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (localhost: no authentication)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
@@ -61,8 +65,8 @@ class ServeConfig:
     seed: int = field(default=7, metadata={"help": "torch/numpy seed (protocol: 7)"})
 
     def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        self.policy = PolicySource.of(self.policy)
+        check_literals(self)  # built in Python: the loader's check did not run
         for name in ("max_batch", "max_episodes_per_request", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from worldvla.config import ConfigError
-from worldvla.recipe import SAMPLE_KINDS
+from worldvla.config import ConfigError, literal_errors
+from worldvla.recipe import SAMPLE_KINDS, Recipe, SampleKind
 
-DATA_SOURCES = ("shards", "conversations")
 BATCHING_MODES = ("random", "length_grouped")
 PRECISIONS = ("bf16", "fp32")
 SAVE_DTYPES = ("bfloat16", "float32")
@@ -39,26 +39,27 @@ class ModelOptions:
     action_head_mask_padding: bool = False
 
 
+# The Recipe fields the data section used to spell out itself: `data.chunk_size` is now `data.recipe.chunk_size`.
+RECIPE_KEYS = ("chunk_size", "history", "resolution", "action_stats", "world_action_stats", "state_stats",
+               "with_state", "with_wrist")
+
+
 @dataclass
 class DataOptions:
+    renamed: ClassVar[dict[str, str]] = {k: f"recipe.{k}" for k in RECIPE_KEYS}
     # What data.train / data.val hold. shards: pretokenized sets (pretokenize.py folders, concat.py indexes,
     # official record lists). conversations: conversation JSON files (conversations.py output) tokenised on
-    # the fly with data.tokenizer / resolution / *_stats (official "NoPretokenize"; same samples and batches).
-    source: str = "shards"
+    # the fly with data.tokenizer and data.recipe (official "NoPretokenize"; same samples and batches).
+    source: Literal["shards", "conversations"] = "shards"
     # Concatenated in order. Official order: world-model samples first, then action-model samples (§3.3).
     train: list[Path] = field(default_factory=list)
     val: list[Path] = field(default_factory=list)  # evaluated after each epoch (official val_ind / val_ood)
-    kinds: list[str] = field(default_factory=lambda: list(SAMPLE_KINDS))  # sample kinds kept (ablations)
+    kinds: list[SampleKind] = field(default_factory=lambda: list(SAMPLE_KINDS))  # sample kinds kept (ablations)
     tokenizer: Path = Path("ckpts/chameleon/tokenizer")  # text_tokenizer.json + vqgan.{yaml,ckpt}; copied into checkpoints
-    resolution: int = 256  # px the images were tokenised at (256 | 512)
-    chunk_size: int = 5  # actions per action-model sample K (5; 10 for libero_10)
-    history: int = 2  # frames of history of the action model (official 2)
-    action_stats: str = "worldvla"  # preset name or JSON: min/max the actions were binned with
-    world_action_stats: str = ""  # min/max of the world-model samples' actions when they differ ("" = action_stats;
-    # RynnVLA-002's pretokenize path binned world samples with `worldvla`, action samples with `rynnvla_action`)
-    state_stats: str = "rynnvla_state"  # used only with_state
-    with_state: bool = False  # action samples carry the 8-D state block (RynnVLA-002); checked against the shards
-    with_wrist: bool = False  # every frame is third view + wrist view (RynnVLA-002); checked against the shards
+    # How the data was tokenised (resolution, K, history, statistics, views, state): checked against the shards
+    # and written into every checkpoint as worldvla.json. RynnVLA-002's pretokenize path binned world samples
+    # with `worldvla` and action samples with `rynnvla_action`: recipe.world_action_stats then differs.
+    recipe: Recipe = field(default_factory=Recipe)
     max_seq_len: int = 4096  # official --max_seq_len: rows are cut at this length
     batching: str = "length_grouped"  # random (official order) | length_grouped (less padding)
     group_batches: int = 32  # length_grouped: global batches per sorting window
@@ -67,7 +68,7 @@ class DataOptions:
     base_dir: Path | None = None  # relative media paths of the records are resolved against this (default: cwd)
     frame_cache: Path | None = None  # a pretokenize frames/ folder to read VQ codes from (others: VQ-GAN on CPU)
     image_cache: int = 4096  # images whose tokens each loader process keeps in memory (0 = unbounded)
-    resize: bool = False  # frames not at data.resolution are resized to it (pretokenize's tokenizer.resize)
+    resize: bool = False  # frames not at data.recipe.resolution are resized to it (pretokenize's tokenizer.resize)
 
 
 @dataclass
@@ -143,15 +144,18 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        need(d.source in DATA_SOURCES, f"data.source: {d.source!r} not one of {list(DATA_SOURCES)}")
+        bad = literal_errors(self)  # the loader checked these already; a config built in Python did not
+        need(not bad, bad[0] if bad else "")
+
         need(bool(d.train), "data.train is empty: pass data.train=[path/to/tokens] (pretokenize.py output; with "
                             "data.source=conversations: conversation JSON files)")
         need(d.image_cache >= 0, f"data.image_cache must be >= 0 (0 = unbounded), got {d.image_cache}")
-        bad = sorted(set(d.kinds) - set(SAMPLE_KINDS))
-        need(not bad and bool(d.kinds), f"data.kinds: {d.kinds} not a non-empty subset of {list(SAMPLE_KINDS)}")
+        need(bool(d.kinds), f"data.kinds is empty: keep some of {list(SAMPLE_KINDS)}")
         need(d.batching in BATCHING_MODES, f"data.batching: {d.batching!r} not one of {list(BATCHING_MODES)}")
-        need(d.resolution % 32 == 0 and d.resolution > 0, f"data.resolution must be a multiple of 32, got {d.resolution}")
-        need(d.chunk_size >= 1 and d.history >= 1, "data.chunk_size and data.history must be >= 1")
+        r = d.recipe
+        need(r.resolution % 32 == 0 and r.resolution > 0,
+             f"data.recipe.resolution must be a multiple of 32, got {r.resolution}")
+        need(r.chunk_size >= 1 and r.history >= 1, "data.recipe.chunk_size and data.recipe.history must be >= 1")
         need(d.max_seq_len >= 2, f"data.max_seq_len must be >= 2, got {d.max_seq_len}")
         need(d.group_batches >= 1, "data.group_batches must be >= 1")
         need(t.precision in PRECISIONS, f"train.precision: {t.precision!r} not one of {list(PRECISIONS)}")
@@ -176,6 +180,6 @@ class TrainConfig:
         need(not bad and bool(lo.target_modules),
              f"train.lora.target_modules: {lo.target_modules} not a non-empty subset of {list(LORA_TARGETS)}")
         need(lo.merge in LORA_MERGE, f"train.lora.merge: {lo.merge!r} not one of {list(LORA_MERGE)}")
-        need(not self.model.action_head or d.chunk_size >= 2,
-             "model.action_head needs data.chunk_size >= 2 (the head reads rows with more than one action block)")
+        need(not self.model.action_head or r.chunk_size >= 2,
+             "model.action_head needs data.recipe.chunk_size >= 2 (the head reads rows with more than one action block)")
         return self

@@ -40,14 +40,14 @@ class HeadOutput:
 def head_config(overrides: dict, hidden_size: int, chunk_size: int, loss_weight: float,
                 mask_padding: bool = False) -> ActionHeadConfig:
     """ActionHeadConfig of a run: official sizes, `overrides` (model.action_head_config) on top; the backbone
-    width, the chunk K, the L1 weight and the padding mask always come from the model, data.chunk_size,
+    width, the chunk K, the L1 weight and the padding mask always come from the model, data.recipe.chunk_size,
     train.action_head_weight and model.action_head_mask_padding."""
     fixed = {"hidden_size", "chunk_size", "loss_weight", "mask_padding"}
     names = {f.name for f in dataclasses.fields(ActionHeadConfig)} - fixed
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"model.action_head_config: unknown field(s) {unknown}; valid: {sorted(names)} "
-                          "(hidden_size and chunk_size follow the model and data.chunk_size; the loss weight is "
+                          "(hidden_size and chunk_size follow the model and data.recipe.chunk_size; the loss weight is "
                           "train.action_head_weight; the padding mask is model.action_head_mask_padding)")
     return ActionHeadConfig(**{**overrides, "hidden_size": hidden_size, "chunk_size": chunk_size,
                                "loss_weight": loss_weight, "mask_padding": mask_padding})
@@ -92,7 +92,7 @@ def head_l1(out: HeadOutput, labels: torch.Tensor, chunk_size: int) -> tuple[tor
     try:
         l1 = l1_to_bin_centres(out.pred, labels[out.rows], chunk_size)
     except ValueError as err:
-        raise ValueError(f"action head: {err}; data.chunk_size must be the K the shards were made with") from None
+        raise ValueError(f"action head: {err}; data.recipe.chunk_size must be the K the shards were made with") from None
     return l1, int(out.rows.sum())
 
 

@@ -8,7 +8,7 @@ mis-training silently.
 
 `data.source=conversations` (the official "NoPretokenize" path): the sets are conversation JSON files
 (conversations.py output), tokenised when indexed by `worldvla.data.datasets.OnTheFlyDataset` with the
-Recipe of the data section (data_recipe), so they cannot disagree with the config. All files share one
+Recipe of the data section (data.recipe), so they cannot disagree with the config. All files share one
 dataset, hence one VQ-GAN and one image-token cache per loader process. The batch plan needs every
 sample's length up front: `conversation_lengths` gets them exactly without touching an image (the text
 is tokenised, each media placeholder counts as its block length), so the batches, and a resumed run's
@@ -37,7 +37,6 @@ from worldvla.recipe import Recipe, stats_json, stats_of
 from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count
 from worldvla.train.config import DataOptions
-from worldvla.train.modeling import data_recipe
 from worldvla.train.sampler import BatchPlan, PlanSampler
 
 log = logging.getLogger(__name__)
@@ -199,7 +198,7 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
             raise DataError(f"{where}[{i}] = {path}: conversation file not found (data.source=conversations reads "
                             "conversations.py's JSON files; set data.source=shards for pretokenized sets)")
     try:
-        recipe = data_recipe(cfg).with_tokenizer(cfg.tokenizer)
+        recipe = cfg.recipe.with_tokenizer(cfg.tokenizer)
     except FileNotFoundError as err:
         raise DataError(f"data.tokenizer = {cfg.tokenizer}: {err}") from None
     if cfg.frame_cache is not None:
@@ -237,7 +236,7 @@ def _open_conversations(paths: list[Path], cfg: DataOptions, where: str) -> tupl
 
 def check_shards(manifests: list[dict], recipe: Recipe) -> None:
     """The shards' Recipe (their manifest's tokenizer fingerprint, Recipe.from_fingerprint) must agree with the
-    run's (data_recipe) on every field Recipe.diff compares: resolution and action / state statistics go
+    run's (data.recipe) on every field Recipe.diff compares: resolution and action / state statistics go
     into checkpoints and decide how evaluation de-normalises. Only fields a manifest records are compared;
     statistics of a sample kind the shards do not hold are not; state statistics only with_state."""
     fields = ["resolution", "action_stats", "world_action_stats"] + (["state_stats"] if recipe.with_state else [])
@@ -259,14 +258,14 @@ _STATS_KIND = {"world_action_stats": "world", "state_stats": "action"}  # the sa
 def _mismatch_message(name: str, want: Recipe, shards: Recipe, where: str) -> str:
     """The one-line error for a Recipe field where the shards differ from the data section (`data.<field>`)."""
     if name == "resolution":
-        return (f"{where} was tokenised at {shards.resolution} px but data.resolution={want.resolution}; "
-                "fix data.resolution or point data.train at the matching shards")
+        return (f"{where} was tokenised at {shards.resolution} px but data.recipe.resolution={want.resolution}; "
+                "fix data.recipe.resolution or point data.train at the matching shards")
     if name == "world_action_stats":
-        field_name = "data.world_action_stats" if want.world_action_stats else \
-            "data.world_action_stats (empty: data.action_stats)"
+        field_name = "data.recipe.world_action_stats" if want.world_action_stats else \
+            "data.recipe.world_action_stats (null: data.recipe.action_stats)"
         what = "world action stats"
     else:
-        field_name, what = f"data.{name}", "action" if name == "action_stats" else "state stats"
+        field_name, what = f"data.recipe.{name}", "action" if name == "action_stats" else "state stats"
     spec = want.value(name)
     return (f"{where} was tokenised with {what} min/max {stats_json(shards.value(name))} but {field_name}={spec!r} "
             f"is {stats_json(spec)}")
@@ -291,23 +290,25 @@ def probe_layout(ds, n_probe: int = 512) -> dict:
 
 
 def check_views(dataset: TrainSet, cfg: DataOptions, where: str = "data.train") -> None:
-    """data.with_wrist / with_state / history must describe the shards: the checkpoint tells evaluation to
-    build its prompts that way. Action samples hold history x views images (views = 2 with the wrist)."""
-    views = 2 if cfg.with_wrist else 1
+    """data.recipe's with_wrist / with_state / history must describe the shards: the checkpoint tells evaluation
+    to build its prompts that way. Action samples hold history x views images (views = 2 with the wrist)."""
+    r = cfg.recipe
+    views = 2 if r.with_wrist else 1
     for i, (path, ds) in enumerate(zip(dataset.paths, dataset.parts)):
         got = probe_layout(ds)
         if got["n_action"] == 0:
             continue
-        if got["with_state"] != cfg.with_state:
+        if got["with_state"] != r.with_state:
             has = "carry" if got["with_state"] else "have no"
-            raise ConfigError(f"{where}[{i}] = {path}: its action samples {has} a state block but data.with_state="
-                              f"{str(cfg.with_state).lower()}; set data.with_state={str(got['with_state']).lower()} "
-                              "or point at shards made with(out) conversations with_state")
-        if got["max_images"] != cfg.history * views:
+            raise ConfigError(f"{where}[{i}] = {path}: its action samples {has} a state block but "
+                              f"data.recipe.with_state={str(r.with_state).lower()}; set "
+                              f"data.recipe.with_state={str(got['with_state']).lower()} "
+                              "or point at shards made with(out) conversations recipe.with_state")
+        if got["max_images"] != r.history * views:
             raise ConfigError(f"{where}[{i}] = {path}: action samples hold up to {got['max_images']} images, but "
-                              f"data.history={cfg.history} x {views} view(s) (data.with_wrist="
-                              f"{str(cfg.with_wrist).lower()}) means {cfg.history * views}; fix data.with_wrist / "
-                              "data.history or the shards")
+                              f"data.recipe.history={r.history} x {views} view(s) (data.recipe.with_wrist="
+                              f"{str(r.with_wrist).lower()}) means {r.history * views}; fix data.recipe.with_wrist / "
+                              "data.recipe.history or the shards")
 
 
 def make_loader(dataset: TrainSet, plan: BatchPlan, epoch: int, rank: int, start_step: int, max_len: int,

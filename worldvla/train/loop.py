@@ -70,7 +70,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     acc = make_accelerator(cfg)
     t, d = cfg.train, cfg.data
     out_dir = Path(t.output_dir)
-    recipe = modeling.data_recipe(d)
+    recipe = d.recipe
     dataset = TrainSet(d.train, d.kinds, d.max_seq_len, data=d)
     check_shards(dataset.manifests(), recipe)
     check_views(dataset, d)
@@ -189,7 +189,7 @@ def train_step(run: Run, batches, step: int) -> dict:
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device, modeling.mask_dtype(cfg))
         with acc.accumulate(model):
             out = modeling.forward_loss(model, ids, labels, mask, run.loss_cfg, cfg.train.action_head_weight,
-                                        cfg.data.chunk_size, batch.world_rows())
+                                        cfg.data.recipe.chunk_size, batch.world_rows())
             if cfg.train.nan_check:
                 _check_finite(run, out["loss"], step, "the loss")
             acc.backward(out["loss"])
@@ -276,7 +276,7 @@ def evaluate(run: Run, val: TrainSet) -> dict:
         batch = collate([val[int(i)] for i in order[lo: lo + per]], cfg.data.max_seq_len)
         mask = modeling.attention_mask(batch, cfg.model.action_mask, acc.device, modeling.mask_dtype(cfg))
         out = modeling.forward_loss(run.model, batch.input_ids.to(acc.device), batch.labels.to(acc.device), mask,
-                                    run.loss_cfg, cfg.train.action_head_weight, cfg.data.chunk_size, batch.world_rows())
+                                    run.loss_cfg, cfg.train.action_head_weight, cfg.data.recipe.chunk_size, batch.world_rows())
         part_sums, part_counts = {k: 0.0 for k in TERMS}, {k: 0 for k in TERMS}
         _accumulate(out, part_sums, part_counts)
         for i, k in enumerate(TERMS):

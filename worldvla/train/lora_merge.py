@@ -56,7 +56,7 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> P
     dst = Path(out) if out else ckpt.with_name(ckpt.name + "_merged")
     dst.mkdir(parents=True, exist_ok=True)
     state = {clean_key(k): v for k, v in model.state_dict().items()}
-    modeling.export_lora(state, dst, model_cfg, cfg, step, modeling.head_settings(model), modeling.data_recipe(cfg.data),
+    modeling.export_lora(state, dst, model_cfg, cfg, step, modeling.head_settings(model), cfg.data.recipe,
                          base, merged=True)
     save_config(cfg, dst / "train_config.yaml")
     log.info("merged %s -> %s", ckpt, dst)

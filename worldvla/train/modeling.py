@@ -69,8 +69,8 @@ def _build(cfg):
             log.info("%s has a continuous action head: not trained here (model.action_head=false)", m.init_from)
         return model, mcfg
 
-    head = ActionHead(head_config(m.action_head_config, mcfg.dim, cfg.data.chunk_size, cfg.train.action_head_weight,
-                                  m.action_head_mask_padding))
+    head = ActionHead(head_config(m.action_head_config, mcfg.dim, cfg.data.recipe.chunk_size,
+                                  cfg.train.action_head_weight, m.action_head_mask_padding))
     if m.init_from and load_head_weights(head, extras, m.init_from):
         log.info("action head loaded from %s", m.init_from)
     return WithActionHead(model, head), mcfg
@@ -161,19 +161,12 @@ def _copy(src: Path, dst: Path) -> None:
         os.fsync(f.fileno())
 
 
-def data_recipe(d) -> Recipe:
-    """The Recipe of a run's data section (the shards must have been tokenised with it; checkpoints carry it)."""
-    return Recipe(chunk_size=d.chunk_size, history=d.history, resolution=d.resolution, action_stats=d.action_stats,
-                  world_action_stats=d.world_action_stats or None, state_stats=d.state_stats,
-                  with_state=d.with_state, with_wrist=d.with_wrist)
-
-
 def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int, head: dict | None = None,
                       recipe: Recipe | None = None) -> None:
     """Write the inference files of docs/interfaces.md into `folder` (main process). `state_dict` holds the
     backbone under the official names and, with the continuous head, its `action_head.*` tensors, which
     save_state_dict writes unchanged next to them; `head` is that head's config for worldvla.json.
-    `recipe`: the run's Recipe (default data_recipe(cfg.data)); worldvla.json is it, saved (Recipe.save),
+    `recipe`: the run's Recipe (default cfg.data.recipe); worldvla.json is it, saved (Recipe.save),
     with the step, the head and the sha256 of the tokenizer copies."""
     t = cfg.train
     dtype = getattr(torch, t.save_dtype)
@@ -183,7 +176,7 @@ def export_checkpoint(state_dict: dict, folder: Path, model_cfg, cfg, step: int,
     for name, src in files.items():
         _copy(src, folder / "tokenizer" / name)
     # the hashes are of the copies: they are what from_pretrained verifies
-    recipe = recipe if recipe is not None else data_recipe(cfg.data)
+    recipe = recipe if recipe is not None else cfg.data.recipe
     recipe.with_tokenizer(folder / "tokenizer").replace(step=step, action_head=head or {}).save(folder)
 
 

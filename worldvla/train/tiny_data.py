@@ -92,11 +92,11 @@ def make_tiny_data(root: str | Path, resolution: int = 64, n_tasks: int = 3, n_t
     base = root / "export"
     write_trajectories(base, n_tasks, n_traj, n_frames, resolution, seed, with_wrist, with_state)
     # one Recipe for both stages: the conversations take K / history / views / state from it, pretokenize
-    # the resolution and statistics (the training config of these sets must say the same, data_recipe)
+    # the resolution and statistics (the training config of these sets must say the same in data.recipe)
     recipe = Recipe(chunk_size=chunk_size, history=2, resolution=resolution, action_stats=action_stats,
                     world_action_stats=world_action_stats or None, with_state=with_state, with_wrist=with_wrist)
-    files = generate(ConversationsConfig.from_recipe(recipe, base_dir=base, output_dir=root / "convs", task_name="tiny"))
-    tok = TokenizerOptions.from_recipe(recipe, tok_dir)
+    files = generate(ConversationsConfig(recipe=recipe, base_dir=base, output_dir=root / "convs", task_name="tiny"))
+    tok = TokenizerOptions(path=tok_dir, recipe=recipe)
     out = {}
     for kind in ("world", "action"):
         out[kind] = root / "tokens" / kind

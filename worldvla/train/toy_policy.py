@@ -62,16 +62,16 @@ def train_toy_policy(root: str | Path, tokenizer: str | Path, steps: int = 300, 
     TOY_STATS.to_json(stats)
     write_demos(root / "export", chunk_size)
     recipe = Recipe(chunk_size=chunk_size, history=2, resolution=64, action_stats=str(stats))
-    files = generate(ConversationsConfig.from_recipe(recipe, base_dir=root / "export", output_dir=root / "convs",
+    files = generate(ConversationsConfig(recipe=recipe, base_dir=root / "export", output_dir=root / "convs",
                                                      task_name="toy", train_ratio=1.0, world_model=False))
     tokens = root / "tokens"
     n_samples = len(json.loads(Path(files["train"]["action"]).read_text()))
     epochs = steps / max(1, n_samples // batch_size)  # the cosine decays to min_lr at the last step
     pretokenize(PretokenizeConfig(inputs=[files["train"]["action"]], out_dir=tokens,
-                                  tokenizer=TokenizerOptions.from_recipe(recipe, tokenizer), shard_size=256))
+                                  tokenizer=TokenizerOptions(path=tokenizer, recipe=recipe), shard_size=256))
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [
-        f"data.train=[{tokens}]", f"data.tokenizer={tokenizer}", "data.resolution=64", f"data.chunk_size={chunk_size}",
-        f"data.action_stats={stats}", "data.kinds=[action]", f"train.output_dir={root / 'run'}",
+        f"data.train=[{tokens}]", f"data.tokenizer={tokenizer}", "data.recipe.resolution=64",
+        f"data.recipe.chunk_size={chunk_size}", f"data.recipe.action_stats={stats}", "data.kinds=[action]", f"train.output_dir={root / 'run'}",
         "model.activation_checkpointing=false",  # nothing to save at this size
         f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"train.lr={lr}",
         f"train.min_lr={lr / 10}", f"train.seed={seed}", f"train.save_every_steps={steps}", "train.keep_last=1", "logging.wandb=false",
