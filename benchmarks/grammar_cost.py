@@ -6,10 +6,12 @@
 Without `--checkpoint`: the random tiny model (worldvla.testing) on the official action prompt shape
 (two 256 px images, ~574 tokens). With `--checkpoint DIR`: a trained worldvla checkpoint folder; its
 prompts are the policy's own (`WorldVLAPolicy.prompt_ids` on frames of the grid-world toy when DIR was
-trained there, worldvla/train/toy_policy.py; any 64 px RGB frame otherwise). Both variants run in
-turn within each repeat (order alternating), one torch thread, eager step (the policy's CPU default);
-printed: median chunk ms (prefill + decode) of each, the median of the per-repeat ratios, how many
-decode steps still computed the check, and the load average before and after (the machine is shared).
+trained there, worldvla/train/toy_policy.py; any 64 px RGB frame otherwise). Three variants run in
+turn within each repeat (order rotating), one torch thread, eager step (the policy's CPU default):
+`off` (grammar=None), `on` (grammar=[], worldvla.model.grammar's bound), `full` (grammar=[] with the
+bound switched off: one full LM-head row per query, as before the bound). Printed: median chunk ms
+(prefill + decode) of each, the medians of the per-repeat ratios to `off`, how many decode steps
+computed the check, and the load average before and after (the machine is shared).
 Results are recorded in benchmarks/README.md ("Grammar check cost").
 """
 
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import action_prompt  # noqa: E402
 
 from worldvla.model import generate as G  # noqa: E402
+from worldvla.model import grammar as GR  # noqa: E402
 from worldvla.testing.tiny_model import make_tiny_model  # noqa: E402
 
 
@@ -80,23 +83,26 @@ def main(argv=None) -> dict:
         what = "random tiny model (seed 0)"
     print(f"{what}; prompt tokens {[len(p) for p in prompts]}; batch {args.batch}; torch {torch.__version__}, "
           f"1 thread; load average before {os.getloadavg()}")
+    usable, names = GR.usable, ["off", "on", "full"]
     results = {}
     for K in [int(k) for k in args.ks.split(",")]:
-        runs = {"off": [], "on": []}
+        runs = {name: [] for name in names}
         for r in range(args.repeats + 1):  # the first round warms up, untimed
-            for name in (("off", "on") if r % 2 else ("on", "off")):
+            for name in names[r % 3:] + names[: r % 3]:
+                GR.usable = usable if name != "full" else (lambda *a: False)
                 t0 = time.perf_counter()
-                G.decode_action_chunks(model, prompts, K, "parallel", grammar=[] if name == "on" else None)
+                G.decode_action_chunks(model, prompts, K, "parallel", grammar=None if name == "off" else [])
                 if r:
                     runs[name].append(1e3 * (time.perf_counter() - t0))
-        ratios = [on / off for on, off in zip(runs["on"], runs["off"])]
+        GR.usable = usable
         steps, flags = checked_steps(model, prompts, K)
-        row = {"off_ms": statistics.median(runs["off"]), "on_ms": statistics.median(runs["on"]),
-               "ratio": statistics.median(ratios), "checked_steps": steps, "flags": flags}
+        row = {f"{name}_ms": statistics.median(runs[name]) for name in names}
+        row.update({f"{name}_ratio": statistics.median([a / b for a, b in zip(runs[name], runs["off"])])
+                    for name in ("on", "full")}, checked_steps=steps, flags=flags)
         results[K] = row
-        print(f"K={K:>2}: chunk {row['off_ms']:.2f} ms without the check, {row['on_ms']:.2f} ms with it; "
-              f"median ratio {row['ratio']:.3f} ({100 * (row['ratio'] - 1):+.1f} %); decode steps that computed "
-              f"the check {steps} of 7; flags {flags}")
+        print(f"K={K:>2}: chunk ms off {row['off_ms']:.2f}, on {row['on_ms']:.2f}, full {row['full_ms']:.2f}; "
+              f"median ratio to off: on {row['on_ratio']:.3f} ({100 * (row['on_ratio'] - 1):+.1f} %), full "
+              f"{row['full_ratio']:.3f}; decode steps that computed the check {steps} of 7; flags {flags}")
     print(f"load average after {os.getloadavg()}")
     return results
 

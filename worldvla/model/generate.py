@@ -35,6 +35,7 @@ from functools import partial
 import torch
 
 from worldvla import vocab as V
+from worldvla.model.grammar import outside_range
 from worldvla.model.layout import ActionLayout
 from worldvla.model.masks import RowMasker, to_additive
 from worldvla.model.static_step import batch_bucket, static_decoder
@@ -104,16 +105,14 @@ def pad_batch(prompts: list[list[int]], static: bool) -> list[list[int]]:
 def choose(model: Transformer, hidden: torch.Tensor, head, grammar: bool = False):
     """Greedy ids among `head` from hidden states (..., dim), computing only the head's logits (ties: lowest
     position); with `grammar` (a (lo, hi) head) also the flag: the free argmax over the whole vocabulary
-    lies outside lo..hi (one full LM-head row per query: the check's whole cost). Returns (ids, flag | None)."""
+    lies outside lo..hi (worldvla.model.grammar). Returns (ids, flag | None)."""
     if head is None:
         return model.logits(hidden).argmax(-1), None
     if isinstance(head, tuple):
         lo, hi = head
-        ids = model.logits(hidden, slice(lo, hi + 1)).argmax(-1) + lo
-        if not grammar:
-            return ids, None
-        free = model.logits(hidden).argmax(-1)
-        return ids, (free < lo) | (free > hi)
+        logits = model.logits(hidden, slice(lo, hi + 1))
+        ids = logits.argmax(-1) + lo
+        return ids, (outside_range(model, hidden, lo, hi, logits.amax(-1)) if grammar else None)
     if grammar:
         raise ValueError("the grammar flag needs an id-range head (lo, hi)")
     return head[model.logits(hidden, head).argmax(-1)], None
@@ -192,8 +191,7 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     `grammar` (a list, filled with one bool per prompt): whether the unconstrained argmax over the whole
     vocabulary, at the steps both modes compute (the first block's start after the prompt, every bin),
     would have left the action grammar, i.e. whether free (official) decoding could differ. Each step
-    reports its flag; once every prompt is flagged, later steps skip the check (one full LM-head row
-    per query: the check's whole cost).
+    reports its flag (worldvla.model.grammar); once every prompt is flagged, later steps skip the check.
     """
     if mode not in ("parallel", "sequential"):
         raise ValueError(f"mode must be parallel or sequential here, got {mode!r}")
@@ -233,8 +231,8 @@ def decode_action_chunks(model: Transformer, prompts: list[list[int]], chunk_siz
     with decode_session(model, B, total, compile_step, static) as run:
         t0 = clock(device, stats.now)
         last = prefill(model, tokens, lengths, masker)
-        if check:
-            check = flag(model.logits(last).argmax(-1) != V.ACTION_START_ID)
+        if check:  # the free argmax after the prompt is the first block's start
+            check = flag(choose(model, last, (V.ACTION_START_ID, V.ACTION_START_ID), grammar=True)[1])
         t1 = clock(device, stats.now)
         # every decode row at once: the layout is planned, so no per-step mask work (B, 1, K, 9, S)
         positions = starts[..., None] + torch.arange(BLOCK_LEN, device=device)  # (B, K, 9)
