@@ -52,6 +52,7 @@ def test_minor_axis_yaw():
 
 
 @pytest.mark.sim
+@pytest.mark.slow  # 36 s on the shared 2-core VM under load: a whole expert episode in the simulator
 def test_expert_solves_libero_object_task_and_recording_resumes(tmp_path, monkeypatch):
     """One init state of 'pick up the alphabet soup and place it in the basket', recorded at 64 px.
     The run is interrupted after the attempt and before the task's file is written; the rerun must
