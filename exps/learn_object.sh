@@ -6,9 +6,9 @@
 # Installs nothing: run `bash exps/setup.sh` once (or activate your own environment) first.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$ROOT/exps/env.sh"
 cd "$ROOT"
 PRESET=configs/pipeline/learn_object_seen.yaml
 if [[ "${1:-}" == *.yaml ]]; then PRESET="$1"; shift; fi
-PY=python
-if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
-exec "$PY" -m worldvla.demo --config "$PRESET" "$@"
+exec python -m worldvla.demo --config "$PRESET" "$@"
