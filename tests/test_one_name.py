@@ -72,6 +72,11 @@ def constant_offenders(trees: dict[str, ast.Module], constants: dict[str, str], 
             if same and n != same:
                 bad.append(f"{path}:{line}: {n} = {v!r} spells {same} again (import it from "
                            f"worldvla/{constants[same]})")
+        # a set literal is the same choices whatever its order: `set(kinds) - {"action", "world"}`
+        for node in ast.walk(tree):
+            v = literal(node) if isinstance(node, ast.Set) else None
+            if v and (same := owner.get(frozenset(v))):
+                bad.append(f"{path}:{node.lineno}: {sorted(v)} spells {same} again (set({same}))")
     return bad
 
 
@@ -114,6 +119,8 @@ PLANTED_HOMES = {"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worl
     ({"data/r.py": "ACTION_DIM, X = 7, 8\n"}, True),
     ({"model/g.py": 'OFFICIAL_FAMILIES = ("rynnvla002", "worldvla")\n'}, True),  # the value, renamed
     ({"model/g.py": "from worldvla.recipe import FAMILIES\nOFFICIAL = FAMILIES\n"}, False),  # an import
+    ({"model/g.py": 'def f(x):\n    return x in {"rynnvla002", "worldvla"}\n'}, True),  # a set literal, inline
+    ({"model/g.py": 'def f(x):\n    return x in ("worldvla",)\n'}, False),  # one of them is not the choices
 ])
 def test_the_constant_check_finds_what_it_should(tmp_path, files, found):
     for rel, text in {**PLANTED_HOMES, **files}.items():

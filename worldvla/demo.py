@@ -51,7 +51,7 @@ from worldvla.data.conversations import ConversationsConfig, output_names
 from worldvla.data.recording import machine_info
 from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
 from worldvla.eval.results import wilson_interval
-from worldvla.recipe import Recipe
+from worldvla.recipe import SAMPLE_KINDS, Recipe
 from worldvla.testing.fixtures import make_tiny_assets
 
 log = logging.getLogger("worldvla.demo")
@@ -215,7 +215,7 @@ def _length(cfg: DemoConfig) -> list[str]:
 def _kinds(cfg: DemoConfig) -> list[str]:
     """Sample kinds to tokenise and train, world first (the official concat order)."""
     kinds = [k.strip() for k in cfg.kinds.split(",") if k.strip()]
-    if not kinds or set(kinds) - {"action", "world"}:
+    if not kinds or set(kinds) - set(SAMPLE_KINDS):
         raise SystemExit(f"[demo] kinds={cfg.kinds!r}: a non-empty subset of action,world")
     return sorted(set(kinds), key=["world", "action"].index)
 

@@ -33,7 +33,7 @@ from worldvla.data.pretokenize import record_name
 from worldvla.data.sequence import RecordError, Sample, SequenceBuilder
 from worldvla.data.tokenization import sample_kind, tokenizer_files, vqgan_fingerprint
 from worldvla.errors import DataError
-from worldvla.recipe import Recipe, stats_json, stats_of
+from worldvla.recipe import SAMPLE_KINDS, Recipe, stats_json, stats_of
 from worldvla.tokenizers import ActionTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import image_token_count
 from worldvla.train.config import DataOptions
@@ -56,7 +56,7 @@ class TrainSet(torch.utils.data.Dataset):
         index, lengths = [], []
         for i, (ds, n_tokens) in enumerate(zip(self.parts, part_lengths)):
             keep = np.ones(len(ds), dtype=bool)
-            if set(kinds) != {"action", "world"}:
+            if set(kinds) != set(SAMPLE_KINDS):
                 try:
                     keep = np.array([ds.kind(j) in kinds for j in range(len(ds))], dtype=bool)
                 except (ValueError, OSError) as err:
