@@ -51,6 +51,7 @@ def build_policy(args, work: Path):
     """(policy, description, timers): a WorldVLAPolicy whose VQ-GAN encode and decode calls are timed."""
     import torch
 
+    from worldvla.data.processor import Processor
     from worldvla.model import generate as G
     from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.recipe import Recipe
@@ -85,7 +86,7 @@ def build_policy(args, work: Path):
                                                                         embed_dim=32)
         images = ImageTokenizer(VQGAN(vq_cfg).to(args.device), text.vocab, args.resolution)
         settings = Recipe(chunk_size=args.chunk, resolution=args.resolution)
-        policy = WorldVLAPolicy(model, text, images, settings, compile_step=args.compile, name="7b-random")
+        policy = WorldVLAPolicy(model, Processor(settings, text, images), compile_step=args.compile, name="7b-random")
         desc = (f"random-init Chameleon-7B shape ({cfg.n_layers} layers, width {cfg.dim}, {dtype}), "
                 f"{args.vqgan} VQ-GAN (random)")
     timers = {"vqgan_encode": Timed(policy.images.encode, args.device)}

@@ -173,12 +173,13 @@ def policy_parts(text_tokenizer, image_tokenizer):
 
 
 def scripted_policy(parts, script, family="worldvla", decode="official", chunk_size=5):
+    from worldvla.data.processor import Processor
     from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.recipe import Recipe
 
     text, images = parts
     frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    pol = WorldVLAPolicy(None, text, images, Recipe(chunk_size=chunk_size, family=family), decode=decode)
+    pol = WorldVLAPolicy(None, Processor(Recipe(chunk_size=chunk_size, family=family), text, images), decode=decode)
     n = len(pol.prompt_ids("pick it up", [frame]))
     pol.model = ScriptedModel([script], [n])
     return pol, frame
@@ -321,12 +322,13 @@ def test_unpairable_generation_stops_only_its_row():
 
 def two_query_policy(parts):
     """A policy whose batch of two identical prompts gets one good and one unparsable generation."""
+    from worldvla.data.processor import Processor
     from worldvla.policy.policy import WorldVLAPolicy
     from worldvla.recipe import Recipe
 
     text, images = parts
     frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    pol = WorldVLAPolicy(None, text, images, Recipe(chunk_size=5, family="worldvla"), decode="official")
+    pol = WorldVLAPolicy(None, Processor(Recipe(chunk_size=5, family="worldvla"), text, images), decode="official")
     n = len(pol.prompt_ids("pick it up", [frame]))
     good, _ = grammar_script(14, 5)
     pol.model = ScriptedModel([good, unpairable_script()], [n, n])

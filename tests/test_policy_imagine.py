@@ -60,7 +60,7 @@ def test_bi_view_history_interleaves_third_and_wrist(pol):
     prompt = pol.world_prompt_ids(thirds, actions, wrist=wrists)
     t0, t1 = (pol.images.image_to_tokens(x) for x in thirds)
     w0, w1 = (pol.images.image_to_tokens(x) for x in wrists)
-    a0, a1 = (pol.world_builder.action.encode_block(a) for a in actions)
+    a0, a1 = (pol.processor.world_action.encode_block(a) for a in actions)
     at = [_find(prompt, x) for x in (t0, w0, t1, w1)]
     assert at == sorted(at)  # [third_t-1, wrist_t-1, third_t, wrist_t]
     assert prompt[at[1] + len(w0) : at[2]] == a0  # each step: its two views, then its action

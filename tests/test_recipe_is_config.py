@@ -229,3 +229,49 @@ def test_stage_choices_reject_a_bad_value_in_one_line(stage, override, named):
     with pytest.raises(ValueError) as err:
         load_config(root, None, [override])
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+# -- one processor for training and inference --------------------------------------------------------
+def test_training_and_inference_tokenise_through_one_processor(tiny_assets):
+    """A training record's sequence starts with exactly the query the policy sends for the same frames and
+    state, and its action blocks are the bins the policy de-normalises: both come from the Recipe's Processor
+    (action and world samples binned with their own statistics)."""
+    import numpy as np
+
+    from worldvla.data.processor import Processor
+    from worldvla.data.sequence import action_conversation, world_conversation
+    from worldvla.data.tokenization import SampleTokenizer
+
+    recipe = Recipe(chunk_size=2, history=2, resolution=64, action_stats="rynnvla_action",
+                    world_action_stats="worldvla", with_state=True).with_tokenizer(tiny_assets.root)
+    training = SampleTokenizer(recipe, tiny_assets.root)
+    inference = Processor.from_folder(recipe, tiny_assets.root)
+    assert isinstance(training.processor, Processor)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    state, actions = rng.uniform(-1, 1, 8), rng.uniform(-0.5, 0.5, (2, 7))
+    record = {"conversations": action_conversation("pick it up", 2, 2, 1), "image": frames, "action": list(actions),
+              "state": [state]}
+    sample, kind = training.build(record, prefetch=False)
+    prompt = inference.action_prompt("pick it up", frames, state=state)
+    assert kind == "action" and sample.input_ids[:len(prompt)] == prompt
+    blocks = [ids for ids in (inference.action.encode_block(a) for a in actions)]
+    assert sample.input_ids[len(prompt):len(prompt) + 2 * len(blocks[0])] == blocks[0] + blocks[1]
+    world = {"conversations": world_conversation(1), "image": frames, "action": [actions[0]]}
+    wsample, kind = training.build(world, prefetch=False)
+    wprompt = inference.world_prompt(frames[0], actions[0])
+    assert kind == "world" and wsample.input_ids[:len(wprompt)] == wprompt
+    assert inference.world_action.encode_block(actions[0]) != inference.action.encode_block(actions[0])
+
+
+def test_the_policy_is_a_recipe_a_processor_and_weights(tiny_assets, tmp_path):
+    from worldvla.data.processor import Processor
+    from worldvla.policy.policy import WorldVLAPolicy
+    from worldvla.testing.tiny_model import one_torch_thread, write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", tiny_assets, chunk_size=3, resolution=64)
+    with one_torch_thread():
+        policy = WorldVLAPolicy.from_pretrained(ckpt, chunk_size=2)
+    assert isinstance(policy.processor, Processor) and policy.settings is policy.processor.recipe
+    assert policy.settings.differing(Recipe.from_file(ckpt / "worldvla.json").replace(chunk_size=2)) == []
+    assert policy.action_tok is policy.processor.action and policy.images is policy.processor.images

@@ -1,10 +1,10 @@
 """Conversation records -> `Sample`s with a per-frame image-token cache (shared by pretokenize and on-the-fly).
 
-`SampleTokenizer` owns the text, image, action and state tokenizers of one `Recipe` (worldvla/recipe.py:
-resolution and statistics; the tokenizer files are given as a folder), tokenises each
-image file once (VQ-GAN calls are batched), and picks the action statistics by sample kind: world-model
-samples (an image in the assistant turn) may use other min/max than action-model samples (RynnVLA-002's
-pretokenize path did, official_format.md §10.1).
+`SampleTokenizer` tokenises records with the Processor of one `Recipe` (worldvla/data/processor.py: the
+text, image, action and state tokenizers, resolution and statistics; the tokenizer files are given as a
+folder), the one the policy prompts with. It tokenises each image file once (VQ-GAN calls are batched) and
+picks the builder by sample kind: world-model samples (an image in the assistant turn) may use other
+min/max than action-model samples (RynnVLA-002's pretokenize path did, official_format.md §10.1).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from worldvla.data.frame_cache import frame_key
-from worldvla.data.sequence import RecordError, Sample, SequenceBuilder, sample_kind
+from worldvla.data.processor import Processor
+from worldvla.data.sequence import RecordError, Sample, sample_kind
 from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files are the Recipe's)
     TOKENIZER_FILES,
     Recipe,
@@ -25,7 +26,6 @@ from worldvla.recipe import (  # noqa: F401  (re-exported: the tokenizer files a
     stats_of,
     tokenizer_files,
 )
-from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 from worldvla.tokenizers.image import codes_to_tokens, resize_square, to_rgb_array
 
 log = logging.getLogger(__name__)
@@ -77,20 +77,12 @@ class SampleTokenizer:
         (0 = unbounded); `frame_cache`: a FrameCache to read codes from; `device`: where the VQ-GAN runs;
         `image_batch`: images per VQ-GAN call (prefetch); `resize`: frames of another size are resized to the
         recipe's resolution (`fit_frame`) instead of refused."""
-        files = tokenizer_files(tokenizer)
         self.recipe = recipe
         self.image_batch = max(1, image_batch)
         self.resize = resize
         self.base_dir = Path(base_dir) if base_dir is not None else None
-        self.text = TextTokenizer(files["text_tokenizer.json"])
-        self.image = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], self.text.vocab,
-                                               recipe.resolution, device=device)
-        state = StateTokenizer(stats_of(recipe.state_stats))
-        action = ActionTokenizer(stats_of(recipe.action_stats))
-        self.builders = {"action": SequenceBuilder(self.text, self._image_tokens, action, state)}
-        world = recipe.value("world_action_stats")
-        self.builders["world"] = (self.builders["action"] if same_stats(world, recipe.action_stats) else
-                                  SequenceBuilder(self.text, self._image_tokens, ActionTokenizer(stats_of(world)), state))
+        self.processor = Processor.from_folder(recipe, tokenizer, device=device, image_tokens=self._image_tokens)
+        self.text, self.image, self.builders = self.processor.text, self.processor.images, self.processor.builders
         self.cache: OrderedDict[str, list[int]] = OrderedDict()
         self.cache_size = cache_size
         self.frame_cache = frame_cache

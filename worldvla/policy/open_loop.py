@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from worldvla import vocab as V
 from worldvla.atomic import atomic_write
+from worldvla.data.processor import Processor
 from worldvla.policy.policy import WorldVLAPolicy
-from worldvla.recipe import Recipe, tokenizer_files
-from worldvla.tokenizers import ImageTokenizer, TextTokenizer
+from worldvla.recipe import Recipe
 
 GRIPPER = 6  # index of the gripper dimension of a LIBERO action
 DIM_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
@@ -124,14 +124,9 @@ def _spread(items: list, n: int) -> list:
 # -- the trainer's hook ---------------------------------------------------------------------------------
 def policy_for_model(model, recipe: Recipe, tokenizer: str | Path, action_mask: bool, device: str = "cpu"):
     """A WorldVLAPolicy around an in-memory model, with a training run's Recipe (its `data.recipe`) and the
-    tokenizer files in `tokenizer`: what the trainer decodes
-    `data.val` with."""
-    files = tokenizer_files(tokenizer)
-    text = TextTokenizer(files["text_tokenizer.json"])
-    images = ImageTokenizer.from_files(files["vqgan.yaml"], files["vqgan.ckpt"], text.vocab, recipe.resolution,
-                                       device=device)
-    return WorldVLAPolicy(model, text, images, recipe, decode="parallel" if action_mask else "sequential",
-                          action_mask=action_mask)
+    tokenizer files in `tokenizer`: what the trainer decodes `data.val` with."""
+    return WorldVLAPolicy(model, Processor.from_folder(recipe, tokenizer, device=device),
+                          decode="parallel" if action_mask else "sequential", action_mask=action_mask)
 
 
 def trainer_metrics(model, recipe: Recipe, tokenizer: str | Path, action_mask: bool, dataset, max_samples: int,

@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldvla.data.sequence import IMAGE, SequenceBuilder, action_conversation, world_conversation
+from worldvla.data.processor import Processor
 from worldvla.errors import InputFileError
 from worldvla.model import free_decode, image_decode
 from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
 from worldvla.recipe import FILE_NAME as RECIPE_FILE
-from worldvla.recipe import Recipe, stats_of
-from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
+from worldvla.recipe import Recipe
 from worldvla.tokenizers.image import image_token_count, tokens_to_codes
 
 from . import official_decode
@@ -66,9 +65,6 @@ def _bins(blocks: list[list[int]]) -> np.ndarray:
     return np.asarray(blocks, dtype=np.int64).reshape(-1, G.ACTION_DIM)
 
 
-_stats = stats_of
-
-
 def check_chunk_fits(settings: Recipe, max_seq_len: int, path: Path | None) -> None:
     """K action blocks after the prompt's frames fit the model's context; else every episode would fail
     at its first query. `path`: the worldvla.json the chunk_size came from (None: a keyword setting)."""
@@ -83,10 +79,32 @@ def check_chunk_fits(settings: Recipe, max_seq_len: int, path: Path | None) -> N
     raise ValueError(f"policy setting {message}")
 
 
+def checkpoint_recipe(ckpt_dir: str | Path, folder: Path, overrides: dict) -> Recipe:
+    """The Recipe a checkpoint runs with: its worldvla.json, else the released settings of an official folder
+    (worldvla.policy.official_checkpoints, by hub id or folder name), else plain WorldVLA when `overrides` give
+    the fields released setups differ in (an unknown folder is refused); `overrides` (None values dropped)
+    win over either."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    path = folder / SETTINGS_NAME
+    official = None if path.is_file() else (find_official(ckpt_dir) or find_official(folder))
+    if path.is_file():
+        base = Recipe.from_file(path)
+    elif official is not None:  # a released checkpoint: its settings are known, not guessed
+        base = official.recipe()
+        log.info("%s: released checkpoint %s, settings %s%s", folder, official.hub_id, official.settings,
+                 f" overridden by {given}" if given else "")
+    elif all(k in given for k in REQUIRED_FOR_UNKNOWN):
+        base = Recipe()
+    else:
+        raise unknown_folder_error(folder, given)
+    return base.replace(**given)
+
+
 class WorldVLAPolicy:
-    def __init__(self, model, text: TextTokenizer, images: ImageTokenizer, settings: Recipe,
-                 decode: str = "parallel", max_new_tokens: int = free_decode.OFFICIAL_MAX_NEW_TOKENS,
-                 action_mask: bool = True, name: str = "worldvla", compile_step: bool = False, action_head=None):
+    def __init__(self, model, processor: Processor, decode: str = "parallel",
+                 max_new_tokens: int = free_decode.OFFICIAL_MAX_NEW_TOKENS, action_mask: bool = True,
+                 name: str = "worldvla", compile_step: bool = False, action_head=None):
+        settings = processor.recipe
         if decode not in DECODE_MODES or decode == "auto":
             raise ValueError(f"decode={decode!r}; valid: {DECODE_MODES[1:]} (auto is resolved by from_pretrained)")
         if settings.action_mode == "continuous":
@@ -96,18 +114,13 @@ class WorldVLAPolicy:
                 raise ValueError(f"the action head predicts {action_head.cfg.chunk_size} actions per chunk but "
                                  f"worldvla.json says chunk_size={settings.chunk_size}")
         self.action_head = action_head
-        self.model, self.text, self.images, self.settings = model, text, images, settings
+        self.model, self.processor = model, processor
+        self.text, self.images, self.action_tok = processor.text, processor.images, processor.action
         self.decode, self.max_new_tokens, self.action_mask, self.name = decode, max_new_tokens, action_mask, name
         self.compile_step = compile_step  # static-shape step: CUDA graphs on CUDA, compiled layers on CPU
         self.static: bool | None = None  # True: the static-shape step without capture/compile (None: = compile_step)
         self.last_decode_info: list[dict] = []
-        self.action_tok = ActionTokenizer(_stats(settings.action_stats))
-        world = settings.world_action_stats or settings.action_stats
-        state_tok = StateTokenizer(_stats(settings.state_stats)) if settings.with_state else None
-        self.builder = SequenceBuilder(text, self._image_tokens, self.action_tok, state_tok)
-        self.world_builder = SequenceBuilder(text, self._image_tokens, ActionTokenizer(_stats(world)))
-        self._encoded: dict[int, list[int]] = {}  # id(frame) -> tokens, pre-encoded in one batch per call
-        self.image_ids = torch.as_tensor(text.vocab.image_ids(), dtype=torch.long)
+        self.image_ids = torch.as_tensor(self.text.vocab.image_ids(), dtype=torch.long)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -115,50 +128,41 @@ class WorldVLAPolicy:
                         tokenizer: str | Path | None = None, decode: str = "auto", compile_step: bool = False,
                         **settings) -> WorldVLAPolicy:
         """Our checkpoint folder (worldvla.json + tokenizer/), or an official one (config.json + shards)
-        with `tokenizer=<dir>`. An official folder listed in worldvla.policy.official_checkpoints (by hub id
-        or folder name) gets its released settings from that table; any other folder without worldvla.json
-        must be given chunk_size, resolution and action_stats as keyword arguments, or it is refused.
-        Keyword settings (chunk_size, history, resolution, action_stats, action_mode, ...) always win.
+        with `tokenizer=<dir>`: load the Recipe (checkpoint_recipe; keyword settings such as chunk_size,
+        resolution, action_stats, action_mode always win), build its Processor from the tokenizer files (their
+        sha256 checked against the recipe's), load the weights (and the continuous head).
         dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
         decode `auto`: parallel for our checkpoints, official for an official folder (resolve_decode)."""
         unknown = set(settings) - set(Recipe.__dataclass_fields__)
         if unknown:
-            raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; valid: {sorted(Recipe.__dataclass_fields__)}")
+            raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; "
+                            f"valid: {sorted(Recipe.__dataclass_fields__)}")
         folder = resolve_source(ckpt_dir)
         path = folder / SETTINGS_NAME
         tok_dir = find_tokenizer_dir(folder, tokenizer)
-        given = {k: v for k, v in settings.items() if v is not None}
-        official = None if path.is_file() else (find_official(ckpt_dir) or find_official(folder))
-        if path.is_file():
-            base = Recipe.from_file(path)
-        elif official is not None:  # a released checkpoint: its settings are known, not guessed
-            base = official.recipe()
-            log.info("%s: released checkpoint %s, settings %s%s", folder, official.hub_id, official.settings,
-                     f" overridden by {given}" if given else "")
-        elif all(k in given for k in REQUIRED_FOR_UNKNOWN):
-            base = Recipe()
-        else:
-            raise unknown_folder_error(folder, given)
-        base = base.replace(**given)  # keyword settings win over worldvla.json / the table
-        base.verify_tokenizer(tok_dir, path)
-        text = TextTokenizer(tok_dir / "text_tokenizer.json")
-        if base.text_tokenizer_sha256 and text.sha256() != base.text_tokenizer_sha256:
+        recipe = checkpoint_recipe(ckpt_dir, folder, settings)
+
+        recipe.verify_tokenizer(tok_dir, path)
+        processor = Processor.from_folder(recipe, tok_dir, device=device)
+        if recipe.text_tokenizer_sha256 and processor.text.sha256() != recipe.text_tokenizer_sha256:
             raise ValueError(f"{tok_dir / 'text_tokenizer.json'} is not the tokenizer {folder} was trained with "
-                             f"(sha256 {text.sha256()[:12]} != {base.text_tokenizer_sha256[:12]})")
-        images = ImageTokenizer.from_files(tok_dir / "vqgan.yaml", tok_dir / "vqgan.ckpt", text.vocab,
-                                           base.resolution, device=device)
+                             f"(sha256 {processor.text.sha256()[:12]} != {recipe.text_tokenizer_sha256[:12]})")
+
         if dtype is None:
             dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
         loaded = load_checkpoint(folder, dtype=dtype, device=device)
-        check_chunk_fits(base, loaded.model.cfg.max_seq_len, path if "chunk_size" not in given else None)
+        check_chunk_fits(recipe, loaded.model.cfg.max_seq_len, path if settings.get("chunk_size") is None else None)
         head = None
-        if base.action_mode == "continuous":
-            head = build_action_head(loaded.extras, base.action_head, str(folder), device, dtype)
-        mode = resolve_decode(decode, (folder / SETTINGS_NAME).is_file())
-        return cls(loaded.model, text, images, base, decode=mode, name=folder.name, compile_step=compile_step,
-                   action_head=head)
+        if recipe.action_mode == "continuous":
+            head = build_action_head(loaded.extras, recipe.action_head, str(folder), device, dtype)
+        mode = resolve_decode(decode, path.is_file())
+        return cls(loaded.model, processor, decode=mode, name=folder.name, compile_step=compile_step, action_head=head)
 
     # -- attributes used by the evaluation ---------------------------------------------------------
+    @property
+    def settings(self) -> Recipe:
+        return self.processor.recipe
+
     @property
     def chunk_size(self) -> int:
         return self.settings.chunk_size
@@ -187,30 +191,16 @@ class WorldVLAPolicy:
     def decode_mode(self) -> str:
         return self.decode
 
-    # -- prompts -----------------------------------------------------------------------------------
-    def _image_tokens(self, image) -> list[int]:
-        """A frame's tokens: pre-encoded with the rest of the batch (predict_batch), else encoded now."""
-        found = self._encoded.get(id(image))
-        return found if found is not None else self.images.image_to_tokens(image)
-
+    # -- prompts (the processor's: training builds the same sequences) ---------------------------------
     def prompt_ids(self, instruction: str, images: Sequence[np.ndarray], wrist: Sequence[np.ndarray] | None = None,
                    state: np.ndarray | None = None) -> list[int]:
-        frames = list(images)[-self.history:]
-        if not frames:
-            raise ValueError("predict needs at least the current image")
-        if self.uses_wrist:
-            if wrist is None or len(wrist) < len(frames):
-                raise ValueError(f"this checkpoint needs a wrist image per frame ({len(frames)}), got "
-                                 f"{0 if wrist is None else len(wrist)}")
-            wrist = list(wrist)[-len(frames):]
-            frames = [img for pair in zip(frames, wrist) for img in pair]  # [third_t-1, wrist_t-1, third_t, wrist_t]
-        states = []
-        if self.uses_state:
-            if state is None:
-                raise ValueError("this checkpoint needs the 8-D robot state (state=...)")
-            states = [np.asarray(state, dtype=np.float64).reshape(-1)]
-        turns = action_conversation(instruction, len(frames), self.chunk_size, n_states=len(states))
-        return self.builder.prompt(turns, frames, states=states).input_ids
+        return self.processor.action_prompt(instruction, images, wrist, state)
+
+    def world_prompt_ids(self, image, action, wrist=None) -> list[int]:
+        return self.processor.world_prompt(image, action, wrist)
+
+    def world_prompt_from_tokens(self, view_tokens: list[list[int]], action, human_text: str | None = None) -> list[int]:
+        return self.processor.world_prompt_from_tokens(view_tokens, action, human_text)
 
     # -- inference ---------------------------------------------------------------------------------
     def predict_tokens(self, prompts: list[list[int]]) -> list[np.ndarray]:
@@ -257,13 +247,10 @@ class WorldVLAPolicy:
         frames = [f for imgs in images_per_episode for f in list(imgs)[-self.history:]]
         if self.uses_wrist and wrists is not None:
             frames += [f for w in wrists for f in list(w)[-self.history:]]
-        self._encoded = {id(f): t for f, t in zip(frames, self.images.images_to_tokens(frames))}  # one batched call
-        try:
+        with self.processor.pre_encoded(frames):  # one batched VQ-GAN call
             prompts = [self.prompt_ids(instr, imgs, None if wrists is None else wrists[i],
                                        None if states is None else states[i])
                        for i, (instr, imgs) in enumerate(zip(instructions, images_per_episode))]
-        finally:
-            self._encoded = {}
         if self.action_mode == "continuous":
             self.last_decode_info = [{"failure": None, "grammar_violation": None} for _ in prompts]
             return [self.action_tok.unnormalize(a) for a in predict_normalised(self.model, self.action_head, prompts)]
@@ -276,23 +263,6 @@ class WorldVLAPolicy:
                                   None if state is None else [state])[0]
 
     __call__ = predict
-
-    def world_prompt_ids(self, image, action, wrist=None) -> list[int]:
-        """The world model's prompt: frame(s) + action(s); with `wrist` the bi-view prompt, each history
-        step holding its third-person and wrist images interleaved `[third, wrist]` before its action."""
-        frames = list(image) if isinstance(image, (list, tuple)) else [image]
-        acts = np.asarray(action, dtype=np.float64).reshape(-1, G.ACTION_DIM)
-        if len(frames) != len(acts):
-            raise ValueError(f"{len(frames)} frames but {len(acts)} actions (one action per history frame)")
-        views = 1
-        if wrist is not None:
-            wrists = list(wrist) if isinstance(wrist, (list, tuple)) else [wrist]
-            if len(wrists) != len(frames):
-                raise ValueError(f"{len(frames)} third-person frames but {len(wrists)} wrist frames")
-            frames = [img for pair in zip(frames, wrists) for img in pair]  # [third_t-1, wrist_t-1, third_t, wrist_t]
-            views = 2
-        conv = world_conversation(len(acts), views=views)
-        return self.world_builder.prompt(conv, frames, actions=list(acts)).input_ids
 
     def imagine(self, image, action, wrist=None, return_tokens: bool = False):
         """World model: current frame(s) + action(s) -> the next frame (H, W, 3) uint8.
@@ -318,17 +288,6 @@ class WorldVLAPolicy:
     def frame_tokens(self, frames) -> list[list[int]]:
         """(R, R, 3) uint8 frames -> the image tokens of each, one batched VQ-GAN encode."""
         return self.images.images_to_tokens(list(frames))
-
-    def world_prompt_from_tokens(self, view_tokens: list[list[int]], action, human_text: str | None = None) -> list[int]:
-        """One-step world prompt from ready image tokens: [BOS] prompt I(t) [I_wrist(t)] A(t) SEP.
-
-        `view_tokens` holds the image tokens of each view of frame t (1: third person, 2: + wrist);
-        `human_text` replaces the training prompt's text (e.g. RynnVLA-002's eval wording)."""
-        conv = world_conversation(1, views=len(view_tokens))
-        if human_text is not None:
-            turn = conv[0]["value"]
-            conv[0] = {"from": "human", "value": human_text + turn[turn.index(IMAGE):]}
-        return self.world_builder.prompt(conv, list(view_tokens), actions=[action]).input_ids
 
     def imagine_tokens(self, prompts: list[list[int]], views: int = 1) -> tuple[np.ndarray, list[list[list[int]]]]:
         """Batched world model on ready prompts: the `views` next images of every prompt, generated in one
