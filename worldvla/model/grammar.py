@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 EXACT_ROWS = 256  # head rows outside the range computed exactly; the rest share one bound
 
@@ -28,7 +27,7 @@ EXACT_ROWS = 256  # head rows outside the range computed exactly; the rest share
 @dataclass
 class RangeBound:
     key: tuple  # the weight version it was made from
-    rows: torch.Tensor  # (N + 1, dim): the N head rows outside lo..hi farthest from the centre, then the centre
+    rows_t: torch.Tensor  # (dim, N + 1): the N head rows outside lo..hi farthest from the centre, then the centre
     # (2, N + 1), per unit of |h|: [0] an exact row this far above the range wins (never the centre);
     # [1] below this, a row (the centre: every row it bounds) loses
     thresholds: torch.Tensor
@@ -55,7 +54,8 @@ def range_bound(model, lo: int, hi: int) -> RangeBound:
     thresholds = torch.tensor([[margin], [-margin]], device=weight.device).repeat(1, len(far) + 1)
     thresholds[0, -1] = torch.inf
     thresholds[1, -1] -= float(dist.max())
-    found = cache[(lo, hi)] = RangeBound(key, torch.cat([rows[far], centre[None]]).to(weight.dtype), thresholds)
+    rows_t = torch.cat([rows[far], centre[None]]).to(weight.dtype).T.contiguous()
+    found = cache[(lo, hi)] = RangeBound(key, rows_t, thresholds.to(weight.dtype))
     return found
 
 
@@ -72,11 +72,12 @@ def outside_range(model, hidden: torch.Tensor, lo: int, hi: int, best: torch.Ten
         return (free < lo) | (free > hi)
     bound = range_bound(model, lo, hi)
     h = hidden.reshape(-1, hidden.shape[-1])
-    # each bounded logit's gap to the best in-range logit, in units of |h| (few ops: this runs every step)
-    gap = (F.linear(h, bound.rows).float() - best.reshape(-1, 1)) / h.float().norm(dim=-1, keepdim=True)
-    worst = (gap[:, None] - bound.thresholds).amax(-1)  # (Q, 2)
+    # each bounded logit's gap to the best in-range logit, in units of |h| (as few ops as can be: every step)
+    gap = torch.addmm(best.reshape(-1, 1), h, bound.rows_t, beta=-1)
+    gap.div_(torch.linalg.vector_norm(h, dim=-1, keepdim=True))
+    worst = (gap.unsqueeze(1) - bound.thresholds).amax(-1)  # (Q, 2)
     flag = worst[:, 0] > 0  # an exact row clearly above the range: outside
-    decided = flag | (worst[:, 1] < 0)  # or every row clearly below it: inside
+    decided = (worst[:, 1] < 0).logical_or_(flag)  # or every row clearly below it: inside
     if not bool(decided.all()):
         unsure = ~decided
         free = model.logits(h[unsure]).argmax(-1)
