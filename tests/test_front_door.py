@@ -127,4 +127,6 @@ def test_video_metrics_cli_reads_the_one_grammar(tmp_path):
     assert main([str(tmp_path), "suite=cli", "--out-dir", str(out), "metrics=[psnr, ssim]", "kinds=[inf]",
                  "--min-frames", "5", "size=32"]) == 0
     assert "| inf |" in (out / "cli_metrics.md").read_text()
-    assert main(["suite=cli"]) == 2  # no folder: one error line, not a traceback
+    with pytest.raises(SystemExit) as exit_:  # no folder: one error line, not a traceback
+        main(["suite=cli"])
+    assert exit_.value.code == 2

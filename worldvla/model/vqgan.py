@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from worldvla import vocab as V
 from worldvla.atomic import fsync_file
-from worldvla.errors import InputFileError
+from worldvla.errors import InputFileError, exit_on_input_errors
 from worldvla.model.safe_ckpt import load_state_dict
 
 log = logging.getLogger(__name__)
@@ -322,11 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("dst")
     c.add_argument("--allow", nargs="*", default=[], help="global names (module.Class) of metadata to drop")
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.src, args.dst, tuple(args.allow))
-    except (InputFileError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = exit_on_input_errors(convert, FileNotFoundError)(args.src, args.dst, tuple(args.allow))
     print(f"wrote {out}")
     return 0
 

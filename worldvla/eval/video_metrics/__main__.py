@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from worldvla.config import ConfigError, parse_cli
-from worldvla.errors import exit_on_input_errors
+from worldvla.errors import InputFileError, exit_on_input_errors
 
 from .evaluate import METRICS, MIN_FRAMES, LazyVideos, evaluate_sets, find_official_videos
 from .fvd import load_i3d
@@ -53,15 +53,10 @@ class VideoMetricsConfig:
 
 def _main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(VideoMetricsConfig, argv, description=__doc__, positional="folder")
-    try:
-        cfg.validate()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg.validate()
     names, gts, gens = find_official_videos(cfg.folder, cfg.kinds)
     if not names:
-        print(f"no paired '--success=gt--' videos found in {cfg.folder}", file=sys.stderr)
-        return 1
+        raise InputFileError(cfg.folder, "no paired '--success=gt--' videos found here")
     lpips = load_lpips(cfg.lpips_lin, cfg.vgg16, cfg.metrics_dir, cfg.device) if "lpips" in cfg.metrics else None
     i3d = load_i3d(cfg.i3d, cfg.metrics_dir, cfg.device, cfg.i3d_sha256) if "fvd" in cfg.metrics else None
     results = evaluate_sets(LazyVideos(gts), {k: LazyVideos(v) for k, v in gens.items()}, metrics=cfg.metrics,
@@ -72,7 +67,7 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-main = exit_on_input_errors(_main)  # an unsafe or bad weight file: one line, exit status 2
+main = exit_on_input_errors(_main)  # a bad value, an unsafe or bad weight file, no videos: one line, exit status 2
 
 
 if __name__ == "__main__":
