@@ -71,7 +71,7 @@ def test_paper_form_and_separate_terms():
     assert official.ce.item() == pytest.approx(ce, rel=1e-6)
     assert official.action_ce.item() == pytest.approx(action_ce, rel=1e-6)  # reported either way
     assert (official.n_action, official.n_world) == (3, 3)
-    with pytest.raises(ValueError, match="loss form"):
+    with pytest.raises(ValueError, match=r"^form: 'mean' not one of \['official', 'paper'\]$"):
         LossConfig(form="mean")
 
 

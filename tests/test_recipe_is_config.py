@@ -275,3 +275,15 @@ def test_the_policy_is_a_recipe_a_processor_and_weights(tiny_assets, tmp_path):
     assert isinstance(policy.processor, Processor) and policy.settings is policy.processor.recipe
     assert policy.settings.differing(Recipe.from_file(ckpt / "worldvla.json").replace(chunk_size=2)) == []
     assert policy.action_tok is policy.processor.action and policy.images is policy.processor.images
+
+
+@pytest.mark.parametrize("override", ["data.batching=sorted", "train.precision=fp16", "train.loss_form=mean",
+                                      "train.save_dtype=float16", "logging.wandb_mode=cloud", "train.lora.merge=never",
+                                      "train.lora.target_modules=[q_proj,lm_head]"])
+def test_every_training_choice_is_a_literal_checked_by_the_loader(override):
+    from worldvla.train.config import TrainConfig
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"\b{key}(\[1\])?: '\w+' not one of \[") as err:
+        load_config(TrainConfig, None, [override])
+    assert "\n" not in str(err.value)

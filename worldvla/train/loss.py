@@ -20,21 +20,20 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from worldvla import vocab as V
-
-LOSS_FORMS = ("official", "paper")
+from worldvla.config import check_literals
+from worldvla.train.config import LossForm
 
 
 @dataclass
 class LossConfig:
     world_weight: float = 0.04  # official CE class weight of image-code targets (WorldVLA "w004")
     z_loss_weight: float = 1e-5  # official z-loss weight
-    form: str = "official"  # official (class-weighted mean) | paper (L_action + w * L_world)
+    form: LossForm = "official"  # official (class-weighted mean) | paper (L_action + w * L_world)
     image_code_slice: tuple[int, int] = V.IMAGE_CODE_LOSS_SLICE  # class ids [lo, hi) given world_weight
     chunk: int = 0  # > 0: positions per chunk of chunked_lse_target (0 = the whole logits in one fp32 copy)
 
     def __post_init__(self) -> None:
-        if self.form not in LOSS_FORMS:
-            raise ValueError(f"loss form {self.form!r}; valid: {LOSS_FORMS}")
+        check_literals(self)
 
 
 @dataclass
