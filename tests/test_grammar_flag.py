@@ -109,3 +109,21 @@ def test_decode_flags_equal_the_full_check_on_a_clustered_head(seed):
             bins = free[[n + 9 * i + t for i in range(4) for t in range(7)]]
             want.append(bool(free[n - 1] != 10004) or bool(((bins < LO) | (bins > HI)).any()))
     assert got == want
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_static_steps_report_the_eager_flags(mode, monkeypatch):
+    """The static step's flag output (its own preallocated tensor) equals the eager step's, on steps that
+    really compute it: the head is set so that no prompt is flagged at its end (10004 wins there)."""
+    model = make_tiny_model(seed=7)
+    prompts = [random_prompt(40 + s, n_images=1) for s in range(3)]
+    with torch.no_grad():  # prompts without action blocks: the causal forward is the prefill's
+        ends = torch.stack([model.forward_hidden(torch.tensor([p]))[0, -1] for p in prompts])
+        model.lm_head.weight[10004] = 50 * (ends / ends.norm(dim=-1, keepdim=True)).sum(0)
+    checked, step = [], G.step
+    monkeypatch.setattr(G, "step", lambda *a: checked.append(a[5]) or step(*a))
+    eager, static = [], []
+    out = G.decode_action_chunks(model, prompts, 3, mode, grammar=eager)
+    assert any(checked)  # the steps computed the flag (not everything decided at the prompt's end)
+    assert torch.equal(G.decode_action_chunks(model, prompts, 3, mode, grammar=static, static=True), out)
+    assert static == eager
