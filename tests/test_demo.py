@@ -17,8 +17,10 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 def _small(out):
     from worldvla.demo import DemoConfig
+    from worldvla.recipe import Recipe
 
-    return DemoConfig(out=str(out), tasks="0", episodes="0-1", train_ratio=0.5, record_resolution=64, resolution=64,
+    return DemoConfig(out=str(out), tasks="0", episodes="0-1", train_ratio=0.5, record_resolution=64,
+                      recipe=Recipe(resolution=64, with_state=True),
                       train_steps=12, batch_size=4, eval_trials=1, eval_held_out=1, eval_max_steps=10, workers=1,
                       horizon=2, imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan="", vqgan_fit_steps=3,
                       train_config="configs/tiny.yaml", train_epochs=0, causal=True)
@@ -46,7 +48,7 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
     gifs = sorted(report.glob("*.gif"))
     assert len(gifs) == cfg.imagine_trajectories and all(g.name in linked for g in gifs)
     frames = imageio.mimread(gifs[0])
-    assert len(frames) == cfg.horizon and frames[0].shape[1] == 2 * cfg.resolution  # truth | imagined
+    assert len(frames) == cfg.horizon and frames[0].shape[1] == 2 * cfg.recipe.resolution  # truth | imagined
     videos = sorted(report.glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
     with imageio.get_reader(videos[0]) as reader:
@@ -78,7 +80,7 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
     held = manifest["splits"]["val_ind"][0].replace("/", "__")
     for folder, decode in (("mask", "parallel"), ("causal", "sequential")):
         res = json.loads((tmp_path / "demo" / "open_loop" / folder / "open_loop_val_ind.json").read_text())
-        assert res["n_samples"] == 4 and res["decode"] == decode and len(res["l1_by_position"]) == cfg.chunk_size
+        assert res["n_samples"] == 4 and res["decode"] == decode and len(res["l1_by_position"]) == cfg.recipe.chunk_size
     assert {"open_loop_mask_vs_causal.png", "libero_object_action_gap_vs_horizon.png"} <= linked
     assert "each of 4 held-out action samples" in summary and "1 held-out trajectories imagined" in summary
     assert [g.name for g in gifs] == [f"{held}.gif"]  # the imagined trajectory is the held-out one

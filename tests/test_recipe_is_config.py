@@ -102,11 +102,12 @@ def test_old_keys_move_to_their_new_place_with_a_note(tmp_path):
 def stage_configs() -> list[type]:
     from worldvla.data.conversations import ConversationsConfig
     from worldvla.data.pretokenize import PretokenizeConfig
+    from worldvla.demo import DemoConfig
     from worldvla.eval.config import EvalConfig
     from worldvla.serve.server import ServeConfig
     from worldvla.train.config import TrainConfig
 
-    return [ConversationsConfig, PretokenizeConfig, TrainConfig, EvalConfig, ServeConfig]
+    return [ConversationsConfig, PretokenizeConfig, TrainConfig, EvalConfig, ServeConfig, DemoConfig]
 
 
 # Fields of a stage config named like a Recipe field on purpose, each with the reason.
@@ -156,11 +157,16 @@ def test_the_stages_hold_the_recipe_itself():
         assert typing.get_type_hints(cls)["recipe"] is Recipe, cls
 
 
-def sample_value(new_key: str) -> str:
-    """A value for the field at `new_key` other than its default, as CLI text."""
+def sample_value(root, new_key: str) -> str:
+    """A value for the field at `new_key` of `root` other than its default, as CLI text."""
     leaf = new_key.split(".")[-1]
-    return {"chunk_size": "7", "history": "3", "resolution": "128", "action_stats": "rynnvla_action",
-            "world_action_stats": "worldvla", "state_stats": "worldvla", "with_state": "true", "with_wrist": "true",
+    if leaf in ("with_state", "with_wrist"):
+        node = root()
+        for part in new_key.split("."):
+            node = getattr(node, part)
+        return str(not node).lower()
+    return {"chunk_size": "7", "history": "3", "resolution": "96", "action_stats": "rynnvla_action",
+            "world_action_stats": "worldvla", "state_stats": "worldvla",
             "tokenizer": "some/tokenizer", "recipe": "{chunk_size: 10, action_stats: worldvla}",
             "action_mode": "continuous"}[leaf]
 
@@ -188,7 +194,7 @@ def renamed_keys() -> list[tuple[type, str, str]]:
 
 @pytest.mark.parametrize("root, old, new", renamed_keys(), ids=lambda x: getattr(x, "__name__", x))
 def test_old_keys_still_load_to_the_same_values_with_a_note(root, old, new):
-    value = sample_value(new)
+    value = sample_value(root, new)
     got, notes = loaded(root, None, [f"{old}={value}"])
     want, none = loaded(root, None, [f"{new}={value}"])
     assert got == want and got != root() and none == []

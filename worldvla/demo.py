@@ -38,8 +38,9 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import imageio.v2 as imageio
 import numpy as np
@@ -65,6 +66,8 @@ EMBEDDED_VQGAN = Path(__file__).resolve().parent / "assets" / "tiny_vqgan_libero
 
 @dataclass
 class DemoConfig:
+    renamed: ClassVar[dict[str, str]] = {k: f"recipe.{k}" for k in ("resolution", "with_state", "with_wrist",
+                                                                    "chunk_size")}
     out: str = "outputs/demo"  # everything the demo writes
     suite: str = "libero_object"  # tasks the scripted expert solves (docs/scripted_expert.md)
     tasks: str = "0"  # task ids, e.g. 0 or 0,1 or 0-2
@@ -73,10 +76,10 @@ class DemoConfig:
     action_noise: float = 0.2  # std of that noise on the six arm dims, action units
     train_ratio: float = 0.8  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
-    resolution: int = 128  # model / regenerated image px (multiple of 16): (px/16)^2 VQ codes per view
-    with_state: bool = True  # RynnVLA-002's 8-D proprio state in the action prompt (Recipe.with_state)
-    with_wrist: bool = False  # RynnVLA-002's wrist view next to the third view (Recipe.with_wrist)
-    chunk_size: int = 5  # K actions per chunk
+    # what every stage makes tokens with: recipe.resolution (model / regenerated image px, a multiple of 16:
+    # (px/16)^2 VQ codes per view), recipe.with_state (RynnVLA-002's 8-D proprio state in the action prompt),
+    # recipe.with_wrist (its wrist view next to the third view), recipe.chunk_size (K), recipe.history (M)
+    recipe: Recipe = field(default_factory=lambda: Recipe(resolution=128, with_state=True))
     train_config: str = "configs/tiny_learn.yaml"  # the train preset; the fields below override it
     train_steps: int = 300  # tiny-model optimizer steps (both runs); with train_epochs > 0 the epochs decide
     train_epochs: float = 8.0  # > 0: train this many epochs, the cosine schedule (lr -> min_lr) spanning them
@@ -104,15 +107,9 @@ class DemoConfig:
     data_from: str = ""  # another demo's out folder: reuse its recorded + regenerated data (no record/regenerate)
 
 
-def _recipe(cfg) -> Recipe:
-    """The demo's Recipe: its resolution, K, views and state, the official history of 2 frames."""
-    return Recipe(chunk_size=cfg.chunk_size, history=2, resolution=cfg.resolution, with_state=cfg.with_state,
-                  with_wrist=cfg.with_wrist)
-
-
 def _recipe_args(prefix: str, cfg) -> list[str]:
     """The demo's Recipe as `prefix.field=value` overrides (the same for conversations and training)."""
-    r = _recipe(cfg)
+    r = cfg.recipe
     return [f"{prefix}.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (
         ("resolution", r.resolution), ("history", r.history), ("chunk_size", r.chunk_size),
         ("with_state", r.with_state), ("with_wrist", r.with_wrist))]
@@ -293,19 +290,19 @@ def run(cfg: DemoConfig) -> Path:
             *([f"noisy_copies={cfg.noisy_copies}", f"action_noise={cfg.action_noise}"] if cfg.noisy_copies else [])])
         times["regenerate"] = _run(out, "regenerate", [
             "libero_util/regenerate.py", f"suite={cfg.suite}", f"raw_dir={raw}", f"out_dir={h5}",
-            f"tasks=[{task_list}]", f"resolution={cfg.resolution}", f"workers={cfg.workers}", f"export_dir={export}",
+            f"tasks=[{task_list}]", f"resolution={cfg.recipe.resolution}", f"workers={cfg.workers}", f"export_dir={export}",
             "export_layout=rynnvla"])  # third view, wrist view and state: each recipe picks what it reads
-    views = "[imgs_third_view,imgs_wrist]" if cfg.with_wrist else "[imgs_third_view]"
+    views = "[imgs_third_view,imgs_wrist]" if cfg.recipe.with_wrist else "[imgs_third_view]"
     times["convs"] = _run(out, "convs", [
         "data/conversations.py", f"base_dir={export}", f"output_dir={convs}", f"task_name={short}",
         *_recipe_args("recipe", cfg), f"train_ratio={cfg.train_ratio}", f"img_dirs={views}"])
-    manifest = convs / f"libero_{short}_{cfg.resolution}_conversations_manifest.json"
+    manifest = convs / f"libero_{short}_{cfg.recipe.resolution}_conversations_manifest.json"
     if cfg.claims:
         held_out(manifest)  # fail early when nothing is held out
 
     tok_dir, times["tokenizer"] = _tokenizer(cfg, out, export)
-    names = output_names(ConversationsConfig(task_name=short, recipe=_recipe(cfg)), "train")
-    common = [f"tokenizer.path={tok_dir}", f"tokenizer.recipe.resolution={cfg.resolution}",
+    names = output_names(ConversationsConfig(task_name=short, recipe=cfg.recipe), "train")
+    common = [f"tokenizer.path={tok_dir}", f"tokenizer.recipe.resolution={cfg.recipe.resolution}",
               f"frame_cache={tokens / 'frames'}"]
     times["pretokenize"] = 0.0
     for kind in _kinds(cfg):
@@ -351,7 +348,7 @@ def run(cfg: DemoConfig) -> Path:
         "-m", "worldvla.eval.imagine", f"checkpoint={ckpt}", f"data_dir={export}", "split=val_ind",
         f"horizon={cfg.horizon}", f"max_trajectories={cfg.imagine_trajectories}", f"suite={cfg.suite}",
         f"train_ratio={cfg.train_ratio}", "sensitivity=true", f"out_dir={imagine_dir}",
-        "image_dir=imgs_third_view", f"wrist={str(cfg.with_wrist).lower()}"])  # the rynnvla export layout
+        "image_dir=imgs_third_view", f"wrist={str(cfg.recipe.with_wrist).lower()}"])  # the rynnvla export layout
     return write_report(cfg, out, ckpt, times, time.time() - started, raw, manifest)
 
 
@@ -396,7 +393,7 @@ def _eval_section(cfg: DemoConfig, out: Path) -> list[str]:
         rows, c = _eval_table(out / stage)
         budget = f"max {cfg.eval_max_steps} policy steps" if cfg.eval_max_steps else "the suite's protocol step budget"
         if cfg.eval_execute_steps:  # a deviation from the official open-loop chunk: say so next to the figure
-            budget += f", {cfg.eval_execute_steps} of each chunk's {cfg.chunk_size} actions executed before re-planning"
+            budget += f", {cfg.eval_execute_steps} of each chunk's {cfg.recipe.chunk_size} actions executed before re-planning"
         lines += [f"### {what}", "",
                   (f"**{c['successes']} / {c['episodes']}** episodes succeeded ({c['successes'] / c['episodes']:.0%}, "
                    f"Wilson 95 % interval {c['wilson95'][0]:.0%} - {c['wilson95'][1]:.0%}; {budget}, 10 wait steps, "
@@ -475,7 +472,7 @@ def _claims(cfg: DemoConfig, out: Path, report: Path, manifest: Path) -> list[st
         plot_l1_vs_position(results, report / "open_loop_mask_vs_causal.png",
                             "held-out samples: L1 to the expert by chunk position")
         n = next(iter(results.values()))["n_samples"]
-        k = cfg.chunk_size
+        k = cfg.recipe.chunk_size
         text = (f"Measured: each of {n} held-out action samples (instruction + last 2 frames) decoded free-running "
                 f"into a chunk of K = {k} actions, exactly as in a rollout, by the action-mask model (parallel decoding: "
                 "action k sees text and images only) and by the causal-mask ablation trained on the same data for the "
@@ -549,8 +546,9 @@ def write_report(cfg: DemoConfig, out: Path, ckpt: Path, times: dict, wall: floa
     lines = [
         "# worldvla demo report", "",
         "![overview: loss curve; ground truth vs imagined frames](overview.png)", "",
-        (f"{cfg.suite}, tasks {cfg.tasks}, {cfg.resolution} px, chunk K = {cfg.chunk_size}, history M = 2; "
-         f"{'with' if cfg.with_state else 'without'} the proprio state, {'with' if cfg.with_wrist else 'without'} "
+        (f"{cfg.suite}, tasks {cfg.tasks}, {cfg.recipe.resolution} px, chunk K = {cfg.recipe.chunk_size}, "
+         f"history M = {cfg.recipe.history}; "
+         f"{'with' if cfg.recipe.with_state else 'without'} the proprio state, {'with' if cfg.recipe.with_wrist else 'without'} "
          f"the wrist view; tiny random-initialised model (`{cfg.train_config}` {' '.join(_model_args(cfg))}) "
          f"trained for {f'{cfg.train_epochs:g} epochs' if cfg.train_epochs > 0 else f'{cfg.train_steps} steps'} "
          f"on CPU on {cfg.kinds} samples. "
