@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from worldvla.model.config import PRESETS, ModelConfig  # noqa: F401 (PRESETS: re-exported)
+from worldvla.model.config import ModelConfig
 
 QK_NORM_EPS = 1e-5  # hard-coded in Chameleon's qk LayerNorm (not the config's rms_norm_eps)
 
