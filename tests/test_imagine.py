@@ -80,7 +80,7 @@ def test_cli_writes_report(policy, tmp_path):
     _, ckpt = policy
     _export(tmp_path / "data")
     out = tmp_path / "out"
-    rc = main([f"checkpoint={ckpt}", f"data_dir={tmp_path / 'data'}", "split=all", "horizon=2",
+    rc = main([f"policy={ckpt}", f"data_dir={tmp_path / 'data'}", "split=all", "horizon=2",
                "batch_size=3", "suite=libero_goal", f"out_dir={out}"])
     assert rc == 0
     strips = sorted((out / "strips").glob("*.png"))
@@ -96,14 +96,14 @@ def test_unknown_split_is_clear(policy, tmp_path):
     _, ckpt = policy
     _export(tmp_path / "data", tasks=("a_task",))
     with pytest.raises(ValueError, match="split"):
-        main([f"checkpoint={ckpt}", f"data_dir={tmp_path / 'data'}", "split=nope", f"out_dir={tmp_path / 'o'}"])
+        main([f"policy={ckpt}", f"data_dir={tmp_path / 'data'}", "split=nope", f"out_dir={tmp_path / 'o'}"])
 
 
 def test_cli_wrist_rolls_out_and_scores_both_views(policy, tmp_path):
     _, ckpt = policy
     _export(tmp_path / "data", tasks=("pick_up_the_bowl",), n_frames=3, dirs=("imgs_third_view", "imgs_wrist"))
     out = tmp_path / "out"
-    rc = main([f"checkpoint={ckpt}", f"data_dir={tmp_path / 'data'}", "split=all", "horizon=2", "wrist=true",
+    rc = main([f"policy={ckpt}", f"data_dir={tmp_path / 'data'}", "split=all", "horizon=2", "wrist=true",
                "image_dir=imgs_third_view", "feed_back=tokens", "suite=bi", f"out_dir={out}"])
     assert rc == 0
     strips = sorted((out / "strips").glob("*.png"))

@@ -135,7 +135,7 @@ def test_conversation_prompts_equal_the_pretokenized_ones_and_modes_agree(tiny, 
     assert OL.evaluate(policy, from_json, batch_size=3) == parallel  # same tokens, any batching
     assert 0 <= parallel["token_accuracy"] <= 1 and len(parallel["l1_by_position"]) == K
 
-    rc = OL.main([f"checkpoint={ckpt}", f"manifest={data.root / 'convs' / 'libero_tiny_64_conversations_manifest.json'}",
+    rc = OL.main([f"policy={ckpt}", f"manifest={data.root / 'convs' / 'libero_tiny_64_conversations_manifest.json'}",
                   "splits=[train]", "max_samples=4", f"out_dir={tmp_path / 'cli'}"])
     assert rc == 0
     res = json.loads((tmp_path / "cli" / "open_loop_train.json").read_text())
@@ -152,7 +152,7 @@ def test_a_causal_checkpoint_is_decoded_causally(tiny, tmp_path):
     shutil.copytree(ckpt, causal)
     (causal / "train_config.yaml").write_text("model:\n  action_mask: false\n")
     assert OL.checkpoint_action_mask(causal) is False and OL.checkpoint_action_mask(ckpt) is True
-    OL.main([f"checkpoint={causal}", f"inputs=[{data.action}]", "max_samples=2", f"out_dir={tmp_path / 'o'}"])
+    OL.main([f"policy={causal}", f"inputs=[{data.action}]", "max_samples=2", f"out_dir={tmp_path / 'o'}"])
     res = json.loads((tmp_path / "o" / "open_loop_action.json").read_text())
     assert res["decode"] == "sequential" and res["action_mask"] is False
 

@@ -104,10 +104,13 @@ def stage_configs() -> list[type]:
     from worldvla.data.pretokenize import PretokenizeConfig
     from worldvla.demo import DemoConfig
     from worldvla.eval.config import EvalConfig
+    from worldvla.eval.imagine import ImagineConfig
+    from worldvla.eval.open_loop import OpenLoopConfig
     from worldvla.serve.server import ServeConfig
     from worldvla.train.config import TrainConfig
 
-    return [ConversationsConfig, PretokenizeConfig, TrainConfig, EvalConfig, ServeConfig, DemoConfig]
+    return [ConversationsConfig, PretokenizeConfig, TrainConfig, EvalConfig, ServeConfig, DemoConfig, ImagineConfig,
+            OpenLoopConfig]
 
 
 # Fields of a stage config named like a Recipe field on purpose, each with the reason.
@@ -167,7 +170,7 @@ def sample_value(root, new_key: str) -> str:
         return str(not node).lower()
     return {"chunk_size": "7", "history": "3", "resolution": "96", "action_stats": "rynnvla_action",
             "world_action_stats": "worldvla", "state_stats": "worldvla",
-            "tokenizer": "some/tokenizer", "recipe": "{chunk_size: 10, action_stats: worldvla}",
+            "tokenizer": "some/tokenizer", "path": "some/checkpoint", "recipe": "{chunk_size: 10, action_stats: worldvla}",
             "action_mode": "continuous"}[leaf]
 
 

@@ -342,10 +342,10 @@ def run(cfg: DemoConfig) -> Path:
     for stage, model, folder in (("open-loop", ckpt, "mask"), ("open-loop-causal", causal_ckpt, "causal")):
         if model is not None:  # decode mode from the checkpoint's mask: parallel (mask) / sequential (causal)
             times[stage] = _run(out, stage, [
-                "-m", "worldvla.eval.open_loop", f"checkpoint={model}", f"manifest={manifest}", "splits=[val_ind]",
+                "-m", "worldvla.eval.open_loop", f"policy={model}", f"manifest={manifest}", "splits=[val_ind]",
                 f"max_samples={cfg.open_loop_samples}", f"out_dir={open_loop_dir / folder}"])
     times["imagine"] = _run(out, "imagine", [
-        "-m", "worldvla.eval.imagine", f"checkpoint={ckpt}", f"data_dir={export}", "split=val_ind",
+        "-m", "worldvla.eval.imagine", f"policy={ckpt}", f"data_dir={export}", "split=val_ind",
         f"horizon={cfg.horizon}", f"max_trajectories={cfg.imagine_trajectories}", f"suite={cfg.suite}",
         f"train_ratio={cfg.train_ratio}", "sensitivity=true", f"out_dir={imagine_dir}",
         "image_dir=imgs_third_view", f"wrist={str(cfg.recipe.with_wrist).lower()}"])  # the rynnvla export layout

@@ -1,6 +1,6 @@
 """World-model imagination: roll the world model forward from a frame and an action sequence.
 
-    python -m worldvla.eval.imagine checkpoint=CKPT data_dir=DIR split=val_ind horizon=10 out_dir=OUT
+    python -m worldvla.eval.imagine policy=CKPT data_dir=DIR split=val_ind horizon=10 out_dir=OUT
 
 For each trajectory of the split (exported layout `<task>/trj_<i>/{action,imgs}`, see data/README.md),
 the first frame and the ground-truth actions drive an autoregressive rollout: at step t the prompt
@@ -30,6 +30,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import imageio.v2 as imageio
 import numpy as np
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from worldvla.config import parse_cli, save_config
 from worldvla.data.conversations import scan, split_assignment
 from worldvla.eval.video_metrics import evaluate_sets, write_metrics_report
+from worldvla.policy.interface import PolicySource
 from worldvla.policy.policy import WorldVLAPolicy
 
 log = logging.getLogger("worldvla.imagine")
@@ -47,8 +49,9 @@ RYNNVLA_EVAL_PROMPT = "Generate the image based on the current image and the act
 
 @dataclass
 class ImagineConfig:
-    checkpoint: str = ""  # worldvla checkpoint folder (or official folder + tokenizer)
-    tokenizer: str | None = None  # tokenizer folder for official checkpoints without one
+    renamed: ClassVar[dict[str, str]] = {"checkpoint": "policy.path", "tokenizer": "policy.tokenizer"}
+    # the checkpoint folder (policy=CKPT; an official folder with policy.tokenizer, policy.recipe as in eval)
+    policy: PolicySource = field(default_factory=PolicySource)
     data_dir: str = ""  # exported trajectories: <task>/trj_<i>/{action/action_j.npy, imgs/image_j.png}
     image_dir: str = "imgs"  # third-view image folder inside each trajectory
     wrist: bool = False  # bi-view world model: also roll out the wrist view (RynnVLA-002)
@@ -189,9 +192,10 @@ def run(cfg: ImagineConfig, policy=None, imagine=None) -> dict:
     policy's world model (`imagine_views`); tests pass toy world models here."""
     if imagine is None:
         if policy is None:
-            if not cfg.checkpoint:
-                raise ValueError("checkpoint=<folder> is required")
-            policy = WorldVLAPolicy.from_pretrained(cfg.checkpoint, device=cfg.device, tokenizer=cfg.tokenizer)
+            if not cfg.policy.path:
+                raise ValueError("policy=<checkpoint folder> is required")
+            policy = WorldVLAPolicy.from_pretrained(cfg.policy.path, device=cfg.device, tokenizer=cfg.policy.tokenizer,
+                                                    **cfg.policy.recipe)
 
         def imagine(start, acts):
             return imagine_views(policy, start, acts, cfg.feed_back, cfg.prompt)

@@ -1,8 +1,8 @@
 """Open-loop action evaluation: free-running chunk decoding on held-out samples, scored against the expert.
 
-    python -m worldvla.eval.open_loop checkpoint=CKPT manifest=CONVS/libero_goal_256_conversations_manifest.json \
+    python -m worldvla.eval.open_loop policy=CKPT manifest=CONVS/libero_goal_256_conversations_manifest.json \
         splits=[val_ind,val_ood] out_dir=OUT
-    python -m worldvla.eval.open_loop checkpoint=CKPT inputs=[a.json,b.json] out_dir=OUT   # any action-sample files
+    python -m worldvla.eval.open_loop policy=CKPT inputs=[a.json,b.json] out_dir=OUT   # any action-sample files
 
 Why: teacher-forced validation loss feeds the expert's actions 1..k-1 when it scores action k, so it
 cannot show what the WorldVLA action attention mask is for. Here each action sample (instruction + the
@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import yaml
@@ -51,7 +52,8 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     score,
     trainer_metrics,
 )
-from worldvla.policy.decode import DECODE_MODES
+from worldvla.policy.decode import DecodeMode
+from worldvla.policy.interface import PolicySource
 from worldvla.policy.policy import WorldVLAPolicy
 # matplotlib (slow to import, only for the plot) is imported where the plot is drawn.
 
@@ -62,13 +64,14 @@ _INSTRUCTION = re.compile(r"^What action should the robot take to (.*)\?(?=<\|st
 
 @dataclass
 class OpenLoopConfig:
-    checkpoint: str = ""  # worldvla checkpoint folder (or official folder + tokenizer=)
-    tokenizer: str | None = None  # tokenizer folder for official checkpoints without one
+    renamed: ClassVar[dict[str, str]] = {"checkpoint": "policy.path", "tokenizer": "policy.tokenizer"}
+    # the checkpoint folder (policy=CKPT; an official folder with policy.tokenizer, policy.recipe as in eval)
+    policy: PolicySource = field(default_factory=PolicySource)
     manifest: str = ""  # a conversations manifest (data/conversations.py): its action files of `splits` are scored
     splits: list[str] = field(default_factory=lambda: ["val_ind", "val_ood"])  # with manifest=
     inputs: list[str] = field(default_factory=list)  # action-sample files: conversation JSON or pretokenized data
     base_dir: str | None = None  # relative media paths of conversation records resolve against this (default: cwd)
-    decode: str = "auto"  # auto (parallel under the action mask, else sequential) | parallel | sequential | ...
+    decode: DecodeMode = "auto"  # auto: parallel under the action mask, else sequential
     action_mask: bool | None = None  # None: the checkpoint's train_config.yaml model.action_mask (default true)
     max_samples: int = 0  # > 0: score only the first N action samples of each split (evenly spaced)
     batch_size: int = 16  # prompts decoded together (batching does not change the tokens)
@@ -216,14 +219,13 @@ def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
     if not cfg.manifest and not cfg.inputs:
         raise ValueError("pass manifest=<conversations manifest> (with splits=) or inputs=[files]")
     if policy is None:
-        if not cfg.checkpoint:
-            raise ValueError("checkpoint=<folder> is required")
-        policy = WorldVLAPolicy.from_pretrained(cfg.checkpoint, device=cfg.device, tokenizer=cfg.tokenizer)
-        mask = checkpoint_action_mask(cfg.checkpoint) if cfg.action_mask is None else cfg.action_mask
+        if not cfg.policy.path:
+            raise ValueError("policy=<checkpoint folder> is required")
+        policy = WorldVLAPolicy.from_pretrained(cfg.policy.path, device=cfg.device, tokenizer=cfg.policy.tokenizer,
+                                                **cfg.policy.recipe)
+        mask = checkpoint_action_mask(cfg.policy.path) if cfg.action_mask is None else cfg.action_mask
         policy.action_mask = mask
         decode = ("parallel" if mask else "sequential") if cfg.decode == "auto" else cfg.decode
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode={cfg.decode!r}; valid: {', '.join(DECODE_MODES)}")
         policy.decode = decode
         log.info("decoding with decode=%s, action_mask=%s", decode, mask)
     named: dict[str, Path] = split_files(cfg.manifest, cfg.splits) if cfg.manifest else {}
@@ -236,7 +238,7 @@ def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
         samples = load_samples(policy, path, cfg.base_dir, cfg.max_samples)
         res = evaluate(policy, samples, cfg.batch_size, progress=True)
         res.update({"source": str(path), "decode": getattr(policy, "decode", None),
-                    "action_mask": getattr(policy, "action_mask", None), "checkpoint": cfg.checkpoint})
+                    "action_mask": getattr(policy, "action_mask", None), "checkpoint": cfg.policy.path})
         _write_json(out / f"open_loop_{name}.json", res)
         plot_l1_vs_position({name: res}, out / f"open_loop_{name}_l1_vs_k.png", f"open-loop L1 by chunk position: {name}")
         log.info("%s: %d samples, L1 by position %s, gripper agreement %.3f, token accuracy %.3f", name,
