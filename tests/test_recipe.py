@@ -8,6 +8,7 @@ and the training config keeps its one-line message.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -219,9 +220,12 @@ def test_conversations_config_holds_a_recipe_and_reads_its_official_cli_names():
     from worldvla.data.conversations import ConversationsConfig
 
     recipe = Recipe(chunk_size=10, history=3, resolution=512, with_state=True, with_wrist=True)
-    with pytest.warns(FutureWarning, match="`len_action` is deprecated, write `recipe.chunk_size`"):
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
         cfg = load_config(ConversationsConfig, None, ["task_name=10", "len_action=10", "his=3", "resolution=512",
                                                       "with_state=true", "with_wrist=true"])
+    assert "override len_action: `len_action` is deprecated, write `recipe.chunk_size`" in map(str, (
+        n.message for n in notes)) and len(notes) == 5
     assert cfg == ConversationsConfig(recipe=recipe, task_name="10")
     assert cfg.recipe.differing(recipe, ["chunk_size", "history", "resolution", "with_state", "with_wrist"]) == []
 
