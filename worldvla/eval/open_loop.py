@@ -39,6 +39,8 @@ from PIL import Image
 
 from worldvla.config import parse_cli, save_config
 from worldvla.data.datasets import PretokenizedDataset
+from worldvla.policy.decode import DecodeMode
+from worldvla.policy.interface import PolicySource
 from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring is the policy layer's)
     DIM_NAMES,
     GRIPPER,
@@ -52,9 +54,8 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     score,
     trainer_metrics,
 )
-from worldvla.policy.decode import DecodeMode
-from worldvla.policy.interface import PolicySource
 from worldvla.policy.policy import WorldVLAPolicy
+
 # matplotlib (slow to import, only for the plot) is imported where the plot is drawn.
 
 log = logging.getLogger("worldvla.open_loop")

@@ -41,6 +41,7 @@ from .results import EpisodeLog, atomic_write_json, done_keys, final_records, su
 from .rollout import Query, seed_everything
 from .weights_hash import weights_fingerprint
 from .worker import EpisodeRunner, make_env_factory
+
 # torch is imported where used: `worldvla eval` and its LIBERO workers stay torch-free (LIGHT_MODULES in
 # tests/test_layers.py).
 

@@ -16,8 +16,8 @@ import torch
 
 from worldvla.config import ConfigError
 from worldvla.model.action_head import ActionHead
-from worldvla.model.loading import load_checkpoint, save_state_dict
 from worldvla.model.layout import ActionLayout
+from worldvla.model.loading import load_checkpoint, save_state_dict
 from worldvla.model.masks import batch_mask, to_additive
 from worldvla.model.transformer import ModelConfig, Transformer
 from worldvla.recipe import Recipe, tokenizer_files
