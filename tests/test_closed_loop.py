@@ -13,7 +13,7 @@ import pytest
 from worldvla.envs.libero import Observation, proprio_state
 from worldvla.eval import rollout
 from worldvla.eval.libero import main
-from worldvla.policy import policy as policy_module
+from worldvla.data import processor as processor_module
 from worldvla.stats import WORLDVLA_ACTION_STATS
 from worldvla.testing import toy_env
 from worldvla.train.toy_policy import TOY_STATS, train_toy_policy
@@ -71,8 +71,8 @@ def _swapped_history(monkeypatch):
 
 
 def _other_statistics(monkeypatch):
-    real = policy_module._stats  # resolves the checkpoint's statistics when the policy is built
-    monkeypatch.setattr(policy_module, "_stats",
+    real = processor_module.stats_of  # resolves the recipe's statistics when the policy's processor is built
+    monkeypatch.setattr(processor_module, "stats_of",
                         lambda spec: WORLDVLA_ACTION_STATS if real(spec) == TOY_STATS else real(spec))
 
 
