@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
+from worldvla.data import processor as processor_module
 from worldvla.envs.libero import Observation, proprio_state
 from worldvla.eval import rollout
 from worldvla.eval.libero import main
-from worldvla.data import processor as processor_module
 from worldvla.stats import WORLDVLA_ACTION_STATS
 from worldvla.testing import toy_env
 from worldvla.train.toy_policy import TOY_STATS, train_toy_policy
