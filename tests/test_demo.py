@@ -21,7 +21,7 @@ def _small(out):
 
     return DemoConfig(out=str(out), tasks="0", episodes="0-1", train_ratio=0.5, record_resolution=64,
                       recipe=Recipe(resolution=64, with_state=True),
-                      train_steps=12, batch_size=4, eval_trials=1, eval_held_out=1, eval_max_steps=10, workers=1,
+                      train_steps=12, batch_size=4, eval_trials=1, eval_held_out=1, eval_max_steps=10, eval_execute_steps=1, workers=1,
                       horizon=2, imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan="", vqgan_fit_steps=3,
                       train_config="configs/tiny.yaml", train_epochs=0, causal=True)
 
@@ -61,6 +61,8 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
     assert summary.count("Wilson 95 % interval") == 2
     held_run = json.loads((tmp_path / "demo" / "eval-held-out" / "run.json").read_text())
     assert held_run["protocol"]["first_trial"] == 2
+    assert held_run["protocol"]["execute_steps"] == 1  # eval_execute_steps reaches the eval, and says so
+    assert "1 of each chunk's 5 actions executed before re-planning" in summary
     tok = json.loads((tmp_path / "demo" / "tokenizer_report.json").read_text())
     assert tok["steps"] == 3 and "fitted to the demo's frames for 3 steps" in summary  # by steps, not wall clock
     log = [json.loads(line) for line in (tmp_path / "demo" / "train" / "train_log.jsonl").read_text().splitlines()]
