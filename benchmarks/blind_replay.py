@@ -12,7 +12,6 @@ there fails on action precision (where it drifts off the demonstrated path), not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import h5py
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from worldvla.config import parse_ids
 from worldvla.envs.libero import LiberoEnv
 from worldvla.eval.results import wilson_interval
-from worldvla.stats import NormStats
+from worldvla.recipe import Recipe, stats_of
 from worldvla.tokenizers.action import ActionTokenizer
 
 
@@ -46,9 +45,9 @@ def main() -> None:
     args = ap.parse_args()
 
     tokenizer = None
-    if args.checkpoint:
-        stats = json.load(open(os.path.join(args.checkpoint, "worldvla.json")))["action_stats"]
-        tokenizer = ActionTokenizer(NormStats(tuple(stats["min"]), tuple(stats["max"])))
+    if args.checkpoint:  # the checkpoint's own Recipe (worldvla.json, validated) names its action statistics
+        recipe = Recipe.from_file(os.path.join(args.checkpoint, "worldvla.json"))
+        tokenizer = ActionTokenizer(stats_of(recipe.action_stats))
     env = LiberoEnv(args.suite, args.task, resolution=args.resolution)
     modes = ["recorded"] + (["tokens"] if tokenizer else [])
     results = {m: [] for m in modes}
