@@ -33,6 +33,7 @@ from worldvla.model import generate as G
 from worldvla.model.loading import find_tokenizer_dir, load_checkpoint, resolve_source
 from worldvla.recipe import FILE_NAME as RECIPE_FILE
 from worldvla.recipe import Recipe
+from worldvla.stats import ACTION_DIM
 from worldvla.tokenizers.image import image_token_count, tokens_to_codes
 
 from . import official_decode
@@ -62,7 +63,7 @@ class DecodedChunk:
 
 
 def _bins(blocks: list[list[int]]) -> np.ndarray:
-    return np.asarray(blocks, dtype=np.int64).reshape(-1, G.ACTION_DIM)
+    return np.asarray(blocks, dtype=np.int64).reshape(-1, ACTION_DIM)
 
 
 def check_chunk_fits(settings: Recipe, max_seq_len: int, path: Path | None) -> None:
@@ -222,7 +223,7 @@ class WorldVLAPolicy:
                     parsed = official_decode.parse_official(ids, self.settings.family)
                     result.append(DecodedChunk(_bins(parsed.blocks), parsed.failure))
                     continue
-                blocks = [blk for blk in official_decode.parse_action_blocks(ids) if len(blk) == G.ACTION_DIM]
+                blocks = [blk for blk in official_decode.parse_action_blocks(ids) if len(blk) == ACTION_DIM]
                 if not blocks:
                     raise RuntimeError(f"prompt {b}: unconstrained decoding produced no complete action block "
                                        f"(generated {ids[:20]}...)")
