@@ -319,3 +319,27 @@ def test_export_reads_an_official_regenerated_file_without_attrs(tmp_path):
     with pytest.raises(RawDemoError, match=r"no_suffix\.hdf5: data attr problem_info lacks language_instruction, "
                                            r"and the file name is not <task words>_demo\.hdf5"):
         RawDemoFile(other)
+
+
+def test_intended_labels_follow_the_noop_filter_and_are_what_export_writes(tmp_path, task_names):
+    """A noisy recording (DART) replays the actions that ran; the expert's intended actions follow
+    them through the no-op filter, through the HDF5 files, and are the exported `action_<j>.npy`."""
+    intended = CRAFTED + np.array([0.01, -0.02, 0.03, 0, 0, 0, 0])  # a label distinct from every executed row
+    demo = raw_demo(CRAFTED)
+    demo.expert_actions = intended
+    raw, out, exp = tmp_path / "raw", tmp_path / "out", tmp_path / "exp"
+    write_raw_demo_file(raw / f"{task_names[0]}_demo.hdf5", {"language_instruction": "x"}, [demo])
+    np.testing.assert_array_equal(read_raw_demo_file(raw / f"{task_names[0]}_demo.hdf5")[1][0].expert_actions,
+                                  intended)
+    regenerate(RegenerateConfig(suite="libero_goal", raw_dir=raw, out_dir=out, tasks=[0], resolution=RES,
+                                export_dir=exp, export_layout="rynnvla"), env_factory=fake_factory)
+    (replayed,) = read_raw_demo_file(out / f"{task_names[0]}_demo.hdf5")[1]
+    np.testing.assert_array_equal(replayed.actions, CRAFTED[EXPECTED_KEEP])  # what ran is replayed
+    np.testing.assert_array_equal(replayed.expert_actions, intended[EXPECTED_KEEP])
+    trj = exp / task_names[0] / "trj_0"
+    exported = np.stack([np.load(trj / "action" / f"action_{j}.npy") for j in range(4)])
+    np.testing.assert_array_equal(exported, intended[EXPECTED_KEEP])
+    bad = raw_demo(CRAFTED)
+    bad.expert_actions = intended[:3]
+    with pytest.raises(RawDemoError, match="expert_actions"):
+        bad.validate("x")

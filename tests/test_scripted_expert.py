@@ -123,9 +123,43 @@ def test_noisy_copies_record_the_noise_they_execute(tmp_path):
     _, (clean, noisy) = read_raw_demo_file(tmp_path / task["file"])
     np.testing.assert_array_equal(clean.states[0], noisy.states[0])  # same init state
     first = noisy.actions[0, :6] - clean.actions[0, :6]
-    assert 0.05 < np.abs(first).max() < 4 * 0.3, first  # the noise itself, in the recorded label
+    assert 0.05 < np.abs(first).max() < 4 * 0.3, first  # the noise itself, in the executed action
     np.testing.assert_array_equal(clean.actions[:, 6], noisy.actions[:, 6])  # gripper untouched
     assert np.abs(noisy.actions[:, :6]).max() <= 1.0
+    # DART labels: the noisy copy also stores what the expert intended; from the same first state that
+    # is the clean attempt's first action, and the executed actions differ from it by the noise
+    assert clean.expert_actions is None and noisy.expert_actions.shape == noisy.actions.shape
+    np.testing.assert_array_equal(noisy.expert_actions[0], clean.actions[0])
+    np.testing.assert_allclose(noisy.labels, noisy.expert_actions)
+    assert np.abs(noisy.actions[:, :6] - noisy.expert_actions[:, :6]).min(axis=1).max() > 0
+    np.testing.assert_array_equal(noisy.actions[:, 6], noisy.expert_actions[:, 6])
     with pytest.raises(ValueError, match="noisy_copies"):
         se.record_scripted_demos(RecordScriptedConfig(**{**cfg.__dict__, "out": str(tmp_path / "b"),
                                                           "noisy_copies": -1}), progress=False)
+
+
+@pytest.mark.sim
+def test_intended_labels_survive_regenerate_and_become_the_exported_actions(tmp_path):
+    """A noisy recording replays its executed actions (the scene must follow the same path) and
+    exports, per kept frame, the expert's intended action as the label; `noise_label=executed`
+    stores no intended actions, so the export labels with the noisy action that ran."""
+    from worldvla.data import recording as se
+    from worldvla.data.raw_demos import read_raw_demo_file
+    from worldvla.data.regenerate import RegenerateConfig, regenerate
+
+    for label in ("intended", "executed"):
+        raw = tmp_path / label / "raw"
+        cfg = RecordScriptedConfig(suite="libero_object", tasks="0", episodes="0", out=str(raw), resolution=64,
+                                   max_steps=10, keep_failures=True, noisy_copies=1, action_noise=0.3,
+                                   noise_label=label)
+        task = se.record_scripted_demos(cfg, progress=False)["tasks"]["0"]
+        _, (_, noisy) = read_raw_demo_file(raw / task["file"])
+        assert (noisy.expert_actions is not None) == (label == "intended")
+        export = tmp_path / label / "export"
+        regenerate(RegenerateConfig(suite="libero_object", raw_dir=raw, out_dir=tmp_path / label / "h5", resolution=64,
+                                    tasks=[0], keep_failed=True, export_dir=export, export_layout="rynnvla"))
+        _, (_, replayed) = read_raw_demo_file(tmp_path / label / "h5" / task["file"])
+        np.testing.assert_array_equal(replayed.actions, noisy.actions)  # no no-op among noisy actions
+        trj = sorted((export / task["file"].removesuffix("_demo.hdf5")).glob("trj_*"))[1]
+        exported = np.stack([np.load(trj / "action" / f"action_{j}.npy") for j in range(len(replayed))])
+        np.testing.assert_array_equal(exported, noisy.labels)

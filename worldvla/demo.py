@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import imageio.v2 as imageio
 import numpy as np
@@ -74,6 +74,7 @@ class DemoConfig:
     episodes: str = "0-5"  # init states recorded per task (only successes become demos)
     noisy_copies: int = 0  # per init state, extra expert attempts with action noise (recovery demos)
     action_noise: float = 0.2  # std of that noise on the six arm dims, action units
+    noise_label: Literal["intended", "executed"] = "intended"  # a noisy step's label: the expert's intended action (DART) or the one that ran
     train_ratio: float = 0.8  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
     # what every stage makes tokens with: recipe.resolution (model / regenerated image px, a multiple of 16:
@@ -287,7 +288,8 @@ def run(cfg: DemoConfig) -> Path:
         times["record"] = _run(out, "record", [
             "libero_util/record_scripted_demos.py", f"suite={cfg.suite}", f"tasks={task_list}",
             f"episodes={cfg.episodes}", f"out={raw}", f"resolution={cfg.record_resolution}",
-            *([f"noisy_copies={cfg.noisy_copies}", f"action_noise={cfg.action_noise}"] if cfg.noisy_copies else [])])
+            *([f"noisy_copies={cfg.noisy_copies}", f"action_noise={cfg.action_noise}", f"noise_label={cfg.noise_label}"]
+              if cfg.noisy_copies else [])])
         times["regenerate"] = _run(out, "regenerate", [
             "libero_util/regenerate.py", f"suite={cfg.suite}", f"raw_dir={raw}", f"out_dir={h5}",
             f"tasks=[{task_list}]", f"resolution={cfg.recipe.resolution}", f"workers={cfg.workers}", f"export_dir={export}",

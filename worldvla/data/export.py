@@ -1,7 +1,8 @@
 """Regenerated HDF5 files -> the official per-frame folder layout (official_format.md §3.1, §10.1).
 
     <save_dir>/<task.name>/trj_<i>/                 i = the demo's index in the HDF5 (demo_<i>)
-        action/action_<j>.npy                      raw 7-D action taken at frame j (float64)
+        action/action_<j>.npy                      raw 7-D action label at frame j (float64): the action taken,
+                                                   or the expert's intended one where the demo stores expert_actions
         imgs/image_<j>.png                         agentview frame j, rotated 180 degrees   (layout worldvla)
         imgs_third_view/image_<j>.png              same frame                                (layout rynnvla)
         imgs_wrist/image_<j>.png                   eye-in-hand frame j, rotated 180 degrees  (layout rynnvla)
@@ -86,8 +87,9 @@ def write_trajectory(demo: RawDemo, out: Path, layout: str, where: str) -> None:
         ee, grip = proprio_states(demo, where)
     for d in dirs.values():
         d.mkdir(parents=True)
+    labels = demo.labels  # the expert's intended action where a noisy recording stored it, else the one taken
     for j in range(n):
-        np.save(dirs["action"] / f"action_{j}.npy", demo.actions[j])
+        np.save(dirs["action"] / f"action_{j}.npy", labels[j])
         third = rotate180(obs["agentview_rgb"][j])
         if "imgs" in dirs:
             _save_png(dirs["imgs"] / f"image_{j}.png", third)

@@ -8,6 +8,8 @@ Layout (the one LIBERO's released `<task.name>_demo.hdf5` files and the regenera
                                taken from the file name, `<task words joined by _>_demo.hdf5`)
     data/demo_<i>              attrs: num_samples, init_state (S,), model_file (MuJoCo XML string)
         actions (T, 7)         raw 7-D actions: delta pos (3), delta axis-angle (3), gripper (-1 open, +1 close)
+        expert_actions (T, 7)  optional (worldvla's noisy expert recordings): the action the expert intended
+                               where `actions` ran with noise added; when present it is the training label
         states (T, S)          flattened MuJoCo sim state (time, qpos, qvel) *before* each action
         robot_states (T, 9)    gripper_qpos (2) + eef_pos (3) + eef_quat (4)  (LIBERO's robot state vector)
         rewards (T,), dones (T,)
@@ -59,6 +61,7 @@ class RawDemo:
     rewards: np.ndarray | None = None  # (T,); defaults to zeros with a 1 at the end if the last done is set
     dones: np.ndarray | None = None  # (T,) uint8
     robot_states: np.ndarray | None = None  # (T, 9)
+    expert_actions: np.ndarray | None = None  # (T, 7) intended where `actions` ran with noise (DART); the label
     name: str = ""  # "demo_<i>" once written / read
 
     def __post_init__(self):
@@ -78,6 +81,11 @@ class RawDemo:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The actions a policy learns: the expert's intended ones where recorded, else the ones that ran."""
+        return self.actions if self.expert_actions is None else np.asarray(self.expert_actions, dtype=np.float64)
 
     @property
     def success(self) -> bool:
@@ -102,6 +110,8 @@ class RawDemo:
                 raise RawDemoError(f"{where}: {key} has {len(arr)} entries for {n} actions")
         if self.robot_states is not None and len(self.robot_states) != n:
             raise RawDemoError(f"{where}: robot_states has {len(self.robot_states)} rows for {n} actions")
+        if self.expert_actions is not None and np.shape(self.expert_actions) != (n, ACTION_DIM):
+            raise RawDemoError(f"{where}: expert_actions must be ({n}, {ACTION_DIM}), got {np.shape(self.expert_actions)}")
         for key, arr in (self.obs or {}).items():
             if len(arr) != n:
                 raise RawDemoError(f"{where}: obs/{key} has {len(arr)} frames for {n} actions")
@@ -288,6 +298,8 @@ def _write_demo(g, demo: RawDemo, image_compression: str | None) -> None:
     g.create_dataset("dones", data=demo.dones)
     if demo.robot_states is not None:
         g.create_dataset("robot_states", data=np.asarray(demo.robot_states, dtype=np.float64))
+    if demo.expert_actions is not None:
+        g.create_dataset("expert_actions", data=np.asarray(demo.expert_actions, dtype=np.float64))
     if demo.obs:
         og = g.create_group("obs")
         for key, arr in demo.obs.items():
@@ -392,6 +404,7 @@ class RawDemoFile:
                 rewards=g["rewards"][()] if "rewards" in g else None,
                 dones=g["dones"][()] if "dones" in g else np.zeros(n, dtype=np.uint8),
                 robot_states=g["robot_states"][()] if "robot_states" in g else None,
+                expert_actions=g["expert_actions"][()] if "expert_actions" in g else None,
                 name=name,
             )
         except RawDemoError:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -204,14 +205,17 @@ class EpisodeResult:
 
 def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, config: ExpertConfig | None = None,
                max_steps: int | None = None, record: bool = False, env=None, progress: bool = True,
-               env_seed: int = 0, action_noise: float = 0.0, noise_seed: int = 0) -> list[EpisodeResult]:
+               env_seed: int = 0, action_noise: float = 0.0, noise_seed: int = 0,
+               noise_label: str = "intended") -> list[EpisodeResult]:
     """Run the expert on init states `episode_ids` of one task; success is the env's `done`.
 
     `action_noise` > 0 adds N(0, action_noise) to the six arm dims of every action the expert
-    chooses, and the noisy action is what runs and what is recorded. The expert plans from the
-    simulator each step, so it steers back: the demos then show states off its own path and the way
-    back to it, which a policy drifting in closed loop needs (the noise-injection idea of DART,
-    Laskey et al. 2017, with the executed action as the label so that regeneration replays it).
+    chooses, and the noisy action is what runs and is recorded as `actions` (regeneration replays
+    it). The expert plans from the simulator each step, so it steers back: the demos then show
+    states off its own path and the way back to it, which a policy drifting in closed loop needs
+    (DART, Laskey et al. 2017). With `noise_label="intended"` the action the expert chose before the
+    noise is recorded too (`expert_actions`), and it becomes the training label: the policy learns
+    the correction, not the jitter. `"executed"` labels with the noisy action that ran.
 
     With `record=True` each result carries a `RawDemo` (worldvla.data.raw_demos) with images at
     `resolution`. `max_steps` defaults to the suite's evaluation budget. Pass `env` (a LiberoEnv of
@@ -229,17 +233,21 @@ def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, 
         for ep in iterator:
             expert.reset()
             rng = np.random.default_rng([env_seed, ep, noise_seed])
+            intended = []
 
             def act(t: int, obs: dict):
                 if expert.finished:
                     return None
                 action = np.array(expert.act(obs), dtype=np.float64)
+                intended.append(action.copy())
                 if action_noise > 0:
                     action[:6] = np.clip(action[:6] + rng.normal(0.0, action_noise, 6), -1.0, 1.0)
                 return action
 
             t0 = time.perf_counter()
             demo = record_rollout(env, act, episode=ep, max_steps=max_steps, record_obs=record)
+            if action_noise > 0 and noise_label == "intended":
+                demo.expert_actions = np.asarray(intended[:len(demo)], dtype=np.float64).reshape(-1, 7)
             wall = time.perf_counter() - t0
             expert.mem.phase_log.append((expert.mem.phase, expert.mem.phase_steps))
             res = EpisodeResult(suite, task_id, ep, demo.success, len(demo), wall, list(expert.mem.phase_log),
@@ -268,6 +276,8 @@ class RecordScriptedConfig:
     keep_failures: bool = False  # also write failed attempts (real LIBERO files hold successes only)
     noisy_copies: int = 0  # per init state, this many extra attempts with action noise (recovery demos; run_expert)
     action_noise: float = 0.2  # std of that noise on the six arm dims, in action units (the gripper is left alone)
+    # the label of a noisy step: the action the expert intended (DART; stored as expert_actions) or the one that ran
+    noise_label: Literal["intended", "executed"] = "intended"
     overwrite: bool = False  # redo every attempt instead of resuming from <out>/.parts/
 
 
@@ -301,6 +311,7 @@ def _run_key(cfg: RecordScriptedConfig, expert_config: ExpertConfig) -> dict:
            "keep_failures": cfg.keep_failures, "expert": asdict(expert_config)}
     if cfg.noisy_copies > 0:  # clean attempts do not depend on it: runs without copies keep their old key
         key["action_noise"] = cfg.action_noise
+        key["noise_label"] = cfg.noise_label
     return key
 
 
@@ -345,7 +356,7 @@ def _attempt(cfg: RecordScriptedConfig, expert_config: ExpertConfig, env, meta: 
     noise = cfg.action_noise if copy else 0.0
     (res,) = run_expert(cfg.suite, env.task_id, [ep], config=expert_config, env=env, record=True,
                         max_steps=cfg.max_steps or None, progress=False, env_seed=cfg.env_seed,
-                        action_noise=noise, noise_seed=copy)
+                        action_noise=noise, noise_seed=copy, noise_label=cfg.noise_label)
     entry = res.to_dict()
     entry.update(copy=copy, action_noise=noise, part=None)
     if res.success or cfg.keep_failures:
@@ -432,6 +443,7 @@ def _record(cfg: RecordScriptedConfig, expert_config: ExpertConfig, progress: bo
             report["tasks"][str(tid)] = {
                 "task_name": env.task.name, "language": env.language, "file": path.name if names else None,
                 "episode_ids": episodes, "noisy_copies": cfg.noisy_copies, "action_noise": cfg.action_noise,
+                "noise_label": cfg.noise_label,
                 "attempts": len(entries), "successes": n_ok,
                 "success_rate": n_ok / len(entries), "mean_steps_success": float(np.mean(steps)) if steps else None,
                 "wall_s": round(sum(e["wall_s"] for e in entries), 1), "episodes": entries,

@@ -175,6 +175,8 @@ def replay_demo(env: ReplayEnv, source: RawDemo, wait_steps: int = 10, threshold
         rewards=np.asarray(rewards),
         dones=np.asarray(dones, dtype=np.uint8),
         robot_states=np.asarray(robot, dtype=np.float64),
+        # a noisy recording's intended actions follow the executed ones through the no-op filter
+        expert_actions=None if source.expert_actions is None else np.asarray(source.expert_actions)[keep],
         name=source.name,
     )
     return ReplayResult(demo, bool(done), len(source), int(keep.sum()))
