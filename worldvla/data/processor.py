@@ -22,6 +22,12 @@ from worldvla.stats import ACTION_DIM
 from worldvla.tokenizers import ActionTokenizer, ImageTokenizer, StateTokenizer, TextTokenizer
 
 
+def interleave_views(third: Sequence, wrist: Sequence) -> list:
+    """Per history step, its third-person frame then its wrist frame: [third_t-1, wrist_t-1, third_t, wrist_t]
+    (the order conversations.py writes a bi-view sample in)."""
+    return [img for pair in zip(third, wrist) for img in pair]
+
+
 class Processor:
     """`recipe`'s tokenizers and prompt builders. `image_tokens(item) -> ids` tokenises one image entry of
     a record (default: the frame's pre-encoded tokens inside `pre_encoded`, else the VQ-GAN)."""
@@ -80,7 +86,7 @@ class Processor:
                 raise ValueError(f"this checkpoint needs a wrist image per frame ({len(frames)}), got "
                                  f"{0 if wrist is None else len(wrist)}")
             wrist = list(wrist)[-len(frames):]
-            frames = [img for pair in zip(frames, wrist) for img in pair]  # [third_t-1, wrist_t-1, third_t, wrist_t]
+            frames = interleave_views(frames, wrist)
         states = []
         if r.with_state:
             if state is None:
@@ -101,7 +107,7 @@ class Processor:
             wrists = list(wrist) if isinstance(wrist, (list, tuple)) else [wrist]
             if len(wrists) != len(frames):
                 raise ValueError(f"{len(frames)} third-person frames but {len(wrists)} wrist frames")
-            frames = [img for pair in zip(frames, wrists) for img in pair]  # [third_t-1, wrist_t-1, third_t, wrist_t]
+            frames = interleave_views(frames, wrists)
             views = 2
         conv = world_conversation(len(acts), views=views)
         return self.builders["world"].prompt(conv, frames, actions=list(acts)).input_ids
