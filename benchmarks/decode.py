@@ -41,7 +41,8 @@ from worldvla import vocab as V
 from worldvla.model import generate as G
 from worldvla.model import image_decode as ID
 from worldvla.model.masks import ActionLayout, RowMasker, batch_mask, to_additive
-from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.model.config import ModelConfig
+from worldvla.model.transformer import Transformer
 from worldvla.testing.tiny_model import make_tiny_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -65,7 +65,8 @@ def build_policy(args, work: Path):
         policy = WorldVLAPolicy.from_pretrained(ckpt, device=args.device, compile_step=args.compile)
         desc = "tiny WorldVLA checkpoint"
     else:
-        from worldvla.model.transformer import ModelConfig, Transformer
+        from worldvla.model.config import ModelConfig
+        from worldvla.model.transformer import Transformer
         from worldvla.model.vqgan import VQGAN, VQGANConfig
         from worldvla.tokenizers import ImageTokenizer, TextTokenizer
 

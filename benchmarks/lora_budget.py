@@ -154,7 +154,8 @@ def layer_bytes_per_token(width: int = LAYER_WIDTH, with_lora: bool = True, rank
     lengths, so the (constant) weights and autocast's weight copies cancel out."""
     import torch
 
-    from worldvla.model.transformer import DecoderLayer, ModelConfig, rope_table
+    from worldvla.model.config import ModelConfig
+    from worldvla.model.transformer import DecoderLayer, rope_table
     from worldvla.train import lora
     from worldvla.train.config import LoraOptions
 

@@ -119,7 +119,7 @@ def synthetic_action_sample(rng, chunk: int = 5, text_len: int = 20, image_side:
 
 
 def stack_config(args):
-    from worldvla.model.transformer import ModelConfig
+    from worldvla.model.config import ModelConfig
 
     if args.width % 128:
         raise SystemExit(f"--width {args.width}: must be a multiple of 128 (head_dim 128)")

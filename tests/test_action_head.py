@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from worldvla.model.action_head import ActionHead, ActionHeadConfig, bin_centre_targets, prefix_lengths
-from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.model.config import ModelConfig
+from worldvla.model.transformer import Transformer
 from worldvla.tokenizers.action import ActionTokenizer
 from worldvla.train.continuous import WithActionHead, head_l1
 

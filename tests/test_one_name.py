@@ -26,7 +26,13 @@ CONSTANTS = {
 HELPERS = {
     "sha256_file": "recipe.py",
     "parse_ids": "config.py",
+    "interleave_views": "data/processor.py",
 }
+# name -> the module every import of it names (a re-export elsewhere would be a second door)
+IMPORT_HOMES = {
+    "ModelConfig": "worldvla.model.config",
+}
+ROOT = PACKAGE.parent
 
 
 def sources(package: Path = PACKAGE) -> dict[str, ast.Module]:
@@ -105,6 +111,28 @@ def test_each_constant_has_one_definition():
 def test_each_helper_has_one_definition():
     bad = helper_offenders(sources(), HELPERS)
     assert not bad, "helpers defined more than once:\n" + "\n".join(bad)
+
+
+def import_offenders(trees: dict[str, ast.Module], homes: dict[str, str]) -> list[str]:
+    """`from M import NAME` where NAME has another home than M."""
+    return [f"{path}:{n.lineno}: imports {a.name} from {n.module}; want {homes[a.name]}"
+            for path, tree in trees.items() for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+            for a in n.names if a.name in homes and n.module != homes[a.name]]
+
+
+def test_each_name_is_imported_from_its_home():
+    trees = {f"{d}/{k}": v for d in ("worldvla", "benchmarks", "tests") for k, v in sources(ROOT / d).items()}
+    bad = import_offenders(trees, IMPORT_HOMES)
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("from worldvla.model.config import ModelConfig\n", False),
+    ("from worldvla.model.transformer import ModelConfig, Transformer\n", True),
+    ("def f():\n    from worldvla.model.transformer import ModelConfig\n", True),
+])
+def test_the_import_check_finds_what_it_should(text, found):
+    assert bool(import_offenders({"x.py": ast.parse(text)}, IMPORT_HOMES)) is found
 
 
 PLANTED_HOMES = {"stats.py": "ACTION_DIM = 7\n", "recipe.py": 'FAMILIES = ("worldvla", "rynnvla002")\n'}

@@ -175,7 +175,8 @@ def test_saved_head_reloads_and_predicts_the_same(head_run):
 def test_every_head_parameter_gets_a_gradient_on_every_micro_batch():
     """Distributed reductions need the same gradient tensors on every process, with or without action rows."""
     from worldvla.model.action_head import ActionHead
-    from worldvla.model.transformer import ModelConfig, Transformer
+    from worldvla.model.config import ModelConfig
+    from worldvla.model.transformer import Transformer
     from worldvla.train.continuous import WithActionHead, head_config, head_l1
 
     torch.manual_seed(0)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from worldvla.model.loading import save_model
-from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.model.config import ModelConfig
+from worldvla.model.transformer import Transformer
 from worldvla.recipe import sha256_file
 from worldvla.testing.fixtures import FIXTURE_VOCAB_SIZE, TinyAssets
 from worldvla.tokenizers import load_stats

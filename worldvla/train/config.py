@@ -23,7 +23,7 @@ LORA_TARGETS = get_args(LoraTarget)
 
 @dataclass
 class ModelOptions:
-    preset: str = "7b"  # worldvla.model.transformer.ModelConfig preset (7b | tiny)
+    preset: str = "7b"  # worldvla.model.config.ModelConfig preset (7b | tiny)
     overrides: dict = field(default_factory=dict)  # ModelConfig field overrides, e.g. {n_layers: 2}
     init_from: str = ""  # official HF-layout checkpoint (folder or hub id) to start from; "" = random init
     dropout: float = 0.05  # official --dropout 0.05 (§8)

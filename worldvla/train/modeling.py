@@ -19,7 +19,8 @@ from worldvla.model.action_head import ActionHead
 from worldvla.model.layout import ActionLayout
 from worldvla.model.loading import load_checkpoint, save_state_dict
 from worldvla.model.masks import batch_mask, to_additive
-from worldvla.model.transformer import ModelConfig, Transformer
+from worldvla.model.config import ModelConfig
+from worldvla.model.transformer import Transformer
 from worldvla.recipe import Recipe, tokenizer_files
 from worldvla.train import lora
 from worldvla.train.continuous import WithActionHead, head_config, head_l1, load_head_weights
