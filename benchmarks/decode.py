@@ -40,8 +40,8 @@ from flex_masks import flex_attention_in, flex_block_mask
 from worldvla import vocab as V
 from worldvla.model import generate as G
 from worldvla.model import image_decode as ID
-from worldvla.model.masks import ActionLayout, RowMasker, batch_mask, to_additive
 from worldvla.model.config import ModelConfig
+from worldvla.model.masks import ActionLayout, RowMasker, batch_mask, to_additive
 from worldvla.model.transformer import Transformer
 from worldvla.testing.tiny_model import make_tiny_model
 

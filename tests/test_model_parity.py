@@ -14,10 +14,10 @@ import torch
 from reference_masks import reference_mask
 
 from worldvla import vocab as V
+from worldvla.model.config import ModelConfig
 from worldvla.model.convert import config_from_hf, config_to_hf
 from worldvla.model.loading import load_checkpoint, load_model
 from worldvla.model.masks import dense_mask, to_additive
-from worldvla.model.config import ModelConfig
 from worldvla.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")

@@ -38,6 +38,7 @@ import numpy as np
 from worldvla.atomic import fsync_dir, fsync_file
 from worldvla.envs.libero import quat2axisangle
 from worldvla.stats import ACTION_DIM
+
 # Imported where used: libero (the libero extra) and h5py (~60 ms), as the simulator-side CLIs that import
 # this module keep a quick --help (tests/test_layers.py LIGHT_MODULES).
 

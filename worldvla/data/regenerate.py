@@ -50,6 +50,7 @@ from worldvla.data.raw_demos import (
 from worldvla.data.recording import settle
 from worldvla.data.stage_cli import run, setup_logging
 from worldvla.envs.libero import LiberoEnv, get_suite
+
 # torch is imported where used: this stage's CLI stays torch-free (tests/test_layers.py LIGHT_MODULES).
 
 log = logging.getLogger(__name__)

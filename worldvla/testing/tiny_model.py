@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from worldvla.model.loading import save_model
 from worldvla.model.config import ModelConfig
+from worldvla.model.loading import save_model
 from worldvla.model.transformer import Transformer
 from worldvla.recipe import sha256_file
 from worldvla.testing.fixtures import FIXTURE_VOCAB_SIZE, TinyAssets

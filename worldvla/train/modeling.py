@@ -16,10 +16,10 @@ import torch
 
 from worldvla.config import ConfigError
 from worldvla.model.action_head import ActionHead
+from worldvla.model.config import ModelConfig
 from worldvla.model.layout import ActionLayout
 from worldvla.model.loading import load_checkpoint, save_state_dict
 from worldvla.model.masks import batch_mask, to_additive
-from worldvla.model.config import ModelConfig
 from worldvla.model.transformer import Transformer
 from worldvla.recipe import Recipe, tokenizer_files
 from worldvla.train import lora
