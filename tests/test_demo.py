@@ -23,7 +23,7 @@ def _small(out):
                       recipe=Recipe(resolution=64, with_state=True),
                       train_steps=12, batch_size=4, eval_trials=1, eval_held_out=1, eval_max_steps=10, eval_execute_steps=1, workers=1,
                       horizon=2, imagine_trajectories=1, report_videos=1, open_loop_samples=4, vqgan="", vqgan_fit_steps=3,
-                      train_config="configs/tiny.yaml", train_epochs=0, causal=True)
+                      train_config="configs/tiny.yaml", train_epochs=0, causal=True, seed=3)
 
 
 def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
@@ -67,6 +67,8 @@ def test_demo_pipeline_writes_a_complete_report(tmp_path, monkeypatch):
     assert tok["steps"] == 3 and "fitted to the demo's frames for 3 steps" in summary  # by steps, not wall clock
     log = [json.loads(line) for line in (tmp_path / "demo" / "train" / "train_log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in log if "loss" in r) == cfg.train_steps
+    (saved,) = (tmp_path / "demo" / "train" / "checkpoints").glob("step_*/train_config.yaml")
+    assert yaml.safe_load(saved.read_text())["train"]["seed"] == 3  # the demo's seed reaches training
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
     causal_log = (tmp_path / "demo" / "train_causal" / "train_log.jsonl").read_text().splitlines()
     assert max(json.loads(line).get("step", 0) for line in causal_log) == cfg.train_steps  # same steps

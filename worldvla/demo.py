@@ -88,6 +88,8 @@ class DemoConfig:
     model_dim: int = 0  # model width (0 = train_config's)
     model_layers: int = 0  # decoder layers (0 = train_config's)
     batch_size: int = 8
+    state_jitter: int = 0  # training augmentation (not official): state tokens move by up to this many bins
+    seed: int = 0  # training seed (init and data order; official 0): another seed measures run-to-run spread
     lr: float = 2.0e-3  # a small model on a few demos learns at a toy learning rate
     min_lr: float = 2.0e-4  # end of the cosine schedule (0 = lr: constant)
     world_weight: float = 0.04  # official world-loss weight
@@ -320,6 +322,8 @@ def run(cfg: DemoConfig) -> Path:
                 f"data.kinds=[{','.join(_kinds(cfg))}]",
                 f"train.output_dir={folder}", *_length(cfg), f"train.batch_size={cfg.batch_size}",
                 f"train.lr={cfg.lr}", f"train.min_lr={cfg.min_lr or cfg.lr}", f"train.world_weight={cfg.world_weight}",
+                *([f"train.seed={cfg.seed}"] if cfg.seed else []),
+                *([f"data.state_jitter={cfg.state_jitter}"] if cfg.state_jitter else []),  # seed 0: the stamps of earlier runs still match
                 "train.keep_last=1", "logging.wandb=false",
                 *_model_args(cfg), *extra]
 

@@ -61,6 +61,10 @@ class DataOptions:
     batching: Literal["random", "length_grouped"] = "length_grouped"  # random (official order) | less padding
     group_batches: int = 32  # length_grouped: global batches per sorting window
     num_workers: int = 2  # DataLoader worker processes (official 8)
+    # training augmentation, not official (0 = off): each proprio-state token of a prompt moves by a uniform
+    # integer in [-n, n] bins, drawn from (train.seed, epoch, sample), so that the policy does not key its
+    # actions on exact state bins (worldvla/data/augment.py)
+    state_jitter: int = 0
     # data.source=conversations only:
     base_dir: Path | None = None  # relative media paths of the records are resolved against this (default: cwd)
     frame_cache: Path | None = None  # a pretokenize frames/ folder to read VQ codes from (others: VQ-GAN on CPU)
@@ -147,6 +151,7 @@ class TrainConfig:
         need(bool(d.train), "data.train is empty: pass data.train=[path/to/tokens] (pretokenize.py output; with "
                             "data.source=conversations: conversation JSON files)")
         need(d.image_cache >= 0, f"data.image_cache must be >= 0 (0 = unbounded), got {d.image_cache}")
+        need(0 <= d.state_jitter <= 64, f"data.state_jitter must be 0 (off) .. 64 bins, got {d.state_jitter}")
         need(bool(d.kinds), f"data.kinds is empty: keep some of {list(SAMPLE_KINDS)}")
         r = d.recipe
         need(r.resolution % 32 == 0 and r.resolution > 0,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from worldvla.config import ConfigError
+from worldvla.data.augment import jitter_state
 from worldvla.data.collate import collate
 from worldvla.data.datasets import OnTheFlyDataset, PretokenizedDataset
 from worldvla.data.frame_cache import FrameCache
@@ -72,9 +73,16 @@ class TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    state_jitter = 0  # data.state_jitter: bins each state token moves at random (augment.jitter_state)
+    seed = 0  # with the epoch and the index, decides the jitter: a resumed run draws the same
+    epoch = 0  # set by the training loop before each epoch's loader is made (workers get a copy)
+
     def __getitem__(self, i: int) -> Sample:
         part, item = self.index[int(i)]
-        return self.parts[int(part)][int(item)]
+        sample = self.parts[int(part)][int(item)]
+        if self.state_jitter:
+            sample = jitter_state(sample, self.state_jitter, np.random.default_rng([self.seed, self.epoch, int(i)]))
+        return sample
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids of every pretokenized source fit the model's vocabulary (data/shards.py check_ids)."""

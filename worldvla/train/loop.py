@@ -72,6 +72,7 @@ def setup(cfg: TrainConfig) -> tuple[Run, int]:
     out_dir = Path(t.output_dir)
     recipe = d.recipe
     dataset = TrainSet(d.train, d.kinds, d.max_seq_len, data=d)
+    dataset.state_jitter, dataset.seed = d.state_jitter, t.seed
     check_shards(dataset.manifests(), recipe)
     check_views(dataset, d)
     plan = BatchPlan(dataset.lengths, t.batch_size, acc.num_processes, t.grad_accum, t.seed, d.batching,
@@ -352,6 +353,7 @@ def train(cfg: TrainConfig) -> dict:
     spe = run.plan.steps_per_epoch
     while step < run.total_steps:
         epoch, first = divmod(step, spe)
+        run.dataset.epoch = epoch  # the state jitter's draw (before the loader copies the dataset to its workers)
         loader = make_loader(run.dataset, run.plan, epoch, acc.process_index, first, cfg.data.max_seq_len,
                              cfg.data.num_workers)
         batches = iter(loader)
