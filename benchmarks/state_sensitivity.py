@@ -16,6 +16,7 @@ a policy that has memorised state tokens and breaks one bin off the demonstrated
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -30,14 +31,25 @@ from worldvla.eval.rollout import RolloutOptions, observe
 INPUTS = ("train image + train state", "eval image + train state", "train image + eval state", "eval image + eval state")
 
 
+def clean_demo_index(report: Path, task: int) -> dict[int, int]:
+    """init state -> index of its clean (noise-free) demo in the task's file, from record-demos' report."""
+    if not report.is_file():
+        return {}
+    entries = json.loads(report.read_text())["tasks"][str(task)]["episodes"]
+    return {e["episode"]: int(e["demo"].split("_")[1]) for e in entries if e.get("demo") and not e.get("copy")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="checkpoint folder (worldvla.json, with_state=true)")
     ap.add_argument("--export", required=True, help="regenerate's export folder (rynnvla layout) of its training data")
     ap.add_argument("--suite", default="libero_object")
     ap.add_argument("--task", type=int, default=0)
-    ap.add_argument("--init-states", default="0-9", help="init states whose demos trained (trj_<i> = init state i)")
+    ap.add_argument("--init-states", default="0-9", help="init states whose demos trained")
+    ap.add_argument("--report", default="", help="record-demos' success_report.json, which maps an init state to its "
+                    "clean demo (default: <export>/../raw/success_report.json; without one trj_<i> = init state i)")
     args = ap.parse_args()
+    trj_of = clean_demo_index(Path(args.report or Path(args.export).parent / "raw" / "success_report.json"), args.task)
 
     import torch
 
@@ -54,7 +66,7 @@ def main() -> None:
     k = policy.processor.recipe.chunk_size
     rows = []
     for ep in tqdm(parse_ids(args.init_states), desc="init states", unit="state"):
-        trj = task_dir / f"trj_{ep}"
+        trj = task_dir / f"trj_{trj_of.get(ep, ep)}"
         train_img = np.asarray(Image.open(trj / "imgs_third_view" / "image_0.png").convert("RGB"))
         train_state = np.load(trj / "eef_gripper_state" / "eef_gripper_state_0.npy")
         expert = np.stack([np.load(trj / "action" / f"action_{j}.npy") for j in range(k)])
