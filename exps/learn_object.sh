@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The closed-loop learning recipe on CPU (configs/pipeline/learn_object_seen.yaml, or the preset given
+# The closed-loop learning recipe on CPU (configs/pipeline/learn_object.yaml, or the preset given
 # first): scripted-expert demos of a libero_object task -> regenerate -> conversations -> pretokenize ->
 # train (configs/tiny_learn.yaml) -> LIBERO evaluation on seen and held-out init states.
 #   bash exps/learn_object.sh [configs/pipeline/<preset>.yaml] [key=value ...]
@@ -9,6 +9,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 source "$ROOT/exps/env.sh"
 cd "$ROOT"
-PRESET=configs/pipeline/learn_object_seen.yaml
+PRESET=configs/pipeline/learn_object.yaml
 if [[ "${1:-}" == *.yaml ]]; then PRESET="$1"; shift; fi
 exec python -m worldvla.demo --config "$PRESET" "$@"
