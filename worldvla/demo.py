@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import imageio.v2 as imageio
 import numpy as np
@@ -49,7 +49,7 @@ from safetensors import safe_open
 
 from worldvla.config import parse_cli, parse_ids
 from worldvla.data.conversations import ConversationsConfig, output_names
-from worldvla.data.recording import machine_info
+from worldvla.data.recording import NoiseLabel, machine_info
 from worldvla.eval.open_loop import markdown_table, plot_l1_vs_position
 from worldvla.eval.results import wilson_interval
 from worldvla.recipe import SAMPLE_KINDS, Recipe
@@ -74,7 +74,7 @@ class DemoConfig:
     episodes: str = "0-5"  # init states recorded per task (only successes become demos)
     noisy_copies: int = 0  # per init state, extra expert attempts with action noise (recovery demos)
     action_noise: float = 0.2  # std of that noise on the six arm dims, action units
-    noise_label: Literal["intended", "executed"] = "intended"  # a noisy step's label: the expert's intended action (DART) or the one that ran
+    noise_label: NoiseLabel = "intended"  # a noisy step's label: the expert's intended action (DART) or the one that ran
     train_ratio: float = 0.8  # share of each task's demos that train; the other whole trajectories are val_ind
     record_resolution: int = 128  # camera px of the recorded raw demos (released LIBERO files: 128)
     # what every stage makes tokens with: recipe.resolution (model / regenerated image px, a multiple of 16:
@@ -325,8 +325,9 @@ def run(cfg: DemoConfig) -> Path:
                 f"data.kinds=[{','.join(_kinds(cfg))}]",
                 f"train.output_dir={folder}", *_length(cfg), f"train.batch_size={cfg.batch_size}",
                 f"train.lr={cfg.lr}", f"train.min_lr={cfg.min_lr or cfg.lr}", f"train.world_weight={cfg.world_weight}",
+                # passed only when set, so that the stamps of runs made before these fields existed still match
                 *([f"train.seed={cfg.seed}"] if cfg.seed else []),
-                *([f"data.state_jitter={cfg.state_jitter}"] if cfg.state_jitter else []),  # seed 0: the stamps of earlier runs still match
+                *([f"data.state_jitter={cfg.state_jitter}"] if cfg.state_jitter else []),
                 "train.keep_last=1", "logging.wandb=false",
                 *_model_args(cfg), *extra]
 

@@ -41,6 +41,8 @@ from worldvla.envs.scripted_expert import ExpertConfig, PickPlaceExpert
 log = logging.getLogger(__name__)
 
 
+NoiseLabel = Literal["intended", "executed"]  # the label of a noisy step (run_expert)
+
 # -- recorder -----------------------------------------------------------------------------------
 ActionsFn = Callable[[int, dict], "np.ndarray | list | None"]
 
@@ -206,7 +208,7 @@ class EpisodeResult:
 def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, config: ExpertConfig | None = None,
                max_steps: int | None = None, record: bool = False, env=None, progress: bool = True,
                env_seed: int = 0, action_noise: float = 0.0, noise_seed: int = 0,
-               noise_label: str = "intended") -> list[EpisodeResult]:
+               noise_label: NoiseLabel = "intended") -> list[EpisodeResult]:
     """Run the expert on init states `episode_ids` of one task; success is the env's `done`.
 
     `action_noise` > 0 adds N(0, action_noise) to the six arm dims of every action the expert
@@ -247,7 +249,7 @@ def run_expert(suite: str, task_id: int, episode_ids, *, resolution: int = 128, 
             t0 = time.perf_counter()
             demo = record_rollout(env, act, episode=ep, max_steps=max_steps, record_obs=record)
             if action_noise > 0 and noise_label == "intended":
-                demo.expert_actions = np.asarray(intended[:len(demo)], dtype=np.float64).reshape(-1, 7)
+                demo.expert_actions = np.asarray(intended[:len(demo)], dtype=np.float64).reshape(-1, ACTION_DIM)
             wall = time.perf_counter() - t0
             expert.mem.phase_log.append((expert.mem.phase, expert.mem.phase_steps))
             res = EpisodeResult(suite, task_id, ep, demo.success, len(demo), wall, list(expert.mem.phase_log),
@@ -277,7 +279,7 @@ class RecordScriptedConfig:
     noisy_copies: int = 0  # per init state, this many extra attempts with action noise (recovery demos; run_expert)
     action_noise: float = 0.2  # std of that noise on the six arm dims, in action units (the gripper is left alone)
     # the label of a noisy step: the action the expert intended (DART; stored as expert_actions) or the one that ran
-    noise_label: Literal["intended", "executed"] = "intended"
+    noise_label: NoiseLabel = "intended"
     overwrite: bool = False  # redo every attempt instead of resuming from <out>/.parts/
 
 
