@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from worldvla.eval import open_loop as OL
+from worldvla.policy.policy import WorldVLAPolicy, checkpoint_action_mask
 from worldvla.recipe import Recipe
 from worldvla.tokenizers.action import NORM_EPS, ActionTokenizer
 
@@ -151,10 +152,15 @@ def test_a_causal_checkpoint_is_decoded_causally(tiny, tmp_path):
     causal = tmp_path / "causal"
     shutil.copytree(ckpt, causal)
     (causal / "train_config.yaml").write_text("model:\n  action_mask: false\n")
-    assert OL.checkpoint_action_mask(causal) is False and OL.checkpoint_action_mask(ckpt) is True
+    assert checkpoint_action_mask(causal) is False and checkpoint_action_mask(ckpt) is True
     OL.main([f"policy={causal}", f"inputs=[{data.action}]", "max_samples=2", f"out_dir={tmp_path / 'o'}"])
     res = json.loads((tmp_path / "o" / "open_loop_action.json").read_text())
     assert res["decode"] == "sequential" and res["action_mask"] is False
+    # the closed loop (eval, serve) loads the policy the same way: a causal model decodes causally there too
+    policy = WorldVLAPolicy.from_pretrained(causal)
+    assert (policy.decode, policy.action_mask) == ("sequential", False)
+    policy = WorldVLAPolicy.from_pretrained(ckpt)
+    assert (policy.decode, policy.action_mask) == ("parallel", True)
 
 
 def test_trainer_logs_open_loop_metrics_of_data_val(tiny, tmp_path):

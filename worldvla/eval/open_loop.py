@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from worldvla.config import parse_cli, save_config
@@ -164,15 +163,6 @@ def load_samples(policy, path: Path, base_dir: str | None, max_samples: int) -> 
     return [sample_from_tokens(ds[i], policy.action_tok, f"{path.name}#{i}") for i in _spread(action, max_samples)]
 
 
-def checkpoint_action_mask(folder: str | os.PathLike) -> bool:
-    """model.action_mask of the run that wrote a worldvla checkpoint (true when it is not recorded)."""
-    path = Path(folder) / "train_config.yaml"
-    if not path.is_file():
-        return True
-    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
-    return bool(model.get("action_mask", True))
-
-
 # -- report -------------------------------------------------------------------------------------------
 def plot_l1_vs_position(curves: dict[str, dict], path: str | os.PathLike, title: str = "") -> Path:
     """One PNG: L1 (env units, mean over the 7 dimensions) against the chunk position k, one line per
@@ -224,11 +214,13 @@ def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
             raise ValueError("policy=<checkpoint folder> is required")
         policy = WorldVLAPolicy.from_pretrained(cfg.policy.path, device=cfg.device, tokenizer=cfg.policy.tokenizer,
                                                 **cfg.policy.recipe)
-        mask = checkpoint_action_mask(cfg.policy.path) if cfg.action_mask is None else cfg.action_mask
-        policy.action_mask = mask
-        decode = ("parallel" if mask else "sequential") if cfg.decode == "auto" else cfg.decode
-        policy.decode = decode
-        log.info("decoding with decode=%s, action_mask=%s", decode, mask)
+        if cfg.action_mask is not None:  # decode a checkpoint under the other mask than it trained with
+            policy.action_mask = cfg.action_mask
+            if cfg.decode == "auto":
+                policy.decode = "parallel" if cfg.action_mask else "sequential"
+        if cfg.decode != "auto":
+            policy.decode = cfg.decode
+        log.info("decoding with decode=%s, action_mask=%s", policy.decode, policy.action_mask)
     named: dict[str, Path] = split_files(cfg.manifest, cfg.splits) if cfg.manifest else {}
     for p in cfg.inputs:
         named[Path(p).stem] = Path(p)

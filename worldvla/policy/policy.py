@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from worldvla.data.processor import Processor
 from worldvla.errors import InputFileError
@@ -45,11 +46,25 @@ log = logging.getLogger(__name__)
 SETTINGS_NAME = RECIPE_FILE
 
 
-def resolve_decode(mode: str, is_worldvla_checkpoint: bool) -> str:
-    """`auto`: parallel for a worldvla checkpoint (has worldvla.json), official for an official folder."""
+def resolve_decode(mode: str, is_worldvla_checkpoint: bool, action_mask: bool = True) -> str:
+    """`auto`: parallel for a worldvla checkpoint (has worldvla.json) trained under the action mask,
+    sequential for one trained with the causal mask, official for an official folder."""
     if mode == "auto":
-        return "parallel" if is_worldvla_checkpoint else "official"
+        if not is_worldvla_checkpoint:
+            return "official"
+        return "parallel" if action_mask else "sequential"
     return mode
+
+
+def checkpoint_action_mask(folder: str | Path) -> bool:
+    """model.action_mask of the run that wrote a worldvla checkpoint (its train_config.yaml; true when not
+    recorded, as for the official checkpoints). A model trained with the causal mask must also decode with
+    it: each action then sees the earlier actions of its chunk, which the action mask would hide."""
+    path = Path(folder) / "train_config.yaml"
+    if not path.is_file():
+        return True
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    return bool(model.get("action_mask", True))
 
 
 @dataclass
@@ -133,7 +148,8 @@ class WorldVLAPolicy:
         resolution, action_stats, action_mode always win), build its Processor from the tokenizer files (their
         sha256 checked against the recipe's), load the weights (and the continuous head).
         dtype None: fp32 on CPU, bf16 on GPU (the official eval precision).
-        decode `auto`: parallel for our checkpoints, official for an official folder (resolve_decode)."""
+        decode `auto`: parallel for our checkpoints (sequential for one trained with the causal mask, which
+        also decodes with it), official for an official folder (resolve_decode)."""
         unknown = set(settings) - set(Recipe.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown policy setting(s) {sorted(unknown)}; "
@@ -156,8 +172,11 @@ class WorldVLAPolicy:
         head = None
         if recipe.action_mode == "continuous":
             head = build_action_head(loaded.extras, recipe.action_head, str(folder), device, dtype)
-        mode = resolve_decode(decode, path.is_file())
-        return cls(loaded.model, processor, decode=mode, name=folder.name, compile_step=compile_step, action_head=head)
+        mask = checkpoint_action_mask(folder)
+        mode = resolve_decode(decode, path.is_file(), mask)
+        log.info("%s: decode=%s, action_mask=%s", folder, mode, mask)
+        return cls(loaded.model, processor, decode=mode, action_mask=mask, name=folder.name, compile_step=compile_step,
+                   action_head=head)
 
     # -- attributes used by the evaluation ---------------------------------------------------------
     @property
