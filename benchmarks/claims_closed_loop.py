@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import time
+from math import comb
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,31 @@ def summarise(out: Path) -> dict:
             imagine[s] = {v: {"clips": g["num_clips"], "psnr_gap": g["summary"].get("psnr"),
                               "ssim_gap": g["summary"].get("ssim"), "psnr_gap_by_horizon": g["per_frame"].get("psnr"),
                               "ssim_gap_by_horizon": g["per_frame"].get("ssim")} for v, g in sens.items()}
-    return {"seeds": seeds, "closed_loop": rows, "imagine_gap": imagine}
+    return {"seeds": seeds, "closed_loop": rows, "comparisons": comparisons(rows), "imagine_gap": imagine}
+
+
+def fisher_two_sided(a: int, n1: int, b: int, n2: int) -> float:
+    """Fisher's exact test of a/n1 vs b/n2 successes: the probability, given the margins, of a table as
+    unlikely as the one seen (two-sided, the sum over every table no likelier than it)."""
+    k, n = a + b, n1 + n2
+    p = [comb(n1, x) * comb(n2, k - x) / comb(n, k) for x in range(max(0, k - n2), min(k, n1) + 1)]
+    seen = comb(n1, a) * comb(n2, b) / comb(n, k)
+    return min(1.0, sum(q for q in p if q <= seen * (1 + 1e-9)))
+
+
+# the comparisons each claim makes: (claim, row A, row B)
+PAIRS = [("(a) K=5: action vs causal mask", 0, 1), ("(a) K=10: action vs causal mask", 2, 3),
+         ("(b) K=5: action only vs co-training", 0, 4)]
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    out = []
+    for claim, i, j in PAIRS:
+        a, b = rows[i], rows[j]
+        if a["episodes"] and b["episodes"]:
+            out.append({"claim": claim, "a": f"{a['successes']}/{a['episodes']}", "b": f"{b['successes']}/{b['episodes']}",
+                        "fisher_p": fisher_two_sided(a["successes"], a["episodes"], b["successes"], b["episodes"])})
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -166,6 +191,8 @@ def markdown(res: dict) -> str:
         ci = f"{r['wilson95'][0]:.0%} - {r['wilson95'][1]:.0%}" if r["wilson95"] else "-"
         pooled = f"{r['successes']}/{r['episodes']}" if r["episodes"] else "-"
         lines.append(f"| {r['model']} | {' | '.join(cells)} | {pooled} | {ci} |")
+    lines += ["", "| comparison (pooled over seeds) | A | B | Fisher exact p (two-sided) |", "|---|---:|---:|---:|"]
+    lines += [f"| {c['claim']} | {c['a']} | {c['b']} | {c['fisher_p']:.3f} |" for c in res["comparisons"]]
     lines += ["", "| seed | true minus | clips | PSNR gap [dB] | SSIM gap | PSNR gap by horizon 1..H |",
               "|---:|---|---:|---:|---:|---|"]
     for s, gaps in res["imagine_gap"].items():
