@@ -102,9 +102,21 @@ def test_an_exception_errors_one_episode_and_the_run_goes_on(reference, tmp_path
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == N_EPISODES + 2
 
 
-def test_a_dying_worker_errors_its_episode_and_is_replaced(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLDVLA_FAKE_CRASH", "0:1")
-    assert run_cli(tmp_path, "num_workers=2", "suites=[libero_goal]") == 0
+@pytest.mark.parametrize("crash", ["0:1", "0:1:mid-message"])
+def test_a_dying_worker_errors_its_episode_and_is_replaced(tmp_path, crash):
+    # A subprocess with a deadline: a worker that dies must never stall the main process or the other
+    # workers (one shared queue once did, when a worker died while sending; "mid-message" forces that).
+    cmd = [sys.executable, "-m", "worldvla.eval.libero", *BASE, f"output_dir={tmp_path}", "num_workers=2",
+           "suites=[libero_goal]"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "WORLDVLA_FAKE_CRASH": crash}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("the evaluation stalled after a worker died")
+    assert proc.returncode == 0, err
     eps = episodes(tmp_path)
     assert len(eps) == N_EPISODES // 2 and eps[("libero_goal", 0, 1)][0] == "error"
     assert sum(v[0] == "error" for v in eps.values()) == 1

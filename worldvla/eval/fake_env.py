@@ -5,17 +5,30 @@ A point moves by 0.05 * action[:3] per step; the episode succeeds when it comes 
 that depends on (task, trial) and, like LIBERO's fixtures, on the global numpy RNG at reset. Frames are drawn from the point's position (raw images are the
 180-degree rotation of the upright drawing, like LIBERO's). Environment variables (inherited by
 worker processes): WORLDVLA_FAKE_STEP_S sleeps per step; WORLDVLA_FAKE_RAISE="task:trial" raises
-inside the first step of that episode; WORLDVLA_FAKE_CRASH="task:trial" kills the process there.
+inside the first step of that episode; WORLDVLA_FAKE_CRASH="task:trial" kills the process there, and
+"task:trial:mid-message" first leaves half a message on every pipe the process writes to, like a worker
+killed while it sends to the main process.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import struct
 import time
+from multiprocessing.connection import Connection
 
 import numpy as np
 
 NUM_TASKS = 3
+
+
+def _write_half_a_message() -> None:
+    """On every write-only pipe end of this process: the length header of a 1 MiB message and its first
+    byte, never the rest (what a reader sees from a writer killed mid-send)."""
+    for obj in gc.get_objects():
+        if isinstance(obj, Connection) and not obj.closed and obj.writable and not obj.readable:
+            os.write(obj.fileno(), struct.pack("!i", 1 << 20) + b"\x80")
 
 
 class FakeEnv:
@@ -61,7 +74,9 @@ class FakeEnv:
         tag = f"{self.task_id}:{self.episode}"
         if self.t == 1 and tag == self.raise_at:
             raise RuntimeError(f"injected failure in task {self.task_id} trial {self.episode}")
-        if self.t == 1 and tag == self.crash_at:
+        if self.t == 1 and self.crash_at in (tag, f"{tag}:mid-message"):
+            if self.crash_at.endswith(":mid-message"):
+                _write_half_a_message()
             os._exit(3)
         if self.step_s:
             time.sleep(self.step_s)

@@ -1,8 +1,10 @@
 """N simulator worker processes driven by the main process, which owns the policy.
 
-Messages from workers arrive on one queue as (kind, worker id, payload): "next" (asks for a block of
+Each worker sends on its own one-way pipe (a worker that dies mid-message then breaks only its own
+pipe; one shared queue let it leave the queue's write lock held and stall every other worker). Messages
+are (kind, worker id, payload): "next" (asks for a block of
 episodes), "start" / "done" (an episode began / its record), "query" (a `Query` waiting for actions),
-"exit". After draining the queue, the pending queries are answered once every live worker waits or
+"exit". After draining the pipes, the pending queries are answered once every live worker waits or
 `batch_timeout_s` has passed since the first one: one `predict` call for up to `max_batch` of them (0 =
 all), in arrival order, so N waiting workers cost one batched prefill and decode, not N. A call that raises
 is repeated per query, so only the episodes whose own query fails get an error. A worker that dies is
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import queue
+import pickle
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from .config import EvalConfig
@@ -36,7 +39,7 @@ class WorkerPool:
         self.cfg, self.info, self.out_dir = cfg, info, Path(out_dir)
         self.predict, self.emit, self.n = predict, emit, num_workers
         self.ctx = mp.get_context("spawn")  # fresh interpreters: safe with torch, EGL and MuJoCo
-        self.to_main = self.ctx.Queue()
+        self.outboxes: dict[int, Connection] = {}  # the read end of each worker's pipe to the main process
         self.inboxes: list = [None] * num_workers
         self.procs: dict[int, mp.Process] = {}
         self.work: deque[list[tuple]] = deque()
@@ -48,10 +51,13 @@ class WorkerPool:
 
     def _spawn(self, wid: int) -> None:
         self.inboxes[wid] = self.ctx.Queue()  # a fresh inbox: no stale reply for a replacement worker
+        reader, writer = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main, name=f"eval-worker-{wid}", daemon=True,
-                             args=(wid, self.cfg, self.info, str(self.out_dir), self.to_main, self.inboxes[wid]))
+                             args=(wid, self.cfg, self.info, str(self.out_dir), writer, self.inboxes[wid]))
         p.start()
+        writer.close()  # the worker holds the only write end, so its death reads as end of file
         self.procs[wid] = p
+        self.outboxes[wid] = reader
 
     def run(self, blocks: list[list[EpisodeKey]]) -> None:
         self.work = deque([(k.suite, k.task, k.trial) for k in b] for b in blocks)
@@ -74,19 +80,30 @@ class WorkerPool:
                 if p.is_alive():
                     p.terminate()
                 p.join(timeout=10)
+            for conn in self.outboxes.values():
+                conn.close()
 
     def _receive(self) -> list[tuple]:
-        """Block for the first message (bounded by the batch deadline), then drain what is queued."""
+        """Wait for the first message (bounded by the batch deadline), then drain every pipe."""
         timeout = HEALTH_CHECK_S
         if self.pending:
             timeout = max(0.0, self.first_pending + self.cfg.batch_timeout_s - time.perf_counter())
-        msgs = []
+        open_ends = [self.outboxes[w] for w in self.live if not self.outboxes[w].closed]
+        if open_ends:
+            wait(open_ends, timeout)
+        else:  # every live worker's pipe has closed: the health check replaces them
+            time.sleep(timeout)
+        return [msg for w in sorted(self.live) for msg in self._drain(w)]
+
+    def _drain(self, wid: int) -> list[tuple]:
+        """What worker `wid` has sent so far. A broken pipe (the worker died, perhaps mid-message) is
+        closed here; the health check then replaces the worker."""
+        conn, msgs = self.outboxes[wid], []
         try:
-            msgs.append(self.to_main.get(timeout=timeout) if timeout > 0 else self.to_main.get_nowait())
-            while True:
-                msgs.append(self.to_main.get_nowait())
-        except queue.Empty:
-            pass
+            while not conn.closed and conn.poll():
+                msgs.append(conn.recv())
+        except (EOFError, OSError, pickle.UnpicklingError):
+            conn.close()
         return msgs
 
     def _handle(self, kind: str, wid: int, payload) -> None:
@@ -135,6 +152,10 @@ class WorkerPool:
 
     def _replace_dead(self) -> None:
         for wid in [w for w in self.live if self.procs[w].exitcode is not None]:
+            for msg in self._drain(wid):  # what it sent before it ended, "done" or "exit" included
+                self._handle(*msg)
+            if wid not in self.live:  # it said "exit": it ended normally
+                continue
             code = self.procs[wid].exitcode
             self.respawns += 1
             self.pending.pop(wid, None)

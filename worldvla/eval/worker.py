@@ -117,9 +117,10 @@ def _get(q, parent: int):
                 raise SystemExit(f"parent process {parent} is gone")
 
 
-def worker_main(wid: int, cfg: EvalConfig, info: dict, out_dir: str, to_main, inbox) -> None:
+def worker_main(wid: int, cfg: EvalConfig, info: dict, out_dir: str, outbox, inbox) -> None:
     """Process body. Asks the main process for a block of episodes ("next"), runs it, repeats until
-    told to stop; sends ("query", wid, Query) and waits for ("chunk", actions) or ("error", text)."""
+    told to stop; sends ("query", wid, Query) and waits for ("chunk", actions) or ("error", text).
+    `outbox` is this worker's own write end of a one-way pipe to the main process."""
     parent = os.getppid()
     # One software-rendering thread per worker (Mesa llvmpipe; ignored by GPU EGL): llvmpipe's own
     # threads bought a single worker nothing (221 vs 215 ms/step) and made N workers fight over the
@@ -133,7 +134,7 @@ def worker_main(wid: int, cfg: EvalConfig, info: dict, out_dir: str, to_main, in
     runner = EpisodeRunner(cfg, info, Path(out_dir), tag=f"w{wid}")
 
     def predict(query: Query) -> np.ndarray:
-        to_main.put(("query", wid, query))
+        outbox.send(("query", wid, query))
         kind, payload = _get(inbox, parent)
         if kind == "error":
             raise PolicyError(payload)
@@ -141,13 +142,13 @@ def worker_main(wid: int, cfg: EvalConfig, info: dict, out_dir: str, to_main, in
 
     try:
         while True:
-            to_main.put(("next", wid, None))
+            outbox.send(("next", wid, None))
             kind, block = _get(inbox, parent)
             if kind != "block":
                 break
             for item in block:  # consecutive trials of one task: the env and its RNG chain carry over
-                to_main.put(("start", wid, item))
-                to_main.put(("done", wid, runner.run(EpisodeKey(*item), predict)))
+                outbox.send(("start", wid, item))
+                outbox.send(("done", wid, runner.run(EpisodeKey(*item), predict)))
     finally:
         runner.close()
-        to_main.put(("exit", wid, None))
+        outbox.send(("exit", wid, None))
