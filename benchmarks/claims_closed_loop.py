@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from worldvla.demo import eval_command, newest_checkpoint  # noqa: E402
 from worldvla.eval.results import wilson_interval  # noqa: E402
 
 PRESET = "configs/pipeline/learn_object.yaml"
@@ -64,22 +65,9 @@ def call(args: list[str], log: Path) -> None:
         raise SystemExit(f"[claims] failed (exit {rc}); see {log}")
 
 
-def newest_checkpoint(folder: Path) -> Path:
-    ckpts = sorted((folder / "checkpoints").glob("step_*"))
-    if not ckpts:
-        raise SystemExit(f"[claims] {folder}/checkpoints has no step_* checkpoint")
-    return ckpts[-1]
-
-
 def first_unseen(data: Path) -> int:
     report = json.loads((data / "raw" / "success_report.json").read_text())
     return 1 + max(e["episode"] for t in report["tasks"].values() for e in t["episodes"])
-
-
-def eval_args(policy: Path, first: int, trials: int, out: Path) -> list[str]:
-    return ["-m", "worldvla.eval.libero", f"policy={policy}", f"suites=[{SUITE}]", f"tasks=[{TASK}]",
-            f"first_trial={first}", f"num_trials={trials}", "num_workers=1", f"output_dir={out}", "videos=all",
-            "video_fps=20"]
 
 
 def held_out_demos(out: Path, episodes: str) -> Path:
@@ -109,7 +97,8 @@ def run_seed(args) -> None:
               f"train_epochs={args.epochs}", "eval_trials=0", f"eval_held_out={args.trials}", "workers=1", *extra],
              out / f"{run.name}.log")
         if "causal=true" in extra and not (run / "eval-held-out-causal" / "summary.json").is_file():
-            call(eval_args(newest_checkpoint(run / "train_causal"), first, args.trials, run / "eval-held-out-causal"),
+            call(eval_command(newest_checkpoint(run / "train_causal"), SUITE, str(TASK), first, args.trials, 1,
+                              run / "eval-held-out-causal"),
                  out / f"{run.name}.log")
     run = out / f"cotrain_s{args.seed}"
     if not (run / "imagine" / "done").is_file():

@@ -159,11 +159,23 @@ def _write_stamp(stamp: Path, payload: dict) -> None:
     tmp.replace(stamp)
 
 
-def _newest(folder: Path, pattern: str) -> Path:
-    found = sorted(folder.glob(pattern))
+def newest_checkpoint(train_dir: Path) -> Path:
+    """The last `step_*` checkpoint a training run wrote under `train_dir`/checkpoints."""
+    found = sorted((train_dir / "checkpoints").glob("step_*"))
     if not found:
-        raise SystemExit(f"[demo] expected {pattern} in {folder}")
+        raise SystemExit(f"[demo] expected a step_* checkpoint in {train_dir / 'checkpoints'}")
     return found[-1]
+
+
+def eval_command(policy: Path, suite: str, tasks: str, first: int, count: int, workers: int, out: Path,
+                 max_steps: int = 0, execute_steps: int = 0) -> list[str]:
+    """`worldvla eval` of `count` init states from `first` under the standard protocol (the suite's step
+    budget unless `max_steps` is set), every rollout filmed."""
+    return ["-m", "worldvla.eval.libero", f"policy={policy}", f"suites=[{suite}]", f"tasks=[{tasks}]",
+            f"first_trial={first}", f"num_trials={count}", f"num_workers={workers}",
+            *([f"max_steps={max_steps}"] if max_steps else []),
+            *([f"execute_steps={execute_steps}"] if execute_steps else []),
+            f"output_dir={out}", "videos=all", "video_fps=20"]
 
 
 def _make_assets(out: Path, assets_dir: Path) -> float:
@@ -332,21 +344,17 @@ def run(cfg: DemoConfig) -> Path:
                 *_model_args(cfg), *extra]
 
     times["train"] = _run(out, "train", train_args(train_dir, []))
-    ckpt = _newest(train_dir / "checkpoints", "step_*")
+    ckpt = newest_checkpoint(train_dir)
     causal_ckpt = None
     if cfg.causal:  # the ablation: same data, steps and seed, plain causal attention
         times["train-causal"] = _run(out, "train-causal", train_args(causal_dir, ["model.action_mask=false"]))
-        causal_ckpt = _newest(causal_dir / "checkpoints", "step_*")
+        causal_ckpt = newest_checkpoint(causal_dir)
 
     seen, unseen = eval_init_states(cfg, raw, manifest)
     for stage, (first, count) in (("eval", seen), ("eval-held-out", unseen)):
         if count > 0:  # the suite's step budget unless eval_max_steps says otherwise
-            times[stage] = _run(out, stage, [
-                "-m", "worldvla.eval.libero", f"policy={ckpt}", f"suites=[{cfg.suite}]", f"tasks=[{task_list}]",
-                f"first_trial={first}", f"num_trials={count}", f"num_workers={cfg.workers}",
-                *([f"max_steps={cfg.eval_max_steps}"] if cfg.eval_max_steps else []),
-                *([f"execute_steps={cfg.eval_execute_steps}"] if cfg.eval_execute_steps else []),
-                f"output_dir={out / stage}", "videos=all", "video_fps=20"])
+            times[stage] = _run(out, stage, eval_command(ckpt, cfg.suite, task_list, first, count, cfg.workers,
+                                                         out / stage, cfg.eval_max_steps, cfg.eval_execute_steps))
     if not cfg.claims:
         return write_report(cfg, out, ckpt, times, time.time() - started, raw, None)
     for stage, model, folder in (("open-loop", ckpt, "mask"), ("open-loop-causal", causal_ckpt, "causal")):

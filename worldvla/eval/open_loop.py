@@ -53,7 +53,7 @@ from worldvla.policy.open_loop import (  # noqa: F401 (re-exported: the scoring 
     score,
     trainer_metrics,
 )
-from worldvla.policy.policy import WorldVLAPolicy
+from worldvla.policy.policy import WorldVLAPolicy, resolve_decode
 
 # matplotlib (slow to import, only for the plot) is imported where the plot is drawn.
 
@@ -217,7 +217,7 @@ def run(cfg: OpenLoopConfig, policy=None) -> dict[str, dict]:
         if cfg.action_mask is not None:  # decode a checkpoint under the other mask than it trained with
             policy.action_mask = cfg.action_mask
             if cfg.decode == "auto":
-                policy.decode = "parallel" if cfg.action_mask else "sequential"
+                policy.decode = resolve_decode("auto", True, cfg.action_mask)
         if cfg.decode != "auto":
             policy.decode = cfg.decode
         log.info("decoding with decode=%s, action_mask=%s", policy.decode, policy.action_mask)
