@@ -2,8 +2,9 @@
 
 `EpisodeRunner` owns one env at a time (episodes arrive grouped by task, so an env is built once per
 task and worker), the episode videos, and turns every episode into one record. `worker_main` is the
-body of a worker process: it pulls episode keys from a shared queue, sends each `Query` to the main
-process (which batches the queries of all workers into one policy call) and waits for the chunk.
+body of a worker process: it asks the main process for blocks of episode keys, sends each `Query` to it
+on its own pipe (the main process batches the queries of all workers into one policy call) and waits
+for the chunk on its own inbox.
 Nothing here imports torch.
 """
 
