@@ -2,13 +2,14 @@
 
 Each worker sends on its own one-way pipe (a worker that dies mid-message then breaks only its own
 pipe; one shared queue let it leave the queue's write lock held and stall every other worker). Messages
-are (kind, worker id, payload): "next" (asks for a block of
-episodes), "start" / "done" (an episode began / its record), "query" (a `Query` waiting for actions),
-"exit". After draining the pipes, the pending queries are answered once every live worker waits or
-`batch_timeout_s` has passed since the first one: one `predict` call for up to `max_batch` of them (0 =
-all), in arrival order, so N waiting workers cost one batched prefill and decode, not N. A call that raises
-is repeated per query, so only the episodes whose own query fails get an error. A worker that dies is
-replaced; its running episode is recorded as an error and the rest of its block is handed out again.
+are (kind, worker id, payload): "next" (asks for a block of episodes), "start" / "done" (an episode
+began / its record), "query" (a `Query` waiting for actions), "exit". After draining the pipes, the
+pending queries are answered once every live worker waits or `batch_timeout_s` has passed since the
+first one: one `predict` call for up to `max_batch` of them (0 = all), oldest first (in the order they
+were drained: by worker id within one drain), so N waiting workers cost one batched prefill and decode,
+not N. A call that raises is repeated per query, so only the episodes whose own query fails get an
+error. A worker that dies is replaced; its running episode is recorded as an error and the rest of its
+block is handed out again.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class WorkerPool:
 
     def _spawn(self, wid: int) -> None:
         self.inboxes[wid] = self.ctx.Queue()  # a fresh inbox: no stale reply for a replacement worker
+        if wid in self.outboxes:  # a replacement: its predecessor's pipe is done with
+            self.outboxes[wid].close()
         reader, writer = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main, name=f"eval-worker-{wid}", daemon=True,
                              args=(wid, self.cfg, self.info, str(self.out_dir), writer, self.inboxes[wid]))
@@ -128,7 +131,7 @@ class WorkerPool:
 
     def _answer(self) -> None:
         """Answer every pending query, `max_batch` (0 = all) per predict call, oldest first."""
-        order = list(self.pending)  # insertion order = arrival order
+        order = list(self.pending)  # insertion order: the order the queries were drained
         size = self.cfg.max_batch or len(order)
         for i in range(0, len(order), size):
             self._answer_batch(order[i : i + size])
